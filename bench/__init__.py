@@ -1,0 +1,1 @@
+"""Benchmarks: each prints one JSON line; run them with ``streamrec bench <name>``."""

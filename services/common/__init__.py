@@ -1,0 +1,1 @@
+"""Plumbing shared by every streamrec service: config, logging, errors, metrics, Kafka, gRPC."""

@@ -1,0 +1,157 @@
+"""Kafka plumbing over kafka-python.
+
+- ``make_producer``: acks=all, idempotent, ordered per partition.
+- ``make_consumer``: manual commits; ``commit_processed`` commits exactly the offsets processed
+  (next offset to read), so offsets move only after the output they produced is acknowledged.
+- ``ensure_topics``: creates missing topics (compacted where the design says so).
+- ``consumer_lag``: per-partition lag for the lag gauges.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable, Mapping
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from services.common.config import KafkaConfig
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE_HEADER = "content-type"
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+# Topics whose records are upserts keyed by id: the log keeps only the latest per key.
+COMPACTED_TOPIC_KEYS = ("items", "items_raw", "model_versions")
+
+
+def make_producer(config: KafkaConfig, **overrides) -> KafkaProducer:
+    opts = {
+        **config.client_options(),
+        "acks": "all",
+        "enable_idempotence": True,
+        "max_in_flight_requests_per_connection": 5,
+        "retries": 2**31 - 1,
+        "linger_ms": 5,
+        "batch_size": 256 * 1024,
+        "compression_type": None,
+        **overrides,
+    }
+    return KafkaProducer(**opts)
+
+
+def make_consumer(
+    config: KafkaConfig,
+    topics: Iterable[str] | None,
+    group_id: str | None,
+    **overrides,
+) -> KafkaConsumer:
+    """A consumer that never auto-commits: callers commit with ``commit_processed``."""
+    opts = {
+        **config.client_options(),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": 2000,
+        "fetch_max_wait_ms": 100,
+        "session_timeout_ms": 10000,
+        "heartbeat_interval_ms": 3000,
+        **overrides,
+    }
+    consumer = KafkaConsumer(**opts)
+    if topics:
+        consumer.subscribe(list(topics))
+    return consumer
+
+
+def commit_processed(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int]) -> None:
+    """Commit ``next_offsets`` (the offset after the last processed record, per partition)."""
+    if not next_offsets:
+        return
+    consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()})
+
+
+def topic_configs(config: KafkaConfig) -> dict[str, dict[str, str]]:
+    """Every topic the system uses, with its topic-level settings."""
+    topics = config.topics
+    out = {}
+    for key in ("events_raw", "items_raw", "events", "items", "dlq", "model_versions"):
+        settings = {"cleanup.policy": "compact"} if key in COMPACTED_TOPIC_KEYS else {}
+        out[topics.name(key)] = settings
+    return out
+
+
+def ensure_topics(config: KafkaConfig, names: Iterable[str] | None = None, timeout_s: float = 60.0) -> None:
+    """Create the missing ones of ``names`` (default: all topics) and wait until they have leaders."""
+    wanted = topic_configs(config)
+    if names is not None:
+        wanted = {n: wanted.get(n, {}) for n in names}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(**config.client_options())
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(name, config.topics.partitions, config.topics.replication_factor, topic_configs=settings)
+            for name, settings in wanted.items()
+            if name not in existing
+        ]
+        if new:
+            try:
+                admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+            except TopicAlreadyExistsError:
+                pass  # another replica created it first
+            logger.info("created topics", extra={"topics": [t.name for t in new]})
+        while time.monotonic() < deadline:
+            described = admin.describe_topics(list(wanted))
+            if all(t.get("error_code", 0) == 0 and t.get("partitions") and all(
+                p.get("leader_id", -1) >= 0 for p in t["partitions"]) for t in described):
+                return
+            time.sleep(0.2)
+        raise KafkaError(f"topics {sorted(wanted)} have no leaders after {timeout_s}s")
+    finally:
+        admin.close()
+
+
+def partitions_for(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        time.sleep(0.1)
+    raise KafkaError(f"topic {topic} has no partitions (does it exist?)")
+
+
+def consumer_lag(consumer: KafkaConsumer, partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+    """Records between the consumer's position and the end of each assigned partition."""
+    parts = list(partitions if partitions is not None else consumer.assignment())
+    if not parts:
+        return {}
+    ends = consumer.end_offsets(parts)
+    lag = {}
+    for tp in parts:
+        try:
+            pos = consumer.position(tp)
+        except KafkaError:
+            continue
+        lag[tp] = max(0, ends.get(tp, pos) - pos)
+    return lag
+
+
+def header(headers: Iterable[tuple[str, bytes]] | None, name: str) -> bytes | None:
+    for key, value in headers or ():
+        if key.lower() == name:
+            return value
+    return None

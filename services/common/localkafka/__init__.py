@@ -1,0 +1,16 @@
+"""A single-node Apache Kafka broker (KRaft) for the local stack and the tests.
+
+The jars come from Maven Central once (``mvn dependency:copy-dependencies`` on the
+bundled ``pom.xml``) into a cache directory; the broker then runs with ``java`` and a
+small heap. ``LocalKafka`` formats storage, starts the broker on a chosen port, waits
+until it accepts connections, and stops it.
+"""
+
+from services.common.localkafka.broker import (
+    KafkaBrokerError,
+    LocalKafka,
+    default_cache_dir,
+    fetch_jars,
+)
+
+__all__ = ["KafkaBrokerError", "LocalKafka", "default_cache_dir", "fetch_jars"]

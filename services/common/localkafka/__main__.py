@@ -1,0 +1,42 @@
+"""``python -m services.common.localkafka fetch|run``: fetch the jars, or run a broker in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from services.common.localkafka.broker import KafkaBrokerError, LocalKafka, fetch_jars
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.common.localkafka")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help="download the broker jars from Maven Central into the cache")
+    run = sub.add_parser("run", help="run a broker until interrupted")
+    run.add_argument("--port", type=int, default=9092)
+    run.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "fetch":
+            print(fetch_jars())
+            return 0
+        with LocalKafka(data_dir=args.data_dir, port=args.port) as kafka:
+            print(f"kafka listening on {kafka.bootstrap_servers}", flush=True)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                stop.wait()
+            except KeyboardInterrupt:
+                pass
+        return 0
+    except KafkaBrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

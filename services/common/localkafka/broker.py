@@ -1,0 +1,236 @@
+"""Fetch, format, start and stop a local single-node KRaft broker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_HERE = Path(__file__).resolve().parent
+POM = _HERE / "pom.xml"
+LOG4J_CONFIG = _HERE / "log4j2.xml"
+
+
+class KafkaBrokerError(RuntimeError):
+    """The local broker could not be fetched, formatted or started."""
+
+
+def default_cache_dir() -> Path:
+    """Where the broker jars live: ``$STREAMREC_KAFKA_HOME`` or ``~/.cache/streamrec/kafka``."""
+    env = os.environ.get("STREAMREC_KAFKA_HOME")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "streamrec" / "kafka"
+
+
+def _kafka_version() -> str:
+    text = POM.read_text()
+    start = text.index("<kafka.version>") + len("<kafka.version>")
+    return text[start : text.index("</kafka.version>")]
+
+
+def fetch_jars(cache_dir: Path | None = None) -> Path:
+    """Resolve the broker's jars from Maven Central into ``cache_dir/<version>/libs`` once."""
+    cache_dir = cache_dir or default_cache_dir()
+    libs = cache_dir / _kafka_version() / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise KafkaBrokerError("Maven (mvn) is not installed; it is needed once to fetch the Kafka jars")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="libs-", dir=cache_dir))
+    cmd = [
+        mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+        f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
+    ]
+    logger.info("fetching Kafka %s jars from Maven Central", _kafka_version())
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise KafkaBrokerError(f"mvn failed to fetch Kafka jars:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
+    (tmp / ".complete").touch()
+    if libs.exists():
+        shutil.rmtree(libs)
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(libs)
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(host: str, port: int, deadline: float, proc: subprocess.Popen) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise KafkaBrokerError(f"broker exited with code {proc.returncode} while starting")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise KafkaBrokerError(f"broker did not accept connections on {host}:{port} in time")
+
+
+class LocalKafka:
+    """One KRaft broker+controller process with its data in ``data_dir``.
+
+    >>> with LocalKafka(port=9092) as kafka:
+    ...     kafka.bootstrap_servers
+    '127.0.0.1:9092'
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        port: int | None = None,
+        controller_port: int | None = None,
+        heap: str = "512m",
+        cache_dir: Path | None = None,
+        num_partitions: int = 3,
+        log_file: Path | str | None = None,
+    ) -> None:
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="streamrec-kafka-"))
+        self.port = port or free_port()
+        self.controller_port = controller_port or free_port()
+        self.heap = heap
+        self.cache_dir = cache_dir
+        self.num_partitions = num_partitions
+        self.log_file = Path(log_file) if log_file else self.data_dir / "broker.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _config(self) -> Path:
+        logs = self.data_dir / "logs"
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(logs),
+            "num.partitions": str(self.num_partitions),
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "3",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # A single local node: rebalance at once instead of waiting for more members.
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
+            "log.segment.bytes": str(64 * 1024 * 1024),
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+        }
+        path = self.data_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def _java(self, libs: Path, main: str, *args: str) -> list[str]:
+        return [
+            shutil.which("java") or "java",
+            f"-Xmx{self.heap}", "-Xms64m",
+            "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            "-Djava.awt.headless=true",
+            "-cp", f"{libs}/*",
+            main, *args,
+        ]
+
+    def start(self, timeout: float = 90.0) -> "LocalKafka":
+        if shutil.which("java") is None:
+            raise KafkaBrokerError("java is not installed; the local Kafka broker needs Java 17+")
+        libs = fetch_jars(self.cache_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self._config()
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            cluster_id = str(uuid.uuid4().hex[:22])
+            fmt = subprocess.run(
+                self._java(libs, "kafka.tools.StorageTool", "format", "--standalone",
+                           "--cluster-id", cluster_id, "--config", str(config), "--ignore-formatted"),
+                capture_output=True, text=True,
+            )
+            if fmt.returncode != 0:
+                raise KafkaBrokerError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
+        log = open(self.log_file, "ab")
+        self.process = subprocess.Popen(
+            self._java(libs, "kafka.Kafka", str(config)),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            _wait_for_port("127.0.0.1", self.port, time.monotonic() + timeout, self.process)
+            self._wait_ready(time.monotonic() + timeout)
+        except Exception:
+            self.stop()
+            raise
+        logger.info("kafka broker started", extra={"bootstrap_servers": self.bootstrap_servers})
+        return self
+
+    def _wait_ready(self, deadline: float) -> None:
+        """The port opens before the broker has joined its own quorum; wait for metadata."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        while time.monotonic() < deadline:
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000)
+                try:
+                    admin.list_topics()
+                    return
+                finally:
+                    admin.close()
+            except (KafkaError, OSError):
+                time.sleep(0.2)
+        raise KafkaBrokerError("broker did not answer metadata requests in time")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the broker, for fault tests; ``start`` brings it back on the same data."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalKafka":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
