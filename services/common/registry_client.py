@@ -1,0 +1,176 @@
+"""Client of the model registry (streamrec.v1.ModelRegistry) used by the trainer, inference and CLI.
+
+Uploads pack an artifact directory into a POSIX tar (``recmodel.artifact.pack_artifact``) and
+stream a ``RegisterHeader`` followed by the tar in chunks. Downloads stream the tar back, check
+its sha256 and size against the first chunk, unpack it and verify every file against the
+manifest; any mismatch raises ``services.common.errors.DataLoss``. Server errors surface as
+``grpc.RpcError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from services.common.errors import DataLoss, InvalidInput
+from services.common.grpc import insecure_channel
+from streamrec_proto.v1 import registry_pb2, registry_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1024 * 1024
+MANIFEST_FILE = "manifest.json"
+
+
+def _artifact_lib():
+    # Imported when used: recmodel.artifact pulls in numpy only, but keep `streamrec models` light.
+    from recmodel import artifact
+
+    return artifact
+
+
+class RegistryClient:
+    """A connection to one registry; thread-safe (one gRPC channel shared by all calls)."""
+
+    def __init__(self, target: str, timeout_s: float = 30.0, upload_timeout_s: float = 600.0,
+                 chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.upload_timeout_s = upload_timeout_s
+        self.chunk_bytes = chunk_bytes
+        self._channel = insecure_channel(target)
+        self._stub = registry_pb2_grpc.ModelRegistryStub(self._channel)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def register(
+        self,
+        model_name: str,
+        artifact_dir: str | Path,
+        *,
+        trainer_id: str,
+        parent_version: int = 0,
+        auto_promote: bool = True,
+    ) -> registry_pb2.ModelVersion:
+        """Pack ``artifact_dir`` and register it as the next version of ``model_name``."""
+        artifact_dir = Path(artifact_dir)
+        manifest_path = artifact_dir / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise InvalidInput(f"{artifact_dir} has no {MANIFEST_FILE}")
+        manifest_json = manifest_path.read_text()
+        with tempfile.TemporaryDirectory(prefix="streamrec-upload-") as tmp:
+            tar_path = Path(tmp) / "artifact.tar"
+            sha256 = _artifact_lib().pack_artifact(artifact_dir, tar_path)
+            header = registry_pb2.RegisterHeader(
+                model_name=model_name,
+                manifest_json=manifest_json,
+                trainer_id=trainer_id,
+                parent_version=parent_version,
+                artifact_sha256=sha256,
+                artifact_size_bytes=tar_path.stat().st_size,
+                auto_promote=auto_promote,
+            )
+            return self.register_archive(header, tar_path)
+
+    def register_archive(self, header: registry_pb2.RegisterHeader, tar_path: str | Path) -> registry_pb2.ModelVersion:
+        """Stream an already packed archive under ``header`` (its digest and size must be set)."""
+        result = self._stub.RegisterVersion(_upload_requests(header, Path(tar_path), self.chunk_bytes),
+                                            timeout=self.upload_timeout_s)
+        logger.info("registered model version", extra={"model": result.model_name, "model_version": result.version,
+                                                       "gate": result.gate_decision})
+        return result
+
+    def set_alias(self, model_name: str, alias: str, version: int, reason: str = "") -> registry_pb2.ModelVersion:
+        return self._stub.SetAlias(registry_pb2.SetAliasRequest(
+            model_name=model_name, alias=alias, version=version, reason=reason), timeout=self.timeout_s)
+
+    def rollback(self, model_name: str, reason: str = "") -> registry_pb2.ModelVersion:
+        return self._stub.Rollback(registry_pb2.RollbackRequest(model_name=model_name, reason=reason),
+                                   timeout=self.timeout_s)
+
+    def archive(self, model_name: str, version: int) -> registry_pb2.ModelVersion:
+        return self._stub.ArchiveVersion(registry_pb2.ArchiveVersionRequest(model_name=model_name, version=version),
+                                         timeout=self.timeout_s)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get_version(self, model_name: str, version: int) -> registry_pb2.ModelVersion:
+        return self._stub.GetVersion(registry_pb2.GetVersionRequest(model_name=model_name, version=version),
+                                     timeout=self.timeout_s)
+
+    def list_versions(self, model_name: str, include_archived: bool = False) -> list[registry_pb2.ModelVersion]:
+        resp = self._stub.ListVersions(registry_pb2.ListVersionsRequest(
+            model_name=model_name, include_archived=include_archived), timeout=self.timeout_s)
+        return list(resp.versions)
+
+    def get_alias(self, model_name: str, alias: str) -> registry_pb2.ModelVersion:
+        return self._stub.GetAlias(registry_pb2.GetAliasRequest(model_name=model_name, alias=alias),
+                                   timeout=self.timeout_s)
+
+    def download(self, model_name: str, version: int, dest_dir: str | Path) -> Path:
+        """Download, check and unpack version ``version`` into ``dest_dir`` (created; must be empty).
+
+        Raises DataLoss when the archive's digest or size, or any file's sha256, does not match.
+        """
+        dest_dir = Path(dest_dir)
+        dest_dir.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".tar", dir=dest_dir.parent)
+        tmp = Path(tmp_name)
+        try:
+            expected_sha, expected_size = "", -1
+            digest, size = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as out:
+                stream = self._stub.DownloadArtifact(
+                    registry_pb2.DownloadArtifactRequest(model_name=model_name, version=version),
+                    timeout=self.upload_timeout_s)
+                for i, chunk in enumerate(stream):
+                    if i == 0:
+                        expected_sha, expected_size = chunk.artifact_sha256, chunk.artifact_size_bytes
+                    digest.update(chunk.data)
+                    size += len(chunk.data)
+                    out.write(chunk.data)
+            actual = digest.hexdigest()
+            if not expected_sha:
+                raise DataLoss(f"{model_name} v{version}: the registry sent no digest")
+            if actual != expected_sha or size != expected_size:
+                raise DataLoss(f"{model_name} v{version}: downloaded archive has sha256 {actual} and {size} bytes, "
+                               f"the registry announced {expected_sha} and {expected_size} bytes")
+            artifact = _artifact_lib()
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                artifact.unpack_artifact(tmp, dest_dir)
+                artifact.verify_artifact(dest_dir)
+            except artifact.ArtifactError as exc:
+                shutil.rmtree(dest_dir, ignore_errors=True)
+                raise DataLoss(f"{model_name} v{version}: {exc}") from exc
+            return dest_dir
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "RegistryClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _upload_requests(header: registry_pb2.RegisterHeader, tar_path: Path,
+                     chunk_bytes: int) -> Iterator[registry_pb2.RegisterVersionRequest]:
+    yield registry_pb2.RegisterVersionRequest(header=header)
+    with open(tar_path, "rb") as f:
+        while True:
+            data = f.read(chunk_bytes)
+            if not data:
+                return
+            yield registry_pb2.RegisterVersionRequest(chunk=data)
+
+
+__all__ = ["RegistryClient", "CHUNK_BYTES"]
