@@ -1,0 +1,1 @@
+"""The trainer service: trains recmodel incrementally from Kafka and registers model versions."""

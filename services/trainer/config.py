@@ -1,0 +1,106 @@
+"""Trainer configuration: one pydantic model, sections ``kafka``, ``metrics``, ``trainer``.
+
+Defaults run the local stack (CPU, leader election off, checkpoints under ./data/trainer). Env
+overrides work as ``STREAMREC_TRAINER_<KEY>`` (e.g. ``STREAMREC_TRAINER_EXPORT_INTERVAL_S=10``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from services.common.config import KafkaConfig, MetricsConfig, Section, ServiceConfig
+
+
+class ModelSection(Section):
+    """Hyperparameters handed to ``recmodel.train.IncrementalTrainer`` under the same names."""
+
+    dim: int = Field(64, ge=4)
+    max_len: int = Field(50, ge=2)
+    capacity: int = Field(50_000, ge=16, description="item vocabulary size (least recently seen items are evicted)")
+    seed: int = 0
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(256, ge=1, description="events per optimisation step")
+    replay_batch: int = Field(128, ge=0)
+    n_random_negatives: int = Field(256, ge=1)
+    replay_size: int = Field(20_000, ge=0)
+    n_heads: int = Field(2, ge=1)
+    n_layers: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    temperature: float = Field(0.05, gt=0)
+    use_text: bool = True
+    # "minilm": the offline-packaged all-MiniLM-L6-v2 (production); "hashing": instant, for tests.
+    text_encoder: Literal["minilm", "hashing"] = "minilm"
+    hashing_dim: int = Field(64, ge=4, description="dimension of the hashing text encoder")
+    event_weights: dict[str, float] | None = None
+
+    def trainer_kwargs(self) -> dict:
+        out = self.model_dump(exclude={"text_encoder", "hashing_dim"})
+        if out["event_weights"] is None:
+            out.pop("event_weights")
+        return out
+
+
+class LeaderElectionSection(Section):
+    """coordination.k8s.io/v1 Lease election; off for the local stack (one trainer)."""
+
+    enabled: bool = False
+    lease_name: str = "streamrec-trainer"
+    # Empty: the pod's namespace from the service-account mount, else "default".
+    namespace: str = ""
+    # Empty: $POD_NAME, else the host name plus the process id.
+    identity: str = ""
+    lease_duration_s: float = Field(15.0, gt=0)
+    renew_deadline_s: float = Field(10.0, gt=0)
+    retry_period_s: float = Field(2.0, gt=0)
+    # Empty: in-cluster config, falling back to ~/.kube/config.
+    kubeconfig: str = ""
+
+    @model_validator(mode="after")
+    def _timings(self) -> "LeaderElectionSection":
+        # A leader must give up before anybody else may take over (client-go's rule).
+        if not self.renew_deadline_s < self.lease_duration_s:
+            raise ValueError("renew_deadline_s must be shorter than lease_duration_s")
+        if not self.retry_period_s < self.renew_deadline_s:
+            raise ValueError("retry_period_s must be shorter than renew_deadline_s")
+        return self
+
+
+class DistributedSection(Section):
+    """Data-parallel training over the GPUs of one pod (torch.distributed, NCCL); rank 0 consumes and exports."""
+
+    enabled: bool = False
+    # 0: every visible CUDA device.
+    world_size: int = Field(0, ge=0)
+    backend: Literal["nccl", "gloo"] = "nccl"
+    master_port: int = Field(29512, ge=1, le=65535)
+
+
+class TrainerSection(Section):
+    registry_target: str = "127.0.0.1:50051"
+    registry_timeout_s: float = Field(120.0, gt=0)
+    model_name: str = "recommender"
+    auto_promote: bool = True
+    trainer_id: str = ""  # empty: the leader-election identity
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    consumer_group: str = "streamrec-trainer"  # offsets are committed only for lag visibility
+    poll_max_records: int = Field(2000, ge=1, description="events per micro-batch at most")
+    poll_timeout_ms: int = Field(200, ge=0)
+    export_interval_s: float = Field(30.0, gt=0)
+    export_every_events: int = Field(0, ge=0, description="also export after this many new events (0: off)")
+    checkpoint_dir: str = "./data/trainer"
+    checkpoint_interval_s: float = Field(10.0, gt=0)
+    keep_exports: int = Field(2, ge=1, description="exported artifact directories kept on disk")
+    eval_window: int = Field(2000, ge=0, description="recent events kept for the prequential metrics")
+    eval_k: list[int] = [10, 50]
+    items_sync_timeout_s: float = Field(5.0, ge=0, description="wait for `items` to catch up before training events on unknown items")
+    model: ModelSection = ModelSection()
+    leader_election: LeaderElectionSection = LeaderElectionSection()
+    distributed: DistributedSection = DistributedSection()
+
+
+class TrainerConfig(ServiceConfig):
+    kafka: KafkaConfig = KafkaConfig()
+    metrics: MetricsConfig = MetricsConfig(port=9104)
+    trainer: TrainerSection = TrainerSection()

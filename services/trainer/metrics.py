@@ -1,0 +1,50 @@
+"""Every trainer metric, created on one CollectorRegistry (names are a contract with the chart)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+EXPORT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class TrainerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events_trained = Counter(
+            "streamrec_trainer_events_trained", "Events the model has trained on (restored from the checkpoint at start)",
+            registry=registry)
+        self.loss = Gauge("streamrec_trainer_loss", "Sampled-softmax loss of the last micro-batch", registry=registry)
+        self.prequential_hit_rate = Gauge(
+            "streamrec_trainer_prequential_hit_rate", "Prequential (test-then-train) HR@k on the recent window",
+            ["k"], registry=registry)
+        self.export_duration = Histogram(
+            "streamrec_trainer_export_duration_seconds", "Evaluate + export + register one version",
+            buckets=EXPORT_BUCKETS, registry=registry)
+        self.versions_registered = Counter(
+            "streamrec_trainer_versions_registered", "Model versions registered", registry=registry)
+        self.registered_version = Gauge(
+            "streamrec_trainer_registered_version", "Last version this trainer registered", registry=registry)
+        self.consumer_lag = Gauge(
+            "streamrec_trainer_consumer_lag_records", "Records between the trained offset and the partition end",
+            ["topic", "partition"], registry=registry)
+        self.freshness = Gauge(
+            "streamrec_trainer_freshness_seconds", "Age of the newest event the model has trained on", registry=registry)
+        self.gpu_memory = Gauge(
+            "streamrec_trainer_gpu_memory_bytes", "CUDA memory allocated by the trainer (0 on CPU)", registry=registry)
+        self.is_leader = Gauge(
+            "streamrec_trainer_is_leader", "1 while this replica holds the lease and trains", registry=registry)
+        self.registration_failures = Counter(
+            "streamrec_trainer_registration_failures", "Exports the registry did not accept", registry=registry)
+        # Beyond the contract (told to the lead):
+        self.checkpoints = Counter(
+            "streamrec_trainer_checkpoints", "Checkpoints written", registry=registry)
+        self.checkpoint_duration = Histogram(
+            "streamrec_trainer_checkpoint_duration_seconds", "Time to write one checkpoint",
+            buckets=EXPORT_BUCKETS, registry=registry)
+        self.events_skipped = Counter(
+            "streamrec_trainer_events_skipped", "Records on `events` that could not be decoded", registry=registry)
+        self.items_upserted = Counter(
+            "streamrec_trainer_items_upserted", "Catalog upserts read from `items`", registry=registry)
+        self.batch_duration = Histogram(
+            "streamrec_trainer_batch_duration_seconds", "Training time of one micro-batch",
+            buckets=EXPORT_BUCKETS, registry=registry)
