@@ -1,0 +1,1 @@
+"""The ingester: validates, normalises, deduplicates and routes ``events.raw`` / ``items.raw``."""
