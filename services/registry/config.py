@@ -1,0 +1,60 @@
+"""Registry configuration: the ``registry:`` section plus the shared kafka/metrics/grpc sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from services.common.config import GrpcConfig, KafkaConfig, MetricsConfig, Section, ServiceConfig
+
+
+class S3Config(Section):
+    """S3-compatible object storage for artifacts (used when ``registry.artifact_store`` is ``s3``)."""
+
+    bucket: str = "streamrec-artifacts"
+    prefix: str = "artifacts/"
+    endpoint_url: str | None = Field(None, description="e.g. http://minio:9000 for MinIO; None for AWS")
+    region: str | None = None
+    # Credentials come from the environment / instance role (boto3's chain), never from values.
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    create_bucket: bool = False
+
+
+class GateConfig(Section):
+    """Automatic promotion to ``production``: the candidate's metric must be within ``tolerance``."""
+
+    metric: str = "hr@10"
+    higher_is_better: bool = True
+    # Absolute tolerance: promote when candidate >= production - tolerance (higher is better).
+    tolerance: float = Field(0.01, ge=0)
+    # Promote the very first version of a model (no production to compare with).
+    promote_first: bool = True
+
+
+class RegistrySection(Section):
+    database_url: str = Field(
+        "sqlite:///data/registry/registry.db",
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user:pass@host/db",
+    )
+    artifact_store: Literal["filesystem", "s3"] = "filesystem"
+    artifact_root: str = "data/registry/artifacts"
+    # Uploads are staged here before they are verified; on the artifact root's filesystem by default.
+    staging_dir: str | None = None
+    s3: S3Config = S3Config()
+    gate: GateConfig = GateConfig()
+    # Retention: keep the newest N active versions of each model plus every alias target.
+    keep_last: int = Field(20, ge=1)
+    max_artifact_bytes: int = Field(4 * 1024**3, ge=1024)
+    chunk_bytes: int = Field(1024 * 1024, ge=1024)
+    # Seconds between outbox publish attempts while Kafka is unreachable.
+    publish_retry_s: float = Field(1.0, gt=0)
+    publish_timeout_s: float = Field(10.0, gt=0)
+
+
+class RegistryConfig(ServiceConfig):
+    kafka: KafkaConfig = KafkaConfig()
+    metrics: MetricsConfig = MetricsConfig(port=9101)
+    grpc: GrpcConfig = GrpcConfig(port=50051)
+    registry: RegistrySection = RegistrySection()

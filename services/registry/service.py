@@ -1,0 +1,87 @@
+"""RegistryService: wires database, artifact store, core, outbox publisher, gRPC and metrics servers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from services.common.grpc import GrpcServer
+from services.common.metrics import MetricsServer
+from services.registry.artifact_store import ArtifactStore, make_store
+from services.registry.config import RegistryConfig
+from services.registry.database import Database
+from services.registry.gate import PromotionGate
+from services.registry.metrics import RegistryMetrics
+from services.registry.publisher import OutboxPublisher
+from services.registry.servicer import SERVICE_NAME, ModelRegistryServicer
+from services.registry.versions import ModelRegistry
+from streamrec_proto.v1 import registry_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryService:
+    """The whole registry in one object: ``start()`` serves, ``stop()`` drains and closes.
+
+    Health turns SERVING once the database is open and recovered; the outbox publisher runs
+    beside it and does not gate readiness (Kafka being down must not stop registrations).
+    """
+
+    def __init__(self, config: RegistryConfig, store: ArtifactStore | None = None,
+                 collector: CollectorRegistry | None = None) -> None:
+        self.config = config
+        section = config.registry
+        self.collector = collector or CollectorRegistry()
+        self.metrics = RegistryMetrics(self.collector)
+        self.db = Database(section.database_url)
+        self.store = store or make_store(section)
+        staging = Path(section.staging_dir) if section.staging_dir else Path(section.artifact_root) / ".staging"
+        gate = section.gate
+        self.publisher = OutboxPublisher(self.db, config.kafka, self.metrics, retry_s=section.publish_retry_s,
+                                         timeout_s=section.publish_timeout_s)
+        self.registry = ModelRegistry(
+            self.db, self.store, staging,
+            PromotionGate(gate.metric, gate.tolerance, gate.higher_is_better, gate.promote_first),
+            metrics=self.metrics, keep_last=section.keep_last, max_artifact_bytes=section.max_artifact_bytes,
+            chunk_bytes=section.chunk_bytes, on_change=self.publisher.wake,
+        )
+        g = config.grpc
+        self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes,
+                               observe=self.metrics.observe_request)
+        self.grpc.add(registry_pb2_grpc.add_ModelRegistryServicer_to_server, ModelRegistryServicer(self.registry),
+                      SERVICE_NAME)
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics.enabled:
+            self.metrics_server = MetricsServer(self.collector, config.metrics.host, config.metrics.port,
+                                                ready=self.db.ping)
+        self._ready = False
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc.port}"
+
+    def start(self) -> "RegistryService":
+        if self.metrics_server:
+            self.metrics_server.start()
+        self.grpc.start()
+        self.registry.recover()
+        self.publisher.start()
+        self.grpc.set_serving(True)
+        logger.info("registry ready", extra={"port": self.grpc.port, "database": self.db.engine.url.render_as_string()})
+        return self
+
+    def stop(self, grace_s: float | None = None) -> None:
+        self.grpc.stop(self.config.grpc.shutdown_grace_s if grace_s is None else grace_s)
+        self.publisher.stop()
+        if self.metrics_server:
+            self.metrics_server.stop()
+        self.db.close()
+
+    def wait(self) -> None:
+        self.grpc.wait()

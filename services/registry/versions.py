@@ -1,0 +1,410 @@
+"""ModelRegistry: the transport-neutral core that owns versions, aliases, gates and announcements.
+
+Each change runs in one database transaction that also appends its announcement to the outbox,
+so a change is durable and will be announced, or neither. See ``database`` for how version numbers
+stay gapless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from sqlalchemy import Connection, delete, func, select, update
+
+from services.common.errors import FailedPrecondition, InvalidInput, NotFound
+from services.registry.artifact_store import ArtifactStore
+from services.registry.database import (
+    Database, alias_history, aliases, artifacts, model_versions, outbox, registered_models,
+)
+from services.registry.gate import PROMOTED, PromotionGate
+from services.registry.metrics import RegistryMetrics
+from services.registry.upload import check_model_name, receive_upload
+from streamrec_proto.v1 import registry_pb2
+
+logger = logging.getLogger(__name__)
+
+PRODUCTION, CANDIDATE, CANARY = "production", "candidate", "canary"
+ACTIVE, ARCHIVED = "active", "archived"
+_ALIAS = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        db: Database,
+        store: ArtifactStore,
+        staging_dir: str | Path,
+        gate: PromotionGate,
+        metrics: RegistryMetrics | None = None,
+        keep_last: int = 20,
+        max_artifact_bytes: int = 4 * 1024**3,
+        chunk_bytes: int = 1024 * 1024,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.staging_dir = Path(staging_dir)
+        self.gate = gate
+        self.metrics = metrics
+        self.keep_last = keep_last
+        self.max_artifact_bytes = max_artifact_bytes
+        self.chunk_bytes = chunk_bytes
+        self.on_change = on_change  # wakes the outbox publisher
+        # Held from "bytes stored" to "version committed" and by garbage collection, so GC never
+        # deletes an archive a registration is about to reference.
+        self._artifact_lock = threading.Lock()
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a crash: drop half-received uploads and stored archives no committed version references."""
+        if self.staging_dir.exists():
+            for child in self.staging_dir.iterdir():
+                if child.name.startswith("upload-"):
+                    shutil.rmtree(child, ignore_errors=True)
+        with self._artifact_lock:
+            with self.db.read() as conn:
+                known = set(conn.scalars(select(artifacts.c.sha256)))
+            for sha256, _size in list(self.store.list()):
+                if sha256 not in known:
+                    logger.info("removing unreferenced artifact", extra={"sha256": sha256})
+                    self.store.delete(sha256)
+        self.collect_garbage()
+
+    # -- register -------------------------------------------------------------------------------
+
+    def register(self, header: registry_pb2.RegisterHeader, chunks: Iterable[bytes]) -> registry_pb2.ModelVersion:
+        with receive_upload(header, chunks, self.staging_dir, self.max_artifact_bytes) as upload:
+            manifest = upload.manifest
+            metrics = _metrics_of(manifest)
+            offsets = _offsets_of(manifest)
+            created_at = _created_at_ms(manifest.get("created_at"))
+            with self._artifact_lock:
+                self.store.put(upload.sha256, upload.tar_path)
+                with self.db.write() as conn:
+                    version = self._next_version(conn, header.model_name)
+                    stamp = now_ms()
+                    conn.execute(self.db.insert_ignore(
+                        artifacts, sha256=upload.sha256, size_bytes=upload.size_bytes, stored_at_ms=stamp))
+                    conn.execute(model_versions.insert().values(
+                        model_name=header.model_name, version=version, state=ACTIVE,
+                        manifest_json=upload.manifest_json, metrics_json=json.dumps(metrics),
+                        training_offsets_json=json.dumps(offsets), artifact_sha256=upload.sha256,
+                        artifact_size_bytes=upload.size_bytes, created_at_ms=created_at, registered_at_ms=stamp,
+                        parent_version=header.parent_version, trainer_id=header.trainer_id,
+                        gate_decision="", gate_reason="",
+                    ))
+                    self._move_alias(conn, header.model_name, CANDIDATE, version, "registered", "new version")
+                    self._announce(conn, header.model_name, "registered", version, "")
+                    decision = None
+                    if header.auto_promote:
+                        prod = self._alias_target(conn, header.model_name, PRODUCTION)
+                        prod_metrics = self._metrics(conn, header.model_name, prod) if prod else None
+                        decision = self.gate.decide(metrics, prod_metrics, prod or 0)
+                        conn.execute(update(model_versions).where(
+                            model_versions.c.model_name == header.model_name, model_versions.c.version == version,
+                        ).values(gate_decision=decision.decision, gate_reason=decision.reason))
+                        if decision.promoted:
+                            self._move_alias(conn, header.model_name, PRODUCTION, version, PROMOTED, decision.reason)
+                        self._announce(conn, header.model_name, decision.decision, version, decision.reason)
+                    result = self._version_proto(conn, header.model_name, version)
+        logger.info("registered", extra={"model": header.model_name, "model_version": version,
+                                         "sha256": upload.sha256, "gate": decision.decision if decision else ""})
+        if self.metrics:
+            self.metrics.versions_registered.labels(header.model_name).inc()
+            if decision and decision.promoted:
+                self.metrics.promotions.labels(header.model_name, PRODUCTION).inc()
+            elif decision:
+                self.metrics.gate_rejections.labels(header.model_name).inc()
+        self.on_change()
+        self.apply_retention(header.model_name)
+        return result
+
+    def _next_version(self, conn: Connection, model: str) -> int:
+        conn.execute(self.db.insert_ignore(registered_models, name=model, last_version=0, created_at_ms=now_ms()))
+        # Row lock on PostgreSQL; SQLite is already inside BEGIN IMMEDIATE under the writer lock.
+        last = conn.execute(select(registered_models.c.last_version)
+                            .where(registered_models.c.name == model).with_for_update()).scalar_one()
+        conn.execute(update(registered_models).where(registered_models.c.name == model)
+                     .values(last_version=last + 1))
+        return last + 1
+
+    def _lock_model(self, conn: Connection, model: str) -> None:
+        """Serialise changes to one model (alias moves) like registrations are serialised."""
+        found = conn.execute(select(registered_models.c.name)
+                             .where(registered_models.c.name == model).with_for_update()).first()
+        if found is None:
+            raise NotFound(f"model {model!r} has no versions")
+
+    # -- aliases --------------------------------------------------------------------------------
+
+    def set_alias(self, model: str, alias: str, version: int, reason: str = "") -> registry_pb2.ModelVersion:
+        check_model_name(model)
+        _check_alias(alias)
+        with self.db.write() as conn:
+            self._lock_model(conn, model)
+            row = self._row(conn, model, version)
+            if row.state != ACTIVE:
+                raise FailedPrecondition(f"{model} v{version} is archived; it cannot take alias {alias!r}")
+            action = PROMOTED if alias == PRODUCTION else "alias_set"
+            self._move_alias(conn, model, alias, version, action, reason or "manual")
+            self._announce(conn, model, action, version, reason or f"{alias} set to v{version}")
+            result = self._version_proto(conn, model, version)
+        logger.info("alias set", extra={"model": model, "alias": alias, "model_version": version})
+        if self.metrics:
+            self.metrics.promotions.labels(model, alias).inc()
+        self.on_change()
+        return result
+
+    def rollback(self, model: str, reason: str = "") -> registry_pb2.ModelVersion:
+        """Re-point production to the version it pointed to before (skipping archived and rolled-back ones)."""
+        check_model_name(model)
+        with self.db.write() as conn:
+            self._lock_model(conn, model)
+            current = self._alias_target(conn, model, PRODUCTION)
+            if current is None:
+                raise FailedPrecondition(f"model {model!r} has no production version to roll back")
+            target = self._previous_good(conn, model, current)
+            if target is None:
+                raise FailedPrecondition(f"{model}: no earlier active production version to roll back to from v{current}")
+            why = reason or f"rolled back from v{current}"
+            self._move_alias(conn, model, PRODUCTION, target, "rolled_back", why)
+            self._announce(conn, model, "rolled_back", target, why)
+            result = self._version_proto(conn, model, target)
+        logger.info("rolled back", extra={"model": model, "from_version": current, "model_version": target})
+        if self.metrics:
+            self.metrics.promotions.labels(model, PRODUCTION).inc()
+        self.on_change()
+        return result
+
+    def _previous_good(self, conn: Connection, model: str, current: int) -> int | None:
+        rows = conn.execute(select(alias_history.c.version, alias_history.c.previous_version, alias_history.c.action)
+                            .where(alias_history.c.model_name == model, alias_history.c.alias == PRODUCTION)
+                            .order_by(alias_history.c.id)).all()
+        bad: set[int] = set()
+        for version, previous, action in rows:
+            if action == "rolled_back":
+                bad.add(previous)  # rolled back from: not a good version to return to
+            else:
+                bad.discard(version)  # promoted again on purpose
+        archived = set(conn.scalars(select(model_versions.c.version).where(
+            model_versions.c.model_name == model, model_versions.c.state == ARCHIVED)))
+        for version, _previous, _action in reversed(rows):
+            if version != current and version not in bad and version not in archived:
+                return version
+        return None
+
+    # -- archive and retention ------------------------------------------------------------------
+
+    def archive(self, model: str, version: int, reason: str = "archived by request") -> registry_pb2.ModelVersion:
+        check_model_name(model)
+        with self.db.write() as conn:
+            self._lock_model(conn, model)
+            row = self._row(conn, model, version)
+            if row.state == ARCHIVED:
+                return self._version_proto(conn, model, version)
+            held = sorted(a for a, v in self._aliases(conn, model).items() if v == version)
+            if held:
+                raise FailedPrecondition(f"{model} v{version} is pointed to by {', '.join(held)}; "
+                                         "move those aliases first")
+            self._archive_row(conn, model, version, reason)
+            result = self._version_proto(conn, model, version)
+        self.on_change()
+        self.collect_garbage()
+        return result
+
+    def _archive_row(self, conn: Connection, model: str, version: int, reason: str) -> None:
+        conn.execute(update(model_versions).where(model_versions.c.model_name == model,
+                                                  model_versions.c.version == version)
+                     .values(state=ARCHIVED, archived_at_ms=now_ms()))
+        self._announce(conn, model, "archived", version, reason)
+        logger.info("archived", extra={"model": model, "model_version": version, "reason": reason})
+
+    def apply_retention(self, model: str) -> list[int]:
+        """Archive active versions beyond the newest ``keep_last`` that no alias points to."""
+        with self.db.write() as conn:
+            self._lock_model(conn, model)
+            active = list(conn.scalars(select(model_versions.c.version).where(
+                model_versions.c.model_name == model, model_versions.c.state == ACTIVE)
+                .order_by(model_versions.c.version.desc())))
+            keep = set(active[: self.keep_last]) | set(self._aliases(conn, model).values())
+            doomed = [v for v in active if v not in keep]
+            for version in doomed:
+                self._archive_row(conn, model, version, f"retention: keeping the newest {self.keep_last}")
+        if doomed:
+            self.on_change()
+            self.collect_garbage()
+        return doomed
+
+    def collect_garbage(self) -> int:
+        """Delete stored archives that no active version references; returns how many."""
+        with self._artifact_lock:
+            with self.db.read() as conn:
+                live = select(model_versions.c.artifact_sha256).where(model_versions.c.state == ACTIVE)
+                dead = list(conn.scalars(select(artifacts.c.sha256).where(artifacts.c.sha256.not_in(live))))
+            for sha256 in dead:
+                self.store.delete(sha256)
+                with self.db.write() as conn:
+                    conn.execute(delete(artifacts).where(artifacts.c.sha256 == sha256))
+            with self.db.read() as conn:
+                total = conn.execute(select(func.coalesce(func.sum(artifacts.c.size_bytes), 0))).scalar_one()
+        if self.metrics:
+            self.metrics.artifact_bytes.set(total)
+        if dead:
+            logger.info("deleted unreferenced artifacts", extra={"count": len(dead)})
+        return len(dead)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get_version(self, model: str, version: int) -> registry_pb2.ModelVersion:
+        check_model_name(model)
+        with self.db.read() as conn:
+            self._row(conn, model, version)
+            return self._version_proto(conn, model, version)
+
+    def list_versions(self, model: str, include_archived: bool = False) -> list[registry_pb2.ModelVersion]:
+        check_model_name(model)
+        with self.db.read() as conn:
+            query = select(model_versions).where(model_versions.c.model_name == model)
+            if not include_archived:
+                query = query.where(model_versions.c.state == ACTIVE)
+            rows = conn.execute(query.order_by(model_versions.c.version)).all()
+            alias_map = self._aliases(conn, model)
+            return [_to_proto(row, alias_map) for row in rows]
+
+    def get_alias(self, model: str, alias: str) -> registry_pb2.ModelVersion:
+        check_model_name(model)
+        _check_alias(alias)
+        with self.db.read() as conn:
+            version = self._alias_target(conn, model, alias)
+            if version is None:
+                raise NotFound(f"model {model!r} has no alias {alias!r}")
+            return self._version_proto(conn, model, version)
+
+    def download(self, model: str, version: int) -> Iterator[registry_pb2.ArtifactChunk]:
+        check_model_name(model)
+        with self.db.read() as conn:
+            row = self._row(conn, model, version)
+        if row.state != ACTIVE:
+            raise FailedPrecondition(f"{model} v{version} is archived; its artifact may have been deleted")
+        first = True
+        for data in self.store.read_chunks(row.artifact_sha256, self.chunk_bytes):
+            if first:
+                yield registry_pb2.ArtifactChunk(data=data, artifact_sha256=row.artifact_sha256,
+                                                 artifact_size_bytes=row.artifact_size_bytes)
+                first = False
+            else:
+                yield registry_pb2.ArtifactChunk(data=data)
+
+    def outbox_backlog(self) -> int:
+        with self.db.read() as conn:
+            return conn.execute(select(func.count()).select_from(outbox)).scalar_one()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _row(self, conn: Connection, model: str, version: int):
+        row = conn.execute(select(model_versions).where(
+            model_versions.c.model_name == model, model_versions.c.version == version)).first()
+        if row is None:
+            raise NotFound(f"model {model!r} has no version {version}")
+        return row
+
+    def _aliases(self, conn: Connection, model: str) -> dict[str, int]:
+        return dict(conn.execute(select(aliases.c.alias, aliases.c.version)
+                                 .where(aliases.c.model_name == model)).all())
+
+    def _alias_target(self, conn: Connection, model: str, alias: str) -> int | None:
+        return conn.execute(select(aliases.c.version).where(
+            aliases.c.model_name == model, aliases.c.alias == alias)).scalar_one_or_none()
+
+    def _metrics(self, conn: Connection, model: str, version: int) -> dict[str, float]:
+        return json.loads(self._row(conn, model, version).metrics_json)
+
+    def _move_alias(self, conn: Connection, model: str, alias: str, version: int, action: str, reason: str) -> None:
+        previous = self._alias_target(conn, model, alias)
+        stamp = now_ms()
+        if previous is None:
+            conn.execute(aliases.insert().values(model_name=model, alias=alias, version=version, updated_at_ms=stamp))
+        else:
+            conn.execute(update(aliases).where(aliases.c.model_name == model, aliases.c.alias == alias)
+                         .values(version=version, updated_at_ms=stamp))
+        conn.execute(alias_history.insert().values(
+            model_name=model, alias=alias, version=version, previous_version=previous or 0,
+            action=action, reason=reason, at_ms=stamp))
+
+    def _version_proto(self, conn: Connection, model: str, version: int) -> registry_pb2.ModelVersion:
+        return _to_proto(self._row(conn, model, version), self._aliases(conn, model))
+
+    def _announce(self, conn: Connection, model: str, action: str, version: int, reason: str) -> None:
+        """Append the change to the outbox inside the caller's transaction (sequence = the row id)."""
+        event = registry_pb2.ModelVersionEvent(
+            model_name=model, action=action, version=version, aliases=self._aliases(conn, model),
+            model_version=self._version_proto(conn, model, version), timestamp_ms=now_ms(), reason=reason)
+        conn.execute(outbox.insert().values(model_name=model, payload=event.SerializeToString(),
+                                            created_at_ms=event.timestamp_ms))
+
+
+def _check_alias(alias: str) -> str:
+    if not _ALIAS.match(alias or ""):
+        raise InvalidInput(f"invalid alias {alias!r}: use lower-case letters, digits, '.', '_' or '-'")
+    return alias
+
+
+def _to_proto(row, alias_map: dict[str, int]) -> registry_pb2.ModelVersion:
+    offsets = json.loads(row.training_offsets_json)
+    return registry_pb2.ModelVersion(
+        model_name=row.model_name, version=row.version, state=row.state,
+        aliases=sorted(a for a, v in alias_map.items() if v == row.version),
+        manifest_json=row.manifest_json, metrics=json.loads(row.metrics_json),
+        artifact_sha256=row.artifact_sha256, artifact_size_bytes=row.artifact_size_bytes,
+        created_at_ms=row.created_at_ms, parent_version=row.parent_version, trainer_id=row.trainer_id,
+        training_offsets=[registry_pb2.TopicPartitionOffset(topic=t, partition=p, offset=o) for t, p, o in offsets],
+        gate_decision=row.gate_decision, gate_reason=row.gate_reason,
+    )
+
+
+def _metrics_of(manifest: dict) -> dict[str, float]:
+    out = {}
+    for key, value in (manifest.get("metrics") or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[str(key)] = float(value)
+    return out
+
+
+def _offsets_of(manifest: dict) -> list[tuple[str, int, int]]:
+    raw = manifest.get("training_offsets") or {}
+    if not isinstance(raw, dict):
+        raise InvalidInput("manifest training_offsets must map topic -> {partition: next_offset}")
+    out = []
+    try:
+        for topic, parts in raw.items():
+            for partition, offset in parts.items():
+                out.append((str(topic), int(partition), int(offset)))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"manifest training_offsets is malformed: {exc}") from exc
+    return sorted(out)
+
+
+def _created_at_ms(value) -> int:
+    """The manifest's created_at as epoch ms: accepts ISO-8601 text, epoch seconds or epoch ms."""
+    if isinstance(value, bool) or value is None:
+        return now_ms()
+    if isinstance(value, (int, float)):
+        return int(value if value > 1e11 else value * 1000)
+    try:
+        return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return now_ms()
