@@ -1,0 +1,75 @@
+"""Configuration of the inference service (``inference:`` section plus the shared ones)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from services.common.config import GrpcConfig, KafkaConfig, MetricsConfig, Section, ServiceConfig
+
+
+class BatchingConfig(Section):
+    """Concurrent requests for the same model are encoded in one run of the user encoder."""
+
+    # 1 turns batching off (each request runs the encoder itself).
+    max_batch: int = Field(32, ge=1, le=4096)
+    # How long the first request of a batch waits for company.
+    max_wait_ms: float = Field(1.0, ge=0.0, le=100.0)
+
+
+class IndexConfig(Section):
+    """Retrieval: exact dot product below ``ann_threshold`` items, an HNSW index (usearch) above."""
+
+    # Chosen by ``streamrec bench index``: exact search is under ~2 ms up to this size on 2 cores.
+    ann_threshold: int = Field(200_000, ge=0)
+    # HNSW parameters (usearch names: connectivity = M, expansion_search = ef).
+    connectivity: int = Field(16, ge=4, le=128)
+    expansion_add: int = Field(128, ge=8)
+    expansion_search: int = Field(128, ge=8)
+    # ANN candidates fetched per wanted item, so filtering (seen/excluded/unavailable) still leaves k.
+    oversample: float = Field(2.0, ge=1.0)
+    threads: int = Field(0, ge=0, description="index build threads; 0 = all cores")
+
+
+class InferenceSection(Section):
+    model_name: str = "recommender"
+    # Registry gRPC address; empty means "serve from artifact_source only" (local development).
+    registry_target: str = "127.0.0.1:50051"
+    registry_timeout_s: float = Field(60.0, gt=0)
+    # Optional directory of artifacts laid out as <dir>/<model_name>/<version>/ (no registry needed).
+    artifact_source: str | None = None
+    # Where downloaded artifacts are unpacked.
+    cache_dir: str = "/tmp/streamrec-inference"
+    # Share of users (stable hash of user_id) served by the `canary` alias when one is set; 0 = off.
+    canary_share: float = Field(0.0, ge=0.0, le=1.0)
+    max_k: int = Field(1000, ge=1)
+    max_context_items: int = Field(200, ge=0)
+    max_exclude_items: int = Field(10_000, ge=0)
+    max_categories: int = Field(64, ge=0)
+    max_id_length: int = Field(256, ge=1)
+    # Bounded per-user history kept in memory (the encoder reads the last max_len of it anyway).
+    history_length: int = Field(200, ge=1)
+    max_users: int = Field(2_000_000, ge=1)
+    # Consume `events` for real-time histories (off: serve the snapshot only).
+    follow_events: bool = True
+    # Half-life of the recency-weighted popularity used for cold start.
+    popularity_half_life_s: float = Field(6 * 3600.0, gt=0)
+    # Requests with less time than this left before their deadline are refused up front.
+    min_time_remaining_ms: float = Field(1.0, ge=0)
+    warmup_requests: int = Field(8, ge=0)
+    # Server processes sharing the port (SO_REUSEPORT); each loads its own models.
+    processes: int = Field(1, ge=1, le=256)
+    batching: BatchingConfig = BatchingConfig()
+    index: IndexConfig = IndexConfig()
+
+
+class InferenceConfig(ServiceConfig):
+    kafka: KafkaConfig = KafkaConfig(client_id="streamrec-inference")
+    metrics: MetricsConfig = MetricsConfig(port=9102)
+    grpc: GrpcConfig = GrpcConfig(port=50052)
+    inference: InferenceSection = InferenceSection()
+
+    @model_validator(mode="after")
+    def _needs_a_source(self) -> "InferenceConfig":
+        if not self.inference.registry_target and not self.inference.artifact_source:
+            raise ValueError("inference.registry_target or inference.artifact_source must be set")
+        return self

@@ -1,0 +1,90 @@
+"""Fetching and loading model versions: registry download (sha256-checked) or a local directory."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from services.inference.config import IndexConfig
+from services.inference.model import ServedModel
+
+logger = logging.getLogger(__name__)
+
+
+class ArtifactSource(Protocol):
+    def fetch(self, model_name: str, version: int, dest_dir: Path) -> Path:
+        """A verified artifact directory for the version (may be dest_dir or somewhere else)."""
+
+
+class RegistrySource:
+    """Downloads from the registry; RegistryClient checks the archive digest and every file's sha256."""
+
+    def __init__(self, target: str, timeout_s: float = 60.0) -> None:
+        from services.common.registry_client import RegistryClient
+
+        self.client = RegistryClient(target, timeout_s=timeout_s)
+
+    def fetch(self, model_name: str, version: int, dest_dir: Path) -> Path:
+        return Path(self.client.download(model_name, version, dest_dir))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class DirectorySource:
+    """Artifacts laid out as ``<root>/<model_name>/<version>/`` (local development, no registry)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def fetch(self, model_name: str, version: int, dest_dir: Path) -> Path:
+        from recmodel.artifact import verify_artifact
+
+        path = self.root / model_name / str(version)
+        verify_artifact(path)
+        return path
+
+    def close(self) -> None:
+        pass
+
+
+class ModelLoader:
+    """Fetch -> load with the chosen execution providers -> index -> warm up. Raises on any failure."""
+
+    def __init__(self, source: ArtifactSource, cache_dir: str | Path, *, index_config: IndexConfig = IndexConfig(),
+                 providers: Sequence[str] | None = None, warmup_requests: int = 8) -> None:
+        self.source = source
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.index_config = index_config
+        self.warmup_requests = warmup_requests
+        self._providers = list(providers) if providers is not None else None
+
+    @property
+    def providers(self) -> list[str]:
+        if self._providers is None:
+            from recmodel.serving import select_providers
+
+            self._providers = list(select_providers())
+            logger.info("execution providers chosen", extra={"providers": self._providers})
+        return self._providers
+
+    def load(self, model_name: str, version: int) -> ServedModel:
+        start = time.perf_counter()
+        dest = self.cache_dir / "artifacts" / model_name / f"{version}-{uuid.uuid4().hex[:8]}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path = self.source.fetch(model_name, version, dest)
+            model = ServedModel.from_artifact(path, version=version, providers=self.providers,
+                                              index_config=self.index_config, index_cache_dir=self.cache_dir)
+            model.warm_up(self.warmup_requests)
+        finally:
+            # Everything is in memory now (or the load failed): the unpacked files are not needed.
+            shutil.rmtree(dest, ignore_errors=True)
+        logger.info("model loaded", extra={"model": model_name, "model_version": version, "items": len(model.item_ids),
+                                           "index": model.index_kind, "seconds": round(time.perf_counter() - start, 3)})
+        return model

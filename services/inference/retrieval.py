@@ -1,0 +1,123 @@
+"""Top-k retrieval over a model's item vectors by inner product.
+
+Exact search (one matmul + argpartition) below ``ann_threshold`` items; above it an HNSW index
+(usearch) over the available items, queried with oversampling so that filtering seen/excluded items
+still leaves k. Category-filtered queries search exactly over the category's items (usually a small
+share of the catalog), so they never miss items an unfiltered ANN would have ranked too low.
+The threshold comes from ``streamrec bench index`` (see bench/index.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from services.inference.config import IndexConfig
+
+logger = logging.getLogger(__name__)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest finite scores, best first."""
+    k = min(k, int(np.isfinite(scores).sum()))
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if k < len(scores):
+        part = np.argpartition(-scores, k - 1)[:k]
+    else:
+        part = np.arange(len(scores))
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+class ItemRetriever:
+    """Inner-product top-k over ``vectors`` honouring availability, bans and category subsets."""
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        available: np.ndarray,
+        config: IndexConfig = IndexConfig(),
+        cache_path: str | Path | None = None,
+    ) -> None:
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.available = np.asarray(available, dtype=bool)
+        self.config = config
+        self._unavailable = np.flatnonzero(~self.available)
+        self._available_rows = np.flatnonzero(self.available)
+        self._ann = None
+        if len(self._available_rows) >= config.ann_threshold and len(self._available_rows) > 0:
+            self._ann = self._build_ann(cache_path)
+        self.kind = "hnsw" if self._ann is not None else "exact"
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def _build_ann(self, cache_path: str | Path | None):
+        from usearch.index import Index
+
+        c = self.config
+        index = Index(ndim=self.vectors.shape[1], metric="ip", dtype="f32", connectivity=c.connectivity,
+                      expansion_add=c.expansion_add, expansion_search=c.expansion_search)
+        if cache_path is not None and Path(cache_path).exists():
+            try:
+                index.load(str(cache_path))
+                if len(index) == len(self._available_rows):
+                    logger.info("loaded ANN index from cache", extra={"path": str(cache_path), "items": len(index)})
+                    return index
+            except Exception:  # noqa: BLE001 - a bad cache file is rebuilt, never fatal
+                logger.warning("ANN index cache unreadable; rebuilding", extra={"path": str(cache_path)})
+            index = Index(ndim=self.vectors.shape[1], metric="ip", dtype="f32", connectivity=c.connectivity,
+                          expansion_add=c.expansion_add, expansion_search=c.expansion_search)
+        index.add(self._available_rows, self.vectors[self._available_rows], threads=c.threads or (os.cpu_count() or 1))
+        if cache_path is not None:
+            tmp = f"{cache_path}.tmp{os.getpid()}"
+            index.save(tmp)
+            os.replace(tmp, cache_path)
+        return index
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        banned: Iterable[int] = (),
+        subset: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of the best ``k`` available rows not in ``banned`` (within ``subset`` if given)."""
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        banned = np.fromiter(banned, dtype=np.int64) if not isinstance(banned, np.ndarray) else banned
+        if subset is not None:
+            subset = subset[self.available[subset]]
+            if len(banned):
+                subset = subset[~np.isin(subset, banned)]
+            scores = self.vectors[subset] @ query
+            top = _top(scores, k)
+            return subset[top], scores[top]
+        if self._ann is not None:
+            found = self._search_ann(query, k, banned)
+            if found is not None:
+                return found
+        scores = self.vectors @ query
+        scores[self._unavailable] = -np.inf
+        if len(banned):
+            scores[banned] = -np.inf
+        top = _top(scores, k)
+        return top, scores[top]
+
+    def _search_ann(self, query: np.ndarray, k: int, banned: np.ndarray):
+        n = len(self._available_rows)
+        want = min(n, int((k + len(banned)) * self.config.oversample) + 8)
+        while True:
+            matches = self._ann.search(query, want, threads=1)
+            rows = np.asarray(matches.keys, dtype=np.int64)
+            if len(banned):
+                rows = rows[~np.isin(rows, banned)]
+            if len(rows) >= k or want >= n:
+                rows = rows[:k]
+                return rows, self.vectors[rows] @ query
+            if want * 4 > n // 4:
+                return None  # asking for a large share of the catalog: exact search is cheaper
+            want *= 4

@@ -1,0 +1,164 @@
+"""Wires one inference server process: repository, histories, watcher, data plane, gRPC, metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health
+from prometheus_client import CollectorRegistry
+
+from services.common.grpc import ErrorInterceptor, GrpcServer
+from services.common.kafka import ensure_topics
+from services.common.metrics import MetricsServer
+from services.inference.batcher import EncoderBatcher
+from services.inference.config import InferenceConfig
+from services.inference.dataplane import RecommenderDataPlane
+from services.inference.histories import HistoryFollower, PopularityTracker, UserHistoryStore, freshness_seconds
+from services.inference.loader import DirectorySource, ModelLoader, RegistrySource
+from services.inference.metrics import InferenceMetrics
+from services.inference.model import ServedModel
+from services.inference.repository import PRODUCTION, ModelRepository
+from services.inference.servicer import RecommenderServicer
+from services.inference.watcher import ModelVersionWatcher
+
+logger = logging.getLogger(__name__)
+
+
+class _ReusePortGrpcServer(GrpcServer):
+    """GrpcServer whose port may be shared by several processes (SO_REUSEPORT)."""
+
+    def __init__(self, host: str, port: int, max_workers: int, max_message_bytes: int, observe) -> None:
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+            interceptors=[ErrorInterceptor(observe)],
+            options=[("grpc.max_receive_message_length", max_message_bytes),
+                     ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 1)],
+        )
+        from grpc_health.v1 import health_pb2_grpc
+
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self._service_names = []
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC server to {host}:{port}")
+        self._stopped = threading.Event()
+
+
+class InferenceServer:
+    def __init__(self, config: InferenceConfig, registry: CollectorRegistry | None = None, *,
+                 reuse_port: bool = False, metrics_port: int | None = None) -> None:
+        self.config = config
+        s = config.inference
+        self.registry = registry or CollectorRegistry()
+        self.metrics = InferenceMetrics(self.registry)
+        self.repository = ModelRepository(canary_share=s.canary_share)
+        self.histories = UserHistoryStore(s.history_length, s.max_users, PopularityTracker(s.popularity_half_life_s))
+        self.follower = HistoryFollower(config.kafka, self.histories, on_lag=self._on_lag,
+                                        on_applied=self.metrics.history_events.inc) if s.follow_events else None
+        source = DirectorySource(s.artifact_source) if s.artifact_source else RegistrySource(s.registry_target, s.registry_timeout_s)
+        self.source = source
+        self.loader = ModelLoader(source, s.cache_dir, index_config=s.index, warmup_requests=s.warmup_requests)
+        self.batcher = (EncoderBatcher(s.batching.max_batch, s.batching.max_wait_ms / 1000.0, self.metrics.batch_size.observe)
+                        if s.batching.max_batch > 1 else None)
+        self.dataplane = RecommenderDataPlane(self.repository, self.histories, s, self.batcher,
+                                              on_cold_start=self.metrics.cold_start.inc)
+        self.watcher = ModelVersionWatcher(
+            config.kafka, s.model_name, self.loader, self.repository, follow_canary=s.canary_share > 0,
+            on_loaded=self._before_swap, on_failure=lambda *_: self.metrics.model_load_failures.inc(),
+            on_load_seconds=self.metrics.model_load_duration.observe)
+        g = config.grpc
+        if reuse_port:
+            self.grpc = _ReusePortGrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes, self.metrics.observe_request)
+        else:
+            self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes, observe=self.metrics.observe_request)
+        RecommenderServicer(self.dataplane).register(self.grpc)
+        self.repository.on_change(self._after_swap)
+        self.metrics_server = None
+        if config.metrics.enabled:
+            port = config.metrics.port if metrics_port is None else metrics_port
+            self.metrics_server = MetricsServer(self.registry, config.metrics.host, port, ready=lambda: self.repository.ready)
+            self.metrics.history_freshness.set_function(lambda: freshness_seconds(self.histories))
+        self.metrics.model_ready.set(0)
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    # ------------------------------------------------------------------ model swaps
+    def _before_swap(self, alias: str, model: ServedModel) -> None:
+        """Bring user histories up to the new model's snapshot before it answers anything."""
+        events_topic = self.config.kafka.topics.name("events")
+        offsets = model.offsets_for(events_topic)
+        if self.follower is None:
+            self.histories.merge_snapshot(model.history_snapshot)
+            return
+        if self.follower._thread is None:  # first model: the store starts from its snapshot
+            self.histories.merge_snapshot(model.history_snapshot, only_newer=False)
+            self.histories.seed_popularity(model.history_snapshot)
+            self.follower.start_from(offsets)
+            return
+        # The store is normally ahead of any snapshot; only partitions where the snapshot is ahead move.
+        ahead = self.follower.ahead_partitions(offsets)
+        taken = self.histories.merge_snapshot(model.history_snapshot, only_newer=True)
+        if ahead:
+            self.follower.start_from(ahead)
+        logger.info("histories merged with new snapshot", extra={"model_version": model.version, "users_taken": taken,
+                                                                 "partitions_moved": sorted(ahead)})
+
+    def _after_swap(self, alias: str, model: ServedModel | None) -> None:
+        self.metrics.model_version.labels(self.config.inference.model_name, alias).set(model.version if model else 0)
+        if alias == PRODUCTION:
+            self.metrics.index_items.set(len(model.item_ids) if model else 0)
+            self.metrics.model_ready.set(1 if model is not None else 0)
+            if not self._stopping:
+                self.grpc.set_serving(model is not None)
+
+    def _on_lag(self, lag: dict[int, int]) -> None:
+        for p, n in lag.items():
+            self.metrics.history_lag.labels(str(p)).set(n)
+        self.metrics.history_users.set(len(self.histories))
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "InferenceServer":
+        if self.config.kafka.topics.create:
+            names = [self.config.kafka.topics.name("model_versions")]
+            if self.follower is not None:
+                names.append(self.config.kafka.topics.name("events"))
+            ensure_topics(self.config.kafka, names)
+        if self.metrics_server is not None:
+            self.metrics_server.start()
+        self.grpc.start()
+        self.watcher.start()
+        return self
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.repository.ready:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no model loaded after {timeout_s}s")
+            time.sleep(0.05)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING first, drain in-flight calls, then stop the background work."""
+        self._stopping = True
+        self.grpc.stop(self.config.grpc.shutdown_grace_s if grace_s is None else grace_s)
+        self.watcher.stop()
+        if self.follower is not None:
+            self.follower.stop()
+        if self.batcher is not None:
+            self.batcher.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        close = getattr(self.source, "close", None)
+        if close:
+            close()

@@ -1,0 +1,45 @@
+"""The gRPC face of the data plane: message conversion and deadlines, nothing else."""
+
+from __future__ import annotations
+
+import time
+
+from services.inference.dataplane import Recommendation, RecommendQuery, RecommenderDataPlane, SimilarQuery
+from streamrec_proto.v1 import recommender_pb2, recommender_pb2_grpc
+
+SERVICE_NAME = "streamrec.v1.Recommender"
+
+
+def _deadline(context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _items(rec: Recommendation):
+    return [recommender_pb2.ScoredItem(item_id=i.item_id, score=i.score, title=i.title, categories=list(i.categories))
+            for i in rec.items]
+
+
+class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
+    def __init__(self, dataplane: RecommenderDataPlane) -> None:
+        self.dataplane = dataplane
+
+    def Recommend(self, request, context):  # noqa: N802 (gRPC method name)
+        rec = self.dataplane.recommend(RecommendQuery(
+            user_id=request.user_id, k=request.k, context_item_ids=list(request.context_item_ids),
+            exclude_item_ids=list(request.exclude_item_ids), categories=list(request.categories)), _deadline(context))
+        return recommender_pb2.RecommendResponse(items=_items(rec), model_name=rec.model_name,
+                                                 model_version=rec.model_version, source=rec.source)
+
+    def SimilarItems(self, request, context):  # noqa: N802
+        rec = self.dataplane.similar_items(SimilarQuery(
+            item_id=request.item_id, k=request.k, exclude_item_ids=list(request.exclude_item_ids),
+            categories=list(request.categories)), _deadline(context))
+        return recommender_pb2.SimilarItemsResponse(items=_items(rec), model_name=rec.model_name,
+                                                    model_version=rec.model_version)
+
+    def Ping(self, request, context):  # noqa: N802
+        return recommender_pb2.PingResponse()
+
+    def register(self, server) -> None:
+        server.add(recommender_pb2_grpc.add_RecommenderServicer_to_server, self, SERVICE_NAME)

@@ -1,0 +1,154 @@
+"""Follows the compacted ``model-versions`` topic and keeps the repository on the aliases it names.
+
+The topic is read from the beginning on every start (it is compacted, so that is the latest record
+per model plus a little history). For the configured model the newest event (by ``sequence``)
+decides the wanted ``production`` (and ``canary``) versions; a version that differs from the loaded
+one is loaded beside it and swapped in. A version that fails is logged once, counted, and not retried
+until an event names it again; the old version keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from services.common.config import KafkaConfig
+from services.common.kafka import make_consumer, partitions_for
+from services.inference.loader import ModelLoader
+from services.inference.model import ServedModel
+from services.inference.repository import CANARY, PRODUCTION, ModelRepository
+
+logger = logging.getLogger(__name__)
+
+
+class ModelVersionWatcher:
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        model_name: str,
+        loader: ModelLoader,
+        repository: ModelRepository,
+        *,
+        follow_canary: bool = False,
+        on_loaded: Callable[[str, ServedModel], None] | None = None,
+        on_failure: Callable[[str, int, BaseException], None] | None = None,
+        on_load_seconds: Callable[[float], None] | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.topic = kafka.topics.name("model_versions")
+        self.model_name = model_name
+        self.loader = loader
+        self.repository = repository
+        self.aliases = (PRODUCTION, CANARY) if follow_canary else (PRODUCTION,)
+        self._on_loaded = on_loaded
+        self._on_failure = on_failure
+        self._on_load_seconds = on_load_seconds
+        self._latest = None  # newest ModelVersionEvent for our model
+        self._failed: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+
+    def start(self) -> "ModelVersionWatcher":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        from kafka.errors import KafkaError
+        from streamrec_proto.v1 import registry_pb2
+
+        consumer = None
+        while consumer is None and not self._stop.is_set():
+            try:
+                consumer = make_consumer(self.kafka, None, None, fetch_max_wait_ms=100)
+                parts = partitions_for(consumer, self.topic)
+                consumer.assign(parts)
+                consumer.seek_to_beginning(*parts)
+            except KafkaError as exc:
+                logger.warning("model-versions consumer cannot start; retrying", extra={"error": str(exc)})
+                if consumer is not None:
+                    consumer.close()
+                consumer = None
+                self._stop.wait(1.0)
+        if consumer is None:
+            return
+        logger.info("watching model versions", extra={"topic": self.topic, "model": self.model_name})
+        try:
+            while not self._stop.is_set():
+                batch = consumer.poll(timeout_ms=200)
+                for records in batch.values():
+                    for rec in records:
+                        self._take(rec, registry_pb2)
+                self._reconcile()
+        except Exception:  # noqa: BLE001
+            logger.exception("model watcher stopped")
+        finally:
+            consumer.close()
+
+    def _take(self, rec, registry_pb2) -> None:
+        if rec.key is not None and rec.key.decode("utf-8", "replace") != self.model_name:
+            return
+        if rec.value is None:
+            return  # tombstone
+        event = registry_pb2.ModelVersionEvent()
+        try:
+            event.ParseFromString(rec.value)
+        except Exception:  # noqa: BLE001
+            logger.warning("skipping unparsable model-versions record", extra={"offset": rec.offset})
+            return
+        if event.model_name != self.model_name:
+            return
+        if self._latest is not None and event.sequence and event.sequence < self._latest.sequence:
+            return  # a stale replay
+        if event.version in self._failed and event.action not in ("registered",):
+            # Named again (promotion, alias set): give it another try.
+            self._failed.discard(event.version)
+        self._latest = event
+
+    def _reconcile(self) -> None:
+        event = self._latest
+        if event is None:
+            return
+        for alias in self.aliases:
+            wanted = int(event.aliases.get(alias, 0))
+            current = self.repository.get(alias)
+            if wanted == 0:
+                if current is not None and alias != PRODUCTION:
+                    self.repository.swap(alias, None)
+                continue
+            if current is not None and current.version == wanted:
+                continue
+            if alias != PRODUCTION:
+                prod = self.repository.get(PRODUCTION)
+                if prod is not None and prod.version == wanted:
+                    self.repository.swap(alias, None)  # the canary was promoted: nothing separate to serve
+                    continue
+            if wanted in self._failed or self._stop.is_set():
+                continue
+            self._load(alias, wanted)
+
+    def _load(self, alias: str, version: int) -> None:
+        start = time.perf_counter()
+        try:
+            model = self.loader.load(self.model_name, version)
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the old version serving
+            self._failed.add(version)
+            current = self.repository.get(alias)
+            logger.error("model version failed to load; keeping the current one",
+                         extra={"model": self.model_name, "model_version": version, "alias": alias,
+                                "serving": current.version if current else None, "error": f"{type(exc).__name__}: {exc}"})
+            if self._on_failure:
+                self._on_failure(alias, version, exc)
+            return
+        if self._on_load_seconds:
+            self._on_load_seconds(time.perf_counter() - start)
+        if self._on_loaded:
+            self._on_loaded(alias, model)  # e.g. merge its history snapshot before it serves
+        old = self.repository.swap(alias, model)
+        logger.info("model swapped in", extra={"model": self.model_name, "alias": alias, "model_version": version,
+                                               "previous": old.version if old else None})
