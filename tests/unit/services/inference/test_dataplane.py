@@ -1,0 +1,163 @@
+"""Data plane behaviour with a small in-memory model (a mean-of-history-vectors encoder)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from services.common.errors import InvalidInput, NotFound, NotReady
+from services.inference.batcher import EncoderBatcher
+from services.inference.config import IndexConfig, InferenceSection
+from services.inference.dataplane import DeadlineExceeded, RecommenderDataPlane, RecommendQuery, SimilarQuery
+from services.inference.histories import UserHistoryStore
+from services.inference.model import ServedModel
+from services.inference.repository import CANARY, PRODUCTION, ModelRepository, user_bucket
+
+
+class MeanEncoder:
+    """User vector = mean of the vectors of the items in the history."""
+
+    def __init__(self, ids, vectors):
+        self.row = {i: r for r, i in enumerate(ids)}
+        self.vectors = vectors
+
+    def encode(self, histories, now_ms):
+        return np.stack([self.vectors[[self.row[h[0]] for h in hist]].mean(axis=0) for hist in histories])
+
+
+def make_model(version=1, n=200, dim=8, seed=0, ann_threshold=10**9):
+    rng = np.random.default_rng(seed)
+    ids = [f"i{j}" for j in range(n)]
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    available = np.ones(n, dtype=bool)
+    available[5] = False
+    cats = ["even" if j % 2 == 0 else "odd" for j in range(n)]
+    model = ServedModel(name="recommender", version=version, encoder=MeanEncoder(ids, vectors), item_ids=ids,
+                        item_vectors=vectors, available=available, titles=[f"Item {j}" for j in range(n)],
+                        categories=cats, history_snapshot={"u1": [("i1", "click", 1000)]},
+                        index_config=IndexConfig(ann_threshold=ann_threshold))
+    model.warm_up(2)
+    return model
+
+
+@pytest.fixture
+def plane():
+    repo = ModelRepository()
+    store = UserHistoryStore(max_len=50)
+    repo.swap(PRODUCTION, make_model())
+    return RecommenderDataPlane(repo, store, InferenceSection(max_k=100, max_exclude_items=3))
+
+
+def test_recommends_nearest_items_and_filters_seen_excluded_unavailable(plane):
+    model = plane.repository.get()
+    store = plane.histories
+    store.append("u", "i3", "click", 1)
+    store.append("u", "i4", "view", 2)
+    rec = plane.recommend(RecommendQuery("u", k=20, exclude_item_ids=["i7"]))
+    ids = [i.item_id for i in rec.items]
+    assert rec.source == "model" and rec.model_version == 1 and len(ids) == 20
+    assert not {"i3", "i4", "i5", "i7"} & set(ids)
+    query = model.item_vectors[[3, 4]].mean(axis=0)
+    scores = model.item_vectors @ query
+    scores[[3, 4, 5, 7]] = -np.inf
+    assert ids == [f"i{j}" for j in np.argsort(-scores)[:20]]
+    assert rec.items[0].title.startswith("Item ") and rec.items[0].categories in (("even",), ("odd",))
+
+
+def test_category_filter_and_context_items(plane):
+    plane.histories.append("u", "i3", "click", 1)
+    rec = plane.recommend(RecommendQuery("u", k=10, categories=["even"], context_item_ids=["i8"]))
+    assert all(int(i.item_id[1:]) % 2 == 0 for i in rec.items)
+    assert "i8" not in [i.item_id for i in rec.items]
+
+
+def test_unknown_user_gets_popularity_never_an_error(plane):
+    for t, item in enumerate(["i10", "i10", "i10", "i12", "i12", "i14", "i5"]):
+        plane.histories.append(f"other{t}", item, "click", 1000 + t)
+    time.sleep(0.6)  # ranking is recomputed at most every 0.5 s
+    rec = plane.recommend(RecommendQuery("nobody", k=3))
+    assert rec.source == "popularity"
+    assert [i.item_id for i in rec.items] == ["i10", "i12", "i14"]  # i5 is unavailable
+    rec = plane.recommend(RecommendQuery("nobody", k=3, categories=["even"], exclude_item_ids=["i12"]))
+    assert [i.item_id for i in rec.items] == ["i10", "i14"]
+
+
+@pytest.mark.parametrize("query, message", [
+    (RecommendQuery("u", k=0), "k must be between 1 and 100"),
+    (RecommendQuery("u", k=101), "k must be between 1 and 100"),
+    (RecommendQuery("", k=5), "user_id is required"),
+    (RecommendQuery("u", k=5, exclude_item_ids=["a", "b", "c", "d"]), "exclude_item_ids: 4 given, at most 3"),
+    (RecommendQuery("u", k=5, exclude_item_ids=[""]), "exclude_item_ids: empty id"),
+])
+def test_invalid_requests_are_rejected_with_a_message(plane, query, message):
+    with pytest.raises(InvalidInput, match=message) as info:
+        plane.recommend(query)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_deadline_already_spent_is_refused(plane):
+    with pytest.raises(DeadlineExceeded):
+        plane.recommend(RecommendQuery("u1", k=5), deadline=time.monotonic() - 0.01)
+
+
+def test_similar_items(plane):
+    model = plane.repository.get()
+    rec = plane.similar_items(SimilarQuery("i3", k=5))
+    scores = model.item_vectors @ model.item_vectors[3]
+    scores[[3, 5]] = -np.inf
+    assert [i.item_id for i in rec.items] == [f"i{j}" for j in np.argsort(-scores)[:5]]
+    with pytest.raises(NotFound):
+        plane.similar_items(SimilarQuery("nope", k=5))
+
+
+def test_no_model_and_no_data_is_not_ready():
+    plane = RecommenderDataPlane(ModelRepository(), UserHistoryStore())
+    with pytest.raises(NotReady):
+        plane.recommend(RecommendQuery("u", k=5))
+
+
+def test_swap_is_atomic_and_in_flight_model_is_kept(plane):
+    repo = plane.repository
+    first = repo.for_user("u")
+    repo.swap(PRODUCTION, make_model(version=2, seed=1))
+    assert first.version == 1 and repo.for_user("u").version == 2
+    with pytest.raises(ValueError):
+        repo.swap(PRODUCTION, ServedModel(name="x", version=3, encoder=None, item_ids=["a"], item_vectors=np.ones((1, 8))))
+
+
+def test_canary_share_by_stable_user_hash():
+    repo = ModelRepository(canary_share=0.3)
+    repo.swap(PRODUCTION, make_model(version=1))
+    repo.swap(CANARY, make_model(version=2))
+    users = [f"user{j}" for j in range(2000)]
+    on_canary = [u for u in users if repo.for_user(u).version == 2]
+    assert 0.25 < len(on_canary) / len(users) < 0.35
+    assert all(user_bucket(u) < 0.3 for u in on_canary)
+    assert on_canary == [u for u in users if repo.for_user(u).version == 2]  # stable
+
+
+def test_batcher_encodes_concurrent_requests_together(plane):
+    sizes = []
+    batcher = EncoderBatcher(max_batch=16, max_wait_s=0.02, on_batch=sizes.append)
+    plane.batcher = batcher
+    for u in range(8):
+        plane.histories.append(f"b{u}", f"i{u + 10}", "click", 1)
+    results = {}
+
+    def call(u):
+        results[u] = plane.recommend(RecommendQuery(f"b{u}", k=5))
+
+    threads = [threading.Thread(target=call, args=(u,)) for u in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.stop()
+    assert sum(sizes) == 8 and max(sizes) > 1
+    plane.batcher = None
+    for u in range(8):
+        assert [i.item_id for i in results[u].items] == [i.item_id for i in plane.recommend(RecommendQuery(f"b{u}", k=5)).items]

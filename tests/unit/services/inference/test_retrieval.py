@@ -1,0 +1,54 @@
+"""Exact and HNSW retrieval agree where it matters: top-k, bans, availability, categories."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.inference.config import IndexConfig
+from services.inference.retrieval import ItemRetriever
+
+
+def _data(n=3000, dim=16):
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    avail = rng.random(n) > 0.1
+    return v, avail, rng.standard_normal((20, dim)).astype(np.float32)
+
+
+def test_exact_top_k_respects_bans_and_availability():
+    v, avail, queries = _data()
+    r = ItemRetriever(v, avail, IndexConfig(ann_threshold=10**9))
+    assert r.kind == "exact"
+    for q in queries:
+        rows, scores = r.search(q, 10, banned=np.array([0, 1, 2]))
+        s = v @ q
+        s[~avail] = -np.inf
+        s[[0, 1, 2]] = -np.inf
+        assert rows.tolist() == np.argsort(-s)[:10].tolist()
+        assert np.allclose(scores, s[rows])
+
+
+def test_hnsw_has_high_recall_and_never_returns_banned_or_unavailable(tmp_path):
+    v, avail, queries = _data()
+    cache = tmp_path / "ix.usearch"
+    r = ItemRetriever(v, avail, IndexConfig(ann_threshold=100), cache_path=cache)
+    assert r.kind == "hnsw" and cache.exists()
+    exact = ItemRetriever(v, avail, IndexConfig(ann_threshold=10**9))
+    hits = 0
+    for q in queries:
+        banned = exact.search(q, 3)[0]
+        rows, _ = r.search(q, 10, banned=banned)
+        assert len(rows) == 10 and avail[rows].all() and not set(banned) & set(rows.tolist())
+        hits += len(set(rows.tolist()) & set(exact.search(q, 10, banned=banned)[0].tolist()))
+    assert hits / (10 * len(queries)) > 0.9
+    again = ItemRetriever(v, avail, IndexConfig(ann_threshold=100), cache_path=cache)  # loads the cached index
+    assert again.search(queries[0], 5)[0].tolist() == r.search(queries[0], 5)[0].tolist()
+
+
+def test_subset_search_is_exact_within_the_subset():
+    v, avail, queries = _data()
+    r = ItemRetriever(v, avail, IndexConfig(ann_threshold=100))
+    subset = np.arange(0, 3000, 7)
+    rows, _ = r.search(queries[0], 5, subset=subset)
+    sub = subset[avail[subset]]
+    assert rows.tolist() == sub[np.argsort(-(v[sub] @ queries[0]))[:5]].tolist()
