@@ -1,0 +1,377 @@
+{{/*
+Shared helpers. Component templates call them with a dict:
+  (dict "root" $ "component" "inference")
+*/}}
+
+{{- define "streamrec.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "streamrec.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "streamrec.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <fullname>-<component>, the name of every object of a component. */}}
+{{- define "streamrec.componentName" -}}
+{{- printf "%s-%s" (include "streamrec.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: name, instance, component only (they are immutable on workloads). */}}
+{{- define "streamrec.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "streamrec.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "streamrec.labels" -}}
+helm.sh/chart: {{ include "streamrec.chart" .root }}
+{{ include "streamrec.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: streamrec
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of chart-wide objects (dashboards, alerts, topics). */}}
+{{- define "streamrec.commonLabels" -}}
+helm.sh/chart: {{ include "streamrec.chart" . }}
+app.kubernetes.io/name: {{ include "streamrec.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: streamrec
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "streamrec.values" -}}
+{{- toYaml (index .root.Values .component) }}
+{{- end }}
+
+{{- define "streamrec.serviceAccountName" -}}
+{{- $v := index .root.Values .component }}
+{{- if $v.serviceAccount.create }}
+{{- default (include "streamrec.componentName" .) $v.serviceAccount.name }}
+{{- else }}
+{{- default "default" $v.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* registry/repository:tag@digest; the tag defaults to appVersion (+ "-gpu" for the CUDA image). */}}
+{{- define "streamrec.imageRef" -}}
+{{- $img := .image }}
+{{- $registry := default $img.registry .root.Values.global.imageRegistry }}
+{{- $tag := $img.tag | toString }}
+{{- if not $tag }}
+{{- $tag = .root.Chart.AppVersion }}
+{{- if .gpu }}{{ $tag = printf "%s-gpu" $tag }}{{ end }}
+{{- end }}
+{{- $ref := $img.repository }}
+{{- if $registry }}{{ $ref = printf "%s/%s" $registry $ref }}{{ end }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $ref $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $ref $tag }}
+{{- end }}
+{{- end }}
+
+{{- define "streamrec.image" -}}
+{{- $v := index .root.Values .component }}
+{{- $gpu := and (hasKey $v "gpu") $v.gpu.enabled }}
+{{- include "streamrec.imageRef" (dict "root" .root "image" $v.image "gpu" $gpu) }}
+{{- end }}
+
+{{- define "streamrec.registryTarget" -}}
+{{- printf "%s:%d" (include "streamrec.componentName" (dict "root" . "component" "registry")) (int .Values.registry.service.grpcPort) }}
+{{- end }}
+
+{{- define "streamrec.inferenceTarget" -}}
+{{- printf "%s:%d" (include "streamrec.componentName" (dict "root" . "component" "inference")) (int .Values.inference.service.grpcPort) }}
+{{- end }}
+
+{{- define "streamrec.kafka.tls" -}}
+{{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}true{{ end }}
+{{- end }}
+
+{{/* Topics are created by Strimzi when it manages them, otherwise (optionally) by the services. */}}
+{{- define "streamrec.kafka.createTopics" -}}
+{{- if and .Values.kafka.topics.create (not .Values.kafka.strimzi.enabled) }}true{{ else }}false{{ end }}
+{{- end }}
+
+{{/*
+config.yaml of a component, in the format of services/<component>/config.py. `settings` are the
+component's own section, defaults first, the user's `config.settings` on top.
+*/}}
+{{- define "streamrec.configYaml" -}}
+{{- $root := .root }}
+{{- $v := index $root.Values .component }}
+{{- $k := $root.Values.kafka }}
+{{- $kafka := dict "bootstrap_servers" $k.bootstrapServers "security_protocol" $k.securityProtocol "client_id" (include "streamrec.componentName" .) }}
+{{- if $k.sasl.mechanism }}
+{{- $_ := set $kafka "sasl_mechanism" $k.sasl.mechanism }}
+{{- $_ := set $kafka "sasl_username" $k.sasl.username }}
+{{- end }}
+{{- if include "streamrec.kafka.tls" $root }}
+{{- if $k.tls.caSecret.name }}
+{{- $_ := set $kafka "ssl_cafile" (printf "/etc/streamrec/kafka-tls/ca/%s" $k.tls.caSecret.key) }}
+{{- end }}
+{{- if $k.tls.clientSecret.name }}
+{{- $_ := set $kafka "ssl_certfile" (printf "/etc/streamrec/kafka-tls/client/%s" $k.tls.clientSecret.certKey) }}
+{{- $_ := set $kafka "ssl_keyfile" (printf "/etc/streamrec/kafka-tls/client/%s" $k.tls.clientSecret.keyKey) }}
+{{- end }}
+{{- end }}
+{{- $topics := dict "prefix" $k.topics.prefix "partitions" (int $k.topics.partitions) "replication_factor" (int $k.topics.replicationFactor) "create" (eq (include "streamrec.kafka.createTopics" $root) "true") }}
+{{- range $key, $name := $k.topics.names }}
+{{- $_ := set $topics $key $name }}
+{{- end }}
+{{- $_ := set $kafka "topics" $topics }}
+{{- $cfg := dict "kafka" $kafka "logging" (dict "level" $v.config.logLevel "format" "json") "metrics" (dict "enabled" true "host" "0.0.0.0" "port" (int $v.metrics.port)) }}
+{{- if hasKey $v.service "grpcPort" }}
+{{- $_ := set $cfg "grpc" (dict "host" "0.0.0.0" "port" (int $v.service.grpcPort) "shutdown_grace_s" (max 1 (sub (int $v.terminationGracePeriodSeconds) 5))) }}
+{{- end }}
+{{- $section := include (printf "streamrec.%s.settings" .component) $root | fromYaml }}
+{{- $_ := set $cfg .component (mergeOverwrite $section (deepCopy $v.config.settings)) }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* Env every container of a component gets. */}}
+{{- define "streamrec.env" -}}
+{{- $root := .root }}
+{{- $v := index $root.Values .component }}
+- name: STREAMREC_CONFIG
+  value: /etc/streamrec/config.yaml
+- name: POD_NAME
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef: {fieldPath: metadata.namespace}
+# The root filesystem is read-only: caches (torch, transformers, Python) go to /tmp.
+- name: HOME
+  value: /tmp
+- name: XDG_CACHE_HOME
+  value: /tmp/.cache
+{{- if and $root.Values.kafka.sasl.mechanism $root.Values.kafka.sasl.passwordSecret.name }}
+- name: STREAMREC_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.kafka.sasl.passwordSecret.name }}
+      key: {{ $root.Values.kafka.sasl.passwordSecret.key }}
+{{- end }}
+{{- end }}
+
+{{- define "streamrec.kafka.volumeMounts" -}}
+{{- if include "streamrec.kafka.tls" . }}
+{{- if .Values.kafka.tls.caSecret.name }}
+- name: kafka-ca
+  mountPath: /etc/streamrec/kafka-tls/ca
+  readOnly: true
+{{- end }}
+{{- if .Values.kafka.tls.clientSecret.name }}
+- name: kafka-client-tls
+  mountPath: /etc/streamrec/kafka-tls/client
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "streamrec.kafka.volumes" -}}
+{{- if include "streamrec.kafka.tls" . }}
+{{- if .Values.kafka.tls.caSecret.name }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .Values.kafka.tls.caSecret.name }}
+    items:
+      - {key: {{ .Values.kafka.tls.caSecret.key | quote }}, path: {{ .Values.kafka.tls.caSecret.key | quote }}}
+{{- end }}
+{{- if .Values.kafka.tls.clientSecret.name }}
+- name: kafka-client-tls
+  secret:
+    secretName: {{ .Values.kafka.tls.clientSecret.name }}
+    defaultMode: 0400
+    items:
+      - {key: {{ .Values.kafka.tls.clientSecret.certKey | quote }}, path: {{ .Values.kafka.tls.clientSecret.certKey | quote }}}
+      - {key: {{ .Values.kafka.tls.clientSecret.keyKey | quote }}, path: {{ .Values.kafka.tls.clientSecret.keyKey | quote }}}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Probe timing fields from probes.<kind>. */}}
+{{- define "streamrec.probeTiming" -}}
+initialDelaySeconds: {{ .initialDelaySeconds }}
+periodSeconds: {{ .periodSeconds }}
+timeoutSeconds: {{ .timeoutSeconds }}
+failureThreshold: {{ .failureThreshold }}
+{{- end }}
+
+{{/*
+Probes. Liveness and startup: /healthz on the metrics port (the process is alive). Readiness:
+gRPC health on the gRPC port for gRPC services (SERVING only when ready: a model loaded, the
+database open), /readyz on the metrics port for the others.
+*/}}
+{{- define "streamrec.probes" -}}
+{{- $v := index .root.Values .component }}
+{{- $p := $v.probes }}
+{{- if $p.startup.enabled }}
+startupProbe:
+  httpGet: {path: /healthz, port: metrics}
+  {{- include "streamrec.probeTiming" $p.startup | trim | nindent 2 }}
+{{- end }}
+{{- if $p.liveness.enabled }}
+livenessProbe:
+  httpGet: {path: /healthz, port: metrics}
+  {{- include "streamrec.probeTiming" $p.liveness | trim | nindent 2 }}
+{{- end }}
+{{- if $p.readiness.enabled }}
+readinessProbe:
+  {{- if hasKey $v.service "grpcPort" }}
+  grpc:
+    port: {{ $v.service.grpcPort }}
+  {{- else }}
+  httpGet: {path: /readyz, port: metrics}
+  {{- end }}
+  {{- include "streamrec.probeTiming" $p.readiness | trim | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{- define "streamrec.ports" -}}
+{{- $v := index .root.Values .component }}
+{{- if hasKey $v.service "grpcPort" }}
+- name: grpc
+  containerPort: {{ $v.service.grpcPort }}
+  protocol: TCP
+{{- end }}
+- name: metrics
+  containerPort: {{ $v.metrics.port }}
+  protocol: TCP
+{{- end }}
+
+{{- define "streamrec.gpuLimits" -}}
+{{- $v := index .root.Values .component }}
+{{- $res := deepCopy (default dict $v.resources) }}
+{{- if and (hasKey $v "gpu") $v.gpu.enabled }}
+{{- $limits := default dict $res.limits }}
+{{- $_ := set $limits $v.gpu.resourceName (int $v.gpu.count) }}
+{{- $_ := set $res "limits" $limits }}
+{{- end }}
+{{- toYaml $res }}
+{{- end }}
+
+{{/*
+The pod template of a component. Arguments: root, component, and optionally
+volumeMounts / volumes (YAML lists as strings) for the component's writable paths.
+*/}}
+{{- define "streamrec.podTemplate" -}}
+{{- $root := .root }}
+{{- $v := index $root.Values .component }}
+metadata:
+  labels:
+    {{- include "streamrec.labels" . | trim | nindent 4 }}
+    {{- with $v.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    checksum/config: {{ include (print $root.Template.BasePath "/" .component "/configmap.yaml") $root | sha256sum }}
+    {{- with $v.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "streamrec.serviceAccountName" . }}
+  automountServiceAccountToken: {{ .automountToken | default false }}
+  {{- with $root.Values.global.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- if and (hasKey $v "gpu") $v.gpu.enabled $v.gpu.runtimeClassName }}
+  runtimeClassName: {{ $v.gpu.runtimeClassName }}
+  {{- end }}
+  terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
+  securityContext:
+    {{- toYaml $v.podSecurityContext | nindent 4 }}
+  containers:
+    - name: {{ .component }}
+      image: {{ include "streamrec.image" . }}
+      imagePullPolicy: {{ $v.image.pullPolicy }}
+      args: [{{ .component | quote }}, "--config", "/etc/streamrec/config.yaml"]
+      ports:
+        {{- include "streamrec.ports" . | trim | nindent 8 }}
+      env:
+        {{- include "streamrec.env" . | trim | nindent 8 }}
+        {{- with .env }}
+        {{- . | trim | nindent 8 }}
+        {{- end }}
+        {{- with $v.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- include "streamrec.probes" . | trim | nindent 6 }}
+      resources:
+        {{- include "streamrec.gpuLimits" . | trim | nindent 8 }}
+      securityContext:
+        {{- toYaml $v.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: config
+          mountPath: /etc/streamrec
+          readOnly: true
+        - name: tmp
+          mountPath: /tmp
+        {{- with include "streamrec.kafka.volumeMounts" $root | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
+        {{- with .volumeMounts }}
+        {{- . | trim | nindent 8 }}
+        {{- end }}
+        {{- with $v.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+  volumes:
+    - name: config
+      configMap:
+        name: {{ include "streamrec.componentName" . }}
+    - name: tmp
+      emptyDir:
+        sizeLimit: 1Gi
+    {{- with include "streamrec.kafka.volumes" $root | trim }}
+    {{- . | nindent 4 }}
+    {{- end }}
+    {{- with .volumes }}
+    {{- . | trim | nindent 4 }}
+    {{- end }}
+    {{- with $v.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with $v.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
