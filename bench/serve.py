@@ -1,0 +1,169 @@
+"""Recommend vs a no-op gRPC call (Ping) on the same server: p50/p99 latency and QPS.
+
+``streamrec bench serve --items N --concurrency C --duration S`` builds a small real artifact with
+recmodel (synthetic stream, HashingTextEncoder, ONNX user encoder), starts an inference server in a
+child process whose catalog is the artifact's items plus N-minus-those synthetic item vectors, and
+drives it from this process with C concurrent asyncio gRPC calls for S seconds per method. The
+server runs the same data plane, batcher, retrieval and gRPC stack as ``streamrec inference``; only
+the Kafka watcher is left out (the model is loaded once at start). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_ARTIFACT = Path(os.environ.get("STREAMREC_BENCH_ARTIFACT", "/tmp/streamrec-bench/artifact"))
+
+
+def build_artifact(out_dir: Path, dim: int = 32, seed: int = 0) -> Path:
+    """A small real artifact: a few thousand synthetic events trained on CPU, exported with recmodel."""
+    if (out_dir / "manifest.json").exists():
+        return out_dir
+    from recmodel.data import SyntheticStream
+    from recmodel.export import export_artifact
+    from recmodel.text import HashingTextEncoder
+    from recmodel.train import IncrementalTrainer
+
+    stream = SyntheticStream(seed=seed, n_users=300, n_items=600, n_events=6000)
+    trainer = IncrementalTrainer(dim=dim, max_len=20, capacity=2000, text_encoder=HashingTextEncoder(32),
+                                 device="cpu", seed=seed, batch_size=256, n_random_negatives=64)
+    trainer.upsert_items(stream.items())
+    trainer.train_events(list(stream.events()))
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    export_artifact(trainer, tmp, model_name="recommender", training_offsets={}, metrics={})
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def _serve(artifact: str, n_items: int, index_threshold: int, max_batch: int, workers: int, conn) -> None:
+    """Child process: load the artifact, grow the catalog to n_items, serve until told to stop."""
+    from recmodel.serving import ArtifactModel
+
+    from services.common.grpc import GrpcServer
+    from services.inference.batcher import EncoderBatcher
+    from services.inference.config import IndexConfig, InferenceSection
+    from services.inference.dataplane import RecommenderDataPlane
+    from services.inference.histories import UserHistoryStore
+    from services.inference.model import ServedModel
+    from services.inference.repository import PRODUCTION, ModelRepository
+    from services.inference.servicer import RecommenderServicer
+
+    runtime = ArtifactModel.load(artifact, providers=None)
+    ids = list(runtime.item_ids)
+    vecs = np.asarray(runtime.item_vectors, dtype=np.float32)
+    extra = max(0, n_items - len(ids))
+    if extra:
+        rng = np.random.default_rng(1)
+        scale = float(np.linalg.norm(vecs, axis=1).mean() / np.sqrt(vecs.shape[1]))
+        vecs = np.concatenate([vecs, (rng.standard_normal((extra, vecs.shape[1])) * scale).astype(np.float32)])
+        ids += [f"synthetic-{j}" for j in range(extra)]
+    t = time.perf_counter()
+    cache = Path(artifact).parent / f"index-{n_items}-{index_threshold}.usearch"
+    model = ServedModel(name="recommender", version=1, encoder=runtime, item_ids=ids, item_vectors=vecs,
+                        history_snapshot=runtime.histories, max_len=runtime.max_len,
+                        index_config=IndexConfig(ann_threshold=index_threshold), index_cache_path=cache)
+    model.warm_up(8)
+    index_s = time.perf_counter() - t
+    repo = ModelRepository()
+    repo.swap(PRODUCTION, model)
+    store = UserHistoryStore(max_len=200)
+    store.merge_snapshot(runtime.histories, only_newer=False)
+    batcher = EncoderBatcher(max_batch=max_batch) if max_batch > 1 else None
+    plane = RecommenderDataPlane(repo, store, InferenceSection(), batcher)
+    server = GrpcServer("127.0.0.1", 0, max_workers=workers)
+    RecommenderServicer(plane).register(server)
+    server.start()
+    server.set_serving(True)
+    conn.send({"port": server.port, "users": list(runtime.histories)[:1000], "index": model.index_kind,
+               "index_build_s": round(index_s, 2), "providers": list(getattr(runtime, "providers", []))})
+    conn.recv()  # stop
+    server.stop(1)
+
+
+async def _drive(target: str, method: str, make_request, concurrency: int, duration: float) -> dict:
+    import grpc
+
+    from streamrec_proto.v1 import recommender_pb2_grpc
+
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        call = getattr(stub, method)
+        for _ in range(20):
+            await call(make_request(), timeout=30)
+        stop_at = time.perf_counter() + duration
+
+        async def worker():
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter()
+                try:
+                    await call(make_request(), timeout=10)
+                    latencies.append(time.perf_counter() - t)
+                except grpc.RpcError:
+                    errors += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    lat = np.array(latencies) * 1e3
+    return {"requests": len(latencies), "errors": errors, "qps": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="streamrec bench serve", description=__doc__.splitlines()[0])
+    p.add_argument("--items", type=int, default=10_000)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per method")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--index-threshold", type=int, default=None,
+                   help="ANN above this many items (default: the service default)")
+    p.add_argument("--max-batch", type=int, default=32, help="encoder micro-batch size (1 = off)")
+    p.add_argument("--workers", type=int, default=16, help="gRPC server threads")
+    p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
+    args = p.parse_args(argv)
+    from services.inference.config import IndexConfig
+    from streamrec_proto.v1 import recommender_pb2
+
+    threshold = IndexConfig().ann_threshold if args.index_threshold is None else args.index_threshold
+    args.artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact = build_artifact(args.artifact)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve, args=(str(artifact), args.items, threshold, args.max_batch, args.workers, child))
+    proc.start()
+    try:
+        info = parent.recv()
+        target = f"127.0.0.1:{info['port']}"
+        users = info["users"] or ["nobody"]
+        rnd = random.Random(0)
+        ping = asyncio.run(_drive(target, "Ping", recommender_pb2.PingRequest, args.concurrency, args.duration))
+        rec = asyncio.run(_drive(
+            target, "Recommend", lambda: recommender_pb2.RecommendRequest(user_id=rnd.choice(users), k=args.k),
+            args.concurrency, args.duration))
+    finally:
+        parent.send("stop")
+        proc.join(30)
+    print(json.dumps({
+        "bench": "serve", "items": args.items, "concurrency": args.concurrency, "duration_s": args.duration,
+        "k": args.k, "index": info["index"], "index_build_s": info["index_build_s"], "max_batch": args.max_batch,
+        "providers": info["providers"], "cpus": os.cpu_count(), "recommend": rec, "ping": ping,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
