@@ -1,0 +1,305 @@
+"""The trainer's main loop: restore, consume, train, checkpoint, export and register.
+
+One iteration: read whatever `items` has (so new items get their text embedding before events refer to
+them), read a micro-batch of `events`, test-then-train it, advance the in-memory offsets. Every
+``checkpoint_interval_s`` the state is checkpointed together with those offsets; every
+``export_interval_s`` (or ``export_every_events``) it is checkpointed, evaluated, exported and
+registered. The loop runs only while this replica is the leader; a leader that loses its lease stops
+at once, throws its unsaved work away and goes back to standby (the next leader restores the last
+checkpoint and re-trains the events after it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from services.common.registry_client import RegistryClient
+from services.trainer.checkpoint import CheckpointStore, Registration, StreamPosition
+from services.trainer.config import TrainerConfig
+from services.trainer.evaluation import PrequentialMonitor
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.publisher import VersionPublisher
+from services.trainer.stream import EventReader, ItemReader
+
+logger = logging.getLogger(__name__)
+
+LAG_REFRESH_S = 2.0
+PARTITION_REFRESH_S = 30.0
+
+
+class LostLeadership(Exception):
+    """The lease is gone: stop training without touching the checkpoint."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_text_encoder(model_cfg):
+    """None means the trainer's default (all-MiniLM-L6-v2, loaded on first use)."""
+    if model_cfg.text_encoder == "hashing":
+        from recmodel.text import HashingTextEncoder
+
+        return HashingTextEncoder(model_cfg.hashing_dim)
+    return None
+
+
+class LocalBackend:
+    """Trains in this process (CPU or one GPU). ``DistributedBackend`` has the same interface."""
+
+    def __init__(self, config: TrainerConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.trainer = None
+
+    def restore(self, store: CheckpointStore):
+        from recmodel.train import IncrementalTrainer
+
+        enc = make_text_encoder(self.config.trainer.model)
+        loaded = store.load(text_encoder=enc, device=self.device)
+        if loaded is None:
+            self.trainer = IncrementalTrainer(**self.config.trainer.model.trainer_kwargs(), text_encoder=enc,
+                                              device=self.device)
+            return None
+        self.trainer, position = loaded
+        return position
+
+    def upsert_items(self, items) -> None:
+        self.trainer.upsert_items(items)
+
+    def train_events(self, events):
+        return self.trainer.train_events(events)
+
+    def close(self) -> None:
+        self.trainer = None
+
+
+class TrainerService:
+    def __init__(self, config: TrainerConfig, metrics: TrainerMetrics, elector, *,
+                 registry_client: RegistryClient | None = None, backend=None) -> None:
+        self.config = config
+        self.cfg = config.trainer
+        self.metrics = metrics
+        self.elector = elector
+        self.device = resolve_device(self.cfg.device)
+        self.backend = backend or LocalBackend(config, self.device)
+        self.store = CheckpointStore(self.cfg.checkpoint_dir)
+        self.client = registry_client or RegistryClient(self.cfg.registry_target, timeout_s=self.cfg.registry_timeout_s)
+        self.trainer_id = self.cfg.trainer_id or getattr(elector, "identity", "trainer")
+        self.publisher = VersionPublisher(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
+                                          auto_promote=self.cfg.auto_promote, exports_dir=self.store.exports_dir,
+                                          keep_exports=self.cfg.keep_exports)
+        self.events_topic = config.kafka.topics.name("events")
+        self.items_topic = config.kafka.topics.name("items")
+        self._restored = threading.Event()
+        self._standing_by = threading.Event()
+        self.position: StreamPosition | None = None
+        self.registration: Registration | None = None
+
+    # ------------------------------------------------------------------ probes
+    def ready(self) -> bool:
+        """Restored and assigned (the leader), or healthy and waiting (a standby)."""
+        return self._restored.is_set() or self._standing_by.is_set()
+
+    # ------------------------------------------------------------------ outer loop
+    def run(self, stop: threading.Event) -> None:
+        self.elector.start()
+        try:
+            while not stop.is_set():
+                self._standing_by.set()
+                if not self.elector.wait_for_leadership(stop):
+                    break
+                self._standing_by.clear()
+                self.metrics.is_leader.set(1)
+                try:
+                    self._lead(stop)
+                except LostLeadership:
+                    logger.warning("lost the lease: stopped training, unsaved work discarded")
+                finally:
+                    self.metrics.is_leader.set(0)
+                    self._restored.clear()
+        finally:
+            self.elector.stop(release=True)
+            self.client.close()
+
+    def _check_leader(self) -> None:
+        if not self.elector.is_leader():
+            raise LostLeadership()
+
+    # ------------------------------------------------------------------ leading
+    def _lead(self, stop: threading.Event) -> None:
+        cfg = self.cfg
+        position = self.backend.restore(self.store)
+        trainer = self.backend.trainer
+        if position is None or position.events_topic != self.events_topic:
+            position = StreamPosition(events_topic=self.events_topic, items_topic=self.items_topic)
+        if position.items_topic != self.items_topic:
+            position.items_offsets = {}
+        position.epoch = int(getattr(self.elector, "epoch", 0))
+        self.position = position
+        self.registration = self.store.load_registration()
+        logger.info("restored", extra={"events_trained": trainer.events_trained, "offsets": position.events_offsets,
+                                        "checkpoint": self.store.exists(), "device": str(self.device)})
+        self.metrics.events_trained.inc(trainer.events_trained - self._counted())
+        self._counted_events = trainer.events_trained
+        self._checkpointed_events = trainer.events_trained if self.store.exists() else None
+        self._checkpointed_items = dict(position.items_offsets)
+
+        monitor = PrequentialMonitor(window=cfg.eval_window, ks=cfg.eval_k, max_len=trainer.max_len)
+        events = EventReader(self.config.kafka, self.events_topic, cfg.consumer_group, cfg.poll_max_records)
+        items = ItemReader(self.config.kafka, self.items_topic, None, 5000)
+        try:
+            events.assign(position.events_offsets)
+            items.assign(position.items_offsets)
+            position.events_offsets = dict(events.offsets)
+            # Catch the catalog up before the first events (new items need their text vectors).
+            self._upsert(items.read_to_end(cfg.items_sync_timeout_s), items)
+            self._restored.set()
+            self._loop(stop, trainer, position, monitor, events, items)
+        finally:
+            events.close()
+            items.close()
+            self.backend.close()
+
+    def _counted(self) -> int:
+        return getattr(self, "_counted_events", 0)
+
+    def _upsert(self, new_items, reader: ItemReader) -> None:
+        if new_items:
+            self.backend.upsert_items(new_items)
+            self.metrics.items_upserted.inc(len(new_items))
+        self.position.items_offsets = dict(reader.offsets)
+
+    def _loop(self, stop, trainer, position, monitor, events: EventReader, items: ItemReader) -> None:
+        cfg = self.cfg
+        now = time.monotonic()
+        last_checkpoint = now
+        last_export = now
+        last_lag = 0.0
+        last_partitions = now
+        exported_at_events = trainer.events_trained
+        loss = float("nan")
+        while not stop.is_set():
+            self._check_leader()
+            self._upsert(items.read_available(0), items)
+            batch = events.next_batch(cfg.poll_timeout_ms)
+            if batch is not None:
+                if any(e.item_id not in trainer.vocab for e in batch.events):
+                    # Unknown items: the catalog record may be just behind; read `items` up to its end first.
+                    self._upsert(items.read_to_end(cfg.items_sync_timeout_s), items)
+                self._check_leader()
+                start = time.perf_counter()
+                if batch.events:
+                    monitor.observe_and_test(trainer, batch.events)
+                    stats = self.backend.train_events(batch.events)
+                    loss = stats.loss
+                events.advance(batch)
+                position.events_offsets = dict(events.offsets)
+                position.records_consumed += batch.records
+                position.events_skipped += batch.skipped
+                position.newest_event_ms = max(position.newest_event_ms, batch.newest_ms)
+                self._after_batch(trainer, batch, loss, time.perf_counter() - start)
+            now = time.monotonic()
+            if now - last_lag >= LAG_REFRESH_S:
+                self._refresh_lag(events, position)
+                last_lag = now
+            if now - last_partitions >= PARTITION_REFRESH_S:
+                events.refresh_partitions()
+                items.refresh_partitions()
+                last_partitions = now
+            pending = self._pending_registration(trainer, position)
+            export_due = pending and (
+                now - last_export >= cfg.export_interval_s
+                or (cfg.export_every_events and trainer.events_trained - exported_at_events >= cfg.export_every_events))
+            if export_due:
+                self._checkpoint(trainer, position, events)
+                last_checkpoint = time.monotonic()
+                self._export(trainer, position, monitor)
+                last_export = time.monotonic()
+                exported_at_events = trainer.events_trained
+            elif now - last_checkpoint >= cfg.checkpoint_interval_s and self._dirty(trainer):
+                self._checkpoint(trainer, position, events)
+                last_checkpoint = time.monotonic()
+        # Graceful stop: keep what was trained.
+        if self.elector.is_leader() and self._dirty(trainer):
+            self._checkpoint(trainer, position, events)
+
+    # ------------------------------------------------------------------ pieces
+    def _after_batch(self, trainer, batch, loss: float, seconds: float) -> None:
+        m = self.metrics
+        m.events_trained.inc(trainer.events_trained - self._counted())
+        self._counted_events = trainer.events_trained
+        m.events_skipped.inc(batch.skipped)
+        if loss == loss:
+            m.loss.set(loss)
+        m.batch_duration.observe(seconds)
+        if self.position.newest_event_ms:
+            m.freshness.set(max(0.0, time.time() - self.position.newest_event_ms / 1000.0))
+        if self.device.type == "cuda":
+            m.gpu_memory.set(torch.cuda.memory_allocated(self.device))
+
+    def _refresh_lag(self, events: EventReader, position: StreamPosition) -> None:
+        try:
+            for p, lag in events.lag().items():
+                self.metrics.consumer_lag.labels(topic=self.events_topic, partition=str(p)).set(lag)
+        except Exception as exc:  # lag is for display; never stop training for it
+            logger.debug("lag refresh failed", extra={"error": str(exc)})
+        if position.newest_event_ms:
+            self.metrics.freshness.set(max(0.0, time.time() - position.newest_event_ms / 1000.0))
+
+    def _dirty(self, trainer) -> bool:
+        return trainer.events_trained != getattr(self, "_checkpointed_events", None) or \
+            self.position.items_offsets != getattr(self, "_checkpointed_items", None)
+
+    def _checkpoint(self, trainer, position: StreamPosition, events: EventReader) -> None:
+        self._check_leader()  # never overwrite a newer leader's checkpoint
+        start = time.perf_counter()
+        self.store.save(trainer, position)
+        self._checkpointed_events = trainer.events_trained
+        self._checkpointed_items = dict(position.items_offsets)
+        self.metrics.checkpoints.inc()
+        self.metrics.checkpoint_duration.observe(time.perf_counter() - start)
+        events.commit()  # lag visibility only, after the state is durable
+        logger.debug("checkpoint", extra={"events_trained": trainer.events_trained, "offsets": position.events_offsets})
+
+    def _pending_registration(self, trainer, position: StreamPosition) -> bool:
+        if trainer.events_trained == 0:
+            return False
+        reg = self.registration
+        return reg is None or reg.events_offsets != position.events_offsets
+
+    def _export(self, trainer, position: StreamPosition, monitor: PrequentialMonitor) -> None:
+        start = time.perf_counter()
+        metrics = monitor.metrics()
+        for k in self.cfg.eval_k:
+            self.metrics.prequential_hit_rate.labels(k=str(k)).set(metrics[f"hr@{k}"])
+        metrics.update(events_trained=float(trainer.events_trained),
+                       newest_event_ms=float(position.newest_event_ms))
+        offsets = dict(position.events_offsets)
+        try:
+            artifact = self.publisher.export(trainer, self.events_topic, offsets, metrics)
+            self._check_leader()
+            parent = self.registration.version if self.registration else 0
+            version = self.publisher.register(artifact, parent_version=parent)
+        except LostLeadership:
+            raise
+        except Exception as exc:
+            self.metrics.registration_failures.inc()
+            logger.warning("export/register failed; will retry at the next interval", extra={"error": str(exc)},
+                           exc_info=not hasattr(exc, "code"))
+            return
+        self.registration = Registration(version, offsets, trainer.events_trained)
+        self.store.save_registration(self.registration)
+        self.metrics.versions_registered.inc()
+        self.metrics.registered_version.set(version)
+        self.metrics.export_duration.observe(time.perf_counter() - start)
+        logger.info("registered model version", extra={"model_version": version, "offsets": offsets,
+                                                       "events_trained": trainer.events_trained,
+                                                       "seconds": round(time.perf_counter() - start, 2)})

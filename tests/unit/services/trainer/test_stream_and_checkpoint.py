@@ -1,0 +1,77 @@
+"""Decoding of `events`/`items` records, checkpoint round trips, prequential metrics, config rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from recmodel.data import Event, Item, SyntheticStream
+from recmodel.text import HashingTextEncoder
+from recmodel.train import IncrementalTrainer
+from services.common.config import load_config
+from services.common.errors import ConfigError
+from services.trainer.checkpoint import CheckpointStore, Registration, StreamPosition
+from services.trainer.config import TrainerConfig
+from services.trainer.evaluation import PrequentialMonitor
+from services.trainer.stream import decode_event, decode_item
+from streamrec_proto.v1 import event_pb2
+
+
+def test_decode_event_and_item():
+    msg = event_pb2.Event(event_id="e1", user_id="u1", item_id="i1", type="click", value=1.0,
+                          timestamp_ms=123, context={"page": "home"})
+    e = decode_event(msg.SerializeToString())
+    assert e == Event("e1", "u1", "i1", "click", 1.0, 123, {"page": "home"})
+    assert decode_event(b"\xff\xff garbage") is None
+    assert decode_event(event_pb2.Event(event_id="e2", item_id="i1", type="view").SerializeToString()) is None
+    item = event_pb2.Item(item_id="i1", title="T", text="x", categories=["a", "b"])
+    assert decode_item(item.SerializeToString()) == Item("i1", "T", "x", ("a", "b"), {}, True)
+    item.available = False
+    assert decode_item(item.SerializeToString()).available is False
+    assert decode_item(None) is None  # tombstone
+
+
+def test_checkpoint_round_trip_keeps_offsets_with_the_state(tmp_path):
+    stream = SyntheticStream(seed=1, n_users=30, n_items=60, n_events=600)
+    trainer = IncrementalTrainer(dim=16, max_len=8, capacity=200, text_encoder=HashingTextEncoder(16),
+                                 device="cpu", batch_size=64, replay_batch=8, n_random_negatives=16)
+    trainer.upsert_items(stream.items())
+    trainer.train_events(list(stream.events())[:300])
+    store = CheckpointStore(tmp_path)
+    pos = StreamPosition(events_topic="ev", items_topic="it", events_offsets={0: 120, 1: 180},
+                         items_offsets={0: 60}, records_consumed=300, newest_event_ms=99, epoch=3)
+    store.save(trainer, pos)
+    restored, pos2 = store.load(text_encoder=HashingTextEncoder(16), device="cpu")
+    assert pos2 == pos
+    assert restored.events_trained == 300
+    assert restored.user_histories() == trainer.user_histories()
+    assert store.load_registration() is None
+    store.save_registration(Registration(4, {0: 120, 1: 180}, 300))
+    assert store.load_registration() == Registration(4, {0: 120, 1: 180}, 300)
+
+
+def test_prequential_monitor_scores_before_training():
+    stream = SyntheticStream(seed=2, n_users=40, n_items=80, n_events=1500)
+    events = list(stream.events())
+    trainer = IncrementalTrainer(dim=16, max_len=8, capacity=200, text_encoder=HashingTextEncoder(16),
+                                 device="cpu", batch_size=128, replay_batch=16, n_random_negatives=32)
+    trainer.upsert_items(stream.items())
+    monitor = PrequentialMonitor(window=500, ks=(10, 50), max_len=8, per_batch=64)
+    for lo in range(0, len(events), 250):
+        monitor.observe_and_test(trainer, events[lo:lo + 250])
+        trainer.train_events(events[lo:lo + 250])
+    m = monitor.metrics()
+    assert 0 < m["prequential_predictions"] <= 500
+    assert 0.0 <= m["hr@10"] <= m["hr@50"] <= 1.0
+    # Better than ranking 80 items at random (HR@10 of chance is about 10/80).
+    assert m["hr@10"] > 0.15
+
+
+def test_config_defaults_and_leader_timing_rules():
+    cfg = load_config(TrainerConfig, environ={})
+    assert cfg.metrics.port == 9104 and cfg.trainer.export_interval_s == 30
+    assert not cfg.trainer.leader_election.enabled and not cfg.trainer.distributed.enabled
+    env = {"STREAMREC_TRAINER_LEADER_ELECTION_RENEW_DEADLINE_S": "20"}
+    with pytest.raises(ConfigError, match="renew_deadline_s"):
+        load_config(TrainerConfig, environ=env)
+    with pytest.raises(ConfigError, match="trainer.bogus"):
+        load_config(TrainerConfig, environ={}, overrides={"trainer": {"bogus": 1}})
