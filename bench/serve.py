@@ -45,10 +45,66 @@ def build_artifact(out_dir: Path, dim: int = 32, seed: int = 0) -> Path:
     return out_dir
 
 
-def _serve(artifact: str, n_items: int, index_threshold: int, max_batch: int, workers: int, conn) -> None:
-    """Child process: load the artifact, grow the catalog to n_items, serve until told to stop."""
-    from recmodel.serving import ArtifactModel
+class TinyOnnxEncoder:
+    """Fallback when recmodel.serving is not importable: masked mean of history item vectors + a linear
+    layer, exported to ONNX and run by ONNX Runtime (CPU). Same call shape as ArtifactModel.encode."""
 
+    def __init__(self, item_ids, item_vectors: np.ndarray, max_len: int = 20, path: Path | None = None) -> None:
+        import onnxruntime as ort
+        import torch
+
+        dim = item_vectors.shape[1]
+        path = path or Path("/tmp/streamrec-bench/tiny_encoder.onnx")
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        class Enc(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.proj = torch.nn.Linear(dim, dim)
+
+            def forward(self, seq, mask):
+                m = mask.unsqueeze(-1)
+                return self.proj((seq * m).sum(1) / m.sum(1).clamp(min=1.0))
+
+        torch.manual_seed(0)
+        torch.onnx.export(Enc().eval(), (torch.zeros(2, max_len, dim), torch.ones(2, max_len)), str(path),
+                          input_names=["seq", "mask"], output_names=["user"], dynamo=False,
+                          dynamic_axes={"seq": {0: "b"}, "mask": {0: "b"}, "user": {0: "b"}})
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.providers = self.session.get_providers()
+        self.row = {i: r for r, i in enumerate(item_ids)}
+        self.vectors = item_vectors
+        self.max_len = max_len
+
+    def encode(self, histories, now_ms):
+        b, L, d = len(histories), self.max_len, self.vectors.shape[1]
+        seq = np.zeros((b, L, d), dtype=np.float32)
+        mask = np.zeros((b, L), dtype=np.float32)
+        for i, hist in enumerate(histories):
+            rows = [self.row[h[0]] for h in hist[-L:] if h[0] in self.row]
+            if rows:
+                seq[i, L - len(rows):] = self.vectors[rows]
+                mask[i, L - len(rows):] = 1
+        return self.session.run(None, {"seq": seq, "mask": mask})[0]
+
+
+def _load_runtime(artifact: str | None):
+    """(encoder, item_ids, item_vectors, histories, max_len, source) from a recmodel artifact, or the fallback."""
+    if artifact is not None:
+        from recmodel.serving import ArtifactModel
+
+        rt = ArtifactModel.load(artifact, providers=None)
+        return rt, list(rt.item_ids), np.asarray(rt.item_vectors, dtype=np.float32), rt.histories, rt.max_len, "recmodel"
+    rng = np.random.default_rng(0)
+    ids = [f"item-{j}" for j in range(600)]
+    vecs = rng.standard_normal((600, 32)).astype(np.float32)
+    histories = {f"user-{u}": [(ids[j], "click", 1_700_000_000_000 + t) for t, j in enumerate(rng.integers(0, 600, 15))]
+                 for u in range(300)}
+    return TinyOnnxEncoder(ids, vecs), ids, vecs, histories, 20, "tiny-onnx"
+
+
+def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: int, workers: int, conn) -> None:
+    """Child process: load the artifact, grow the catalog to n_items, serve until told to stop."""
     from services.common.grpc import GrpcServer
     from services.inference.batcher import EncoderBatcher
     from services.inference.config import IndexConfig, InferenceSection
@@ -58,9 +114,7 @@ def _serve(artifact: str, n_items: int, index_threshold: int, max_batch: int, wo
     from services.inference.repository import PRODUCTION, ModelRepository
     from services.inference.servicer import RecommenderServicer
 
-    runtime = ArtifactModel.load(artifact, providers=None)
-    ids = list(runtime.item_ids)
-    vecs = np.asarray(runtime.item_vectors, dtype=np.float32)
+    runtime, ids, vecs, histories, max_len, source = _load_runtime(artifact)
     extra = max(0, n_items - len(ids))
     if extra:
         rng = np.random.default_rng(1)
@@ -68,23 +122,23 @@ def _serve(artifact: str, n_items: int, index_threshold: int, max_batch: int, wo
         vecs = np.concatenate([vecs, (rng.standard_normal((extra, vecs.shape[1])) * scale).astype(np.float32)])
         ids += [f"synthetic-{j}" for j in range(extra)]
     t = time.perf_counter()
-    cache = Path(artifact).parent / f"index-{n_items}-{index_threshold}.usearch"
+    cache = Path("/tmp/streamrec-bench") / f"index-{n_items}-{index_threshold}.usearch"
     model = ServedModel(name="recommender", version=1, encoder=runtime, item_ids=ids, item_vectors=vecs,
-                        history_snapshot=runtime.histories, max_len=runtime.max_len,
+                        history_snapshot=histories, max_len=max_len,
                         index_config=IndexConfig(ann_threshold=index_threshold), index_cache_path=cache)
     model.warm_up(8)
     index_s = time.perf_counter() - t
     repo = ModelRepository()
     repo.swap(PRODUCTION, model)
     store = UserHistoryStore(max_len=200)
-    store.merge_snapshot(runtime.histories, only_newer=False)
+    store.merge_snapshot(histories, only_newer=False)
     batcher = EncoderBatcher(max_batch=max_batch) if max_batch > 1 else None
     plane = RecommenderDataPlane(repo, store, InferenceSection(), batcher)
     server = GrpcServer("127.0.0.1", 0, max_workers=workers)
     RecommenderServicer(plane).register(server)
     server.start()
     server.set_serving(True)
-    conn.send({"port": server.port, "users": list(runtime.histories)[:1000], "index": model.index_kind,
+    conn.send({"port": server.port, "users": list(histories)[:1000], "encoder": source, "index": model.index_kind,
                "index_build_s": round(index_s, 2), "providers": list(getattr(runtime, "providers", []))})
     conn.recv()  # stop
     server.stop(1)
@@ -140,10 +194,14 @@ def main(argv: list[str] | None = None) -> int:
 
     threshold = IndexConfig().ann_threshold if args.index_threshold is None else args.index_threshold
     args.artifact.parent.mkdir(parents=True, exist_ok=True)
-    artifact = build_artifact(args.artifact)
+    try:
+        artifact = str(build_artifact(args.artifact))
+    except ImportError as exc:  # recmodel.export / serving not available: use the tiny ONNX encoder
+        print(f"# recmodel artifact unavailable ({exc}); using the tiny ONNX encoder", file=sys.stderr)
+        artifact = None
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(str(artifact), args.items, threshold, args.max_batch, args.workers, child))
+    proc = ctx.Process(target=_serve, args=(artifact, args.items, threshold, args.max_batch, args.workers, child))
     proc.start()
     try:
         info = parent.recv()
@@ -160,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "bench": "serve", "items": args.items, "concurrency": args.concurrency, "duration_s": args.duration,
         "k": args.k, "index": info["index"], "index_build_s": info["index_build_s"], "max_batch": args.max_batch,
-        "providers": info["providers"], "cpus": os.cpu_count(), "recommend": rec, "ping": ping,
+        "providers": info["providers"], "encoder": info["encoder"], "cpus": os.cpu_count(), "recommend": rec, "ping": ping,
     }))
     return 0
 

@@ -1,0 +1,138 @@
+"""The inference service end to end: real broker, real registry over gRPC, real ONNX Runtime."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.kafka import make_producer
+from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
+
+from .conftest import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def register(client, path, promote=True) -> int:
+    mv = client.register("recommender", path, trainer_id="test", auto_promote=False)
+    if promote:
+        client.set_alias("recommender", "production", mv.version, reason="test")
+    return mv.version
+
+
+def stub_for(server):
+    channel = grpc.insecure_channel(server.target)
+    return channel, recommender_pb2_grpc.RecommenderStub(channel)
+
+
+def health(server) -> int:
+    with grpc.insecure_channel(server.target) as ch:
+        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+
+
+def test_new_versions_are_swapped_in_without_a_failed_request(artifacts, registry_client, make_inference):
+    server = make_inference()
+    assert health(server) == health_pb2.HealthCheckResponse.NOT_SERVING
+    v1 = register(registry_client, artifacts["versions"][0])
+    server.wait_ready(60)
+    wait_for(lambda: health(server) == health_pb2.HealthCheckResponse.SERVING, 5, "SERVING")
+    users = list(server.repository.get().history_snapshot)[:50]
+    channel, stub = stub_for(server)
+    seen_versions: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client():
+        n = 0
+        while not stop.is_set():
+            try:
+                resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=users[n % len(users)], k=10), timeout=5)
+                if not seen_versions or seen_versions[-1] != resp.model_version:
+                    seen_versions.append(resp.model_version)
+                if len(resp.items) != 10:
+                    failures.append(f"{len(resp.items)} items")
+            except grpc.RpcError as exc:
+                failures.append(f"{exc.code().name}: {exc.details()}")
+            n += 1
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        versions = [v1]
+        for path in artifacts["versions"][1:] + artifacts["versions"][:1]:
+            versions.append(register(registry_client, path))
+            wait_for(lambda: seen_versions and seen_versions[-1] == versions[-1], 60, f"v{versions[-1]} served")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        channel.close()
+    assert failures == []
+    assert seen_versions == versions  # each version served in order, no flapping back
+    text = _metrics(server)
+    assert f'streamrec_inference_model_version{{alias="production",model="recommender"}} {float(versions[-1])}' in text
+    assert "streamrec_inference_model_ready 1.0" in text
+
+
+def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(artifacts, registry_client, make_inference):
+    server = make_inference()
+    v1 = register(registry_client, artifacts["versions"][0])
+    server.wait_ready(60)
+    bad = register(registry_client, artifacts["corrupt"])
+    assert bad > v1
+    wait_for(lambda: server.metrics.model_load_failures._value.get() >= 1, 60, "the load failure")
+    channel, stub = stub_for(server)
+    with channel:
+        user = next(iter(server.repository.get().history_snapshot))
+        resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=5), timeout=5)
+    assert resp.model_version == v1 and len(resp.items) == 5
+    assert health(server) == health_pb2.HealthCheckResponse.SERVING
+    assert "streamrec_inference_model_load_failures_total 1.0" in _metrics(server)
+    # A good version after the bad one is still picked up.
+    v3 = register(registry_client, artifacts["versions"][1])
+    wait_for(lambda: server.repository.get().version == v3, 60, "the next good version")
+
+
+def test_a_new_event_changes_that_users_recommendations_within_2s(artifacts, registry_client, make_inference, kafka_config):
+    server = make_inference()
+    register(registry_client, artifacts["versions"][2])
+    server.wait_ready(60)
+    server.follower.wait_started(30)
+    model = server.repository.get()
+    user = next(iter(model.history_snapshot))
+    channel, stub = stub_for(server)
+    with channel:
+        before = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=5)
+        clicked = before.items[0].item_id
+        producer = make_producer(kafka_config)
+        event = event_pb2.Event(event_id="e-fresh", user_id=user, item_id=clicked, type="click",
+                                timestamp_ms=int(time.time() * 1000))
+        start = time.monotonic()
+        producer.send(kafka_config.topics.name("events"), key=user.encode(), value=event.SerializeToString(),
+                      headers=[("content-type", b"application/x-protobuf")])
+        producer.flush()
+
+        def changed():
+            resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=5)
+            return resp if [i.item_id for i in resp.items] != [i.item_id for i in before.items] else None
+
+        after = wait_for(changed, 2.0, "recommendations to change")
+        elapsed = time.monotonic() - start
+        producer.close()
+    assert clicked not in [i.item_id for i in after.items]  # now seen, so filtered
+    assert elapsed < 2.0
+    # A brand-new user with no history gets popularity, not an error.
+    resp = stub_for(server)[1].Recommend(recommender_pb2.RecommendRequest(user_id="never-seen", k=5), timeout=5)
+    assert resp.source == "popularity" and len(resp.items) == 5
+
+
+def _metrics(server) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_server.port}/metrics", timeout=5) as r:
+        return r.read().decode()
