@@ -1,0 +1,84 @@
+"""Shared by the ingester's integration tests: an in-process ingester and topic readers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from kafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from services.common.kafka import make_consumer, make_producer, partitions_for
+from services.ingester.config import IngesterConfig, IngesterSection
+from services.ingester.metrics import IngesterMetrics
+from services.ingester.pipeline import Ingester
+
+
+def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition", interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def read_topic(kafka_config, topic: str, timeout_s: float = 30.0) -> list:
+    """Every record now in ``topic`` (all partitions, from the beginning to the current end)."""
+    consumer = make_consumer(kafka_config, None, None)
+    try:
+        parts = partitions_for(consumer, topic)
+        consumer.assign(parts)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(parts)
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in parts):
+            assert time.monotonic() < deadline, f"reading {topic} timed out"
+            for records in consumer.poll(200).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close(autocommit=False)
+
+
+def header_map(record) -> dict[str, bytes]:
+    return {k: v for k, v in record.headers or ()}
+
+
+class RunningIngester:
+    """An Ingester on a background thread, stopped and closed by the fixture."""
+
+    def __init__(self, kafka_config, **section) -> None:
+        self.config = IngesterConfig(kafka=kafka_config, metrics={"port": 0},
+                                     ingester=IngesterSection(**{"group_id": kafka_config.topics.prefix + "ingester",
+                                                                 "poll_timeout_ms": 50, **section}))
+        self.registry = CollectorRegistry()
+        self.ingester = Ingester(self.config, IngesterMetrics(self.registry))
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.ingester.run()
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the test
+            self.error = exc
+
+    def start(self) -> "RunningIngester":
+        self.ingester.start()
+        self.thread.start()
+        return self
+
+    def wait_committed(self, n: int, timeout_s: float = 60.0) -> None:
+        wait_for(lambda: self.error is not None or self.ingester.records_committed >= n, timeout_s,
+                 f"{n} input records committed (have {self.ingester.records_committed})")
+        assert self.error is None, self.error
+
+    def metric(self, name: str, labels: dict | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+    def stop(self) -> None:
+        self.ingester.stop()
+        self.thread.join(30)
+        self.ingester.close()
