@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 
-from kafka.errors import KafkaError
 from sqlalchemy import delete, func, select
 
 from services.common.config import KafkaConfig
@@ -37,6 +36,7 @@ class OutboxPublisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._producer = None
+        self._inflight: tuple[list[int], list] | None = None
         self._topic_ready = False
         self._thread = threading.Thread(target=self._run, name="outbox-publisher", daemon=True)
         self.published = 0
@@ -76,33 +76,46 @@ class OutboxPublisher:
                     logger.warning("cannot announce model changes yet; will retry",
                                    extra={"topic": self.topic, "error": repr(exc)})
                 failing = True
-                self._close_producer()
+                if self._inflight is None:  # nothing the producer is still retrying: start afresh
+                    self._close_producer()
                 self._stop.wait(self.retry_s)
             finally:
                 self._update_backlog()
 
     def publish_pending(self) -> int:
-        """Send one batch of pending rows and delete them once acknowledged; returns how many."""
-        with self.db.read() as conn:
-            rows = conn.execute(select(outbox.c.id, outbox.c.model_name, outbox.c.payload)
-                                .order_by(outbox.c.id).limit(self.batch)).all()
-        if not rows:
-            return 0
-        producer = self._ensure_producer()
-        futures = []
-        for row_id, model_name, payload in rows:
-            event = registry_pb2.ModelVersionEvent.FromString(payload)
-            event.sequence = row_id
-            futures.append(producer.send(self.topic, key=model_name.encode(), value=event.SerializeToString(),
-                                         headers=[(CONTENT_TYPE_HEADER, PROTOBUF.encode())]))
-        producer.flush(timeout=self.timeout_s)
-        for fut in futures:
-            fut.get(timeout=self.timeout_s)  # raises if any record was not acknowledged
+        """Send one batch of pending rows and delete them once acknowledged; returns how many.
+
+        A batch that times out stays in flight: the producer keeps retrying it, and the next call
+        waits for the same records instead of sending copies. Only a batch whose delivery failed
+        outright is sent again, on a fresh producer.
+        """
+        if self._inflight is None:
+            with self.db.read() as conn:
+                rows = conn.execute(select(outbox.c.id, outbox.c.model_name, outbox.c.payload)
+                                    .order_by(outbox.c.id).limit(self.batch)).all()
+            if not rows:
+                return 0
+            producer = self._ensure_producer()
+            futures = []
+            for row_id, model_name, payload in rows:
+                event = registry_pb2.ModelVersionEvent.FromString(payload)
+                event.sequence = row_id
+                futures.append(producer.send(self.topic, key=model_name.encode(), value=event.SerializeToString(),
+                                             headers=[(CONTENT_TYPE_HEADER, PROTOBUF.encode())]))
+            self._inflight = ([r[0] for r in rows], futures)
+        ids, futures = self._inflight
+        self._producer.flush(timeout=self.timeout_s)  # raises KafkaTimeoutError while Kafka is away
+        failed = next((f.exception for f in futures if f.failed()), None)
+        if failed is not None:
+            self._inflight = None
+            raise failed
         with self.db.write() as conn:
-            conn.execute(delete(outbox).where(outbox.c.id.in_([r[0] for r in rows])))
-        self.published += len(rows)
-        logger.debug("announced", extra={"topic": self.topic, "count": len(rows), "last_sequence": rows[-1][0]})
-        return len(rows)
+            conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
+        self._inflight = None
+        self.published += len(ids)
+        self._update_backlog()
+        logger.debug("announced", extra={"topic": self.topic, "count": len(ids), "last_sequence": ids[-1]})
+        return len(ids)
 
     def _ensure_producer(self):
         if self._producer is None:

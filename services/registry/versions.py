@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 
 from sqlalchemy import Connection, delete, func, select, update
 
-from services.common.errors import FailedPrecondition, InvalidInput, NotFound
+from services.common.errors import FailedPrecondition, InvalidInput, NotFound, StreamrecError
 from services.registry.artifact_store import ArtifactStore
 from services.registry.database import (
     Database, alias_history, aliases, artifacts, model_versions, outbox, registered_models,
@@ -87,6 +87,18 @@ class ModelRegistry:
     # -- register -------------------------------------------------------------------------------
 
     def register(self, header: registry_pb2.RegisterHeader, chunks: Iterable[bytes]) -> registry_pb2.ModelVersion:
+        try:
+            return self._register(header, chunks)
+        except StreamrecError as exc:
+            if self.metrics:
+                self.metrics.upload_failures.labels(exc.code.name.lower()).inc()
+            raise
+        except Exception:
+            if self.metrics:
+                self.metrics.upload_failures.labels("interrupted").inc()
+            raise
+
+    def _register(self, header: registry_pb2.RegisterHeader, chunks: Iterable[bytes]) -> registry_pb2.ModelVersion:
         with receive_upload(header, chunks, self.staging_dir, self.max_artifact_bytes) as upload:
             manifest = upload.manifest
             metrics = _metrics_of(manifest)
