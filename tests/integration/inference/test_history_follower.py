@@ -1,0 +1,50 @@
+"""Real-time histories from the real `events` topic, without any model involved."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from services.common.kafka import ensure_topics, make_producer
+from services.inference.histories import HistoryFollower, UserHistoryStore
+from streamrec_proto.v1 import event_pb2
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _send(producer, topic, user, item, ts):
+    ev = event_pb2.Event(event_id=f"{user}-{item}-{ts}", user_id=user, item_id=item, type="click", timestamp_ms=ts)
+    return producer.send(topic, key=user.encode(), value=ev.SerializeToString(),
+                         headers=[("content-type", b"application/x-protobuf")])
+
+
+def test_follower_starts_at_snapshot_offsets_and_applies_new_events_fast(kafka_config):
+    topic = kafka_config.topics.name("events")
+    ensure_topics(kafka_config, [topic])
+    producer = make_producer(kafka_config)
+    # Already in the "snapshot": everything before these offsets.
+    metas = [_send(producer, topic, "u1", f"old{j}", 1000 + j).get(timeout=10) for j in range(3)]
+    producer.flush()
+    offsets = {p: 0 for p in range(kafka_config.topics.partitions)}
+    for m in metas:
+        offsets[m.partition] = max(offsets[m.partition], m.offset + 1)
+    store = UserHistoryStore(max_len=10)
+    store.merge_snapshot({"u1": [("old0", "click", 1000), ("old1", "click", 1001), ("old2", "click", 1002)]}, only_newer=False)
+    lags = []
+    follower = HistoryFollower(kafka_config, store, on_lag=lags.append, lag_interval_s=0.1)
+    follower.start_from(offsets)
+    try:
+        assert follower.wait_started(30)
+        start = time.monotonic()
+        _send(producer, topic, "u1", "fresh", int(time.time() * 1000))
+        producer.flush()
+        wait_for(lambda: store.get("u1")[-1][0] == "fresh", 2.0, "the new event in the history")
+        assert time.monotonic() - start < 2.0
+        assert [e[0] for e in store.get("u1")] == ["old0", "old1", "old2", "fresh"]  # snapshot events not re-applied
+        wait_for(lambda: lags and sum(lags[-1].values()) == 0, 5, "lag to reach 0")
+    finally:
+        follower.stop()
+        producer.close()
