@@ -180,6 +180,10 @@ class HistoryFollower:
         """Partitions where ``offsets`` are ahead of what the store has read."""
         return {p: o for p, o in offsets.items() if o > self._positions.get(p, 0)}
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
     def wait_started(self, timeout_s: float = 30.0) -> bool:
         return self._started.wait(timeout_s)
 

@@ -138,9 +138,10 @@ class ServedModel:
 
     def warm_up(self, n: int = 8) -> None:
         """Run the encoder and the index a few times so the first real request is not the slow one."""
-        users = list(self.history_snapshot.items())[:max(n, 1)]
-        histories = [list(h) for _, h in users] or [[(self.item_ids[0], "click", int(time.time() * 1000))]] if self.item_ids else [[]]
         now = int(time.time() * 1000)
+        histories = [list(h) for h in list(self.history_snapshot.values())[:max(n, 1)] if h]
+        if not histories:
+            histories = [[(self.item_ids[0], "click", now)]] if self.item_ids else [[]]
         for batch in (1, min(len(histories), 8)):
             vecs = self.encode(histories[:batch], [now] * batch)
             for v in vecs:

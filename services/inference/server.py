@@ -102,7 +102,7 @@ class InferenceServer:
         if self.follower is None:
             self.histories.merge_snapshot(model.history_snapshot)
             return
-        if self.follower._thread is None:  # first model: the store starts from its snapshot
+        if not self.follower.running:  # first model: the store starts from its snapshot
             self.histories.merge_snapshot(model.history_snapshot, only_newer=False)
             self.histories.seed_popularity(model.history_snapshot)
             self.follower.start_from(offsets)
