@@ -9,6 +9,7 @@ ack and the delete re-sends some rows: consumers ignore events whose ``sequence`
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 
@@ -119,11 +120,25 @@ class OutboxPublisher:
 
     def _ensure_producer(self):
         if self._producer is None:
+            # kafka-python's clients block for up to 30 s bootstrapping an absent cluster; a plain
+            # connect first keeps retries (and shutdown) snappy while Kafka is away.
+            self._check_reachable()
             if not self._topic_ready and self.kafka.topics.create:
                 ensure_topics(self.kafka, [self.topic], timeout_s=self.timeout_s)
             self._topic_ready = True
             self._producer = make_producer(self.kafka, max_block_ms=int(self.timeout_s * 1000), linger_ms=0)
         return self._producer
+
+    def _check_reachable(self) -> None:
+        errors = []
+        for server in self.kafka.bootstrap_servers.split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=min(self.timeout_s, 2.0)).close()
+                return
+            except OSError as exc:
+                errors.append(f"{server}: {exc.strerror or exc}")
+        raise ConnectionError(f"no Kafka bootstrap server reachable ({'; '.join(errors)})")
 
     def _close_producer(self) -> None:
         producer, self._producer = self._producer, None

@@ -56,3 +56,25 @@ def flip_one_byte_of_member(tar_path: Path, member: str) -> None:
         byte = f.read(1)
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0x01]))
+
+
+def start_registry(tmp_path: Path, kafka=None, **registry_overrides):
+    """A real registry gRPC server on 127.0.0.1:0 over SQLite; Kafka unreachable unless ``kafka`` is given.
+
+    Without Kafka the outbox publisher just keeps retrying in the background, which is what the
+    registry does in production while Kafka is away.
+    """
+    from services.common.config import KafkaConfig
+    from services.registry.config import RegistryConfig
+    from services.registry.service import RegistryService
+
+    kafka = kafka or KafkaConfig(bootstrap_servers="127.0.0.1:9", request_timeout_ms=1000)
+    config = RegistryConfig.model_validate({
+        "kafka": kafka.model_dump(),
+        "metrics": {"enabled": False},
+        "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 0},
+        "registry": {"database_url": f"sqlite:///{tmp_path / 'registry.db'}",
+                     "artifact_root": str(tmp_path / "artifacts"), "publish_retry_s": 0.5,
+                     "publish_timeout_s": 1, **registry_overrides},
+    })
+    return RegistryService(config).start()

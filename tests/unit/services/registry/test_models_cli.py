@@ -1,0 +1,65 @@
+"""`streamrec models` against a real registry: readable output, exit codes, errors in words."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services import models_cli
+from services.common.registry_client import RegistryClient
+from tests.unit.services.registry.builders import make_artifact_dir, start_registry
+
+
+@pytest.fixture
+def target(tmp_path):
+    service = start_registry(tmp_path / "registry")
+    with RegistryClient(service.target) as client:
+        client.register("recommender", make_artifact_dir(tmp_path / "a1", hr=0.30, seed=1), trainer_id="trainer-0")
+        client.register("recommender", make_artifact_dir(tmp_path / "a2", hr=0.10, seed=2), trainer_id="trainer-0")
+    yield service.target
+    service.stop(0)
+
+
+def run(capsys, *argv):
+    code = models_cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_show_promote_rollback_archive(target, capsys):
+    code, out, _ = run(capsys, "list", "--registry", target)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["VERSION", "STATE", "ALIASES", "GATE"]
+    assert lines[1].split()[:4] == ["1", "active", "production", "promoted"]
+    assert lines[2].split()[:4] == ["2", "active", "candidate", "rejected"]
+
+    code, out, _ = run(capsys, "show", "candidate", "--registry", target)
+    assert code == 0 and "version:      2" in out and "gate:         rejected - hr@10" in out
+    assert "t.events[0] -> 12" in out
+
+    code, out, _ = run(capsys, "promote", "2", "--reason", "looks fine", "--registry", target)
+    assert code == 0 and out.startswith("production -> recommender v2")
+    code, out, _ = run(capsys, "rollback", "--registry", target)
+    assert code == 0 and out.startswith("production rolled back -> recommender v1")
+
+    code, out, _ = run(capsys, "show", "production", "--json", "--registry", target)
+    assert json.loads(out)["version"] == "1"
+
+    code, _, err = run(capsys, "archive", "1", "--registry", target)
+    assert code == 1 and "failed_precondition" in err and "production" in err
+    code, _, _ = run(capsys, "promote", "1", "--alias", "candidate", "--registry", target)
+    code, out, _ = run(capsys, "archive", "2", "--registry", target)
+    assert code == 0 and out.startswith("archived recommender v2") and "state:        archived" in out
+    code, out, _ = run(capsys, "list", "--registry", target)
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["1"]
+    code, out, _ = run(capsys, "list", "--all", "--registry", target)
+    assert [line.split()[:2] for line in out.splitlines()[1:]] == [["1", "active"], ["2", "archived"]]
+
+
+def test_unknown_version_and_unreachable_registry_fail_with_a_message(target, capsys):
+    code, _, err = run(capsys, "show", "9", "--registry", target)
+    assert code == 1 and "not_found" in err and "version 9" in err
+    code, _, err = run(capsys, "list", "--registry", "127.0.0.1:9", "--timeout", "1")
+    assert code == 1 and "unreachable" in err
