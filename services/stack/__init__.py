@@ -1,0 +1,1 @@
+"""The local stack: one Kafka broker, the four services as processes, and a demo stream."""

@@ -1,0 +1,199 @@
+"""``LocalStack``: Kafka + registry + ingester + trainer + inference on one machine.
+
+The same class backs ``streamrec up``, the end-to-end tests and ``streamrec bench freshness``, so
+what the tests prove is what a user runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from services.common.config import KafkaConfig, TopicsConfig
+from services.common.kafka import ensure_topics
+from services.common.localkafka import LocalKafka
+from services.stack.processes import ServiceProcess
+
+logger = logging.getLogger(__name__)
+
+START_ORDER = ("registry", "ingester", "trainer", "inference")
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    kafka: int = 9092
+    registry_grpc: int = 50051
+    inference_grpc: int = 50052
+    registry_metrics: int = 9101
+    inference_metrics: int = 9102
+    ingester_metrics: int = 9103
+    trainer_metrics: int = 9104
+    prometheus: int = 9090
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    work_dir: Path = Path(".streamrec")
+    ports: StackPorts = StackPorts()
+    model_name: str = "recommender"
+    export_interval_s: float = 20.0
+    # A small model keeps the demo responsive on a laptop-sized CPU.
+    model_dim: int = 64
+    max_len: int = 30
+    text_encoder: str = "minilm"
+    topic_prefix: str = "streamrec."
+    partitions: int = 3
+    fresh: bool = False
+
+
+class LocalStack:
+    def __init__(self, options: StackOptions = StackOptions()) -> None:
+        self.options = options
+        self.work_dir = options.work_dir.resolve()
+        ports = options.ports
+        self.kafka = LocalKafka(data_dir=self.work_dir / "kafka", port=ports.kafka, heap="512m",
+                                log_file=self.work_dir / "logs" / "kafka.log")
+        self.kafka_config = KafkaConfig(
+            bootstrap_servers=f"127.0.0.1:{ports.kafka}",
+            topics=TopicsConfig(prefix=options.topic_prefix, partitions=options.partitions),
+        )
+        self.services: dict[str, ServiceProcess] = {
+            name: ServiceProcess(
+                name=name,
+                config=self._config_for(name),
+                work_dir=self.work_dir,
+                metrics_port=getattr(ports, f"{name}_metrics"),
+                grpc_port=getattr(ports, f"{name}_grpc", None),
+                grpc_service={"registry": "streamrec.v1.ModelRegistry",
+                              "inference": "streamrec.v1.Recommender"}.get(name, ""),
+            )
+            for name in START_ORDER
+        }
+        self.prometheus: subprocess.Popen | None = None
+
+    # -- configuration -------------------------------------------------------------------------
+    def _config_for(self, name: str) -> dict:
+        opts, ports = self.options, self.options.ports
+        data = self.work_dir / "data" / name
+        kafka = {
+            "bootstrap_servers": f"127.0.0.1:{ports.kafka}",
+            "client_id": f"streamrec-{name}",
+            "topics": {"prefix": opts.topic_prefix, "partitions": opts.partitions},
+        }
+        config: dict = {
+            "logging": {"level": "INFO", "format": "text"},
+            "metrics": {"host": "127.0.0.1", "port": getattr(ports, f"{name}_metrics")},
+        }
+        registry_target = f"127.0.0.1:{ports.registry_grpc}"
+        if name == "registry":
+            config["kafka"] = kafka
+            config["grpc"] = {"host": "127.0.0.1", "port": ports.registry_grpc}
+            config["registry"] = {
+                "database_url": f"sqlite:///{data / 'registry.db'}",
+                "artifact_root": str(data / "artifacts"),
+            }
+        elif name == "ingester":
+            config["kafka"] = kafka
+            config["ingester"] = {"state_dir": str(data)}
+        elif name == "trainer":
+            config["kafka"] = kafka
+            config["trainer"] = {
+                "model_name": opts.model_name,
+                "registry_target": registry_target,
+                "checkpoint_dir": str(data / "checkpoints"),
+                "export_interval_s": opts.export_interval_s,
+                "dim": opts.model_dim,
+                "max_len": opts.max_len,
+                "text_encoder": opts.text_encoder,
+            }
+        elif name == "inference":
+            config["kafka"] = kafka
+            config["grpc"] = {"host": "127.0.0.1", "port": ports.inference_grpc}
+            config["inference"] = {
+                "model_name": opts.model_name,
+                "registry_target": registry_target,
+                "cache_dir": str(data / "models"),
+            }
+        return config
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self, with_prometheus: bool = False, timeout_s: float = 180.0) -> "LocalStack":
+        if self.options.fresh and self.work_dir.exists():
+            shutil.rmtree(self.work_dir)
+        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.kafka.start()
+        ensure_topics(self.kafka_config)
+        try:
+            for name in START_ORDER:
+                self.services[name].start()
+            # Inference reports SERVING only once a model is loaded, so here wait only until it listens.
+            for name in ("registry", "ingester", "trainer"):
+                self.services[name].wait_ready(timeout_s)
+            if with_prometheus:
+                self.start_prometheus()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_prometheus(self) -> None:
+        exe = shutil.which("prometheus")
+        if exe is None:
+            raise RuntimeError("prometheus is not installed (Debian package `prometheus`); run `make install`")
+        prom_dir = self.work_dir / "prometheus"
+        prom_dir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+            "scrape_configs": [
+                {"job_name": f"streamrec-{name}",
+                 "static_configs": [{"targets": [f"127.0.0.1:{svc.metrics_port}"],
+                                     "labels": {"component": name}}]}
+                for name, svc in self.services.items()
+            ],
+        }
+        (prom_dir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        log = open(self.work_dir / "logs" / "prometheus.log", "ab")
+        self.prometheus = subprocess.Popen(
+            [exe, f"--config.file={prom_dir / 'prometheus.yml'}", f"--storage.tsdb.path={prom_dir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.options.ports.prometheus}"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+
+    def stop(self) -> None:
+        if self.prometheus is not None and self.prometheus.poll() is None:
+            self.prometheus.terminate()
+            try:
+                self.prometheus.wait(10)
+            except subprocess.TimeoutExpired:
+                self.prometheus.kill()
+        # Producers of data stop before their consumers: ingester, trainer, then the servers.
+        for name in ("ingester", "trainer", "inference", "registry"):
+            self.services[name].stop()
+        self.kafka.stop()
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def restart_dead(self) -> list[str]:
+        """Restart services that exited, as Kubernetes would restart a crashed pod."""
+        restarted = []
+        for name, svc in self.services.items():
+            if svc.process is not None and not svc.alive():
+                logger.warning("service exited; restarting it", extra={"service": name,
+                                                                        "code": svc.process.returncode})
+                svc.restart()
+                restarted.append(name)
+        return restarted
+
+    def wait_serving(self, timeout_s: float = 300.0) -> None:
+        """Until inference has loaded a model (gRPC health SERVING)."""
+        self.services["inference"].wait_ready(timeout_s)
