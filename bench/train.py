@@ -1,0 +1,211 @@
+"""Trainer throughput and publish -> registered-version latency.
+
+``streamrec bench train [--events 20000] [--export-interval-s 5] [--rounds 3] [--bootstrap HOST:PORT]``
+starts (unless ``--bootstrap`` names one) a local Kafka broker, an in-process registry and the trainer
+service loop, publishes a synthetic stream to `items`/`events` as the ingester would, and prints ONE
+JSON line:
+
+* ``events_per_s``: events trained per second by the service loop (consume + decode + prequential test +
+  train + periodic checkpoints and exports), from the first batch until all ``--events`` are trained;
+* ``publish_to_registered_s``: for ``--rounds`` small bursts published while the trainer is idle and
+  caught up, seconds from the burst being acknowledged by Kafka to the registry listing a version whose
+  training offsets include it. It is bounded below by the export interval tick (on average half of it)
+  plus the export + register time, also reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+
+def _publish(kafka_config, items=(), events=()) -> None:
+    from services.common.kafka import PROTOBUF, make_producer
+    from streamrec_proto.v1 import event_pb2
+
+    headers = [("content-type", PROTOBUF.encode())]
+    producer = make_producer(kafka_config)
+    futures = []
+    for it in items:
+        msg = event_pb2.Item(item_id=it.item_id, title=it.title, text=it.text, categories=list(it.categories),
+                             attributes=dict(it.attributes), available=it.available)
+        futures.append(producer.send(kafka_config.topics.name("items"), key=it.item_id.encode(),
+                                     value=msg.SerializeToString(), headers=headers))
+    for e in events:
+        msg = event_pb2.Event(event_id=e.event_id, user_id=e.user_id, item_id=e.item_id, type=e.type,
+                              value=e.value, timestamp_ms=e.timestamp_ms)
+        futures.append(producer.send(kafka_config.topics.name("events"), key=e.user_id.encode(),
+                                     value=msg.SerializeToString(), headers=headers))
+    producer.flush()
+    for f in futures:
+        f.get(timeout=60)
+    producer.close()
+
+
+def _end_offsets(kafka_config) -> dict[str, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = kafka_config.topics.name("events")
+    consumer = KafkaConsumer(**kafka_config.client_options())
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return {str(tp.partition): off for tp, off in consumer.end_offsets(parts).items()}
+    finally:
+        consumer.close()
+
+
+def _wait(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def run(args) -> dict:
+    import torch
+    from prometheus_client import CollectorRegistry
+
+    from recmodel.data import Event, SyntheticStream
+    from services.common.config import KafkaConfig, TopicsConfig
+    from services.common.kafka import ensure_topics
+    from services.common.registry_client import RegistryClient
+    from services.registry.config import RegistryConfig
+    from services.registry.service import RegistryService
+    from services.trainer.config import TrainerConfig
+    from services.trainer.leader import AlwaysLeader
+    from services.trainer.metrics import TrainerMetrics
+    from services.trainer.service import TrainerService
+
+    tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-train-"))
+    broker = None
+    if args.bootstrap:
+        bootstrap = args.bootstrap
+    else:
+        from services.common.localkafka import LocalKafka
+
+        broker = LocalKafka(data_dir=tmp / "kafka", heap="768m")
+        broker.start()
+        bootstrap = broker.bootstrap_servers
+    kafka_config = KafkaConfig(bootstrap_servers=bootstrap, topics=TopicsConfig(prefix=f"bench{uuid.uuid4().hex[:6]}."))
+    registry = RegistryService(RegistryConfig.model_validate({
+        "kafka": kafka_config.model_dump(), "metrics": {"enabled": False},
+        "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
+        "registry": {"database_url": f"sqlite:///{tmp}/registry.db", "artifact_root": str(tmp / "artifacts")},
+    })).start()
+    stop = threading.Event()
+    thread = None
+    try:
+        ensure_topics(kafka_config)
+        stream = SyntheticStream(seed=0, n_users=600, n_items=1200, n_events=args.events)
+        events = list(stream.events())
+        _publish(kafka_config, items=stream.items(), events=events)
+        model = {"dim": args.dim, "max_len": args.max_len, "text_encoder": args.text_encoder, "hashing_dim": 64}
+        config = TrainerConfig.model_validate({
+            "kafka": kafka_config.model_dump(), "metrics": {"enabled": False},
+            "trainer": {"registry_target": registry.target, "checkpoint_dir": str(tmp / "ckpt"),
+                        "device": args.device, "export_interval_s": args.export_interval_s, "model": model},
+        })
+        metrics = TrainerMetrics(CollectorRegistry())
+        service = TrainerService(config, metrics, AlwaysLeader())
+        client = RegistryClient(registry.target)
+        topic = kafka_config.topics.name("events")
+
+        def trained() -> float:
+            return metrics.events_trained._value.get()
+
+        thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+        thread.start()
+        _wait(service.ready, 300, "trainer ready")
+        _wait(lambda: trained() > 0, 300, "first batch")
+        t0, n0 = time.perf_counter(), trained()
+        _wait(lambda: trained() >= len(events), 3600, "all events trained", interval_s=0.01)
+        seconds = time.perf_counter() - t0
+        events_per_s = (len(events) - n0) / seconds
+
+        def registered_through(ends: dict[str, int]):
+            for v in client.list_versions(config.trainer.model_name):
+                got = {str(o.partition): o.offset for o in v.training_offsets if o.topic == topic}
+                if all(got.get(p, 0) >= off for p, off in ends.items()):
+                    return v
+            return None
+
+        try:
+            import recmodel.export  # noqa: F401
+        except ImportError:
+            recmodel_export = False
+        else:
+            recmodel_export = True
+        latencies = []
+        if recmodel_export:
+            _wait(lambda: registered_through(_end_offsets(kafka_config)), 600, "backlog version", interval_s=0.2)
+        t_ms = events[-1].timestamp_ms
+        for r in range(args.rounds if recmodel_export else 0):
+            burst = []
+            for n in range(args.burst):
+                t_ms += 1000
+                burst.append(Event(f"bench-{r}-{n}", f"u{n % 600}", f"i{(r * 97 + n) % 1200}", "click", 1.0, t_ms))
+            start = time.perf_counter()
+            _publish(kafka_config, events=burst)
+            ends = _end_offsets(kafka_config)
+            _wait(lambda: registered_through(ends), 600, "a version including the burst", interval_s=0.02)
+            latencies.append(time.perf_counter() - start)
+        hist = metrics.export_duration
+        export_sum = sum(s.value for s in hist.collect()[0].samples if s.name.endswith("_sum"))
+        export_n = sum(s.value for s in hist.collect()[0].samples if s.name.endswith("_count"))
+        client.close()
+        return {
+            "bench": "train",
+            "device": str(service.device),
+            "torch_threads": torch.get_num_threads(),
+            "model": {**model, "batch_size": config.trainer.model.batch_size, "n_layers": config.trainer.model.n_layers},
+            "events": len(events),
+            "events_per_s": round(events_per_s, 1),
+            "train_seconds": round(seconds, 2),
+            "export_interval_s": args.export_interval_s,
+            "export_register_s_mean": round(export_sum / export_n, 3) if export_n else None,
+            "versions_registered": int(metrics.versions_registered._value.get()),
+            "publish_to_registered_s": {
+                "p50": round(statistics.median(latencies), 3), "max": round(max(latencies), 3),
+                "rounds": [round(x, 3) for x in latencies], "burst_events": args.burst,
+            } if latencies else None,
+        }
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=60)
+        registry.stop(0)
+        if broker is not None:
+            broker.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamrec bench train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--export-interval-s", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--burst", type=int, default=50, help="events per latency round")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--text-encoder", default="hashing", choices=["hashing", "minilm"])
+    parser.add_argument("--bootstrap", help="use this Kafka instead of starting a local broker")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    print(json.dumps(run(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
