@@ -1,0 +1,26 @@
+"""Evaluation that works with any model exposing ``score(histories, now_ms, item_ids)``."""
+
+from recmodel.evaluate.baselines import ItemKNNBaseline, PopularityBaseline
+from recmodel.evaluate.leave_last_out import (
+    LeaveLastOutSplit,
+    evaluate_leave_last_out,
+    leave_last_out_ranks,
+    leave_last_out_split,
+)
+from recmodel.evaluate.metrics import hit_rate, ndcg, target_rank
+from recmodel.evaluate.prequential import prequential_evaluate
+from recmodel.evaluate.protocol import Scorer
+
+__all__ = [
+    "ItemKNNBaseline",
+    "LeaveLastOutSplit",
+    "PopularityBaseline",
+    "Scorer",
+    "evaluate_leave_last_out",
+    "hit_rate",
+    "leave_last_out_ranks",
+    "leave_last_out_split",
+    "ndcg",
+    "prequential_evaluate",
+    "target_rank",
+]

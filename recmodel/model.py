@@ -1,0 +1,180 @@
+"""The two-tower sequential recommender (PyTorch).
+
+* Item tower: a learned ID embedding (one row per vocabulary slot) plus a projection of the item's
+  frozen text embedding; the sum is L2-normalised. A brand-new item has a near-zero ID row, so its
+  vector comes from its text.
+* User encoder: a causal transformer over the last ``max_len`` interactions. Each position carries the
+  item vector, an event-type embedding, a time-gap bucket embedding (time until the next interaction,
+  or until "now" for the most recent one) and a position embedding. Sequences are left-padded so the
+  most recent interaction sits at position ``max_len - 1``; its output, L2-normalised, is the user
+  vector. Score = dot product (cosine); training divides by ``temperature``.
+
+The user encoder takes item *vectors*, not ids, so the exported ONNX graph does not depend on the
+catalog size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from recmodel.data.types import EVENT_TYPES
+
+N_EVENT_TYPES = len(EVENT_TYPES) + 2  # 0 = padding, last = unknown type
+EVENT_TYPE_IDS: dict[str, int] = {t: i + 1 for i, t in enumerate(EVENT_TYPES)}
+UNKNOWN_EVENT_TYPE = N_EVENT_TYPES - 1
+N_GAP_BUCKETS = 26  # 0 = padding, 1.. = 1 + floor(log2(1 + gap seconds)), capped
+
+
+def event_type_id(event_type: str) -> int:
+    return EVENT_TYPE_IDS.get(event_type, UNKNOWN_EVENT_TYPE)
+
+
+def gap_buckets(gaps_ms: np.ndarray) -> np.ndarray:
+    """Bucket time gaps (ms, int64) on a log2-seconds scale; negative gaps count as zero."""
+    seconds = np.maximum(np.asarray(gaps_ms, dtype=np.int64), 0) // 1000
+    return (1 + np.minimum(np.floor(np.log2(1.0 + seconds)), N_GAP_BUCKETS - 2)).astype(np.int64)
+
+
+class _CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, length, dim = x.shape
+        head = dim // self.n_heads
+        q, k, v = self.qkv(x).reshape(b, length, 3, self.n_heads, head).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(head)) + bias
+        att = self.dropout(torch.softmax(att, dim=-1))
+        y = (att @ v).transpose(1, 2).reshape(b, length, dim)
+        return self.out(y)
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = _CausalSelfAttention(dim, n_heads, dropout)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln1(x), bias))
+        return x + self.dropout(self.ff(self.ln2(x)))
+
+
+class UserEncoder(nn.Module):
+    """(item vectors [B,L,D], type ids [B,L], gap buckets [B,L], mask [B,L] bool) -> outputs.
+
+    ``forward`` returns the L2-normalised user vector [B,D] (output at the last position);
+    ``sequence`` returns normalised outputs at every position [B,L,D] for training.
+    """
+
+    def __init__(self, *, dim: int, max_len: int, n_heads: int, n_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.item_proj = nn.Linear(dim, dim)
+        self.type_emb = nn.Embedding(N_EVENT_TYPES, dim)
+        self.gap_emb = nn.Embedding(N_GAP_BUCKETS, dim)
+        self.pos_emb = nn.Embedding(max_len, dim)
+        self.blocks = nn.ModuleList(_Block(dim, n_heads, dropout) for _ in range(n_layers))
+        self.ln = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        for emb in (self.type_emb, self.gap_emb, self.pos_emb):
+            nn.init.normal_(emb.weight, std=0.02)  # small, so the item signal dominates at the start
+        self.item_scale = math.sqrt(dim)  # item vectors are unit-norm; bring entries to ~unit scale
+        causal = torch.tril(torch.ones(max_len, max_len, dtype=torch.bool))
+        self.register_buffer("causal", causal, persistent=False)
+        self.register_buffer("positions", torch.arange(max_len), persistent=False)
+
+    def sequence(
+        self, item_vecs: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        length = item_vecs.shape[1]
+        x = self.item_proj(item_vecs * self.item_scale) + self.type_emb(types) + self.gap_emb(gaps)
+        x = x + self.pos_emb(self.positions[self.max_len - length :])
+        x = self.dropout(x) * mask.unsqueeze(-1).to(x.dtype)
+        allowed = self.causal[self.max_len - length :, self.max_len - length :].unsqueeze(0) & mask.unsqueeze(1)
+        # Finite fill keeps fully padded rows finite (their outputs are never used).
+        bias = torch.where(allowed, 0.0, -1e9).to(x.dtype).unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, bias)
+        return F.normalize(self.ln(x), dim=-1)
+
+    def forward(
+        self, item_vecs: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.sequence(item_vecs, types, gaps, mask)[:, -1, :]
+
+
+class ItemTower(nn.Module):
+    def __init__(self, *, capacity: int, dim: int, text_dim: int, use_text: bool) -> None:
+        super().__init__()
+        self.use_text = use_text
+        self.id_emb = nn.Embedding(capacity + 1, dim)
+        nn.init.normal_(self.id_emb.weight, std=0.01)
+        self.register_buffer("text_table", torch.zeros(capacity + 1, text_dim))
+        self.text_proj = (
+            nn.Sequential(nn.Linear(text_dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)) if use_text else None
+        )
+
+    def forward(self, slots: torch.Tensor) -> torch.Tensor:
+        vec = self.id_emb(slots)
+        if self.text_proj is not None:
+            vec = vec + self.text_proj(self.text_table[slots])
+        return F.normalize(vec, dim=-1)
+
+
+class SequentialRecommender(nn.Module):
+    """Item tower + user encoder. Hyperparameters are stored under their keyword names."""
+
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        dim: int = 64,
+        max_len: int = 50,
+        text_dim: int = 384,
+        use_text: bool = True,
+        n_heads: int = 2,
+        n_layers: int = 2,
+        dropout: float = 0.0,
+        temperature: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.dim = dim
+        self.max_len = max_len
+        self.text_dim = text_dim
+        self.use_text = use_text
+        self.n_heads = n_heads
+        self.n_layers = n_layers
+        self.dropout = dropout
+        self.temperature = temperature
+        self.seed = seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.items = ItemTower(capacity=capacity, dim=dim, text_dim=text_dim, use_text=use_text)
+            self.user_encoder = UserEncoder(
+                dim=dim, max_len=max_len, n_heads=n_heads, n_layers=n_layers, dropout=dropout
+            )
+
+    def hyperparameters(self) -> dict:
+        return {
+            k: getattr(self, k)
+            for k in ("capacity", "dim", "max_len", "text_dim", "use_text", "n_heads", "n_layers", "dropout", "temperature", "seed")
+        }
+
+    def encode(self, slots: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """User vectors [B,D] from left-padded slot sequences."""
+        return self.user_encoder(self.items(slots), types, gaps, mask)
