@@ -82,6 +82,7 @@ class RegistryService:
         if self.metrics_server:
             self.metrics_server.stop()
         self.db.close()
+        logger.info("registry stopped")
 
     def wait(self) -> None:
         self.grpc.wait()

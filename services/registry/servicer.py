@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from services.common.errors import InvalidInput
 from services.registry.versions import ModelRegistry
 from streamrec_proto.v1 import registry_pb2, registry_pb2_grpc
@@ -11,7 +9,8 @@ from streamrec_proto.v1 import registry_pb2, registry_pb2_grpc
 SERVICE_NAME = "streamrec.v1.ModelRegistry"
 
 
-def _chunks(first_header: registry_pb2.RegisterHeader, requests, context: grpc.ServicerContext):
+def _chunks(requests):
+    """The archive bytes after the header; a client cancelling mid-stream raises out of here."""
     for request in requests:
         if request.WhichOneof("part") != "chunk":
             raise InvalidInput("only the first RegisterVersionRequest may carry a header")
@@ -26,7 +25,7 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidInput("RegisterVersion must start with a RegisterHeader")
-        return self.registry.register(first.header, _chunks(first.header, request_iterator, context))
+        return self.registry.register(first.header, _chunks(request_iterator))
 
     def GetVersion(self, request, context):
         return self.registry.get_version(request.model_name, request.version)
