@@ -31,6 +31,8 @@ class ServiceProcess:
     grpc_port: int | None = None
     grpc_service: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    # Python module run as `python -m services.<module>`; replicas share it under other names.
+    module: str = ""
     process: subprocess.Popen | None = None
     restarts: int = 0
 
@@ -59,7 +61,7 @@ class ServiceProcess:
         env = {k: v for k, v in env.items() if not k.startswith("STREAMREC_") or k in self.env}
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}", "--config", str(self.config_path)],
+            [sys.executable, "-m", f"services.{self.module or self.name}", "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # Ctrl-C reaches the stack, which stops services in order
         )

@@ -50,6 +50,9 @@ class StackOptions:
     topic_prefix: str = "streamrec."
     partitions: int = 3
     fresh: bool = False
+    # More than one serves Recommend from a live replica while another restarts; replica i listens on
+    # the inference ports + 100 * (i - 1).
+    inference_replicas: int = 1
 
 
 class LocalStack:
@@ -75,6 +78,14 @@ class LocalStack:
             )
             for name in START_ORDER
         }
+        for i in range(2, options.inference_replicas + 1):
+            name = f"inference-{i}"
+            grpc_port, metrics_port = ports.inference_grpc + 100 * (i - 1), ports.inference_metrics + 100 * (i - 1)
+            config = self._config_for("inference")
+            config["grpc"]["port"], config["metrics"]["port"] = grpc_port, metrics_port
+            self.services[name] = ServiceProcess(
+                name=name, module="inference", config=config, work_dir=self.work_dir, metrics_port=metrics_port,
+                grpc_port=grpc_port, grpc_service="streamrec.v1.Recommender")
         self.prometheus: subprocess.Popen | None = None
 
     # -- configuration -------------------------------------------------------------------------
@@ -100,7 +111,6 @@ class LocalStack:
             }
         elif name == "ingester":
             config["kafka"] = kafka
-            config["ingester"] = {"state_dir": str(data)}
         elif name == "trainer":
             config["kafka"] = kafka
             config["trainer"] = {
@@ -108,9 +118,7 @@ class LocalStack:
                 "registry_target": registry_target,
                 "checkpoint_dir": str(data / "checkpoints"),
                 "export_interval_s": opts.export_interval_s,
-                "dim": opts.model_dim,
-                "max_len": opts.max_len,
-                "text_encoder": opts.text_encoder,
+                "model": {"dim": opts.model_dim, "max_len": opts.max_len, "text_encoder": opts.text_encoder},
             }
         elif name == "inference":
             config["kafka"] = kafka
@@ -130,8 +138,8 @@ class LocalStack:
         self.kafka.start()
         ensure_topics(self.kafka_config)
         try:
-            for name in START_ORDER:
-                self.services[name].start()
+            for svc in self.services.values():
+                svc.start()
             # Inference reports SERVING only once a model is loaded, so here wait only until it listens.
             for name in ("registry", "ingester", "trainer"):
                 self.services[name].wait_ready(timeout_s)
@@ -173,7 +181,7 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 self.prometheus.kill()
         # Producers of data stop before their consumers: ingester, trainer, then the servers.
-        for name in ("ingester", "trainer", "inference", "registry"):
+        for name in ("ingester", "trainer", *self.inference_names, "registry"):
             self.services[name].stop()
         self.kafka.stop()
 
@@ -194,6 +202,17 @@ class LocalStack:
                 restarted.append(name)
         return restarted
 
+    @property
+    def inference_names(self) -> list[str]:
+        return [name for name, svc in self.services.items() if (svc.module or name) == "inference"]
+
+    @property
+    def inference_target(self) -> str:
+        """A gRPC target over every inference replica; use with the round_robin policy to fail over."""
+        addrs = ",".join(self.services[n].grpc_target for n in self.inference_names)
+        return f"ipv4:{addrs}"
+
     def wait_serving(self, timeout_s: float = 300.0) -> None:
-        """Until inference has loaded a model (gRPC health SERVING)."""
-        self.services["inference"].wait_ready(timeout_s)
+        """Until every inference replica has loaded a model (gRPC health SERVING)."""
+        for name in self.inference_names:
+            self.services[name].wait_ready(timeout_s)
