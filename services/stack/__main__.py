@@ -59,7 +59,7 @@ def _banner(stack: LocalStack, prometheus: bool) -> str:
         "Next, in another terminal:",
         "  streamrec recommend u1            # a user's recommendations once a model is served",
         "  streamrec models list             # registered versions and aliases",
-        "  streamrec publish --events FILE   # publish your own events (JSONL or CSV)",
+        "  streamrec publish FILE.jsonl      # publish your own events (JSONL or CSV)",
         "Ctrl-C stops everything.",
         "",
     ]
