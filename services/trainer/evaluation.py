@@ -19,10 +19,13 @@ from recmodel.evaluate.metrics import hit_rate, ndcg, target_rank
 
 class PrequentialMonitor:
     def __init__(self, *, window: int = 2000, ks: Sequence[int] = (10,), max_len: int = 50,
-                 per_batch: int = 256, max_users: int = 200_000) -> None:
+                 per_batch: int = 256, max_users: int = 200_000, max_history: int = 50) -> None:
         self.ranks: deque[float] = deque(maxlen=max(window, 1))
         self.ks = tuple(ks)
         self.max_len = max_len
+        # Items seen further back than the encoder's window are still excluded from the ranking (as in
+        # recmodel.evaluate.prequential), so the numbers compare with the offline evaluation's.
+        self.max_history = max(max_history, max_len)
         self.per_batch = per_batch
         self.max_users = max_users
         self.enabled = window > 0
@@ -42,7 +45,7 @@ class PrequentialMonitor:
             if self.enabled and stride and n % stride == 0 and trainer.is_positive(e.type) and hist:
                 queries.append((list(hist), e.timestamp_ms, e.item_id))
             hist.append((e.item_id, e.type, int(e.timestamp_ms)))
-            del hist[: -self.max_len]
+            del hist[: -self.max_history]
         while len(self._hist) > self.max_users:
             self._hist.popitem(last=False)
         queries = queries[: self.per_batch]

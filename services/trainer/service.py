@@ -152,6 +152,8 @@ class TrainerService:
         self._checkpointed_events = trainer.events_trained if self.store.exists() else None
         self._checkpointed_items = dict(position.items_offsets)
 
+        self._warn_if_behind_registry(position)
+
         monitor = PrequentialMonitor(window=cfg.eval_window, ks=cfg.eval_k, max_len=trainer.max_len)
         events = EventReader(self.config.kafka, self.events_topic, cfg.consumer_group, cfg.poll_max_records)
         items = ItemReader(self.config.kafka, self.items_topic, None, 5000)
@@ -167,6 +169,21 @@ class TrainerService:
             events.close()
             items.close()
             self.backend.close()
+
+    def _warn_if_behind_registry(self, position: StreamPosition) -> None:
+        """A checkpoint behind an already registered version means replicas do not share checkpoint_dir."""
+        try:
+            versions = self.client.list_versions(self.cfg.model_name)
+        except Exception:  # the registry may be starting; this is only a consistency warning
+            return
+        for v in versions:
+            ahead = [o for o in v.training_offsets if o.topic == self.events_topic
+                     and o.offset > position.events_offsets.get(o.partition, 0)]
+            if ahead and v.trainer_id != self.trainer_id:
+                logger.error("checkpoint is behind a version another trainer registered: is checkpoint_dir on "
+                             "storage shared by every replica?", extra={"model_version": v.version,
+                                                                         "registered_by": v.trainer_id})
+                return
 
     def _counted(self) -> int:
         return getattr(self, "_counted_events", 0)

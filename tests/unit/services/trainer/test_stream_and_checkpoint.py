@@ -50,7 +50,7 @@ def test_checkpoint_round_trip_keeps_offsets_with_the_state(tmp_path):
 
 
 def test_prequential_monitor_scores_before_training():
-    stream = SyntheticStream(seed=2, n_users=40, n_items=80, n_events=1500)
+    stream = SyntheticStream(seed=2, n_users=40, n_items=80, n_events=3000)
     events = list(stream.events())
     trainer = IncrementalTrainer(dim=16, max_len=8, capacity=200, text_encoder=HashingTextEncoder(16),
                                  device="cpu", batch_size=128, replay_batch=16, n_random_negatives=32)
@@ -62,8 +62,8 @@ def test_prequential_monitor_scores_before_training():
     m = monitor.metrics()
     assert 0 < m["prequential_predictions"] <= 500
     assert 0.0 <= m["hr@10"] <= m["hr@50"] <= 1.0
-    # Better than ranking 80 items at random (HR@10 of chance is about 10/80).
-    assert m["hr@10"] > 0.15
+    # Better than ranking the 80 items at random (HR@10 of chance is at most 10/(80 - items already seen)).
+    assert m["hr@10"] > 0.2
 
 
 def test_config_defaults_and_leader_timing_rules():
