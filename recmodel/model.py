@@ -17,28 +17,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recmodel.data.types import EVENT_TYPES
+from recmodel.features import N_EVENT_TYPES, N_GAP_BUCKETS, event_type_id, gap_buckets
 
-N_EVENT_TYPES = len(EVENT_TYPES) + 2  # 0 = padding, last = unknown type
-EVENT_TYPE_IDS: dict[str, int] = {t: i + 1 for i, t in enumerate(EVENT_TYPES)}
-UNKNOWN_EVENT_TYPE = N_EVENT_TYPES - 1
-N_GAP_BUCKETS = 26  # 0 = padding, 1.. = 1 + floor(log2(1 + gap seconds)), capped
-
-
-def event_type_id(event_type: str) -> int:
-    return EVENT_TYPE_IDS.get(event_type, UNKNOWN_EVENT_TYPE)
-
-
-def gap_buckets(gaps_ms: np.ndarray) -> np.ndarray:
-    """Bucket time gaps (ms, int64) on a log2-seconds scale; negative gaps count as zero."""
-    seconds = np.maximum(np.asarray(gaps_ms, dtype=np.int64), 0) // 1000
-    return (1 + np.minimum(np.floor(np.log2(1.0 + seconds)), N_GAP_BUCKETS - 2)).astype(np.int64)
-
+__all__ = ["SequentialRecommender", "UserEncoder", "ItemTower", "event_type_id", "gap_buckets"]
 
 class _CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, n_heads: int, dropout: float) -> None:

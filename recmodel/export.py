@@ -1,0 +1,124 @@
+"""Export a trained :class:`~recmodel.train.IncrementalTrainer` as a self-contained artifact.
+
+Files (see :mod:`recmodel.artifact` for the manifest):
+
+* ``user_encoder.onnx`` - inputs ``item_vectors`` [B,L,D] float32, ``event_types`` [B,L] int64,
+  ``gap_buckets`` [B,L] int64, ``mask`` [B,L] bool (left-padded, most recent last); output
+  ``user_vector`` [B,D] float32 (unit norm). Dynamic batch, fixed L; independent of catalog size.
+* ``user_encoder.int8.onnx`` (optional, ``int8=True``) - dynamically quantised weights.
+* ``items.npz`` - ``ids`` (str), ``vectors`` float32 [N,D] (unit norm), ``available`` bool,
+  ``titles`` (str), ``categories`` (str, ``|``-joined).
+* ``histories.json`` - {user_id: [[item_id, event_type, timestamp_ms], ...]} at the training offsets.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from recmodel.artifact import Manifest, write_manifest
+from recmodel.data.types import EVENT_TYPES
+from recmodel.features import N_GAP_BUCKETS
+
+log = logging.getLogger(__name__)
+
+ONNX_INPUTS = ("item_vectors", "event_types", "gap_buckets", "mask")
+ONNX_OUTPUT = "user_vector"
+OPSET = 17
+
+
+def export_user_encoder(encoder: torch.nn.Module, path: str | Path, *, dim: int, max_len: int) -> Path:
+    """Export the user encoder to ONNX (TorchScript exporter; dynamo exporter as a fallback)."""
+    path = Path(path)
+    encoder = encoder.eval().cpu()
+    gen = torch.Generator().manual_seed(0)
+    args = (
+        torch.randn(2, max_len, dim, generator=gen),
+        torch.ones(2, max_len, dtype=torch.long),
+        torch.ones(2, max_len, dtype=torch.long),
+        torch.ones(2, max_len, dtype=torch.bool),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                encoder, args, str(path), input_names=list(ONNX_INPUTS), output_names=[ONNX_OUTPUT],
+                dynamic_axes={n: {0: "batch"} for n in (*ONNX_INPUTS, ONNX_OUTPUT)},
+                opset_version=OPSET, dynamo=False,
+            )
+        except Exception as exc:  # the TorchScript exporter may be gone in a future torch
+            log.info("falling back to the dynamo ONNX exporter", extra={"reason": str(exc)[:200]})
+            batch = torch.export.Dim("batch", min=1, max=1 << 16)
+            program = torch.onnx.export(
+                encoder, args, input_names=list(ONNX_INPUTS), output_names=[ONNX_OUTPUT],
+                dynamic_shapes=tuple({0: batch} for _ in ONNX_INPUTS), dynamo=True, external_data=False,
+            )
+            program.save(str(path))
+    return path
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    return Path(dst)
+
+
+def export_artifact(
+    trainer,
+    out_dir: str | Path,
+    *,
+    model_name: str,
+    training_offsets: Mapping[str, Mapping[str | int, int]] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    extra: Mapping | None = None,
+    int8: bool = False,
+) -> Manifest:
+    """Write the artifact directory ``out_dir`` (created; must be empty) and return its manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty")
+    model = trainer.model
+    with torch.random.fork_rng(devices=[]):
+        export_user_encoder(model.user_encoder, out / "user_encoder.onnx", dim=trainer.dim, max_len=trainer.max_len)
+    model.to(trainer.device)  # export moved the encoder to the CPU
+    if int8:
+        quantize_int8(out / "user_encoder.onnx", out / "user_encoder.int8.onnx")
+    table = trainer.item_table()
+    with open(out / "items.npz", "wb") as fh:
+        np.savez(
+            fh,
+            ids=np.array(table["ids"], dtype=np.str_),
+            vectors=np.asarray(table["vectors"], dtype=np.float32),
+            available=np.asarray(table["available"], dtype=bool),
+            titles=np.array(table["titles"], dtype=np.str_),
+            categories=np.array(table["categories"], dtype=np.str_),
+        )
+    histories = {u: [list(e) for e in h] for u, h in sorted(trainer.user_histories().items())}
+    (out / "histories.json").write_text(json.dumps(histories, separators=(",", ":")), encoding="utf-8")
+    manifest = Manifest(
+        model_name=model_name,
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        training_offsets={str(t): {str(p): int(o) for p, o in parts.items()} for t, parts in (training_offsets or {}).items()},
+        metrics={k: float(v) for k, v in (metrics or {}).items()},
+        dim=trainer.dim,
+        max_len=trainer.max_len,
+        event_types=list(EVENT_TYPES),
+        extra={
+            "n_gap_buckets": N_GAP_BUCKETS,
+            "events_trained": trainer.events_trained,
+            "newest_event_ms": trainer.clock_ms,
+            "text_encoder": trainer.text_encoder_name,
+            "hyperparameters": trainer.hyperparameters(),
+            **dict(extra or {}),
+        },
+    )
+    return write_manifest(out, manifest)

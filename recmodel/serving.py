@@ -1,0 +1,182 @@
+"""Run an exported artifact with ONNX Runtime (no torch needed).
+
+``select_providers`` picks TensorRT (fp16, engine cache) -> CUDA -> CPU from what this onnxruntime build
+offers, and logs the choice once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from recmodel.artifact import ArtifactError, Manifest, verify_artifact
+from recmodel.features import N_GAP_BUCKETS, gap_buckets
+
+log = logging.getLogger(__name__)
+_logged_choice: tuple | None = None
+
+HistoryEntry = tuple[str, str, int]
+
+
+def select_providers(
+    available: Sequence[str] | None = None, *, trt_engine_cache_dir: str | None = None, device_id: int = 0
+) -> list:
+    """Providers for ``onnxruntime.InferenceSession``: TensorRT -> CUDA -> CPU, as available."""
+    global _logged_choice
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    chosen: list = []
+    if "TensorrtExecutionProvider" in available:
+        opts = {"device_id": device_id, "trt_fp16_enable": True}
+        if trt_engine_cache_dir:
+            opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": trt_engine_cache_dir})
+        chosen.append(("TensorrtExecutionProvider", opts))
+    if "CUDAExecutionProvider" in available:
+        chosen.append(("CUDAExecutionProvider", {"device_id": device_id}))
+    chosen.append("CPUExecutionProvider")
+    names = tuple(p[0] if isinstance(p, tuple) else p for p in chosen)
+    if _logged_choice != names:
+        _logged_choice = names
+        log.info("onnxruntime execution providers chosen", extra={"providers": list(names)})
+    return chosen
+
+
+class ArtifactModel:
+    """A loaded, verified artifact: item table, histories snapshot and an ONNX user encoder."""
+
+    manifest: Manifest
+    item_ids: np.ndarray
+    item_vectors: np.ndarray
+    item_index: dict[str, int]
+    titles: np.ndarray
+    categories: np.ndarray
+    available: np.ndarray
+    histories: dict[str, list[HistoryEntry]]
+    max_len: int
+    providers: list[str]
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        providers: list | None = None,
+        *,
+        encoder_file: str = "user_encoder.onnx",
+        verify: bool = True,
+        session_options=None,
+    ) -> "ArtifactModel":
+        import onnxruntime as ort
+
+        directory = Path(directory)
+        manifest = verify_artifact(directory) if verify else None
+        if manifest is None:
+            from recmodel.artifact import read_manifest
+
+            manifest = read_manifest(directory)
+        if encoder_file not in manifest.files:
+            raise ArtifactError(f"{encoder_file}: not in this artifact")
+        self = cls()
+        self.manifest = manifest
+        self.directory = directory
+        self.max_len = manifest.max_len
+        self.dim = manifest.dim
+        self.type_ids = {t: i + 1 for i, t in enumerate(manifest.event_types)}
+        self.unknown_type = len(manifest.event_types) + 1
+        self.n_gap_buckets = int(manifest.extra.get("n_gap_buckets", N_GAP_BUCKETS))
+        try:
+            with np.load(directory / "items.npz", allow_pickle=False) as npz:
+                self.item_ids = npz["ids"]
+                self.item_vectors = np.ascontiguousarray(npz["vectors"], dtype=np.float32)
+                self.available = npz["available"].astype(bool)
+                self.titles = npz["titles"]
+                self.categories = npz["categories"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise ArtifactError(f"items.npz: cannot read ({exc})") from None
+        if self.item_vectors.shape != (len(self.item_ids), self.dim):
+            raise ArtifactError(f"items.npz: vectors shape {self.item_vectors.shape} != ({len(self.item_ids)}, {self.dim})")
+        self.item_index = {str(i): n for n, i in enumerate(self.item_ids.tolist())}
+        try:
+            raw = json.loads((directory / "histories.json").read_text(encoding="utf-8"))
+            self.histories = {u: [(str(e[0]), str(e[1]), int(e[2])) for e in h] for u, h in raw.items()}
+        except (OSError, ValueError, TypeError, IndexError) as exc:
+            raise ArtifactError(f"histories.json: cannot read ({exc})") from None
+        chosen = providers if providers is not None else select_providers()
+        try:
+            self.session = ort.InferenceSession(str(directory / encoder_file), sess_options=session_options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ArtifactError(f"{encoder_file}: onnxruntime cannot load it ({exc})") from None
+        self.providers = self.session.get_providers()
+        return self
+
+    # ------------------------------------------------------------------ encoding
+    def _batch(self, histories: Sequence[Sequence[HistoryEntry]], now_ms: Sequence[int] | int):
+        L, D = self.max_len, self.dim
+        B = len(histories)
+        nows = [now_ms] * B if isinstance(now_ms, (int, np.integer)) else list(now_ms)
+        vecs = np.zeros((B, L, D), dtype=np.float32)
+        types = np.zeros((B, L), dtype=np.int64)
+        gaps = np.zeros((B, L), dtype=np.int64)
+        mask = np.zeros((B, L), dtype=bool)
+        for b, (hist, now) in enumerate(zip(histories, nows)):
+            rows, tids, ts = [], [], []
+            for item_id, etype, t in hist:
+                row = self.item_index.get(item_id)
+                if row is None:
+                    continue  # unknown to this model version
+                rows.append(row)
+                tids.append(self.type_ids.get(etype, self.unknown_type))
+                ts.append(int(t))
+            rows, tids, ts = rows[-L:], tids[-L:], ts[-L:]
+            n = len(rows)
+            if not n:
+                continue
+            vecs[b, L - n :] = self.item_vectors[rows]
+            types[b, L - n :] = tids
+            t = np.asarray(ts, dtype=np.int64)
+            gaps[b, L - n :] = gap_buckets(np.append(t[1:], int(now)) - t, self.n_gap_buckets)
+            mask[b, L - n :] = True
+        return vecs, types, gaps, mask
+
+    def encode(self, histories: Sequence[Sequence[HistoryEntry]], now_ms: Sequence[int] | int) -> np.ndarray:
+        """User vectors [B, D] for histories of (item_id, event_type, timestamp_ms), oldest first."""
+        if not histories:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vecs, types, gaps, mask = self._batch(histories, now_ms)
+        (out,) = self.session.run(None, {"item_vectors": vecs, "event_types": types, "gap_buckets": gaps, "mask": mask})
+        return out
+
+    def score(self, histories, now_ms, item_ids: Sequence[str]) -> np.ndarray:
+        """Evaluation interface: scores [B, len(item_ids)], -inf for items not in this artifact."""
+        users = self.encode(histories, now_ms)
+        rows = np.array([self.item_index.get(i, -1) for i in item_ids])
+        scores = users @ self.item_vectors[np.maximum(rows, 0)].T
+        scores[:, rows < 0] = -np.inf
+        return scores
+
+    def recommend(
+        self,
+        history: Sequence[HistoryEntry],
+        k: int = 10,
+        exclude: Iterable[str] = (),
+        *,
+        now_ms: int | None = None,
+        exclude_seen: bool = True,
+    ) -> list[tuple[str, float]]:
+        """Exact dot-product top-``k`` over available items (for tests and evaluation)."""
+        history = list(history)
+        now = now_ms if now_ms is not None else (history[-1][2] if history else 0)
+        scores = (self.encode([history], now)[0] @ self.item_vectors.T).astype(np.float64)
+        scores[~self.available] = -np.inf
+        banned = set(exclude) | ({h[0] for h in history} if exclude_seen else set())
+        for item_id in banned:
+            row = self.item_index.get(item_id)
+            if row is not None:
+                scores[row] = -np.inf
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(str(self.item_ids[j]), float(scores[j])) for j in order if np.isfinite(scores[j])]

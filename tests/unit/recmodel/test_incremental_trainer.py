@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_trainer
+from recmodel.data import Event, Item
+from recmodel.train import IncrementalTrainer
+
+
+def _params(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_hyperparameters_are_stored_under_their_names():
+    trainer = make_trainer(lr=0.01, dropout=0.2)
+    hp = trainer.hyperparameters()
+    assert hp["lr"] == trainer.lr == 0.01 and hp["dropout"] == 0.2 and hp["seed"] == 3
+    assert trainer.model.hyperparameters()["max_len"] == trainer.max_len
+    assert trainer.device.type == ("cuda" if torch.cuda.is_available() else "cpu") or trainer.device.type == "cpu"
+
+
+def test_training_learns_the_stream_and_tracks_histories(trained, small_stream):
+    events = list(small_stream.events())
+    assert trained.events_trained == len(events)
+    hist = trained.user_histories()
+    last = {}
+    for e in events:
+        last.setdefault(e.user_id, []).append((e.item_id, e.type, e.timestamp_ms))
+    for user, entries in last.items():
+        assert hist[user] == entries[-trained.max_len :]
+    # The model ranks users' taste categories far above chance.
+    hits = total = 0
+    for user in list(hist)[:40]:
+        recs = trained.recommend(user, k=10)
+        taste = small_stream.user_taste(user, final=True) | small_stream.user_taste(user)
+        hits += sum(bool(small_stream.item_categories(i) & taste) for i, _ in recs)
+        total += len(recs)
+    assert hits / total > 0.6  # chance is about 2/6 categories
+
+
+def test_loss_goes_down_with_training(small_stream):
+    trainer = make_trainer()
+    trainer.upsert_items(small_stream.items())
+    events = list(small_stream.events())
+    first = trainer.train_events(events[:600])
+    for _ in range(2):
+        trainer.train_events(events[600:])
+    later = trainer.train_events(events[:600])
+    assert first.events == 600 and first.steps > 0
+    assert later.loss < first.loss - 0.3
+
+
+def test_recommend_excludes_seen_and_unavailable_items(trained):
+    user, hist = next(iter(trained.user_histories().items()))
+    recs = trained.recommend(user, k=20)
+    seen = {h[0] for h in hist}
+    assert len(recs) == 20 and not seen & {i for i, _ in recs}
+    scores = [s for _, s in recs]
+    assert scores == sorted(scores, reverse=True)
+    top = recs[0][0]
+    trained.upsert_items([Item(top, title="gone", available=False)])
+    try:
+        assert top not in {i for i, _ in trained.recommend(user, k=20)}
+    finally:
+        trained.upsert_items([Item(top, title="back", available=True)])
+
+
+def test_unknown_items_and_dislikes_do_not_break_training():
+    trainer = make_trainer(capacity=3)
+    events = [
+        Event(f"e{n}", "u", f"new{n % 5}", "dislike" if n % 4 == 0 else "click", 1.0, 1000 * n) for n in range(20)
+    ]
+    stats = trainer.train_events(events)
+    assert stats.events == 20 and np.isfinite(stats.loss)
+    assert len(trainer.vocab) == 3 and trainer.vocab.evictions > 0
+    assert len(trainer.user_histories()["u"]) == 12
+
+
+def test_checkpoint_restore_continue_is_bit_exact(tmp_path, small_stream):
+    events = list(small_stream.events())[:1500]
+    kwargs = dict(dropout=0.1)  # dropout makes the RNG state matter
+    straight = make_trainer(**kwargs)
+    straight.upsert_items(small_stream.items())
+    straight.train_events(events[:700])
+    straight.train_events(events[700:])
+
+    first = make_trainer(**kwargs)
+    first.upsert_items(small_stream.items())
+    first.train_events(events[:700])
+    path = first.save_checkpoint(tmp_path / "ckpt.pt", extra={"offsets": {"streamrec.events": {"0": 700}}})
+    del first
+    torch.manual_seed(12345)  # global RNG noise must not matter
+    resumed, extra = IncrementalTrainer.load_checkpoint(path)
+    assert extra == {"offsets": {"streamrec.events": {"0": 700}}}
+    assert resumed.events_trained == 700
+    resumed.train_events(events[700:])
+
+    a, b = _params(straight), _params(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.user_histories() == straight.user_histories()
+    assert resumed.vocab.items() == straight.vocab.items()
+    assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
+
+
+def test_prequential_reports_metrics_before_training(small_stream):
+    trainer = make_trainer()
+    trainer.upsert_items(small_stream.items())
+    events = list(small_stream.events())
+    early = trainer.prequential(events[:800], k=10)
+    late = trainer.prequential(events[800:1800], k=10)
+    assert early["predictions"] > 300
+    assert 0.0 <= early["hr@10"] <= 1.0
+    assert late["hr@10"] > early["hr@10"]
+    assert trainer.events_trained == 1800

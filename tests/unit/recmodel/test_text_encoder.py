@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+
+from recmodel.text import HashingTextEncoder, TextEncoder, minilm_path
+
+
+@pytest.fixture(scope="session")
+def minilm() -> TextEncoder:
+    return TextEncoder()
+
+
+def test_minilm_is_packaged_offline_and_embeds_meaning(minilm):
+    assert (minilm_path() / "config.json").exists()
+    vecs = minilm.encode(
+        ["A thrilling detective story about a murder.", "A police investigation of a mysterious murder.",
+         "A recipe for baking bread in the oven."]
+    )
+    assert vecs.shape == (3, 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2] + 0.2
+
+
+def test_each_text_is_embedded_once(minilm):
+    before = minilm.texts_embedded
+    a = minilm.encode(["cache me", "cache me", "and me"])
+    b = minilm.encode(["and me", "cache me"])
+    assert minilm.texts_embedded - before == 2
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_hashing_encoder_is_deterministic_and_word_sensitive():
+    enc = HashingTextEncoder(64)
+    x = enc.encode(["space rocket orbit", "space rocket moon", "kitchen recipe"])
+    again = HashingTextEncoder(64).encode(["space rocket orbit"])
+    np.testing.assert_array_equal(x[0], again[0])
+    assert x[0] @ x[1] > x[0] @ x[2]
+    assert enc.encode([]).shape == (0, 64)
