@@ -1,0 +1,87 @@
+import io
+import tarfile
+
+import pytest
+
+from recmodel.artifact import (
+    ArtifactError, Manifest, pack_artifact, read_manifest, unpack_artifact, verify_artifact, write_manifest,
+)
+
+FILES = {"user_encoder.onnx": b"onnx-bytes", "items.npz": b"\x00\x01items", "histories.json": b"{}"}
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    d = tmp_path / "art"
+    d.mkdir()
+    for name, data in FILES.items():
+        (d / name).write_bytes(data)
+    write_manifest(d, Manifest(model_name="m", training_offsets={"t": {0: 5}}, metrics={"hr@10": 0.25}, dim=8, max_len=4))
+    return d
+
+
+def test_manifest_round_trip_hashes_every_file(artifact):
+    m = verify_artifact(artifact)
+    assert set(m.files) == set(FILES)
+    assert m.training_offsets == {"t": {"0": 5}} and m.metrics == {"hr@10": 0.25}
+    assert read_manifest(artifact) == m
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_flipping_one_byte_of_any_file_fails_naming_it(artifact, name):
+    path = artifact / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=rf"^{name}: sha256 mismatch"):
+        verify_artifact(artifact)
+
+
+def test_missing_extra_and_tampered_manifest(artifact):
+    (artifact / "extra.bin").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="extra.bin: present but not listed"):
+        verify_artifact(artifact)
+    (artifact / "extra.bin").unlink()
+    (artifact / "items.npz").unlink()
+    with pytest.raises(ArtifactError, match="items.npz: listed in the manifest but missing"):
+        verify_artifact(artifact)
+    (artifact / "manifest.json").write_text("{broken")
+    with pytest.raises(ArtifactError, match="manifest.json"):
+        verify_artifact(artifact)
+
+
+def test_pack_is_deterministic_and_round_trips(artifact, tmp_path):
+    digest1 = pack_artifact(artifact, tmp_path / "a.tar")
+    (artifact / "items.npz").touch()  # mtime changes must not change the archive
+    digest2 = pack_artifact(artifact, tmp_path / "b.tar")
+    assert digest1 == digest2 and len(digest1) == 64
+    out = unpack_artifact(tmp_path / "a.tar", tmp_path / "unpacked")
+    assert verify_artifact(out) == verify_artifact(artifact)
+
+
+def _tar_with(tmp_path, member: tarfile.TarInfo, data: bytes = b"") -> str:
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w") as tar:
+        member.size = len(data) if member.isfile() else 0
+        tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name, kind, reason",
+    [
+        ("/etc/passwd", tarfile.REGTYPE, "absolute path"),
+        ("../escape.txt", tarfile.REGTYPE, "outside the artifact"),
+        ("sub/dir.txt", tarfile.REGTYPE, "outside the artifact"),
+        ("link", tarfile.SYMTYPE, "regular files"),
+        ("hard", tarfile.LNKTYPE, "regular files"),
+    ],
+)
+def test_unsafe_archive_members_are_refused(tmp_path, name, kind, reason):
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = "/etc/passwd" if kind != tarfile.REGTYPE else ""
+    evil = _tar_with(tmp_path, member, b"x")
+    with pytest.raises(ArtifactError, match=reason):
+        unpack_artifact(evil, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()

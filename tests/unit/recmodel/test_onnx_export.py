@@ -1,0 +1,96 @@
+"""The exported artifact, run by ONNX Runtime, must agree with PyTorch."""
+
+import numpy as np
+import pytest
+import torch
+
+from recmodel.artifact import read_manifest, verify_artifact
+from recmodel.export import export_artifact
+from recmodel.serving import ArtifactModel, select_providers
+
+OFFSETS = {"streamrec.events": {0: 1200, 1: 1300}}
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("artifact")
+    export_artifact(trained, out, model_name="demo", training_offsets=OFFSETS, metrics={"hr@10": 0.5}, int8=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(artifact_dir):
+    return ArtifactModel.load(artifact_dir, providers=["CPUExecutionProvider"])
+
+
+def _random_histories(trained, rng, n):
+    ids = trained.item_ids
+    types = ["view", "click", "purchase", "dislike", "mystery-type"]
+    out, nows = [], []
+    for _ in range(n):
+        length = int(rng.integers(1, trained.max_len + 8))
+        ts = np.cumsum(rng.integers(1, 10**7, length)) + 1_700_000_000_000
+        out.append([(ids[int(rng.integers(len(ids)))], types[int(rng.integers(len(types)))], int(t)) for t in ts])
+        nows.append(int(ts[-1] + rng.integers(0, 10**8)))
+    return out, nows
+
+
+def test_manifest_lists_every_file_with_offsets_and_model_info(artifact_dir):
+    manifest = verify_artifact(artifact_dir)
+    assert set(manifest.files) == {"user_encoder.onnx", "user_encoder.int8.onnx", "items.npz", "histories.json"}
+    assert manifest.training_offsets == {"streamrec.events": {"0": 1200, "1": 1300}}
+    assert manifest.model_name == "demo" and manifest.version == 0 and manifest.dim == 32 and manifest.max_len == 12
+    assert "view" in manifest.event_types and manifest.metrics == {"hr@10": 0.5}
+    assert read_manifest(artifact_dir) == manifest
+
+
+def test_onnx_runtime_matches_pytorch_on_random_histories(trained, served):
+    rng = np.random.default_rng(0)
+    histories, nows = _random_histories(trained, rng, 64)
+    torch_vecs = trained.user_vectors(histories, nows)
+    ort_vecs = served.encode(histories, nows)
+    assert ort_vecs.shape == (64, trained.dim)
+    np.testing.assert_allclose(ort_vecs, torch_vecs, atol=1e-4)
+    np.testing.assert_allclose(served.item_vectors, trained.item_vectors(list(served.item_ids)), atol=0)
+    for hist, now in list(zip(histories, nows))[:20]:
+        assert [i for i, _ in served.recommend(hist, k=10, now_ms=now)] == [
+            i for i, _ in trained.recommend(hist, k=10, now_ms=now)
+        ]
+
+
+def test_batch_of_one_equals_row_of_a_batch_and_unknown_items_are_skipped(served, trained):
+    hist = trained.user_histories()[next(iter(trained.user_histories()))]
+    with_unknown = hist[:3] + [("never-seen", "click", hist[3][2])] + hist[3:]
+    now = hist[-1][2] + 1000
+    alone = served.encode([hist], now)
+    np.testing.assert_allclose(served.encode([with_unknown], now), alone, atol=1e-6)
+    np.testing.assert_allclose(served.encode([hist, hist[:2]], [now, now])[0], alone[0], atol=1e-5)
+
+
+def test_histories_snapshot_and_item_table(served, trained):
+    assert served.histories == trained.user_histories()
+    assert list(served.item_ids) == trained.item_ids
+    assert served.item_index[str(served.item_ids[5])] == 5
+    assert served.providers == ["CPUExecutionProvider"]
+
+
+def test_int8_variant_stays_close(artifact_dir, served, trained):
+    int8 = ArtifactModel.load(artifact_dir, providers=["CPUExecutionProvider"], encoder_file="user_encoder.int8.onnx")
+    histories, nows = _random_histories(trained, np.random.default_rng(1), 32)
+    cos = np.sum(int8.encode(histories, nows) * served.encode(histories, nows), axis=1)
+    assert cos.min() > 0.95
+
+
+def test_provider_preference_is_tensorrt_then_cuda_then_cpu():
+    chosen = select_providers(["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"],
+                              trt_engine_cache_dir="/tmp/trt")
+    assert [p[0] if isinstance(p, tuple) else p for p in chosen] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert chosen[0][1]["trt_fp16_enable"] and chosen[0][1]["trt_engine_cache_path"] == "/tmp/trt"
+    assert select_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_export_refuses_a_non_empty_directory(trained, tmp_path):
+    (tmp_path / "stale.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        export_artifact(trained, tmp_path, model_name="demo", training_offsets={}, metrics={})
