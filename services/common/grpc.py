@@ -121,11 +121,14 @@ class GrpcServer:
         max_workers: int = 16,
         max_message_bytes: int = 64 * 1024 * 1024,
         observe: Callable[[str, str, float], None] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Off unless asked: two servers silently sharing a port is a misconfiguration, except
+            # for the worker processes of one service that share it on purpose.
+            ("grpc.so_reuseport", int(reuse_port)),
         ]
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),

@@ -5,13 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent import futures
-
-import grpc
-from grpc_health.v1 import health
 from prometheus_client import CollectorRegistry
 
-from services.common.grpc import ErrorInterceptor, GrpcServer
+from services.common.grpc import GrpcServer
 from services.common.kafka import ensure_topics
 from services.common.metrics import MetricsServer
 from services.inference.batcher import EncoderBatcher
@@ -26,27 +22,6 @@ from services.inference.servicer import RecommenderServicer
 from services.inference.watcher import ModelVersionWatcher
 
 logger = logging.getLogger(__name__)
-
-
-class _ReusePortGrpcServer(GrpcServer):
-    """GrpcServer whose port may be shared by several processes (SO_REUSEPORT)."""
-
-    def __init__(self, host: str, port: int, max_workers: int, max_message_bytes: int, observe) -> None:
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-            interceptors=[ErrorInterceptor(observe)],
-            options=[("grpc.max_receive_message_length", max_message_bytes),
-                     ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", 1)],
-        )
-        from grpc_health.v1 import health_pb2_grpc
-
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        self._service_names = []
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind gRPC server to {host}:{port}")
-        self._stopped = threading.Event()
 
 
 class InferenceServer:
@@ -72,10 +47,8 @@ class InferenceServer:
             on_loaded=self._before_swap, on_failure=lambda *_: self.metrics.model_load_failures.inc(),
             on_load_seconds=self.metrics.model_load_duration.observe)
         g = config.grpc
-        if reuse_port:
-            self.grpc = _ReusePortGrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes, self.metrics.observe_request)
-        else:
-            self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes, observe=self.metrics.observe_request)
+        self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes, observe=self.metrics.observe_request,
+                               reuse_port=reuse_port)
         RecommenderServicer(self.dataplane).register(self.grpc)
         self.repository.on_change(self._after_swap)
         self.metrics_server = None
