@@ -79,6 +79,7 @@ class IncrementalTrainer:
         dropout: float = 0.0,
         temperature: float = 0.1,
         steps_per_batch: int = 1,
+        id_gate_prior: float = 5.0,
         event_weights: Mapping[str, float] | None = None,
     ) -> None:
         self.dim = dim
@@ -97,6 +98,7 @@ class IncrementalTrainer:
         self.dropout = dropout
         self.temperature = temperature
         self.steps_per_batch = steps_per_batch
+        self.id_gate_prior = id_gate_prior
         self.event_weights = dict(event_weights or DEFAULT_EVENT_WEIGHTS)
         self.device = torch.device(device) if device is not None else default_device()
         self._text_encoder = text_encoder
@@ -131,7 +133,7 @@ class IncrementalTrainer:
             "replay_batch": self.replay_batch, "n_random_negatives": self.n_random_negatives,
             "replay_size": self.replay_size, "use_text": self.use_text, "n_heads": self.n_heads,
             "n_layers": self.n_layers, "dropout": self.dropout, "temperature": self.temperature,
-            "steps_per_batch": self.steps_per_batch, "event_weights": dict(self.event_weights),
+            "steps_per_batch": self.steps_per_batch, "id_gate_prior": self.id_gate_prior, "event_weights": dict(self.event_weights),
         }
 
     @property
@@ -161,6 +163,15 @@ class IncrementalTrainer:
                 state["exp_avg"][slot] = 0.0
                 state["exp_avg_sq"][slot] = 0.0
         self._counts[slot] = 0.0
+        self._update_id_gate(np.array([slot]))
+
+    def _update_id_gate(self, slots: np.ndarray) -> None:
+        if not self.use_text or self.id_gate_prior <= 0:
+            return
+        n = self._counts[slots]
+        gate = torch.from_numpy(n / (n + self.id_gate_prior)).to(self.device, torch.float32)
+        with torch.no_grad():
+            self.model.items.id_gate[torch.from_numpy(slots).to(self.device)] = gate
 
     def upsert_items(self, items: Iterable[Item]) -> None:
         """Add or update catalog items; new or changed texts are embedded in one batch."""
@@ -255,7 +266,9 @@ class IncrementalTrainer:
             self._torch_rng = torch.get_rng_state()
             if devices:
                 self._cuda_rng = torch.cuda.get_rng_state(self.device)
-        np.add.at(self._counts, pos_targets.cpu().numpy(), 1.0)
+        touched = pos_targets.cpu().numpy()
+        np.add.at(self._counts, touched, 1.0)
+        self._update_id_gate(np.unique(touched))
         self.steps += 1
         return float(loss.detach())
 
