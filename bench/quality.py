@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-encoder", choices=("minilm", "hashing"), default="minilm")
+    p.add_argument("--id-gate-prior", type=float, default=5.0, help="interactions at which an item's ID embedding gets half weight")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     return p
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     text_encoder = TextEncoder() if args.text_encoder == "minilm" else HashingTextEncoder(128)
     config = dict(
         dim=args.dim, max_len=args.max_len, capacity=len(item_list) + 16, batch_size=args.batch_size,
-        replay_batch=args.batch_size // 2, seed=args.seed, text_encoder=text_encoder,
+        replay_batch=args.batch_size // 2, seed=args.seed, text_encoder=text_encoder, id_gate_prior=args.id_gate_prior,
     )
 
     def train(streaming: bool, use_text: bool = True) -> IncrementalTrainer:

@@ -35,3 +35,21 @@ def test_hashing_encoder_is_deterministic_and_word_sensitive():
     np.testing.assert_array_equal(x[0], again[0])
     assert x[0] @ x[1] > x[0] @ x[2]
     assert enc.encode([]).shape == (0, 64)
+
+
+def test_trainer_uses_minilm_by_default_and_places_new_items_by_text():
+    from recmodel.data import Item
+    from recmodel.train import IncrementalTrainer
+
+    trainer = IncrementalTrainer(dim=16, max_len=4, capacity=8, device="cpu")
+    trainer.upsert_items([
+        Item("a", "Murder on the night train", "A detective investigates a murder.", ("crime",)),
+        Item("b", "The silent suspect", "Police hunt a thief and a killer.", ("crime",)),
+        Item("c", "Sourdough at home", "Baking bread in your kitchen oven.", ("cooking",)),
+    ])
+    assert isinstance(trainer.text_encoder, TextEncoder)
+    assert trainer.text_encoder.texts_embedded == 3
+    trainer.upsert_items([Item("a", "Murder on the night train", "A detective investigates a murder.", ("crime",))])
+    assert trainer.text_encoder.texts_embedded == 3  # unchanged text is not embedded again
+    vecs = trainer.item_vectors(["a", "b", "c"])
+    assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2]  # untrained: the text alone places new items
