@@ -137,6 +137,9 @@ class ModelRegistry:
                                          "sha256": upload.sha256, "gate": decision.decision if decision else ""})
         if self.metrics:
             self.metrics.versions_registered.labels(header.model_name).inc()
+            # Zero-valued series from the model's first version on, so rates and alerts read 0, not "no data".
+            self.metrics.gate_rejections.labels(header.model_name)
+            self.metrics.promotions.labels(header.model_name, PRODUCTION)
             if decision and decision.promoted:
                 self.metrics.promotions.labels(header.model_name, PRODUCTION).inc()
             elif decision:

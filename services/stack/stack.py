@@ -212,6 +212,23 @@ class LocalStack:
         addrs = ",".join(self.services[n].grpc_target for n in self.inference_names)
         return f"ipv4:{addrs}"
 
+    def inference_channel(self):
+        """A channel over every inference replica that sends calls only to SERVING ones.
+
+        Client-side health checking plays the part of the readiness probe in Kubernetes: a replica
+        that is restarting (listening, but with no model yet) gets no traffic.
+        """
+        import json
+
+        import grpc
+
+        service_config = {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "healthCheckConfig": {"serviceName": "streamrec.v1.Recommender"},
+        }
+        return grpc.insecure_channel(self.inference_target,
+                                     options=[("grpc.service_config", json.dumps(service_config))])
+
     def wait_serving(self, timeout_s: float = 300.0) -> None:
         """Until every inference replica has loaded a model (gRPC health SERVING)."""
         for name in self.inference_names:

@@ -58,6 +58,9 @@ class Registration:
     version: int
     events_offsets: dict[int, int]
     events_trained: int
+    # The catalog it was exported with: a new item alone is reason for a new version, since the
+    # text tower makes it recommendable before anyone interacts with it.
+    items_offsets: dict[int, int] = field(default_factory=dict)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -105,12 +108,14 @@ class CheckpointStore:
         except (OSError, ValueError):
             return None
         return Registration(int(d["version"]), {int(p): int(o) for p, o in d["events_offsets"].items()},
-                            int(d.get("events_trained", 0)))
+                            int(d.get("events_trained", 0)),
+                            {int(p): int(o) for p, o in d.get("items_offsets", {}).items()})
 
     def save_registration(self, reg: Registration) -> None:
         _atomic_write_text(self.dir / REGISTERED_FILE, json.dumps({
             "version": reg.version, "events_offsets": {str(p): o for p, o in reg.events_offsets.items()},
-            "events_trained": reg.events_trained}))
+            "events_trained": reg.events_trained,
+            "items_offsets": {str(p): o for p, o in reg.items_offsets.items()}}))
         self._fsync_dir()
 
     def _fsync_dir(self) -> None:

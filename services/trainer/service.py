@@ -290,7 +290,8 @@ class TrainerService:
         if trainer.events_trained == 0:
             return False
         reg = self.registration
-        return reg is None or reg.events_offsets != position.events_offsets
+        return (reg is None or reg.events_offsets != position.events_offsets
+                or reg.items_offsets != position.items_offsets)
 
     def _export(self, trainer, position: StreamPosition, monitor: PrequentialMonitor) -> None:
         start = time.perf_counter()
@@ -312,7 +313,7 @@ class TrainerService:
             logger.warning("export/register failed; will retry at the next interval", extra={"error": str(exc)},
                            exc_info=not hasattr(exc, "code"))
             return
-        self.registration = Registration(version, offsets, trainer.events_trained)
+        self.registration = Registration(version, offsets, trainer.events_trained, dict(position.items_offsets))
         self.store.save_registration(self.registration)
         self.metrics.versions_registered.inc()
         self.metrics.registered_version.set(version)

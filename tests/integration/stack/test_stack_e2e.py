@@ -1,0 +1,286 @@
+"""End to end on the local stack: the same LocalStack that `streamrec up` runs.
+
+Events published with a real Kafka client flow through the ingester; the trainer registers
+versions; inference serves them; recommendations follow the users' tastes; a brand-new item with
+only its text reaches the users whose taste matches it; and SIGKILLing each service in turn loses
+nothing acknowledged while Recommend keeps answering.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import time
+import uuid
+from collections import Counter
+
+import grpc
+import pytest
+from kafka import TopicPartition
+
+from recmodel.data import Item, SyntheticStream
+from services.common.kafka import make_consumer
+from services.common.localkafka.broker import free_port
+from services.common.registry_client import RegistryClient
+from services.stack.demo import DemoPublisher
+from services.stack.stack import LocalStack, StackOptions, StackPorts
+from services.stack.status import maximum, scrape, total
+from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+
+MODEL = "recommender"
+
+
+def _ports() -> StackPorts:
+    return StackPorts(kafka=free_port(), registry_grpc=free_port(), inference_grpc=free_port(),
+                      registry_metrics=free_port(), inference_metrics=free_port(), ingester_metrics=free_port(),
+                      trainer_metrics=free_port(), prometheus=free_port())
+
+
+def _wait(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def world():
+    return SyntheticStream(seed=5, n_users=150, n_items=300, n_categories=6, n_events=6000)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, world):
+    options = StackOptions(work_dir=tmp_path_factory.mktemp("stack"), ports=_ports(), export_interval_s=8.0,
+                           model_dim=32, max_len=20, inference_replicas=2, fresh=True)
+    with LocalStack(options) as st:
+        st.start_prometheus()
+        publisher = DemoPublisher(st.kafka_config, world.items(), world.events(), rate=3000).start()
+        assert publisher.done.wait(120), "demo stream published"
+        assert publisher.error is None
+        st.published = publisher.events_published
+        st.wait_serving(600)
+        _wait_for_version_trained_on_everything(st)
+        yield st
+
+
+def _end_offsets(stack) -> dict[int, int]:
+    topic = stack.kafka_config.topics.name("events")
+    consumer = make_consumer(stack.kafka_config, None, None)
+    try:
+        parts = [TopicPartition(topic, p) for p in range(stack.options.partitions)]
+        return {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
+    finally:
+        consumer.close()
+
+
+def _wait_for_version_trained_on_everything(stack) -> int:
+    """Until `production` trained on every event the stream put on `events`, and inference serves it."""
+    topic = stack.kafka_config.topics.name("events")
+    _wait(lambda: sum(_end_offsets(stack).values()) >= stack.published, 120, "the ingester to forward the stream")
+    ends = _end_offsets(stack)
+    with RegistryClient(stack.services["registry"].grpc_target) as registry:
+        def trained_on_all():
+            try:
+                mv = registry.get_alias(MODEL, "production")
+            except grpc.RpcError:
+                return 0
+            offsets = {o.partition: o.offset for o in mv.training_offsets if o.topic == topic}
+            return mv.version if all(offsets.get(p, 0) >= off for p, off in ends.items()) else 0
+        version = _wait(trained_on_all, 300, "a production version trained on the whole stream")
+    for name in stack.inference_names:
+        status = stack.services[name]
+        _wait(lambda: (lambda m: m and m >= version)(
+            maximum(scrape(status.metrics_url), "streamrec_inference_model_version", alias="production")),
+            120, f"{name} to serve version {version}")
+    return version
+
+
+@pytest.fixture(scope="module")
+def recommender(stack):
+    channel = stack.inference_channel()
+    yield recommender_pb2_grpc.RecommenderStub(channel)
+    channel.close()
+
+
+def _served_version(stub) -> int:
+    return stub.Recommend(recommender_pb2.RecommendRequest(user_id="nobody", k=1), timeout=5).model_version
+
+
+def test_a_registered_version_is_served_and_trained_on_the_stream(stack, recommender):
+    with RegistryClient(stack.services["registry"].grpc_target) as registry:
+        production = registry.get_alias(MODEL, "production")
+        offsets = {(o.topic, o.partition): o.offset for o in production.training_offsets}
+    assert sum(offsets.values()) > 0, "the served version trained on events"
+    assert _wait(lambda: _served_version(recommender) >= production.version, 60, "inference to serve production")
+
+
+def test_recommendations_follow_each_users_taste(stack, recommender, world):
+    # Users the stream saw enough of; their taste is the generator's ground truth at the end.
+    counts = Counter(e.user_id for e in world.events())
+    users = [u for u, n in counts.most_common(40)]
+    in_taste = shown = 0
+    for user in users:
+        resp = recommender.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=5)
+        assert resp.source == "model" and resp.model_version > 0
+        taste = world.user_taste(user, final=True)
+        for item in resp.items:
+            shown += 1
+            in_taste += bool(world.item_categories(item.item_id) & taste)
+    share = in_taste / shown
+    # A user likes 2 of 6 categories: a taste-blind ranker lands about a third of its items there.
+    assert share > 0.6, f"only {share:.0%} of recommended items match the users' tastes"
+
+
+def test_a_new_item_with_only_text_reaches_matching_users_before_any_interaction(stack, recommender, world):
+    category = "science"
+    cat_items = [i for i in world.items() if category in i.categories]
+    assert cat_items, "the generator has a science category"
+    template = cat_items[0]
+    new_id = f"new-{uuid.uuid4().hex[:8]}"
+    new_item = Item(item_id=new_id, title=template.title + " (new edition)", text=template.text)
+    publisher = DemoPublisher(stack.kafka_config, [], iter(()))
+    publisher.publish_items_now([new_item])
+
+    def served_with_new_item():
+        try:
+            recommender.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id=new_id, k=1), timeout=5)
+            return True
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+
+    _wait(served_with_new_item, 240, "a served version that knows the new item")
+    users = [u for u, _ in Counter(e.user_id for e in world.events()).most_common(120)]
+    fans = [u for u in users if category in world.user_taste(u, final=True)]
+    others = [u for u in users if category not in world.user_taste(u, final=True)]
+
+    def reach(group):
+        hits = 0
+        for user in group:
+            resp = recommender.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=30), timeout=5)
+            hits += new_id in {it.item_id for it in resp.items}
+        return hits / max(1, len(group))
+
+    fan_reach, other_reach = reach(fans), reach(others)
+    assert fan_reach > 0.2, f"the new item reached {fan_reach:.0%} of {category} fans"
+    assert fan_reach > 3 * other_reach, f"fans {fan_reach:.0%} vs others {other_reach:.0%}"
+
+
+def _prometheus_query(port: int, expr: str) -> list:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError):
+        return []
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_every_dashboard_and_alert_query_returns_data_from_the_running_services(stack, recommender, world):
+    from tests.unit.charts.promql import chart_queries
+
+    # Traffic that the panels break down by: rejected records, registry and inference calls.
+    from services.common.kafka import make_producer
+
+    producer = make_producer(stack.kafka_config)
+    for bad in (b"{not json", json.dumps({"event_id": "x", "user_id": "u1"}).encode()):
+        producer.send(stack.kafka_config.topics.name("events_raw"), value=bad)
+    producer.flush()
+    producer.close()
+    with RegistryClient(stack.services["registry"].grpc_target) as registry:
+        versions = registry.list_versions(MODEL)
+        registry.get_alias(MODEL, "production")
+        with pytest.raises(grpc.RpcError):
+            registry.get_version(MODEL, 10_000)
+    assert versions
+    some_item = next(iter(world.items())).item_id
+    for _ in range(20):
+        recommender.Recommend(recommender_pb2.RecommendRequest(user_id="u1", k=5), timeout=5)
+        recommender.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id=some_item, k=5), timeout=5)
+        with pytest.raises(grpc.RpcError):
+            recommender.Recommend(recommender_pb2.RecommendRequest(user_id="u1", k=0), timeout=5)
+
+    signals = sorted({expr for q in chart_queries() for expr in q.signals})
+    assert len(signals) > 30
+    port = stack.options.ports.prometheus
+    deadline = time.monotonic() + 120
+    empty = signals
+    while empty and time.monotonic() < deadline:
+        empty = [expr for expr in empty if not _prometheus_query(port, expr)]
+        if empty:
+            time.sleep(3)
+    assert not empty, f"{len(empty)} of {len(signals)} queries return no data: {empty[:10]}"
+
+
+def _events_on_output(stack) -> list[event_pb2.Event]:
+    topic = stack.kafka_config.topics.name("events")
+    consumer = make_consumer(stack.kafka_config, None, None)
+    try:
+        parts = [TopicPartition(topic, p) for p in range(stack.options.partitions)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(parts)
+        out = []
+        while any(consumer.position(tp) < ends[tp] for tp in parts):
+            for records in consumer.poll(500).values():
+                out.extend(event_pb2.Event.FromString(r.value) for r in records)
+        return out
+    finally:
+        consumer.close()
+
+
+def test_killing_each_service_in_turn_loses_nothing_and_recommend_keeps_answering(stack, recommender, world):
+    failures: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                recommender.Recommend(recommender_pb2.RecommendRequest(user_id="u1", k=5), timeout=2)
+                answered[0] += 1
+            except grpc.RpcError as exc:
+                failures.append(f"{exc.code().name}: {exc.details()}")
+            time.sleep(0.02)
+
+    more = SyntheticStream(seed=99, n_users=60, n_items=300, n_categories=6, n_events=3000)
+    known = {i.item_id for i in world.items()}
+    events = (e for e in more.events() if e.item_id in known)
+    publisher = DemoPublisher(stack.kafka_config, [], events, rate=300).start()
+    caller = threading.Thread(target=client, daemon=True)
+    caller.start()
+    try:
+        for name in ("trainer", "inference", "ingester"):
+            time.sleep(2.0)  # let events flow into the service before it dies
+            stack.services[name].kill()
+            assert stack.restart_dead() == [name]
+            stack.services[name].wait_ready(300)
+        assert publisher.done.wait(120)
+        assert publisher.error is None
+    finally:
+        stop.set()
+        caller.join(10)
+        publisher.stop()
+    assert answered[0] > 50
+    assert not failures, f"Recommend failed during the faults: {failures[:5]}"
+
+    expected = stack.published + publisher.events_published
+    # Ingester: every acknowledged event reaches `events`, exactly once after dedup by event_id.
+    out = _wait(lambda: (lambda evs: evs if len({e.event_id for e in evs}) >= expected else None)(
+        _events_on_output(stack)), 120, "the ingester to catch up")
+    assert len({e.event_id for e in out}) == expected
+    # Trainer: after its restart it trained every record on `events` once: no double training, no gap.
+    trained = _wait(lambda: (lambda n: n if n >= len(out) else None)(
+        total(scrape(stack.services["trainer"].metrics_url), "streamrec_trainer_events_trained_total")),
+        180, "the trainer to catch up")
+    assert trained == len(out)
