@@ -3,7 +3,9 @@
 ``streamrec bench index [--items 10000 1000000] [--dim 64] [--k 10] [--queries 200]`` prints one JSON
 line with, per catalog size and backend: build seconds, p50/p99 query latency (one query at a time, as
 Recommend issues them) and recall@k against exact search. Vectors are a Gaussian mixture (clustered,
-like learned item embeddings) with random norms; queries are drawn from the same mixture.
+like learned item embeddings), unit-norm like recmodel's item and user vectors (``--random-norms``
+keeps norms between 0.5 and 1.5, where inner-product HNSW does much worse); queries are drawn from
+the same mixture.
 Backends: numpy exact (matmul + argpartition), usearch HNSW, hnswlib HNSW, faiss IVF-Flat and
 faiss HNSW (the last three only when installed: ``pip install hnswlib faiss-cpu``).
 """
@@ -19,7 +21,7 @@ import time
 import numpy as np
 
 
-def clustered_vectors(n: int, dim: int, seed: int, n_clusters: int = 512) -> np.ndarray:
+def clustered_vectors(n: int, dim: int, seed: int, n_clusters: int = 512, unit_norm: bool = True) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((n_clusters, dim)).astype(np.float32)
     out = np.empty((n, dim), dtype=np.float32)
@@ -28,7 +30,10 @@ def clustered_vectors(n: int, dim: int, seed: int, n_clusters: int = 512) -> np.
         m = min(step, n - lo)
         which = rng.integers(0, n_clusters, m)
         out[lo:lo + m] = centers[which] + 0.6 * rng.standard_normal((m, dim)).astype(np.float32)
-    out *= rng.uniform(0.5, 1.5, (n, 1)).astype(np.float32)
+    if unit_norm:
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+    else:
+        out *= rng.uniform(0.5, 1.5, (n, 1)).astype(np.float32)
     return out
 
 
@@ -108,8 +113,8 @@ def backends(vectors: np.ndarray, args) -> dict:
 
 
 def run(n: int, args) -> dict:
-    vectors = clustered_vectors(n, args.dim, seed=1)
-    queries = clustered_vectors(args.queries, args.dim, seed=2)
+    vectors = clustered_vectors(n, args.dim, seed=1, unit_norm=not args.random_norms)
+    queries = clustered_vectors(args.queries, args.dim, seed=2, unit_norm=not args.random_norms)
     result = {}
     truth = None
     for name, build in backends(vectors, args).items():
@@ -145,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ef-construction", type=int, default=128)
     p.add_argument("--ef", type=int, default=128, help="HNSW search breadth")
     p.add_argument("--ivf-probe-div", type=int, default=10, help="faiss IVF: nprobe = nlist / this")
+    p.add_argument("--random-norms", action="store_true", help="item norms in [0.5, 1.5] instead of 1")
     p.add_argument("--only", nargs="*", default=None, help="backends to run (exact_numpy always first)")
     args = p.parse_args(argv)
     if args.only:

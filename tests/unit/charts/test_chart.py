@@ -80,6 +80,13 @@ def test_schema_rejects_unsafe_or_mistyped_values():
                 chart.validate_schema(bad)
 
 
+def test_trainer_standbys_need_a_shared_checkpoint_volume():
+    with pytest.raises(helm.HelmError, match="ReadWriteMany"):
+        render({"trainer": {"replicaCount": 2}})
+    docs = render({"trainer": {"replicaCount": 2, "persistence": {"accessModes": ["ReadWriteMany"]}}})
+    assert workload(docs, "trainer")["spec"]["replicas"] == 2
+
+
 def test_registry_scale_out_needs_shared_storage():
     with pytest.raises(helm.HelmError, match="PostgreSQL"):
         render({"registry": {"replicaCount": 2}})
@@ -332,8 +339,10 @@ def test_trainer_is_a_statefulset_with_a_checkpoint_volume_and_a_lease():
     docs = render()
     sts = workload(docs, "trainer")
     assert sts["kind"] == "StatefulSet"
-    claim = sts["spec"]["volumeClaimTemplates"][0]
-    assert claim["metadata"]["name"] == "checkpoints"
+    # One claim for all replicas: a standby that takes the Lease resumes from the leader's checkpoint.
+    volume = next(v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "checkpoints")
+    claim_name = volume["persistentVolumeClaim"]["claimName"]
+    assert any(d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim_name for d in docs)
     trainer = config_yaml(docs, "trainer")["trainer"]
     mounts = {m["name"]: m["mountPath"] for m in container(sts)["volumeMounts"]}
     assert trainer["checkpoint_dir"] == mounts["checkpoints"]
