@@ -72,11 +72,12 @@ def _progress(stack: LocalStack, publisher) -> str:
     trainer = scrape(s["trainer"].metrics_url)
     registry = scrape(s["registry"].metrics_url)
     inference = scrape(s["inference"].metrics_url)
+    events_topic = stack.kafka_config.topics.name("events")
     served = maximum(inference, "streamrec_inference_model_version", alias="production")
     down = [name for name, svc in s.items() if not svc.alive()]
     return (
         f"[{time.strftime('%H:%M:%S')}] published {publisher.events_published:,} events"
-        f" | ingested {int(total(ingest, 'streamrec_ingester_records_out_total')):,}"
+        f" | ingested {int(total(ingest, 'streamrec_ingester_records_out_total', topic=events_topic)):,}"
         f" | trained {int(total(trainer, 'streamrec_trainer_events_trained_total')):,}"
         f" | versions {int(total(registry, 'streamrec_registry_versions_registered_total'))}"
         f" | serving {'v%d' % served if served else 'popularity (no model yet)'}"

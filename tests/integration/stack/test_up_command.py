@@ -1,0 +1,77 @@
+"""`streamrec up`, the README's first command, as a user runs it: banner, progress, a served model, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from services.common.localkafka.broker import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def _read_until(proc: subprocess.Popen, needle: str, lines: list[str], timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"no {needle!r} in the output:\n{''.join(lines[-40:])}")
+
+
+def _processes_using(path: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if path in cmdline and "pytest" not in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_up_prints_where_things_listen_serves_a_model_and_stops_cleanly_on_ctrl_c(tmp_path):
+    work = tmp_path / "stack"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--work-dir", str(work), "--fresh", "--rate", "300",
+         "--export-interval", "8", "--kafka-port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+    try:
+        _read_until(proc, "streamrec is up", lines, 240)
+        _read_until(proc, "Ctrl-C stops everything", lines, 10)
+        banner = "".join(lines)
+        for expected in ("registry    grpc 127.0.0.1:50051", "inference   grpc 127.0.0.1:50052",
+                         "http://127.0.0.1:9103/metrics", "streamrec recommend u1", "streamrec models list"):
+            assert expected in banner
+        _read_until(proc, "| serving v", lines, 300)
+
+        rec = subprocess.run([sys.executable, "-m", "services.cli", "recommend", "u1", "--k", "5"],
+                             capture_output=True, text=True, timeout=30)
+        assert rec.returncode == 0, rec.stderr
+        assert "score" in rec.stdout and "items from model" in rec.stdout
+        models = subprocess.run([sys.executable, "-m", "services.cli", "models", "list"],
+                                capture_output=True, text=True, timeout=30)
+        assert models.returncode == 0 and "production" in models.stdout, models.stdout + models.stderr
+
+        proc.send_signal(signal.SIGINT)
+        _read_until(proc, "stopped; nothing left running.", lines, 120)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not _processes_using(str(work)), "every process the stack started has exited"
