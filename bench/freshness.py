@@ -63,7 +63,6 @@ def _history_probe(stub, stack, user_id: str, timeout_s: float) -> float | None:
 
 
 def _find_offset(stack, event_id: str, since: dict, timeout_s: float = 30.0) -> tuple[int, int] | None:
-    topic = stack.kafka_config.topics.name("events")
     consumer = make_consumer(stack.kafka_config, None, None)
     try:
         parts = list(since)

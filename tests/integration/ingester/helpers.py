@@ -5,10 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from services.common.kafka import make_consumer, make_producer, partitions_for
+from services.common.kafka import make_consumer, partitions_for
 from services.ingester.config import IngesterConfig, IngesterSection
 from services.ingester.metrics import IngesterMetrics
 from services.ingester.pipeline import Ingester

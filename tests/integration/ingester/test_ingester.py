@@ -11,7 +11,7 @@ import pytest
 
 from services.publish import EventPublisher
 from streamrec_proto.v1 import event_pb2
-from tests.integration.ingester.helpers import header_map, read_topic, wait_for
+from tests.integration.ingester.helpers import header_map, read_topic
 
 pytestmark = pytest.mark.integration
 

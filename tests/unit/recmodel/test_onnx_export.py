@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from recmodel.artifact import read_manifest, verify_artifact
 from recmodel.export import export_artifact

@@ -3,7 +3,6 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from services.common.metrics import MetricsServer
