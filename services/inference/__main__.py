@@ -7,15 +7,13 @@ With ``inference.processes: N > 1`` the parent starts N worker processes sharing
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
 import os
 import signal
 import sys
 
-from services.common.config import load_config
-from services.common.errors import ConfigError
+from services.common.entrypoint import load_service_config
 from services.common.grpc import install_shutdown_handler
 from services.common.logging import configure_logging
 from services.inference.config import InferenceConfig
@@ -42,15 +40,7 @@ def _worker(config_json: str, index: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamrec inference", description="serve the Recommender gRPC service")
-    parser.add_argument("--config", help="YAML config file (env STREAMREC_CONFIG)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(InferenceConfig, args.config)
-    except ConfigError as exc:
-        print(exc.message, file=sys.stderr)
-        return 2
-    configure_logging(config.logging.level, config.logging.format, service="inference")
+    config = load_service_config(InferenceConfig, argv, service="inference", description="serve the Recommender gRPC service")
     n = config.inference.processes
     if n == 1:
         return serve(config)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 
 from prometheus_client import CollectorRegistry
 
-from services.common.config import load_config
-from services.common.errors import ConfigError
-from services.common.logging import configure_logging
+from services.common.entrypoint import load_service_config
 from services.common.metrics import MetricsServer
 from services.ingester.config import IngesterConfig
 from services.ingester.metrics import IngesterMetrics
@@ -21,15 +18,7 @@ logger = logging.getLogger("services.ingester")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamrec ingester", description=__doc__)
-    parser.add_argument("--config", help="YAML config file (default: $STREAMREC_CONFIG, then built-in defaults)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(IngesterConfig, args.config)
-    except ConfigError as exc:
-        print(exc.message, file=sys.stderr)
-        return 2
-    configure_logging(config.logging.level, config.logging.format, service="ingester")
+    config = load_service_config(IngesterConfig, argv, service="ingester", description=__doc__)
 
     registry = CollectorRegistry()
     metrics = IngesterMetrics(registry)

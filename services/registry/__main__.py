@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from services.common.config import load_config
-from services.common.errors import ConfigError
+from services.common.entrypoint import load_service_config
 from services.common.grpc import install_shutdown_handler
-from services.common.logging import configure_logging
 from services.registry.config import RegistryConfig
 from services.registry.service import RegistryService
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamrec registry", description="Run the model registry service.")
-    parser.add_argument("--config", help="YAML config file (env STREAMREC_CONFIG); env STREAMREC_<SECTION>_<KEY> overrides")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(RegistryConfig, args.config)
-    except ConfigError as exc:
-        print(exc.message, file=sys.stderr)
-        return 2
-    configure_logging(config.logging.level, config.logging.format, service="registry")
+    config = load_service_config(RegistryConfig, argv, service="registry", description="Run the model registry service.")
     service = RegistryService(config).start()
     install_shutdown_handler(service.stop)
     service.wait()

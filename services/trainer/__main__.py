@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
@@ -10,9 +9,7 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
-from services.common.config import load_config
-from services.common.errors import ConfigError
-from services.common.logging import configure_logging
+from services.common.entrypoint import load_service_config
 from services.common.metrics import MetricsServer
 from services.trainer.config import TrainerConfig
 
@@ -20,7 +17,13 @@ logger = logging.getLogger("services.trainer")
 
 
 def build_elector(config: TrainerConfig):
-    from services.trainer.leader import AlwaysLeader, LeaseElector, coordination_api, default_identity, default_namespace
+    from services.trainer.leader import (
+        AlwaysLeader,
+        LeaseElector,
+        coordination_api,
+        default_identity,
+        default_namespace,
+    )
 
     le = config.trainer.leader_election
     if not le.enabled:
@@ -32,15 +35,7 @@ def build_elector(config: TrainerConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamrec trainer", description=__doc__)
-    parser.add_argument("--config", help="YAML config file (default: $STREAMREC_CONFIG, else built-in defaults)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(TrainerConfig, args.config)
-    except ConfigError as exc:
-        print(exc.message, file=sys.stderr)
-        return 2
-    configure_logging(config.logging.level, config.logging.format, service="trainer")
+    config = load_service_config(TrainerConfig, argv, service="trainer", description=__doc__)
 
     if config.trainer.distributed.enabled:
         from services.trainer.distributed import run_distributed
