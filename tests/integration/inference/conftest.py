@@ -23,8 +23,6 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.02):
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory):
     """Three real artifacts of successive training rounds on one synthetic stream, plus a corrupt one."""
-    for module in ("recmodel.export", "recmodel.serving", "recmodel.artifact"):
-        pytest.importorskip(module, reason=f"{module} has not landed yet")
     from recmodel.data import SyntheticStream
     from recmodel.export import export_artifact
     from recmodel.text import HashingTextEncoder

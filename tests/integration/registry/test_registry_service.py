@@ -11,7 +11,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-pytest.importorskip("recmodel.artifact", reason="recmodel.artifact (pack/unpack/verify) has not landed yet")
 
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.localkafka import LocalKafka

@@ -22,8 +22,6 @@ from tests.integration.trainer.publishing import end_offsets, publish_events, pu
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-pytest.importorskip("recmodel.export", reason="recmodel.export has not landed yet")
-pytest.importorskip("recmodel.serving", reason="recmodel.serving has not landed yet")
 
 MODEL = "recommender"
 

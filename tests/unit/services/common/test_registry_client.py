@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 import pytest
 
-pytest.importorskip("recmodel.artifact", reason="recmodel.artifact (pack/unpack/verify) has not landed yet")
 
 from services.common.errors import DataLoss
 from services.common.registry_client import RegistryClient

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-pytest.importorskip("recmodel.artifact", reason="recmodel.artifact (pack/unpack/verify) has not landed yet")
 
 from services import models_cli
 from services.common.registry_client import RegistryClient

@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-pytest.importorskip("recmodel.artifact", reason="recmodel.artifact (pack/unpack/verify) has not landed yet")
 from sqlalchemy import select
 
 from services.common.errors import DataLoss, FailedPrecondition, InvalidInput, NotFound
