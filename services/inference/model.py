@@ -99,7 +99,7 @@ class ServedModel:
         items_sha = (manifest.get("files") or {}).get("items.npz")
         if index_cache_dir is not None and items_sha:
             c = index_config
-            cache_path = Path(index_cache_dir) / f"hnsw-{items_sha[:24]}-m{c.connectivity}-ef{c.expansion_add}.usearch"
+            cache_path = Path(index_cache_dir) / f"ivf-{items_sha[:24]}-n{c.nlist}-p{c.nprobe_fraction}.faiss"
         return cls(
             name=manifest.get("model_name", ""),
             version=int(version if version is not None else manifest.get("version", 0)),

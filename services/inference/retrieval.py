@@ -1,7 +1,7 @@
 """Top-k retrieval over a model's item vectors by inner product.
 
-Exact search (one matmul + argpartition) below ``ann_threshold`` items; above it an HNSW index
-(usearch) over the available items, queried with oversampling so that filtering seen/excluded items
+Exact search (one matmul + argpartition) below ``ann_threshold`` items; above it a faiss IVF-Flat
+index over the available items, queried with oversampling so that filtering seen/excluded items
 still leaves k. Category-filtered queries search exactly over the category's items (usually a small
 share of the catalog), so they never miss items an unfiltered ANN would have ranked too low.
 The threshold comes from ``streamrec bench index`` (see bench/index.py).
@@ -51,31 +51,35 @@ class ItemRetriever:
         self._ann = None
         if len(self._available_rows) >= config.ann_threshold and len(self._available_rows) > 0:
             self._ann = self._build_ann(cache_path)
-        self.kind = "hnsw" if self._ann is not None else "exact"
+        self.kind = "ivf" if self._ann is not None else "exact"
 
     def __len__(self) -> int:
         return len(self.vectors)
 
     def _build_ann(self, cache_path: str | Path | None):
-        from usearch.index import Index
+        import faiss
 
-        c = self.config
-        index = Index(ndim=self.vectors.shape[1], metric="ip", dtype="f32", connectivity=c.connectivity,
-                      expansion_add=c.expansion_add, expansion_search=c.expansion_search)
         if cache_path is not None and Path(cache_path).exists():
             try:
-                index.load(str(cache_path))
-                if len(index) == len(self._available_rows):
-                    logger.info("loaded ANN index from cache", extra={"path": str(cache_path), "items": len(index)})
+                index = faiss.read_index(str(cache_path))
+                if index.ntotal == len(self._available_rows):
+                    logger.info("loaded ANN index from cache", extra={"path": str(cache_path), "items": index.ntotal})
                     return index
             except Exception:  # noqa: BLE001 - a bad cache file is rebuilt, never fatal
                 logger.warning("ANN index cache unreadable; rebuilding", extra={"path": str(cache_path)})
-            index = Index(ndim=self.vectors.shape[1], metric="ip", dtype="f32", connectivity=c.connectivity,
-                          expansion_add=c.expansion_add, expansion_search=c.expansion_search)
-        index.add(self._available_rows, self.vectors[self._available_rows], threads=c.threads or (os.cpu_count() or 1))
+        c = self.config
+        rows = self._available_rows
+        dim = self.vectors.shape[1]
+        nlist = c.nlist or max(16, int(4 * np.sqrt(len(rows))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        # 50 points per list train the centroids well; more only slows the build.
+        sample = np.random.default_rng(0).choice(len(rows), min(len(rows), 50 * nlist), replace=False)
+        index.train(self.vectors[rows[np.sort(sample)]])
+        index.add_with_ids(self.vectors[rows], rows.astype(np.int64))
+        index.nprobe = max(1, int(round(nlist * c.nprobe_fraction)))
         if cache_path is not None:
             tmp = f"{cache_path}.tmp{os.getpid()}"
-            index.save(tmp)
+            faiss.write_index(index, tmp)
             os.replace(tmp, cache_path)
         return index
 
@@ -111,8 +115,8 @@ class ItemRetriever:
         n = len(self._available_rows)
         want = min(n, int((k + len(banned)) * self.config.oversample) + 8)
         while True:
-            matches = self._ann.search(query, want, threads=1)
-            rows = np.asarray(matches.keys, dtype=np.int64)
+            _, ids = self._ann.search(query[None, :], want)
+            rows = ids[0][ids[0] >= 0]
             if len(banned):
                 rows = rows[~np.isin(rows, banned)]
             if len(rows) >= k or want >= n:

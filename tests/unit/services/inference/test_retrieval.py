@@ -1,4 +1,4 @@
-"""Exact and HNSW retrieval agree where it matters: top-k, bans, availability, categories."""
+"""Exact and approximate (IVF) retrieval agree where it matters: top-k, bans, availability, categories."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ from services.inference.retrieval import ItemRetriever
 
 
 def _data(n=3000, dim=16):
+    """Unit-norm, clustered vectors, like the item and user vectors recmodel exports."""
     rng = np.random.default_rng(0)
-    v = rng.standard_normal((n, dim)).astype(np.float32)
+    centers = rng.standard_normal((40, dim))
+
+    def draw(m):
+        x = centers[rng.integers(0, len(centers), m)] + 0.5 * rng.standard_normal((m, dim))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    v = draw(n)
     avail = rng.random(n) > 0.1
-    return v, avail, rng.standard_normal((20, dim)).astype(np.float32)
+    return v, avail, draw(20)
 
 
 def test_exact_top_k_respects_bans_and_availability():
@@ -28,11 +35,11 @@ def test_exact_top_k_respects_bans_and_availability():
         assert np.allclose(scores, s[rows])
 
 
-def test_hnsw_has_high_recall_and_never_returns_banned_or_unavailable(tmp_path):
+def test_ann_has_high_recall_and_never_returns_banned_or_unavailable(tmp_path):
     v, avail, queries = _data()
-    cache = tmp_path / "ix.usearch"
+    cache = tmp_path / "ix.faiss"
     r = ItemRetriever(v, avail, IndexConfig(ann_threshold=100), cache_path=cache)
-    assert r.kind == "hnsw" and cache.exists()
+    assert r.kind == "ivf" and cache.exists()
     exact = ItemRetriever(v, avail, IndexConfig(ann_threshold=10**9))
     hits = 0
     for q in queries:
