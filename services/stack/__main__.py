@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import signal
 import sys
 import threading
@@ -39,7 +40,7 @@ def _dataset(args: argparse.Namespace):
     return ds.items, iter(sorted(ds.events, key=lambda e: e.timestamp_ms))
 
 
-def _banner(stack: LocalStack, prometheus: bool) -> str:
+def _banner(stack: LocalStack, prometheus: bool, user: str) -> str:
     s = stack.services
     lines = [
         "",
@@ -56,7 +57,7 @@ def _banner(stack: LocalStack, prometheus: bool) -> str:
         f"  logs        {stack.work_dir / 'logs'}",
         "",
         "Next, in another terminal:",
-        "  streamrec recommend u1            # a user's recommendations once a model is served",
+        f"  streamrec recommend {user:<13} # a user's recommendations once a model is served",
         "  streamrec models list             # registered versions and aliases",
         "  streamrec publish FILE.jsonl      # publish your own events (JSONL or CSV)",
         "Ctrl-C stops everything.",
@@ -99,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start(with_prometheus=args.with_prometheus)
         items, events = _dataset(args)
+        first = next(events, None)
+        if first is None:
+            raise ValueError("the dataset has no events")
+        events = itertools.chain([first], events)
         publisher = DemoPublisher(stack.kafka_config, items, events, rate=args.rate, limit=args.events).start()
-        print(_banner(stack, args.with_prometheus), flush=True)
+        # The first user in the stream has a history by the time a model is served.
+        print(_banner(stack, args.with_prometheus, first.user_id), flush=True)
         started = time.monotonic()
         while not stopping.is_set():
             for name in stack.restart_dead():

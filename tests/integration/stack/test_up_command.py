@@ -55,11 +55,13 @@ def test_up_prints_where_things_listen_serves_a_model_and_stops_cleanly_on_ctrl_
         _read_until(proc, "Ctrl-C stops everything", lines, 10)
         banner = "".join(lines)
         for expected in ("registry    grpc 127.0.0.1:50051", "inference   grpc 127.0.0.1:50052",
-                         "http://127.0.0.1:9103/metrics", "streamrec recommend u1", "streamrec models list"):
+                         "http://127.0.0.1:9103/metrics", "streamrec recommend ", "streamrec models list"):
             assert expected in banner
+        # The user the banner suggests trying.
+        user = banner.split("streamrec recommend ", 1)[1].split()[0]
         _read_until(proc, "| serving v", lines, 300)
 
-        rec = subprocess.run([sys.executable, "-m", "services.cli", "recommend", "u1", "--k", "5"],
+        rec = subprocess.run([sys.executable, "-m", "services.cli", "recommend", user, "--k", "5"],
                              capture_output=True, text=True, timeout=30)
         assert rec.returncode == 0, rec.stderr
         assert "score" in rec.stdout and "items from model" in rec.stdout
