@@ -20,10 +20,11 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from recmodel.atomic import atomic_writer
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -80,17 +81,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path) as fh:
+        fh.write(data)
 
 
 def write_manifest(directory: str | Path, manifest: Manifest, *, hash_files: bool = True) -> Manifest:

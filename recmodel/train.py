@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from recmodel.atomic import atomic_writer
 from recmodel.data.types import DEFAULT_EVENT_WEIGHTS, Event, Item
 from recmodel.model import SequentialRecommender, event_type_id, gap_buckets
 from recmodel.text import HashingTextEncoder, TextEncoder, TextEncoderLike
@@ -489,17 +488,8 @@ class IncrementalTrainer:
         """Write the whole trainer state atomically (temp file in the same directory + rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(self._state(extra), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_writer(path) as fh:
+            torch.save(self._state(extra), fh)
         return path
 
     @classmethod

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from services.common.grpc import wait_for_serving
+from services.common.process import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class ServiceProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.module or self.name}", "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,  # Ctrl-C reaches the stack, which stops services in order
+            preexec_fn=die_with_parent,  # own session: Ctrl-C reaches the stack, which stops services in order
         )
         log.close()
 

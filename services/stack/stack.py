@@ -17,6 +17,7 @@ import yaml
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.kafka import ensure_topics
 from services.common.localkafka import LocalKafka
+from services.common.process import die_with_parent
 from services.stack.processes import ServiceProcess
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class LocalStack:
         self.prometheus = subprocess.Popen(
             [exe, f"--config.file={prom_dir / 'prometheus.yml'}", f"--storage.tsdb.path={prom_dir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.options.ports.prometheus}"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         log.close()
 
     def stop(self) -> None:

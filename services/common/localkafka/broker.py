@@ -13,6 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
+from services.common.process import die_with_parent
+
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).resolve().parent
@@ -177,7 +179,7 @@ class LocalKafka:
         self.process = subprocess.Popen(
             self._java(libs, "kafka.Kafka", str(config)),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log.close()
         try:

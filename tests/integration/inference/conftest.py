@@ -5,19 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 
 import pytest
-
-
-def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.02):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 @pytest.fixture(scope="session")

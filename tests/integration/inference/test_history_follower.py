@@ -9,8 +9,7 @@ import pytest
 from services.common.kafka import ensure_topics, make_producer
 from services.inference.histories import HistoryFollower, UserHistoryStore
 from streamrec_proto.v1 import event_pb2
-
-from .conftest import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

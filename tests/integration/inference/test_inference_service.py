@@ -11,8 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.kafka import make_producer
 from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
-
-from .conftest import wait_for
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

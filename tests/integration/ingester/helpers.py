@@ -11,16 +11,7 @@ from services.common.kafka import make_consumer, partitions_for
 from services.ingester.config import IngesterConfig, IngesterSection
 from services.ingester.metrics import IngesterMetrics
 from services.ingester.pipeline import Ingester
-
-
-def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition", interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+from tests.waiting import wait_for
 
 
 def read_topic(kafka_config, topic: str, timeout_s: float = 30.0) -> list:

@@ -11,13 +11,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.localkafka import LocalKafka
 from services.common.localkafka.broker import free_port
 from services.common.registry_client import RegistryClient
 from streamrec_proto.v1 import registry_pb2, registry_pb2_grpc
-from tests.unit.services.registry.builders import flip_one_byte_of_member, make_artifact_dir, pack
+from tests.unit.services.registry.builders import (
+    flip_one_byte_of_member,
+    make_artifact_dir,
+    pack,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import time
 import uuid
 from collections import Counter
 
@@ -29,6 +29,7 @@ from services.stack.demo import DemoPublisher
 from services.stack.stack import LocalStack, StackOptions, StackPorts
 from services.stack.status import maximum, scrape, total
 from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -39,16 +40,6 @@ def _ports() -> StackPorts:
     return StackPorts(kafka=free_port(), registry_grpc=free_port(), inference_grpc=free_port(),
                       registry_metrics=free_port(), inference_metrics=free_port(), ingester_metrics=free_port(),
                       trainer_metrics=free_port(), prometheus=free_port())
-
-
-def _wait(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +75,7 @@ def _end_offsets(stack) -> dict[int, int]:
 def _wait_for_version_trained_on_everything(stack) -> int:
     """Until `production` trained on every event the stream put on `events`, and inference serves it."""
     topic = stack.kafka_config.topics.name("events")
-    _wait(lambda: sum(_end_offsets(stack).values()) >= stack.published, 120, "the ingester to forward the stream")
+    wait_for(lambda: sum(_end_offsets(stack).values()) >= stack.published, 120, "the ingester to forward the stream")
     ends = _end_offsets(stack)
     with RegistryClient(stack.services["registry"].grpc_target) as registry:
         def trained_on_all():
@@ -94,10 +85,10 @@ def _wait_for_version_trained_on_everything(stack) -> int:
                 return 0
             offsets = {o.partition: o.offset for o in mv.training_offsets if o.topic == topic}
             return mv.version if all(offsets.get(p, 0) >= off for p, off in ends.items()) else 0
-        version = _wait(trained_on_all, 300, "a production version trained on the whole stream")
+        version = wait_for(trained_on_all, 300, "a production version trained on the whole stream")
     for name in stack.inference_names:
         status = stack.services[name]
-        _wait(lambda: (lambda m: m and m >= version)(
+        wait_for(lambda: (lambda m: m and m >= version)(
             maximum(scrape(status.metrics_url), "streamrec_inference_model_version", alias="production")),
             120, f"{name} to serve version {version}")
     return version
@@ -119,7 +110,7 @@ def test_a_registered_version_is_served_and_trained_on_the_stream(stack, recomme
         production = registry.get_alias(MODEL, "production")
         offsets = {(o.topic, o.partition): o.offset for o in production.training_offsets}
     assert sum(offsets.values()) > 0, "the served version trained on events"
-    assert _wait(lambda: _served_version(recommender) >= production.version, 60, "inference to serve production")
+    assert wait_for(lambda: _served_version(recommender) >= production.version, 60, "inference to serve production")
 
 
 def test_recommendations_follow_each_users_taste(stack, recommender, world):
@@ -158,7 +149,7 @@ def test_a_new_item_with_only_text_reaches_matching_users_before_any_interaction
                 return False
             raise
 
-    _wait(served_with_new_item, 240, "a served version that knows the new item")
+    wait_for(served_with_new_item, 240, "a served version that knows the new item")
     users = [u for u, _ in Counter(e.user_id for e in world.events()).most_common(120)]
     fans = [u for u in users if category in world.user_taste(u, final=True)]
     others = [u for u in users if category not in world.user_taste(u, final=True)]
@@ -187,10 +178,9 @@ def _prometheus_query(port: int, expr: str) -> list:
 
 
 def test_every_dashboard_and_alert_query_returns_data_from_the_running_services(stack, recommender, world):
-    from tests.unit.charts.promql import chart_queries
-
     # Traffic that the panels break down by: rejected records, registry and inference calls.
     from services.common.kafka import make_producer
+    from tests.unit.charts.promql import chart_queries
 
     producer = make_producer(stack.kafka_config)
     for bad in (b"{not json", json.dumps({"event_id": "x", "user_id": "u1"}).encode()):
@@ -276,11 +266,11 @@ def test_killing_each_service_in_turn_loses_nothing_and_recommend_keeps_answerin
 
     expected = stack.published + publisher.events_published
     # Ingester: every acknowledged event reaches `events`, exactly once after dedup by event_id.
-    out = _wait(lambda: (lambda evs: evs if len({e.event_id for e in evs}) >= expected else None)(
+    out = wait_for(lambda: (lambda evs: evs if len({e.event_id for e in evs}) >= expected else None)(
         _events_on_output(stack)), 120, "the ingester to catch up")
     assert len({e.event_id for e in out}) == expected
     # Trainer: after its restart it trained every record on `events` once: no double training, no gap.
-    trained = _wait(lambda: (lambda n: n if n >= len(out) else None)(
+    trained = wait_for(lambda: (lambda n: n if n >= len(out) else None)(
         total(scrape(stack.services["trainer"].metrics_url), "streamrec_trainer_events_trained_total")),
         180, "the trainer to catch up")
     assert trained == len(out)

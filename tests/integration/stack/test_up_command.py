@@ -11,6 +11,7 @@ import time
 import pytest
 
 from services.common.localkafka.broker import free_port
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -38,7 +39,7 @@ def _processes_using(path: str) -> list[str]:
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if path in cmdline and "pytest" not in cmdline:
+        if path in cmdline and int(pid) != os.getpid():
             found.append(cmdline)
     return found
 
@@ -77,3 +78,18 @@ def test_up_prints_where_things_listen_serves_a_model_and_stops_cleanly_on_ctrl_
             proc.kill()
             proc.wait()
     assert not _processes_using(str(work)), "every process the stack started has exited"
+
+
+def test_a_killed_up_takes_every_process_it_started_with_it(tmp_path):
+    work = tmp_path / "stack"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--work-dir", str(work), "--fresh",
+         "--kafka-port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    try:
+        _read_until(proc, "streamrec is up", [], 240)
+        assert _processes_using(str(work)), "the stack runs its services"
+    finally:
+        proc.kill()  # no chance to clean up: the children must notice on their own
+        proc.wait()
+    wait_for(lambda: not _processes_using(str(work)), 60, "the services and Kafka to exit")

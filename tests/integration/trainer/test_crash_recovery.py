@@ -15,9 +15,16 @@ import pytest
 from recmodel.data import SyntheticStream
 from services.common.kafka import ensure_topics
 from tests.integration.trainer.publishing import (
-    end_offsets, free_port, metric_value, publish_events, publish_items, read_checkpoint, scrape, wait_for,
+    end_offsets,
+    free_port,
+    metric_value,
+    publish_events,
+    publish_items,
+    read_checkpoint,
+    scrape,
     write_config,
 )
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

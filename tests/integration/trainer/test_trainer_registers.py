@@ -18,7 +18,13 @@ from services.trainer.config import TrainerConfig
 from services.trainer.leader import AlwaysLeader
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.service import TrainerService
-from tests.integration.trainer.publishing import end_offsets, publish_events, publish_items, small_model, wait_for
+from tests.integration.trainer.publishing import (
+    end_offsets,
+    publish_events,
+    publish_items,
+    small_model,
+)
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,8 +10,23 @@ from pathlib import Path
 import pytest
 
 from tests.unit.charts.chart import (
-    COMPONENTS, GRPC_COMPONENTS, KUBE_VERSIONS, NAMESPACE, RELEASE, VALUE_SETS, CHART_DIR,
-    config_yaml, container, env_map, find, one, pod_specs, render, render_files, strip, workload,
+    CHART_DIR,
+    COMPONENTS,
+    GRPC_COMPONENTS,
+    KUBE_VERSIONS,
+    NAMESPACE,
+    RELEASE,
+    VALUE_SETS,
+    config_yaml,
+    container,
+    env_map,
+    find,
+    one,
+    pod_specs,
+    render,
+    render_files,
+    strip,
+    workload,
 )
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (pip install helm-python-sdk)")
@@ -32,6 +47,7 @@ RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephem
 def _cached_kubernetes_schemas():
     """kubernetes-validate re-reads its JSON schemas for every manifest; read each file once."""
     import functools
+
     import kubernetes_validate.utils as kv_utils
 
     original = kv_utils.schema_contents

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.charts.chart import COMPONENTS, render, workload, container
+from tests.unit.charts.chart import COMPONENTS, container, render, workload
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -12,7 +12,13 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from tests.unit.charts.promql import (
-    DASHBOARD_DIR, alert_queries, dashboard_queries, metric_names, render_with_monitoring, rule_groups, split_top_level,
+    DASHBOARD_DIR,
+    alert_queries,
+    dashboard_queries,
+    metric_names,
+    render_with_monitoring,
+    rule_groups,
+    split_top_level,
 )
 
 pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (pip install helm-python-sdk)")

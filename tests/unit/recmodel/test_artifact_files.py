@@ -4,7 +4,13 @@ import tarfile
 import pytest
 
 from recmodel.artifact import (
-    ArtifactError, Manifest, pack_artifact, read_manifest, unpack_artifact, verify_artifact, write_manifest,
+    ArtifactError,
+    Manifest,
+    pack_artifact,
+    read_manifest,
+    unpack_artifact,
+    verify_artifact,
+    write_manifest,
 )
 
 FILES = {"user_encoder.onnx": b"onnx-bytes", "items.npz": b"\x00\x01items", "histories.json": b"{}"}

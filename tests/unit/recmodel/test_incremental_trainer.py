@@ -1,7 +1,7 @@
 import numpy as np
 import torch
-
 from conftest import make_trainer
+
 from recmodel.data import Event, Item
 from recmodel.train import IncrementalTrainer
 

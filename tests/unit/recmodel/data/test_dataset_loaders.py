@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from recmodel.data import DataFormatError, Dataset, Event, Item, load_dataset, write_jsonl
+from recmodel.data import (
+    DataFormatError,
+    Dataset,
+    Event,
+    Item,
+    load_dataset,
+    write_jsonl,
+)
 
 GENRES = ["0"] * 19
 

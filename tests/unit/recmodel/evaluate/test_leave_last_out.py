@@ -5,8 +5,14 @@ import pytest
 
 from recmodel.data import Event
 from recmodel.evaluate import (
-    ItemKNNBaseline, PopularityBaseline, evaluate_leave_last_out, hit_rate, leave_last_out_ranks,
-    leave_last_out_split, ndcg, target_rank,
+    ItemKNNBaseline,
+    PopularityBaseline,
+    evaluate_leave_last_out,
+    hit_rate,
+    leave_last_out_ranks,
+    leave_last_out_split,
+    ndcg,
+    target_rank,
 )
 
 

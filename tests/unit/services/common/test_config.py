@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.config import KafkaConfig, MetricsConfig, ServiceConfig, Section, load_config
+from services.common.config import (
+    KafkaConfig,
+    MetricsConfig,
+    Section,
+    ServiceConfig,
+    load_config,
+)
 from services.common.errors import ConfigError
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 import pytest
 
-
 from services.common.errors import DataLoss
 from services.common.registry_client import RegistryClient
 from tests.unit.services.registry.builders import make_artifact_dir, start_registry

@@ -12,10 +12,20 @@ import pytest
 from services.common.errors import InvalidInput, NotFound, NotReady
 from services.inference.batcher import EncoderBatcher
 from services.inference.config import IndexConfig, InferenceSection
-from services.inference.dataplane import DeadlineExceeded, RecommenderDataPlane, RecommendQuery, SimilarQuery
+from services.inference.dataplane import (
+    DeadlineExceeded,
+    RecommenderDataPlane,
+    RecommendQuery,
+    SimilarQuery,
+)
 from services.inference.histories import UserHistoryStore
 from services.inference.model import ServedModel
-from services.inference.repository import CANARY, PRODUCTION, ModelRepository, user_bucket
+from services.inference.repository import (
+    CANARY,
+    PRODUCTION,
+    ModelRepository,
+    user_bucket,
+)
 
 
 class MeanEncoder:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from services.inference.histories import PopularityTracker, UserHistoryStore
 
 

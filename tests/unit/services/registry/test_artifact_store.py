@@ -41,7 +41,9 @@ def test_filesystem_store(tmp_path):
 
 
 def test_s3_store_against_a_local_s3_compatible_server(tmp_path, monkeypatch):
-    from moto import server as server_mod  # a dev dependency: a real S3 HTTP endpoint on loopback
+    from moto import (
+        server as server_mod,  # a dev dependency: a real S3 HTTP endpoint on loopback
+    )
 
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -56,7 +58,9 @@ def test_s3_store_against_a_local_s3_compatible_server(tmp_path, monkeypatch):
 
 
 def test_registry_configured_for_s3_registers_and_serves_downloads(tmp_path):
-    from moto import server as server_mod  # a dev dependency: a real S3 HTTP endpoint on loopback
+    from moto import (
+        server as server_mod,  # a dev dependency: a real S3 HTTP endpoint on loopback
+    )
 
     from services.common.registry_client import RegistryClient
     from tests.unit.services.registry.builders import make_artifact_dir, start_registry

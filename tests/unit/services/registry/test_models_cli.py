@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-
 from services import models_cli
 from services.common.registry_client import RegistryClient
 from tests.unit.services.registry.builders import make_artifact_dir, start_registry

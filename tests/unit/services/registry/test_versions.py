@@ -6,7 +6,6 @@ import hashlib
 import threading
 
 import pytest
-
 from sqlalchemy import select
 
 from services.common.errors import DataLoss, FailedPrecondition, InvalidInput, NotFound
@@ -15,7 +14,11 @@ from services.registry.database import Database, outbox
 from services.registry.gate import PromotionGate
 from services.registry.versions import ModelRegistry
 from streamrec_proto.v1 import registry_pb2
-from tests.unit.services.registry.builders import flip_one_byte_of_member, make_artifact_dir, pack
+from tests.unit.services.registry.builders import (
+    flip_one_byte_of_member,
+    make_artifact_dir,
+    pack,
+)
 
 
 @pytest.fixture
