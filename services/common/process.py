@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import signal
 
 _PR_SET_PDEATHSIG = 1
+# Resolved here, in the parent: between fork and exec the child of a threaded process may only
+# make simple calls (find_library itself runs subprocesses).
+_libc_name = ctypes.util.find_library("c")
+_prctl = ctypes.CDLL(_libc_name, use_errno=True).prctl if _libc_name else None
 
 
 def die_with_parent() -> None:
-    """``preexec_fn`` for Popen: start a new session and get SIGTERM if the parent dies (Linux).
+    """``preexec_fn`` for Popen (use with ``start_new_session=True``): SIGTERM when the parent dies.
 
     The local stack starts Kafka and the services in their own sessions so that Ctrl-C reaches
     only the stack, which stops them in order; this makes sure that a stack killed with SIGKILL
-    still takes its children with it.
+    still takes its children with it (Linux; a no-op where prctl is missing).
     """
-    os.setsid()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        ctypes.CDLL(libc_name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

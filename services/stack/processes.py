@@ -64,7 +64,8 @@ class ServiceProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.module or self.name}", "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            preexec_fn=die_with_parent,  # own session: Ctrl-C reaches the stack, which stops services in order
+            start_new_session=True,  # Ctrl-C reaches the stack, which stops services in order
+            preexec_fn=die_with_parent,
         )
         log.close()
 

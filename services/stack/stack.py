@@ -170,7 +170,8 @@ class LocalStack:
         self.prometheus = subprocess.Popen(
             [exe, f"--config.file={prom_dir / 'prometheus.yml'}", f"--storage.tsdb.path={prom_dir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.options.ports.prometheus}"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent)
         log.close()
 
     def stop(self) -> None:

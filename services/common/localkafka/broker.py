@@ -179,6 +179,7 @@ class LocalKafka:
         self.process = subprocess.Popen(
             self._java(libs, "kafka.Kafka", str(config)),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
             preexec_fn=die_with_parent,
         )
         log.close()

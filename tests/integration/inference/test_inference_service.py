@@ -41,11 +41,13 @@ def test_new_versions_are_swapped_in_without_a_failed_request(artifacts, registr
     wait_for(lambda: health(server) == health_pb2.HealthCheckResponse.SERVING, 5, "SERVING")
     users = list(server.repository.get().history_snapshot)[:50]
     channel, stub = stub_for(server)
-    seen_versions: list[int] = []
+    # Per client: a request that started before a swap may finish after another client's request
+    # that started after it, so only each client's own sequence must never go back.
+    seen_by_client: list[list[int]] = [[] for _ in range(3)]
     failures: list[str] = []
     stop = threading.Event()
 
-    def client():
+    def client(seen_versions: list[int]):
         n = 0
         while not stop.is_set():
             try:
@@ -58,21 +60,25 @@ def test_new_versions_are_swapped_in_without_a_failed_request(artifacts, registr
                 failures.append(f"{exc.code().name}: {exc.details()}")
             n += 1
 
-    threads = [threading.Thread(target=client) for _ in range(3)]
+    threads = [threading.Thread(target=client, args=(seen,)) for seen in seen_by_client]
     for t in threads:
         t.start()
     try:
         versions = [v1]
         for path in artifacts["versions"][1:] + artifacts["versions"][:1]:
             versions.append(register(registry_client, path))
-            wait_for(lambda: seen_versions and seen_versions[-1] == versions[-1], 60, f"v{versions[-1]} served")
+            wait_for(lambda: all(seen and seen[-1] == versions[-1] for seen in seen_by_client), 60,
+                     f"v{versions[-1]} served to every client")
     finally:
         stop.set()
         for t in threads:
             t.join()
         channel.close()
     assert failures == []
-    assert seen_versions == versions  # each version served in order, no flapping back
+    for seen in seen_by_client:
+        # Each client sees versions in registration order, never one going back, none skipped by all.
+        assert seen == sorted(seen, key=versions.index), seen
+    assert sorted({v for seen in seen_by_client for v in seen}) == sorted(set(versions))
     text = _metrics(server)
     assert f'streamrec_inference_model_version{{alias="production",model="recommender"}} {float(versions[-1])}' in text
     assert "streamrec_inference_model_ready 1.0" in text
