@@ -39,6 +39,8 @@ def _replica(rank: int, port: int, world: int, out) -> None:
                 "counts_total": float(counts.sum()),
                 "events": trainer.events_trained, "steps": stats.steps, "loss": stats.loss,
             })
+        # Rank 0 hosts the rendezvous store: it must not tear down while rank 1 still uses it.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
