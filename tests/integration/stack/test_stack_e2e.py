@@ -162,6 +162,7 @@ def test_a_new_item_with_only_text_reaches_matching_users_before_any_interaction
         return hits / max(1, len(group))
 
     fan_reach, other_reach = reach(fans), reach(others)
+    print(f"new item reach: {category} fans {fan_reach:.0%} ({len(fans)}), others {other_reach:.0%} ({len(others)})")
     assert fan_reach > 0.2, f"the new item reached {fan_reach:.0%} of {category} fans"
     assert fan_reach > 3 * other_reach, f"fans {fan_reach:.0%} vs others {other_reach:.0%}"
 
