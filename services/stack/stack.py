@@ -217,7 +217,8 @@ class LocalStack:
         """A channel over every inference replica that sends calls only to SERVING ones.
 
         Client-side health checking plays the part of the readiness probe in Kubernetes: a replica
-        that is restarting (listening, but with no model yet) gets no traffic.
+        that is restarting (listening, but with no model yet) gets no traffic; calls cut off by a
+        dying replica are retried on another.
         """
         import json
 
@@ -226,6 +227,13 @@ class LocalStack:
         service_config = {
             "loadBalancingConfig": [{"round_robin": {}}],
             "healthCheckConfig": {"serviceName": "streamrec.v1.Recommender"},
+            # A call in flight on a replica that dies fails with UNAVAILABLE; Recommender calls are
+            # read-only, so retrying them on another replica is safe.
+            "methodConfig": [{
+                "name": [{"service": "streamrec.v1.Recommender"}],
+                "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
+                                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+            }],
         }
         return grpc.insecure_channel(self.inference_target,
                                      options=[("grpc.service_config", json.dumps(service_config))])

@@ -57,9 +57,11 @@ class FakeLeaseServer:
                     body = json.loads(json.dumps(lease)) if lease else None
                 if body is None:
                     return self._status(404, "NotFound", f'leases "{key[1]}" not found')
-                self._send(200, body)
+                # The interleaved writer runs before the reader gets its (now stale) copy, so the
+                # reader's write always comes after it.
                 if fake.on_get:
                     fake.on_get(*key)
+                self._send(200, body)
 
             def do_POST(self) -> None:  # noqa: N802
                 m = _LIST.match(self.path)
