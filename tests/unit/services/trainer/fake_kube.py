@@ -33,12 +33,13 @@ class FakeLeaseServer:
         class Handler(BaseHTTPRequestHandler):
             def _send(self, status: int, body: dict) -> None:
                 data = json.dumps(body).encode()
+                # Logged before the client can see the answer, so the log is complete when it acts on it.
+                fake.requests.append((self.command, self.path, status))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                fake.requests.append((self.command, self.path, status))
 
             def _body(self) -> dict:
                 return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
