@@ -20,15 +20,13 @@ import time
 from collections import OrderedDict, deque
 from typing import Callable, Mapping, Sequence
 
+from recmodel.data import DEFAULT_EVENT_WEIGHTS
 from services.common.config import KafkaConfig
 from services.common.kafka import make_consumer, partitions_for
 
 logger = logging.getLogger(__name__)
 
 HistoryEntry = tuple[str, str, int]  # (item_id, event_type, timestamp_ms), the recmodel history format
-
-DEFAULT_WEIGHTS = {"view": 0.5, "click": 1.0, "cart": 2.0, "purchase": 3.0, "like": 2.0, "dislike": -1.0, "rating": 1.0}
-
 
 class PopularityTracker:
     """Exponentially decayed, event-weighted item counts (half-life ``half_life_s``).
@@ -38,7 +36,7 @@ class PopularityTracker:
 
     def __init__(self, half_life_s: float = 6 * 3600.0, weights: Mapping[str, float] | None = None) -> None:
         self.half_life_ms = half_life_s * 1000.0
-        self.weights = dict(weights or DEFAULT_WEIGHTS)
+        self.weights = dict(weights or DEFAULT_EVENT_WEIGHTS)
         self._scores: dict[str, float] = {}
         self._ref_ms: int | None = None
         self._lock = threading.Lock()
@@ -194,6 +192,7 @@ class HistoryFollower:
 
     def _run(self) -> None:
         from kafka.errors import KafkaError
+
         from streamrec_proto.v1 import event_pb2
 
         while not self._stop.is_set():
