@@ -65,12 +65,15 @@ class ModelLoader:
         self._providers = list(providers) if providers is not None else None
 
     @property
-    def providers(self) -> list[str]:
+    def providers(self) -> list:
         if self._providers is None:
             from recmodel.serving import select_providers
 
-            self._providers = list(select_providers())
-            logger.info("execution providers chosen", extra={"providers": self._providers})
+            # TensorRT builds an engine per model the first time: keep them beside the artifacts.
+            # select_providers logs the choice once.
+            engines = self.cache_dir / "trt-engines"
+            engines.mkdir(parents=True, exist_ok=True)
+            self._providers = list(select_providers(trt_engine_cache_dir=str(engines)))
         return self._providers
 
     def load(self, model_name: str, version: int) -> ServedModel:
