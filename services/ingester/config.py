@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from recmodel.data.types import (
+    DEFAULT_EVENT_WEIGHTS,  # the event types the model knows, and their weights
+)
 from services.common.config import KafkaConfig, MetricsConfig, Section, ServiceConfig
-
-# The event vocabulary and how much each type says "the user wants this item". Kept equal to
-# recmodel.data.DEFAULT_EVENT_WEIGHTS (a unit test checks) without importing the model library here.
-DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
-    "view": 0.5,
-    "click": 1.0,
-    "cart": 2.0,
-    "purchase": 3.0,
-    "like": 2.0,
-    "dislike": -1.0,
-    "rating": 1.0,
-}
 
 # 1990-01-01: anything older is almost surely seconds mistaken for milliseconds, or garbage.
 MIN_TIMESTAMP_MS = 631_152_000_000

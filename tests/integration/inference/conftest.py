@@ -39,23 +39,6 @@ def artifacts(tmp_path_factory):
 
 
 @pytest.fixture
-def registry(tmp_path, kafka_config):
-    from services.registry.config import RegistryConfig
-    from services.registry.service import RegistryService
-
-    config = RegistryConfig.model_validate({
-        "kafka": kafka_config.model_dump(),
-        "metrics": {"enabled": False},
-        "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
-        "registry": {"database_url": f"sqlite:///{tmp_path / 'registry.db'}", "artifact_root": str(tmp_path / "store"),
-                     "publish_retry_s": 0.2, "publish_timeout_s": 5},
-    })
-    service = RegistryService(config).start()
-    yield service
-    service.stop(0)
-
-
-@pytest.fixture
 def registry_client(registry):
     from services.common.registry_client import RegistryClient
 

@@ -32,23 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "recommender"
 
 
-@pytest.fixture
-def registry(tmp_path, kafka_config):
-    from services.registry.config import RegistryConfig
-    from services.registry.service import RegistryService
-
-    config = RegistryConfig.model_validate({
-        "kafka": kafka_config.model_dump(),
-        "metrics": {"enabled": False},
-        "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
-        "registry": {"database_url": f"sqlite:///{tmp_path}/registry.db", "artifact_root": str(tmp_path / "artifacts"),
-                     "publish_retry_s": 0.2, "publish_timeout_s": 5},
-    })
-    service = RegistryService(config).start()
-    yield service
-    service.stop(0)
-
-
 def _stream_with_hot_items(n_hot: int = 5):
     """The synthetic stream, then a burst in which many users take the same few items."""
     stream = SyntheticStream(seed=7, n_users=120, n_items=200, n_events=4000)

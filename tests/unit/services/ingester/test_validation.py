@@ -33,12 +33,6 @@ def _code(fn, *args) -> str:
     return info.value.code
 
 
-def test_defaults_match_the_model_library():
-    from recmodel.data import DEFAULT_EVENT_WEIGHTS as LIB
-
-    assert DEFAULT_EVENT_WEIGHTS == LIB
-
-
 def test_json_event_is_normalised():
     v = _validator()
     raw = _event(event_id=42, user_id=" u7 ", type=" Purchase ", value=3, context={"page": "home", "pos": 2, "ab": True},
