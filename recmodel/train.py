@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from recmodel.atomic import atomic_writer
 from recmodel.data.types import DEFAULT_EVENT_WEIGHTS, Event, Item
+from recmodel.holdout import is_holdout
 from recmodel.model import SequentialRecommender, event_type_id, gap_buckets
 from recmodel.text import HashingTextEncoder, TextEncoder, TextEncoderLike
 from recmodel.vocab import ItemVocabulary
@@ -79,6 +80,8 @@ class IncrementalTrainer:
         temperature: float = 0.1,
         steps_per_batch: int = 1,
         id_gate_prior: float = 5.0,
+        holdout_fraction: float = 0.0,
+        full_softmax_items: int = 100_000,
         event_weights: Mapping[str, float] | None = None,
     ) -> None:
         self.dim = dim
@@ -98,6 +101,8 @@ class IncrementalTrainer:
         self.temperature = temperature
         self.steps_per_batch = steps_per_batch
         self.id_gate_prior = id_gate_prior
+        self.holdout_fraction = holdout_fraction
+        self.full_softmax_items = full_softmax_items
         self.event_weights = dict(event_weights or DEFAULT_EVENT_WEIGHTS)
         self.device = torch.device(device) if device is not None else default_device()
         self._text_encoder = text_encoder
@@ -132,7 +137,9 @@ class IncrementalTrainer:
             "replay_batch": self.replay_batch, "n_random_negatives": self.n_random_negatives,
             "replay_size": self.replay_size, "use_text": self.use_text, "n_heads": self.n_heads,
             "n_layers": self.n_layers, "dropout": self.dropout, "temperature": self.temperature,
-            "steps_per_batch": self.steps_per_batch, "id_gate_prior": self.id_gate_prior, "event_weights": dict(self.event_weights),
+            "steps_per_batch": self.steps_per_batch, "id_gate_prior": self.id_gate_prior,
+            "holdout_fraction": self.holdout_fraction, "full_softmax_items": self.full_softmax_items,
+            "event_weights": dict(self.event_weights),
         }
 
     @property
@@ -197,13 +204,19 @@ class IncrementalTrainer:
     def is_positive(self, event_type: str) -> bool:
         return self.event_weights.get(event_type, 0.0) > 0
 
+    def is_target(self, user_id: str, entry: HistoryEntry) -> bool:
+        """Whether the model may learn to predict this interaction (positive and not held out)."""
+        item_id, etype, ts = entry
+        return self.is_positive(etype) and not is_holdout(user_id, item_id, ts, self.holdout_fraction)
+
     # ------------------------------------------------------------------ batches
-    def _tokens(self, entries: Sequence[HistoryEntry]) -> list[tuple[int, int, int, bool]]:
+    def _tokens(self, entries: Sequence[HistoryEntry], user_id: str = "") -> list[tuple[int, int, int, bool]]:
+        """(slot, type id, time, is a training target) per known item; ``user_id`` decides the holdout."""
         out = []
-        for item_id, etype, ts in entries:
-            slot = self.vocab.slot(item_id)
+        for entry in entries:
+            slot = self.vocab.slot(entry[0])
             if slot:
-                out.append((slot, event_type_id(etype), int(ts), self.is_positive(etype)))
+                out.append((slot, event_type_id(entry[1]), int(entry[2]), self.is_target(user_id, entry)))
         return out
 
     def _training_batch(self, windows: list[tuple[list[tuple[int, int, int, bool]], int]]):
@@ -233,20 +246,34 @@ class IncrementalTrainer:
             torch.from_numpy(mask).to(dev), torch.from_numpy(targets).to(dev), torch.from_numpy(loss_mask).to(dev),
         )
 
+    def _candidates(self, pos_targets: torch.Tensor):
+        """(candidate slots, label of each target among them, logit correction or None).
+
+        Full softmax over every slot while the catalog is small enough; above that, the batch's targets
+        (in-batch negatives) plus ``n_random_negatives`` uniform draws, with the logQ correction for how
+        likely each item was to be among the candidates (popular items show up in batches more often).
+        """
+        n_items = self.vocab.high_water
+        if n_items <= self.full_softmax_items:
+            return torch.arange(1, n_items + 1, device=self.device), pos_targets - 1, None, None
+        uniq, label = torch.unique(pos_targets, return_inverse=True)
+        negatives = torch.randint(1, n_items + 1, (self.n_random_negatives,), generator=self._gen).to(self.device)
+        cand = torch.cat([uniq, negatives])
+        counts = torch.from_numpy(self._counts[cand.cpu().numpy()]).to(self.device, torch.float32)
+        total = float(self._counts.sum())
+        p_batch = len(pos_targets) * (counts + 1.0) / (total + n_items)
+        correction = -torch.log(torch.clamp(p_batch + self.n_random_negatives / n_items, max=1.0))
+        # A random draw that happens to be the row's own target is not a negative.
+        accidental = torch.zeros(len(pos_targets), len(cand), dtype=torch.bool, device=self.device)
+        accidental[:, len(uniq):] = negatives.unsqueeze(0) == pos_targets.unsqueeze(1)
+        return cand, label, correction, accidental
+
     def _step(self, windows) -> float:
         slots, types, gaps, mask, targets, loss_mask = self._training_batch(windows)
         if not bool(loss_mask.any()):
             return float("nan")
         pos_targets = targets[loss_mask]
-        n_items = self.vocab.high_water
-        uniq, label = torch.unique(pos_targets, return_inverse=True)
-        negatives = torch.randint(1, n_items + 1, (self.n_random_negatives,), generator=self._gen).to(self.device)
-        cand = torch.cat([uniq, negatives])
-        # logQ: probability that an item is among the candidates of a batch.
-        counts = torch.from_numpy(self._counts[cand.cpu().numpy()]).to(self.device, torch.float32)
-        total = float(self._counts.sum())
-        p_batch = len(pos_targets) * (counts + 1.0) / (total + n_items)
-        q = torch.clamp(p_batch + self.n_random_negatives / n_items, max=1.0)
+        cand, label, correction, accidental = self._candidates(pos_targets)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.set_rng_state(self._torch_rng)
@@ -254,9 +281,9 @@ class IncrementalTrainer:
                 torch.cuda.set_rng_state(self._cuda_rng, self.device)
             self.model.train()
             out = self.model.user_encoder.sequence(self.model.items(slots), types, gaps, mask)[loss_mask]
-            logits = out @ self.model.items(cand).T / self.temperature - torch.log(q)
-            accidental = negatives.unsqueeze(0) == pos_targets.unsqueeze(1)
-            logits[:, len(uniq) :] = logits[:, len(uniq) :].masked_fill(accidental, float("-inf"))
+            logits = out @ self.model.items(cand).T / self.temperature
+            if correction is not None:
+                logits = (logits + correction).masked_fill(accidental, float("-inf"))
             loss = F.cross_entropy(logits, label)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -278,7 +305,7 @@ class IncrementalTrainer:
         picks = torch.randint(0, len(users), (min(n, len(users)),), generator=self._gen).tolist()
         out = []
         for i in picks:
-            tokens = self._tokens(self._histories.get(users[i], []))
+            tokens = self._tokens(self._histories.get(users[i], []), users[i])
             if len(tokens) >= 2:
                 out.append((tokens, 1))
         return out
@@ -310,8 +337,8 @@ class IncrementalTrainer:
         windows = []
         for user, new in new_by_user.items():
             old = self._histories.get(user, [])
-            tokens = self._tokens(old + new)
-            n_old = len(tokens) - len(self._tokens(new))
+            tokens = self._tokens(old + new, user)
+            n_old = len(tokens) - len(self._tokens(new, user))
             # Windows of at most max_len inputs, each ending at a new target.
             end = len(tokens)
             while end > max(n_old, 1):
@@ -332,6 +359,25 @@ class IncrementalTrainer:
         self.events_trained += len(chunk)
         return losses
 
+    def replay(self, steps: int) -> TrainStats:
+        """Train ``steps`` steps on the replay buffer alone (``replay_batch`` users' recent windows each).
+
+        What the trainer does with idle compute once it has caught up with the stream (or after a
+        backfill): more passes over what it has seen, so the served model approaches offline quality.
+        """
+        start = time.perf_counter()
+        steps0 = self.steps
+        losses = [self._step(batch) for _ in range(steps) if (batch := self._replay_windows(max(self.replay_batch, 1)))]
+        finite = [x for x in losses if x == x]
+        return TrainStats(
+            loss=float(np.mean(finite)) if finite else float("nan"),
+            events=0, steps=self.steps - steps0, seconds=time.perf_counter() - start,
+        )
+
+    def replay_epoch_steps(self) -> int:
+        """Replay steps that draw, on average, every user in the replay buffer once."""
+        return -(-len(self._replay) // max(self.replay_batch, 1))
+
     def fit_offline(self, events: Sequence[Event], epochs: int = 10) -> list[float]:
         """Classic offline training: several shuffled epochs over every user's full sequence.
 
@@ -348,7 +394,7 @@ class IncrementalTrainer:
             seqs.setdefault(e.user_id, []).append((e.item_id, e.type, int(e.timestamp_ms)))
         windows = []
         for user, seq in seqs.items():
-            tokens = self._tokens(self._histories.get(user, []) + seq)
+            tokens = self._tokens(self._histories.get(user, []) + seq, user)
             for lo in range(0, max(len(tokens) - 1, 0), self.max_len):
                 windows.append((tokens[lo : lo + self.max_len + 1], 1))
             self._histories[user] = (self._histories.get(user, []) + seq)[-self.max_len :]
