@@ -23,12 +23,18 @@ class S3Config(Section):
 
 
 class GateConfig(Section):
-    """Automatic promotion to ``production``: the candidate's metric must be within ``tolerance``."""
+    """Automatic promotion to ``production`` on paired evidence (see ``services/registry/gate.py``)."""
 
+    # The paired metric the trainer reports as gate.candidate_<metric> / gate.production_<metric>.
     metric: str = "hr@10"
-    higher_is_better: bool = True
-    # Absolute tolerance: promote when candidate >= production - tolerance (higher is better).
+    # Reject only when the upper confidence bound of candidate - production is below -tolerance.
     tolerance: float = Field(0.01, ge=0)
+    # Fewer paired holdout events than this is no evidence (the version is held).
+    min_events: int = Field(100, ge=1)
+    # Without usable evidence, promote anyway once production is this old (a few export intervals).
+    stale_after_s: float = Field(120.0, gt=0)
+    # How often held versions are looked at again and the staleness gauge refreshed.
+    sweep_interval_s: float = Field(5.0, gt=0)
     # Promote the very first version of a model (no production to compare with).
     promote_first: bool = True
 

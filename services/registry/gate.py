@@ -1,18 +1,48 @@
-"""The promotion gate: may a new version replace `production` automatically?"""
+"""The promotion gate: may a new version replace `production` automatically?
+
+The gate judges paired evidence, never numbers measured on different data. The trainer scores the
+candidate and the current production version on the same recent holdout events (interactions no
+model trains on) and registers the result as metrics:
+
+    gate.production_version  the production version it compared with
+    gate.n                   paired holdout events
+    gate.candidate_<metric>, gate.production_<metric>   both hit rates on those events
+    gate.diff_lower, gate.diff_upper                      confidence bound on candidate - production
+    gate.confidence                                       its level
+
+Rules, in order:
+
+* no production version: promote (unless ``promote_first`` is off);
+* valid evidence (about the current production version, ``n >= min_events``): reject only when the
+  candidate is worse beyond noise (``diff_upper < -tolerance``), else promote;
+* no usable evidence (missing, about another production version, too few events): hold (the version
+  stays `candidate`), unless production is older than ``stale_after_s``: then promote, so production
+  never stays behind the stream because evidence was unavailable.
+
+A held version may still be promoted later by ``ModelRegistry.promote_stale`` once production has
+become stale. Every reason carries the evidence (both scores, n, bound) when there is any.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
+
+logger = logging.getLogger(__name__)
 
 PROMOTED = "promoted"
 REJECTED = "rejected"
+HELD = "held"
+
+PREFIX = "gate."
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    decision: str  # PROMOTED | REJECTED
+    decision: str  # PROMOTED | REJECTED | HELD
     reason: str
 
     @property
@@ -20,33 +50,93 @@ class GateDecision:
         return self.decision == PROMOTED
 
 
+@dataclass(frozen=True)
+class PairedEvidence:
+    """What the trainer measured: candidate and production on the same holdout events."""
+
+    production_version: int
+    n: int
+    candidate: float
+    production: float
+    lower: float
+    upper: float
+    confidence: float
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, float], metric: str = "hr@10") -> "PairedEvidence | None":
+        keys = ("production_version", "n", f"candidate_{metric}", f"production_{metric}", "diff_lower", "diff_upper")
+        values = [metrics.get(PREFIX + k) for k in keys]
+        if any(v is None or not math.isfinite(v) for v in values):
+            return None
+        version, n, cand, prod, lower, upper = values
+        confidence = metrics.get(PREFIX + "confidence", 0.95)
+        return cls(int(version), int(n), cand, prod, lower, upper, confidence)
+
+    def describe(self, metric: str) -> str:
+        return (f"{metric} {self.candidate:.4f} vs production v{self.production_version} {self.production:.4f} "
+                f"on the same {self.n} holdout events, candidate - production in "
+                f"[{self.lower:+.4f}, {self.upper:+.4f}] ({self.confidence:.0%})")
+
+
 class PromotionGate:
-    """Promote when the candidate's ``metric`` is within ``tolerance`` of production's, or better.
+    """Decides on paired evidence; see the module docstring for the rules."""
 
-    ``tolerance`` is absolute in the metric's units (0.01 on hr@10 = one point of hit rate).
-    """
-
-    def __init__(self, metric: str = "hr@10", tolerance: float = 0.01, higher_is_better: bool = True,
-                 promote_first: bool = True) -> None:
+    def __init__(self, metric: str = "hr@10", tolerance: float = 0.01, min_events: int = 100,
+                 stale_after_s: float = 120.0, promote_first: bool = True) -> None:
         self.metric = metric
         self.tolerance = tolerance
-        self.higher_is_better = higher_is_better
+        self.min_events = min_events
+        self.stale_after_s = stale_after_s
         self.promote_first = promote_first
 
-    def decide(self, candidate: Mapping[str, float], production: Mapping[str, float] | None,
-               production_version: int = 0) -> GateDecision:
-        if production is None:
+    def decide(self, candidate: Mapping[str, float], production_version: int | None,
+               production_age_s: float = 0.0) -> GateDecision:
+        """``production_age_s``: seconds since the production version was registered."""
+        if not production_version:
             if self.promote_first:
                 return GateDecision(PROMOTED, "no production version yet")
-            return GateDecision(REJECTED, "no production version yet and promote_first is off")
-        new = candidate.get(self.metric)
-        if new is None or not math.isfinite(new):
-            return GateDecision(REJECTED, f"candidate has no finite metric {self.metric!r}")
-        old = production.get(self.metric)
-        if old is None or not math.isfinite(old):
-            return GateDecision(PROMOTED, f"production v{production_version} has no metric {self.metric!r} to compare")
-        delta = new - old if self.higher_is_better else old - new
-        comparison = f"{self.metric} {new:.4f} vs production v{production_version} {old:.4f}"
-        if delta >= -self.tolerance:
-            return GateDecision(PROMOTED, f"{comparison} (within tolerance {self.tolerance:g})")
-        return GateDecision(REJECTED, f"{comparison}: worse by {-delta:.4f}, more than tolerance {self.tolerance:g}")
+            return GateDecision(HELD, "no production version yet and promote_first is off")
+        evidence = PairedEvidence.from_metrics(candidate, self.metric)
+        if evidence is None:
+            problem = f"no paired evidence (gate.* metrics) against production v{production_version}"
+        elif evidence.production_version != production_version:
+            problem = (f"evidence is about v{evidence.production_version} but production is v{production_version} "
+                       f"({evidence.describe(self.metric)})")
+        elif evidence.n < self.min_events:
+            problem = f"too few holdout events ({evidence.describe(self.metric)}; need {self.min_events})"
+        else:
+            bound = f"reject below {-self.tolerance:+.4f}"
+            if evidence.upper < -self.tolerance:
+                return GateDecision(REJECTED, f"worse beyond noise: {evidence.describe(self.metric)}, {bound}")
+            return GateDecision(PROMOTED, f"not worse beyond noise: {evidence.describe(self.metric)}, {bound}")
+        age = f"production v{production_version} is {production_age_s:.0f}s old"
+        if production_age_s >= self.stale_after_s:
+            return GateDecision(PROMOTED, f"{age}, over the staleness bound {self.stale_after_s:g}s; {problem}")
+        return GateDecision(HELD, f"{problem}; {age}, promoted anyway after {self.stale_after_s:g}s")
+
+
+class StalenessSweeper:
+    """Runs ``sweep()`` every ``interval_s`` on a thread: promotes held versions once production is stale
+    and refreshes the staleness gauge (a registration alone would leave both waiting for the next upload)."""
+
+    def __init__(self, sweep: Callable[[], object], interval_s: float = 5.0) -> None:
+        self._sweep = sweep
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="staleness-sweeper", daemon=True)
+
+    def start(self) -> "StalenessSweeper":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._sweep()
+            except Exception:  # noqa: BLE001 - the database may be briefly unavailable; try again next time
+                logger.warning("staleness sweep failed; will retry", exc_info=True)

@@ -17,6 +17,14 @@ class RegistryMetrics:
         self.gate_rejections = Counter(
             "streamrec_registry_gate_rejections_total", "Versions the promotion gate kept as candidate", ["model"],
             registry=registry)
+        self.gate_holds = Counter(
+            "streamrec_registry_gate_holds_total",
+            "Versions the promotion gate held as candidate for want of usable paired evidence", ["model"],
+            registry=registry)
+        self.production_staleness = Gauge(
+            "streamrec_registry_production_staleness_seconds",
+            "Age of the production version while a newer version exists (0 when production is the newest)",
+            ["model"], registry=registry)
         self.artifact_bytes = Gauge(
             "streamrec_registry_artifact_bytes", "Bytes of artifacts in the artifact store", registry=registry)
         self.request_duration = Histogram(

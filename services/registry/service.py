@@ -12,7 +12,7 @@ from services.common.metrics import MetricsServer
 from services.registry.artifact_store import ArtifactStore, make_store
 from services.registry.config import RegistryConfig
 from services.registry.database import Database
-from services.registry.gate import PromotionGate
+from services.registry.gate import PromotionGate, StalenessSweeper
 from services.registry.metrics import RegistryMetrics
 from services.registry.publisher import OutboxPublisher
 from services.registry.servicer import SERVICE_NAME, ModelRegistryServicer
@@ -43,10 +43,11 @@ class RegistryService:
                                          timeout_s=section.publish_timeout_s)
         self.registry = ModelRegistry(
             self.db, self.store, staging,
-            PromotionGate(gate.metric, gate.tolerance, gate.higher_is_better, gate.promote_first),
+            PromotionGate(gate.metric, gate.tolerance, gate.min_events, gate.stale_after_s, gate.promote_first),
             metrics=self.metrics, keep_last=section.keep_last, max_artifact_bytes=section.max_artifact_bytes,
             chunk_bytes=section.chunk_bytes, on_change=self.publisher.wake,
         )
+        self.sweeper = StalenessSweeper(self.registry.promote_stale, gate.sweep_interval_s)
         g = config.grpc
         self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes,
                                observe=self.metrics.observe_request)
@@ -72,12 +73,14 @@ class RegistryService:
         self.grpc.start()
         self.registry.recover()
         self.publisher.start()
+        self.sweeper.start()
         self.grpc.set_serving(True)
         logger.info("registry ready", extra={"port": self.grpc.port, "database": self.db.engine.url.render_as_string()})
         return self
 
     def stop(self, grace_s: float | None = None) -> None:
         self.grpc.stop(self.config.grpc.shutdown_grace_s if grace_s is None else grace_s)
+        self.sweeper.stop()
         self.publisher.stop()
         if self.metrics_server:
             self.metrics_server.stop()

@@ -25,7 +25,7 @@ from services.registry.artifact_store import ArtifactStore
 from services.registry.database import (
     Database, alias_history, aliases, artifacts, model_versions, outbox, registered_models,
 )
-from services.registry.gate import PROMOTED, PromotionGate
+from services.registry.gate import HELD, PROMOTED, PromotionGate
 from services.registry.metrics import RegistryMetrics
 from services.registry.upload import check_model_name, receive_upload
 from streamrec_proto.v1 import registry_pb2
@@ -123,15 +123,7 @@ class ModelRegistry:
                     self._announce(conn, header.model_name, "registered", version, "")
                     decision = None
                     if header.auto_promote:
-                        prod = self._alias_target(conn, header.model_name, PRODUCTION)
-                        prod_metrics = self._metrics(conn, header.model_name, prod) if prod else None
-                        decision = self.gate.decide(metrics, prod_metrics, prod or 0)
-                        conn.execute(update(model_versions).where(
-                            model_versions.c.model_name == header.model_name, model_versions.c.version == version,
-                        ).values(gate_decision=decision.decision, gate_reason=decision.reason))
-                        if decision.promoted:
-                            self._move_alias(conn, header.model_name, PRODUCTION, version, PROMOTED, decision.reason)
-                        self._announce(conn, header.model_name, decision.decision, version, decision.reason)
+                        decision = self._run_gate(conn, header.model_name, version, metrics, stamp)
                     result = self._version_proto(conn, header.model_name, version)
         logger.info("registered", extra={"model": header.model_name, "model_version": version,
                                          "sha256": upload.sha256, "gate": decision.decision if decision else ""})
@@ -140,13 +132,90 @@ class ModelRegistry:
             # Zero-valued series from the model's first version on, so rates and alerts read 0, not "no data".
             self.metrics.gate_rejections.labels(header.model_name)
             self.metrics.promotions.labels(header.model_name, PRODUCTION)
-            if decision and decision.promoted:
-                self.metrics.promotions.labels(header.model_name, PRODUCTION).inc()
-            elif decision:
-                self.metrics.gate_rejections.labels(header.model_name).inc()
+            self.metrics.gate_holds.labels(header.model_name)
+            if decision:
+                self._count_decision(header.model_name, decision)
         self.on_change()
         self.apply_retention(header.model_name)
+        self.refresh_staleness(header.model_name)
         return result
+
+    # -- the promotion gate ---------------------------------------------------------------------
+
+    def _run_gate(self, conn: Connection, model: str, version: int, metrics: dict[str, float], stamp: int):
+        """Decide on ``version`` against the current production, record the decision and announce it."""
+        prod = self._alias_target(conn, model, PRODUCTION)
+        age_s = (stamp - self._row(conn, model, prod).registered_at_ms) / 1000.0 if prod else 0.0
+        decision = self.gate.decide(metrics, prod, age_s)
+        conn.execute(update(model_versions).where(
+            model_versions.c.model_name == model, model_versions.c.version == version,
+        ).values(gate_decision=decision.decision, gate_reason=decision.reason))
+        if decision.promoted:
+            self._move_alias(conn, model, PRODUCTION, version, PROMOTED, decision.reason)
+        self._announce(conn, model, decision.decision, version, decision.reason)
+        return decision
+
+    def _count_decision(self, model: str, decision) -> None:
+        if decision.promoted:
+            self.metrics.promotions.labels(model, PRODUCTION).inc()
+        elif decision.decision == HELD:
+            self.metrics.gate_holds.labels(model).inc()
+        else:
+            self.metrics.gate_rejections.labels(model).inc()
+
+    def promote_stale(self) -> list[registry_pb2.ModelVersion]:
+        """Give held versions another decision now that time has passed: once production is older than the
+        gate's staleness bound, the newest held version newer than production is promoted (a version the
+        gate rejected never is). Returns the versions promoted; refreshes the staleness gauge."""
+        promoted = []
+        with self.db.read() as conn:
+            models = list(conn.scalars(select(registered_models.c.name)))
+        for model in models:
+            with self.db.read() as conn:
+                due = self._stale_held(conn, model, now_ms())
+            if due is not None:
+                with self.db.write() as conn:
+                    self._lock_model(conn, model)
+                    stamp = now_ms()
+                    version = self._stale_held(conn, model, stamp)  # again, under the lock
+                    decision = None
+                    if version is not None:
+                        decision = self._run_gate(conn, model, version, self._metrics(conn, model, version), stamp)
+                        if decision.promoted:
+                            promoted.append(self._version_proto(conn, model, version))
+                if decision is not None:
+                    logger.info("held version decided again: production was stale",
+                                extra={"model": model, "model_version": version, "gate": decision.decision})
+                    if self.metrics:
+                        self._count_decision(model, decision)
+                    self.on_change()
+            self.refresh_staleness(model)
+        return promoted
+
+    def _stale_held(self, conn: Connection, model: str, stamp: int) -> int | None:
+        """The newest held version above production, when production is older than the staleness bound."""
+        prod = self._alias_target(conn, model, PRODUCTION)
+        if prod is None:
+            return None
+        if (stamp - self._row(conn, model, prod).registered_at_ms) / 1000.0 < self.gate.stale_after_s:
+            return None
+        return conn.execute(select(func.max(model_versions.c.version)).where(
+            model_versions.c.model_name == model, model_versions.c.version > prod,
+            model_versions.c.state == ACTIVE, model_versions.c.gate_decision == HELD)).scalar_one_or_none()
+
+    def production_staleness_s(self, model: str) -> float:
+        """Seconds since production was registered while a newer active version exists, else 0."""
+        with self.db.read() as conn:
+            prod = self._alias_target(conn, model, PRODUCTION)
+            newest = conn.execute(select(func.max(model_versions.c.version)).where(
+                model_versions.c.model_name == model, model_versions.c.state == ACTIVE)).scalar_one_or_none()
+            if prod is None or newest is None or newest <= prod:
+                return 0.0
+            return max(0.0, (now_ms() - self._row(conn, model, prod).registered_at_ms) / 1000.0)
+
+    def refresh_staleness(self, model: str) -> None:
+        if self.metrics:
+            self.metrics.production_staleness.labels(model).set(self.production_staleness_s(model))
 
     def _next_version(self, conn: Connection, model: str) -> int:
         conn.execute(self.db.insert_ignore(registered_models, name=model, last_version=0, created_at_ms=now_ms()))

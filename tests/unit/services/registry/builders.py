@@ -14,9 +14,22 @@ from pathlib import Path
 from recmodel import artifact as artifact_lib
 
 
+def paired_evidence(production_version: int, candidate: float, production: float, n: int = 1000,
+                    lower: float | None = None, upper: float | None = None) -> dict[str, float]:
+    """``gate.*`` metrics as the trainer sends them (bounds default to the difference +- 0.02)."""
+    diff = candidate - production
+    return {"gate.production_version": float(production_version), "gate.n": float(n),
+            "gate.candidate_hr@10": candidate, "gate.production_hr@10": production,
+            "gate.diff_lower": diff - 0.02 if lower is None else lower,
+            "gate.diff_upper": diff + 0.02 if upper is None else upper, "gate.confidence": 0.95}
+
+
 def make_artifact_dir(root: Path, model_name: str = "recommender", hr: float = 0.30, seed: int = 0,
-                      offsets: dict | None = None, extra_bytes: int = 2048) -> Path:
-    """A flat artifact directory whose manifest lists every file's sha256; ``seed`` makes its bytes unique."""
+                      offsets: dict | None = None, extra_bytes: int = 2048, gate: dict | None = None) -> Path:
+    """A flat artifact directory whose manifest lists every file's sha256; ``seed`` makes its bytes unique.
+
+    ``gate``: paired evidence for the promotion gate (see ``paired_evidence``), added to the metrics.
+    """
     root.mkdir(parents=True, exist_ok=True)
     rng = hashlib.sha256(f"seed-{seed}".encode()).digest()
     (root / "user_encoder.onnx").write_bytes(rng * (extra_bytes // len(rng)) + os.urandom(16))
@@ -29,7 +42,7 @@ def make_artifact_dir(root: Path, model_name: str = "recommender", hr: float = 0
         "version": 0,
         "created_at": "2024-05-01T12:00:00+00:00",
         "training_offsets": offsets if offsets is not None else {"t.events": {"0": 10 + seed, "1": 20 + seed}},
-        "metrics": {"hr@10": hr, "ndcg@10": hr / 2},
+        "metrics": {"hr@10": hr, "ndcg@10": hr / 2, **(gate or {})},
         "files": files,
         "dim": 8,
         "max_len": 4,
@@ -68,9 +81,12 @@ def start_registry(tmp_path: Path, kafka=None, **registry_overrides):
     from services.registry.config import RegistryConfig
     from services.registry.service import RegistryService
 
+    from tests.pki import tls_section
+
     kafka = kafka or KafkaConfig(bootstrap_servers="127.0.0.1:9", request_timeout_ms=1000)
     config = RegistryConfig.model_validate({
         "kafka": kafka.model_dump(),
+        "tls": tls_section("registry"),
         "metrics": {"enabled": False},
         "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 0},
         "registry": {"database_url": f"sqlite:///{tmp_path / 'registry.db'}",

@@ -18,6 +18,7 @@ from tests.unit.services.registry.builders import (
     flip_one_byte_of_member,
     make_artifact_dir,
     pack,
+    paired_evidence,
 )
 
 
@@ -30,8 +31,8 @@ def registry(tmp_path):
     db.close()
 
 
-def upload(reg, tmp_path, *, hr=0.3, seed=0, model="m", auto_promote=True, tamper=None, parent=0):
-    d = make_artifact_dir(tmp_path / f"a{seed}", model_name=model, hr=hr, seed=seed)
+def upload(reg, tmp_path, *, hr=0.3, seed=0, model="m", auto_promote=True, tamper=None, parent=0, gate=None):
+    d = make_artifact_dir(tmp_path / f"a{seed}", model_name=model, hr=hr, seed=seed, gate=gate)
     tar, sha = pack(d, tmp_path / f"a{seed}.tar")
     size = tar.stat().st_size
     if tamper:
@@ -58,9 +59,9 @@ def test_register_records_lineage_and_runs_the_gate(registry, tmp_path):
     assert v1.trainer_id == "trainer-0" and v1.metrics["hr@10"] == pytest.approx(0.30)
     assert {(o.topic, o.partition, o.offset) for o in v1.training_offsets} == {("t.events", 0, 11), ("t.events", 1, 21)}
     assert v1.created_at_ms == 1714564800000
-    v2 = upload(registry, tmp_path, hr=0.10, seed=2, parent=1)
+    v2 = upload(registry, tmp_path, hr=0.10, seed=2, parent=1, gate=paired_evidence(1, 0.10, 0.30))
     assert (v2.version, v2.gate_decision, v2.parent_version) == (2, "rejected", 1)
-    assert "worse" in v2.gate_reason
+    assert "worse beyond noise" in v2.gate_reason and "0.1000 vs production v1 0.3000" in v2.gate_reason
     assert registry.get_alias("m", "production").version == 1
     assert registry.get_alias("m", "candidate").version == 2
     actions = [(e.action, e.version, dict(e.aliases)) for _, e in outbox_events(registry)]
@@ -70,6 +71,51 @@ def test_register_records_lineage_and_runs_the_gate(registry, tmp_path):
         ("registered", 2, {"candidate": 2, "production": 1}),
         ("rejected", 2, {"candidate": 2, "production": 1}),
     ]
+    # The announcement carries the evidence: the decision, its reason and the paired metrics.
+    rejected = outbox_events(registry)[-1][1]
+    assert rejected.reason == v2.gate_reason
+    assert rejected.model_version.gate_decision == "rejected"
+    assert rejected.model_version.metrics["gate.n"] == 1000
+
+
+def test_without_evidence_a_version_is_held_until_production_is_stale(registry, tmp_path, monkeypatch):
+    from services.registry import versions
+
+    clock = {"ms": 1_800_000_000_000}
+    monkeypatch.setattr(versions, "now_ms", lambda: clock["ms"])
+    upload(registry, tmp_path, seed=1)
+    clock["ms"] += 30_000
+    v2 = upload(registry, tmp_path, seed=2)  # no gate.* metrics: nothing to judge on
+    assert v2.gate_decision == "held" and "no paired evidence" in v2.gate_reason and "30s old" in v2.gate_reason
+    v3 = upload(registry, tmp_path, seed=3, gate=paired_evidence(1, 0.3, 0.3, n=20))
+    assert v3.gate_decision == "held" and "too few holdout events" in v3.gate_reason
+    assert registry.get_alias("m", "production").version == 1
+    assert registry.production_staleness_s("m") == 30.0
+    assert registry.promote_stale() == []  # not stale yet
+
+    clock["ms"] += 100_000  # production v1 is now 130 s old, over the 120 s bound
+    promoted = registry.promote_stale()
+    assert [v.version for v in promoted] == [3]  # the newest held version
+    assert "staleness bound" in promoted[0].gate_reason and promoted[0].gate_decision == "promoted"
+    assert registry.get_alias("m", "production").version == 3
+    assert registry.production_staleness_s("m") == 0.0
+    assert outbox_events(registry)[-1][1].action == "promoted"
+    assert registry.promote_stale() == []
+
+
+def test_a_rejected_version_is_never_promoted_by_staleness(registry, tmp_path, monkeypatch):
+    from services.registry import versions
+
+    clock = {"ms": 1_800_000_000_000}
+    monkeypatch.setattr(versions, "now_ms", lambda: clock["ms"])
+    upload(registry, tmp_path, seed=1)
+    clock["ms"] += 500_000
+    v2 = upload(registry, tmp_path, seed=2, gate=paired_evidence(1, 0.1, 0.3))
+    assert v2.gate_decision == "rejected"  # stale production, but worse beyond noise
+    clock["ms"] += 500_000
+    assert registry.promote_stale() == []
+    assert registry.get_alias("m", "production").version == 1
+    assert registry.production_staleness_s("m") == 1000.0
 
 
 def test_tampered_upload_is_refused_naming_the_file_and_leaves_nothing(registry, tmp_path):
@@ -110,7 +156,7 @@ def test_wrong_header_digest_or_size_is_data_loss(registry, tmp_path):
 
 def test_manual_promote_then_rollback_returns_to_the_previous_good_version(registry, tmp_path):
     for seed in (1, 2, 3):
-        upload(registry, tmp_path, seed=seed, hr=0.3)  # each promoted by the gate
+        upload(registry, tmp_path, seed=seed, hr=0.3, gate=paired_evidence(seed - 1, 0.3, 0.3))  # each promoted
     assert registry.get_alias("m", "production").version == 3
     assert registry.rollback("m", "bad canary").version == 2
     assert registry.rollback("m").version == 1  # not back to 3: it was rolled back from
@@ -133,7 +179,7 @@ def test_rollback_skips_archived_versions(registry, tmp_path):
 def test_archive_refuses_alias_targets_and_retention_keeps_last_n_plus_aliases(registry, tmp_path):
     upload(registry, tmp_path, seed=1, hr=0.9)  # production stays at v1: later ones are worse
     for seed in range(2, 7):
-        upload(registry, tmp_path, seed=seed, hr=0.1)
+        upload(registry, tmp_path, seed=seed, hr=0.1, gate=paired_evidence(1, 0.1, 0.9))
     with pytest.raises(FailedPrecondition, match="production"):
         registry.archive("m", 1)
     active = [v.version for v in registry.list_versions("m")]
