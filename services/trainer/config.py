@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from services.common.config import KafkaConfig, MetricsConfig, Section, ServiceConfig
+from services.common.tls import TlsConfig
 
 
 class ModelSection(Section):
@@ -34,6 +35,9 @@ class ModelSection(Section):
     text_encoder: Literal["minilm", "hashing"] = "minilm"
     hashing_dim: int = Field(64, ge=4, description="dimension of the hashing text encoder")
     event_weights: dict[str, float] | None = None
+    # The standing holdout: this fraction of interactions is input only, never a training target, so
+    # every model version can be judged on the recent ones (see services/trainer/holdout.py).
+    holdout_fraction: float = Field(0.05, ge=0, lt=1)
 
     def trainer_kwargs(self) -> dict:
         out = self.model_dump(exclude={"text_encoder", "hashing_dim"})
@@ -77,6 +81,16 @@ class DistributedSection(Section):
     master_port: int = Field(29512, ge=1, le=65535)
 
 
+class GateEvidenceSection(Section):
+    """Champion/challenger: candidate and production scored on the same recent holdout events at each export."""
+
+    # The most recent holdout interactions kept for scoring (0: send no evidence; the gate then holds).
+    holdout_events: int = Field(2000, ge=0)
+    k: int = Field(10, ge=1, description="hit@k of the paired comparison (gate.candidate_hr@k)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the bound on candidate - production")
+    cache_versions: int = Field(3, ge=1, description="exported versions kept loaded as possible production models")
+
+
 class TrainerSection(Section):
     registry_target: str = "127.0.0.1:50051"
     registry_timeout_s: float = Field(120.0, gt=0)
@@ -96,6 +110,7 @@ class TrainerSection(Section):
     eval_k: list[int] = [10, 50]
     items_sync_timeout_s: float = Field(5.0, ge=0, description="wait for `items` to catch up before training events on unknown items")
     model: ModelSection = ModelSection()
+    gate: GateEvidenceSection = GateEvidenceSection()
     leader_election: LeaderElectionSection = LeaderElectionSection()
     distributed: DistributedSection = DistributedSection()
 
@@ -103,4 +118,6 @@ class TrainerSection(Section):
 class TrainerConfig(ServiceConfig):
     kafka: KafkaConfig = KafkaConfig()
     metrics: MetricsConfig = MetricsConfig(port=9104)
+    # The trainer's identity towards the registry (its certificate's Common Name must be allowed to register).
+    tls: TlsConfig = TlsConfig()
     trainer: TrainerSection = TrainerSection()

@@ -35,6 +35,13 @@ class TrainerMetrics:
             "streamrec_trainer_is_leader", "1 while this replica holds the lease and trains", registry=registry)
         self.registration_failures = Counter(
             "streamrec_trainer_registration_failures", "Exports the registry did not accept", registry=registry)
+        self.holdout_hit_rate = Gauge(
+            "streamrec_trainer_holdout_hit_rate",
+            "HR@k on the recent standing-holdout events, of the candidate just exported and of production",
+            ["role"], registry=registry)
+        self.holdout_events = Gauge(
+            "streamrec_trainer_holdout_events", "Holdout events the last gate comparison was scored on",
+            registry=registry)
         # Beyond the contract (told to the lead):
         self.checkpoints = Counter(
             "streamrec_trainer_checkpoints", "Checkpoints written", registry=registry)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,6 +22,7 @@ from services.common.registry_client import RegistryClient
 from services.trainer.checkpoint import CheckpointStore, Registration, StreamPosition
 from services.trainer.config import TrainerConfig
 from services.trainer.evaluation import PrequentialMonitor
+from services.trainer.holdout import ChampionChallenger, HoldoutBuffer
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.publisher import VersionPublisher
 from services.trainer.stream import EventReader, ItemReader
@@ -90,11 +92,16 @@ class TrainerService:
         self.device = resolve_device(self.cfg.device)
         self.backend = backend or LocalBackend(config, self.device)
         self.store = CheckpointStore(self.cfg.checkpoint_dir)
-        self.client = registry_client or RegistryClient(self.cfg.registry_target, timeout_s=self.cfg.registry_timeout_s)
+        self.client = registry_client or RegistryClient(self.cfg.registry_target, timeout_s=self.cfg.registry_timeout_s,
+                                                        tls=config.tls)
         self.trainer_id = self.cfg.trainer_id or getattr(elector, "identity", "trainer")
         self.publisher = VersionPublisher(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
                                           auto_promote=self.cfg.auto_promote, exports_dir=self.store.exports_dir,
                                           keep_exports=self.cfg.keep_exports)
+        self.champion = ChampionChallenger(
+            self.client, self.cfg.model_name, metrics=metrics, k=self.cfg.gate.k, confidence=self.cfg.gate.confidence,
+            cache_versions=self.cfg.gate.cache_versions, download_dir=Path(self.cfg.checkpoint_dir) / "gate",
+            buffer=HoldoutBuffer(self.cfg.gate.holdout_events, max_history=max(50, self.cfg.model.max_len)))
         self.events_topic = config.kafka.topics.name("events")
         self.items_topic = config.kafka.topics.name("items")
         self._restored = threading.Event()
@@ -213,6 +220,7 @@ class TrainerService:
                 self._check_leader()
                 start = time.perf_counter()
                 if batch.events:
+                    self.champion.observe(trainer, batch.events)
                     monitor.observe_and_test(trainer, batch.events)
                     stats = self.backend.train_events(batch.events)
                     loss = stats.loss
@@ -302,9 +310,11 @@ class TrainerService:
         offsets = dict(position.events_offsets)
         try:
             artifact = self.publisher.export(trainer, self.events_topic, offsets, metrics)
+            candidate = self.champion.judge(artifact)  # adds the gate's paired evidence to the manifest
             self._check_leader()
             parent = self.registration.version if self.registration else 0
             version = self.publisher.register(artifact, parent_version=parent)
+            self.champion.remember(version, candidate)
         except LostLeadership:
             raise
         except Exception as exc:

@@ -1,0 +1,163 @@
+"""The standing holdout in the trainer: which events it keeps, and the paired evidence it writes for the gate."""
+
+from __future__ import annotations
+
+import shutil
+from types import SimpleNamespace
+
+import grpc
+import numpy as np
+import pytest
+
+from recmodel.artifact import read_manifest, verify_artifact, write_manifest
+from recmodel.data import Event, SyntheticStream
+from recmodel.export import export_artifact
+from recmodel.holdout import is_holdout
+from recmodel.text import HashingTextEncoder
+from recmodel.train import IncrementalTrainer
+from services.trainer.holdout import ChampionChallenger, HoldoutBuffer
+from services.trainer.metrics import TrainerMetrics
+
+
+def shuffle_item_vectors(artifact_dir, seed: int = 0) -> None:
+    """Break an artifact on purpose: every item gets another item's vector (the manifest is re-hashed)."""
+    path = artifact_dir / "items.npz"
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["vectors"] = arrays["vectors"][np.random.default_rng(seed).permutation(len(arrays["vectors"]))]
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    write_manifest(artifact_dir, read_manifest(artifact_dir))
+
+
+class _NotFound(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.NOT_FOUND
+
+
+class FakeRegistry:
+    """get_alias/download over a dict of artifact directories, the two calls the gate evidence needs."""
+
+    def __init__(self) -> None:
+        self.dirs: dict[int, object] = {}
+        self.production = 0
+        self.downloads: list[int] = []
+
+    def get_alias(self, model_name, alias):
+        if not self.production:
+            raise _NotFound()
+        return SimpleNamespace(version=self.production)
+
+    def download(self, model_name, version, dest):
+        self.downloads.append(version)
+        shutil.copytree(self.dirs[version], dest)
+        return dest
+
+
+def _stub_trainer(fraction: float, histories: dict | None = None):
+    return SimpleNamespace(holdout_fraction=fraction, is_positive=lambda t: t != "dislike",
+                           user_histories=lambda: dict(histories or {}))
+
+
+def test_buffer_keeps_positive_holdout_events_with_the_history_before_them():
+    events = [Event(f"e{n}", f"u{n % 7}", f"i{(n * 13) % 50}", "dislike" if n % 5 == 0 else "click", 1.0,
+                    1_000 + n) for n in range(2000)]
+    buffer = HoldoutBuffer(size=10_000, max_history=5)
+    buffer.observe(_stub_trainer(0.2), events)
+    history: dict[str, list] = {}
+    expected = []
+    for e in events:
+        before = history.setdefault(e.user_id, [])
+        if before and e.type != "dislike" and is_holdout(e.user_id, e.item_id, e.timestamp_ms, 0.2):
+            expected.append((e.user_id, tuple(before[-5:]), e.item_id))
+        before.append((e.item_id, e.type, e.timestamp_ms))
+    assert [(q.user_id, q.history, q.item_id) for q in buffer.queries()] == expected
+    assert 250 < len(expected) < 450  # about a fifth of the positive events
+
+    # A restored trainer re-reads the events after its checkpoint: nothing counts twice, and the
+    # histories start from the checkpoint's (no duplicated entries).
+    at_checkpoint: dict[str, list] = {}
+    for e in events[:-300]:
+        at_checkpoint.setdefault(e.user_id, []).append((e.item_id, e.type, e.timestamp_ms))
+    buffer.observe(_stub_trainer(0.2, {u: h[-5:] for u, h in at_checkpoint.items()}), events[-300:])
+    assert [(q.user_id, q.history, q.item_id) for q in buffer.queries()] == expected
+
+    small = HoldoutBuffer(size=50)
+    small.observe(_stub_trainer(0.2), events)
+    assert [q.item_id for q in small.queries()] == [e[2] for e in expected[-50:]]
+    off = HoldoutBuffer(size=50)
+    off.observe(_stub_trainer(0.0), events)
+    assert len(off) == 0
+
+
+@pytest.fixture(scope="module")
+def trained_with_holdout():
+    stream = SyntheticStream(seed=3, n_users=80, n_items=150, n_events=5000)
+    trainer = IncrementalTrainer(dim=32, max_len=10, capacity=400, text_encoder=HashingTextEncoder(32), device="cpu",
+                                 batch_size=128, replay_batch=32, n_random_negatives=64, holdout_fraction=0.2)
+    trainer.upsert_items(stream.items())
+    buffer = HoldoutBuffer(size=2000, max_history=50)
+    events = list(stream.events())
+    for lo in range(0, len(events), 250):
+        buffer.observe(trainer, events[lo:lo + 250])
+        trainer.train_events(events[lo:lo + 250])
+    return trainer, buffer
+
+
+def test_a_broken_candidate_gets_evidence_that_it_is_worse_and_production_comes_from_cache_or_download(
+        trained_with_holdout, tmp_path):
+    trainer, buffer = trained_with_holdout
+    registry = FakeRegistry()
+    metrics = TrainerMetrics(__import__("prometheus_client").CollectorRegistry())
+    judge = ChampionChallenger(registry, "m", buffer=buffer, metrics=metrics, download_dir=tmp_path / "dl")
+
+    good = tmp_path / "good"
+    export_artifact(trainer, good, model_name="m", metrics={"hr@10": 0.5})
+    first = judge.judge(good)
+    assert first is not None
+    assert not any(k.startswith("gate.") for k in read_manifest(good).metrics)  # no production yet
+    judge.remember(1, first)
+    registry.dirs[1], registry.production = good, 1
+
+    broken = tmp_path / "broken"
+    export_artifact(trainer, broken, model_name="m", metrics={"hr@10": 0.5})
+    shuffle_item_vectors(broken)
+    judge.judge(broken)
+    m = verify_artifact(broken).metrics  # still a valid artifact: the manifest only gained metrics
+    assert registry.downloads == []  # production v1 was in the cache
+    assert m["gate.production_version"] == 1 and m["gate.n"] == len(buffer) > 200
+    assert m["gate.production_hr@10"] > m["gate.candidate_hr@10"] + 0.05
+    assert m["gate.diff_upper"] < -0.01 and m["gate.diff_lower"] <= m["gate.diff_upper"]
+    assert m["hr@10"] == 0.5
+    text = __import__("prometheus_client").generate_latest(metrics.registry).decode()
+    assert f'streamrec_trainer_holdout_hit_rate{{role="production"}} {m["gate.production_hr@10"]}' in text
+    assert f"streamrec_trainer_holdout_events {float(len(buffer))}" in text
+
+    # A trainer that never exported v1 (restarted, or an operator promoted it) downloads it: same evidence.
+    fresh = ChampionChallenger(registry, "m", buffer=buffer, download_dir=tmp_path / "dl")
+    again = tmp_path / "again"
+    shutil.copytree(broken, again)
+    fresh.judge(again)
+    assert registry.downloads == [1]
+    assert read_manifest(again).metrics["gate.diff_upper"] == pytest.approx(m["gate.diff_upper"])
+    assert list((tmp_path / "dl").iterdir()) == []  # the download went once loaded
+
+    # The same model exported twice: identical hits, a zero-width interval, no reason to reject.
+    same = tmp_path / "same"
+    export_artifact(trainer, same, model_name="m")
+    judge.judge(same)
+    s = read_manifest(same).metrics
+    assert s["gate.diff_lower"] == s["gate.diff_upper"] == 0.0
+
+
+def test_without_a_reachable_registry_the_artifact_is_registered_without_evidence(trained_with_holdout, tmp_path):
+    trainer, buffer = trained_with_holdout
+
+    class Down:
+        def get_alias(self, *a):
+            raise grpc.RpcError("unreachable")
+
+    out = tmp_path / "a"
+    export_artifact(trainer, out, model_name="m")
+    assert ChampionChallenger(Down(), "m", buffer=buffer).judge(out) is not None
+    assert not any(k.startswith("gate.") for k in verify_artifact(out).metrics)
