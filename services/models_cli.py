@@ -20,11 +20,15 @@ import time
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from services.common.errors import ConfigError
 from services.common.registry_client import RegistryClient
+from services.common.tls import add_cli_arguments, cli_tls
 from streamrec_proto.v1 import registry_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MODEL = "recommender"
+# Metrics the trainer sends for the promotion gate (services/registry/gate.py): paired holdout evidence.
+GATE_PREFIX = "gate."
 
 
 def _when(ms: int) -> str:
@@ -32,14 +36,27 @@ def _when(ms: int) -> str:
 
 
 def _metrics(v: registry_pb2.ModelVersion, limit: int = 3) -> str:
-    items = sorted(v.metrics.items())[:limit]
+    items = sorted((k, val) for k, val in v.metrics.items() if not k.startswith(GATE_PREFIX))[:limit]
     return " ".join(f"{k}={val:.4f}" for k, val in items) or "-"
 
 
+def gate_evidence(v: registry_pb2.ModelVersion) -> str:
+    """The paired holdout evidence the gate decided on: candidate vs production on the same n events."""
+    m = v.metrics
+    scores = sorted(k[len(GATE_PREFIX + "candidate_"):] for k in m if k.startswith(GATE_PREFIX + "candidate_hr@"))
+    if not scores or GATE_PREFIX + "n" not in m:
+        return "-"
+    metric = scores[0]
+    return (f"{metric} {m[GATE_PREFIX + 'candidate_' + metric]:.4f} vs "
+            f"v{int(m.get(GATE_PREFIX + 'production_version', 0))} {m.get(GATE_PREFIX + 'production_' + metric, 0):.4f} "
+            f"n={int(m[GATE_PREFIX + 'n'])} "
+            f"diff=[{m.get(GATE_PREFIX + 'diff_lower', 0):+.4f},{m.get(GATE_PREFIX + 'diff_upper', 0):+.4f}]")
+
+
 def format_table(versions: list[registry_pb2.ModelVersion]) -> str:
-    header = ("VERSION", "STATE", "ALIASES", "GATE", "METRICS", "CREATED", "TRAINER")
+    header = ("VERSION", "STATE", "ALIASES", "GATE", "EVIDENCE", "METRICS", "CREATED", "TRAINER")
     rows = [header] + [(
-        str(v.version), v.state, ",".join(v.aliases) or "-", v.gate_decision or "-", _metrics(v),
+        str(v.version), v.state, ",".join(v.aliases) or "-", v.gate_decision or "-", gate_evidence(v), _metrics(v),
         _when(v.created_at_ms), v.trainer_id or "-",
     ) for v in versions]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -57,9 +74,10 @@ def format_version(v: registry_pb2.ModelVersion) -> str:
         f"parent:       {v.parent_version or '-'}",
         f"artifact:     sha256:{v.artifact_sha256} ({v.artifact_size_bytes} bytes)",
         f"gate:         {v.gate_decision or '-'}{(' - ' + v.gate_reason) if v.gate_reason else ''}",
+        f"evidence:     {gate_evidence(v)}",
         "metrics:" + ("" if v.metrics else "      -"),
     ]
-    lines += [f"  {k:<12} {val:.6g}" for k, val in sorted(v.metrics.items())]
+    lines += [f"  {k:<22} {val:.6g}" for k, val in sorted(v.metrics.items())]
     lines.append("training offsets:" + ("" if v.training_offsets else " -"))
     lines += [f"  {o.topic}[{o.partition}] -> {o.offset}" for o in v.training_offsets]
     return "\n".join(lines)
@@ -72,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_cli_arguments(common, identity="operator")
     parser = argparse.ArgumentParser(prog="streamrec models", description="Manage model versions in the registry.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", parents=[common], help="list versions")
@@ -103,7 +122,12 @@ def _emit(args, versions: list[registry_pb2.ModelVersion], single: bool, prefix:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    client = RegistryClient(args.registry, timeout_s=args.timeout)
+    try:
+        tls = cli_tls(args)
+    except ConfigError as exc:
+        print(f"streamrec models: {exc}", file=sys.stderr)
+        return 2
+    client = RegistryClient(args.registry, timeout_s=args.timeout, tls=tls)
     try:
         if args.command == "list":
             _emit(args, client.list_versions(args.model, include_archived=args.all), single=False)

@@ -7,22 +7,25 @@ import json
 import pytest
 
 from services import models_cli
-from services.common.registry_client import RegistryClient
-from tests.unit.services.registry.builders import make_artifact_dir, start_registry
+from tests.pki import local_ca, registry_client
+from tests.unit.services.registry.builders import make_artifact_dir, paired_evidence, start_registry
 
 
 @pytest.fixture
 def target(tmp_path):
     service = start_registry(tmp_path / "registry")
-    with RegistryClient(service.target) as client:
+    with registry_client(service.target) as client:
         client.register("recommender", make_artifact_dir(tmp_path / "a1", hr=0.30, seed=1), trainer_id="trainer-0")
-        client.register("recommender", make_artifact_dir(tmp_path / "a2", hr=0.10, seed=2), trainer_id="trainer-0")
+        client.register("recommender", make_artifact_dir(tmp_path / "a2", hr=0.10, seed=2,
+                                                         gate=paired_evidence(1, 0.10, 0.30, n=640)),
+                        trainer_id="trainer-0")
     yield service.target
     service.stop(0)
 
 
 def run(capsys, *argv):
-    code = models_cli.main(list(argv))
+    # The operator's credentials, where `streamrec up` would have put them.
+    code = models_cli.main([*argv, "--tls-dir", str(local_ca().directory)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -34,9 +37,14 @@ def test_list_show_promote_rollback_archive(target, capsys):
     assert lines[0].split()[:4] == ["VERSION", "STATE", "ALIASES", "GATE"]
     assert lines[1].split()[:4] == ["1", "active", "production", "promoted"]
     assert lines[2].split()[:4] == ["2", "active", "candidate", "rejected"]
+    # The evidence the gate decided on: both scores on the same events, n and the bound.
+    assert "hr@10 0.1000 vs v1 0.3000 n=640 diff=[-0.2200,-0.1800]" in lines[2]
+    assert lines[1].split()[4] == "-"  # the first version had nothing to be compared with
+    assert "gate." not in out and "hr@10=0.1000" in lines[2]  # METRICS leaves the gate's numbers to EVIDENCE
 
     code, out, _ = run(capsys, "show", "candidate", "--registry", target)
-    assert code == 0 and "version:      2" in out and "gate:         rejected - hr@10" in out
+    assert code == 0 and "version:      2" in out and "gate:         rejected - worse beyond noise: hr@10" in out
+    assert "evidence:     hr@10 0.1000 vs v1 0.3000 n=640" in out
     assert "t.events[0] -> 12" in out
 
     code, out, _ = run(capsys, "promote", "2", "--reason", "looks fine", "--registry", target)
