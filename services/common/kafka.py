@@ -3,6 +3,7 @@
 - ``make_producer``: acks=all, idempotent, ordered per partition.
 - ``make_consumer``: manual commits; ``commit_processed`` commits exactly the offsets processed
   (next offset to read), so offsets move only after the output they produced is acknowledged.
+- ``subscribe``: joins the group only once the consumer's metadata has every topic's partitions.
 - ``ensure_topics``: creates missing topics (compacted where the design says so).
 - ``consumer_lag``: per-partition lag for the lag gauges.
 """
@@ -65,8 +66,47 @@ def make_consumer(
     }
     consumer = KafkaConsumer(**opts)
     if topics:
-        consumer.subscribe(list(topics))
+        subscribe(consumer, topics)
     return consumer
+
+
+def subscribe(consumer: KafkaConsumer, topics: Iterable[str], listener=None, timeout_s: float = 60.0) -> None:
+    """Subscribe, then fetch metadata until every topic has partitions, before the first poll joins the group.
+
+    The group leader assigns from the metadata it holds at the join: a topic whose metadata has not
+    reached it yet (a topic created a moment ago, a request held back by the client's retry backoff)
+    gets no partitions. The rejoin that the later metadata triggers can then stall in kafka-python
+    when a poll times out mid-join (the Java client's KAFKA-9815), so one member idles for good.
+    Asking for metadata after ``subscribe`` also refreshes the group's view of it.
+    """
+    topics = list(topics)
+    consumer.subscribe(topics, listener=listener)
+    missing = _await_partitions(consumer, topics, time.monotonic() + timeout_s)
+    if missing:
+        # Subscribed anyway: the client keeps asking while a topic is unknown, and joins once it appears.
+        logger.warning("subscribed topics have no partitions yet", extra={"topics": missing})
+
+
+def _await_partitions(consumer: KafkaConsumer, topics: list[str], deadline: float) -> list[str]:
+    """Refresh ``consumer``'s metadata until every topic has partitions or ``deadline``; -> topics still missing.
+
+    Each round is one bounded metadata request (``bootstrap(refresh=True)``), so an unreachable
+    cluster costs the deadline, not forever; it also feeds the group coordinator's view of the
+    subscribed topics.
+    """
+    missing = topics
+    while True:
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        try:
+            consumer.bootstrap(timeout_ms=max(100, min(remaining_ms, 10_000)), refresh=True)
+            # Known topics come from the cache; an unknown one costs a metadata request to the
+            # broker that has just answered.
+            missing = [t for t in topics if not consumer.partitions_for_topic(t)]
+        except KafkaError as exc:
+            logger.debug("metadata request failed; retrying", extra={"error": str(exc)})
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(0.2)
 
 
 def commit_processed(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int]) -> None:
@@ -125,12 +165,9 @@ def ensure_topics(config: KafkaConfig, names: Iterable[str] | None = None, timeo
 
 
 def partitions_for(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        time.sleep(0.1)
+    """Every partition of ``topic`` (for ``assign``), waiting up to ``timeout_s`` for its metadata."""
+    if not _await_partitions(consumer, [topic], time.monotonic() + timeout_s):
+        return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
     raise KafkaError(f"topic {topic} has no partitions (does it exist?)")
 
 

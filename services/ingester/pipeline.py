@@ -15,7 +15,15 @@ import time
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 
-from services.common.kafka import CONTENT_TYPE_HEADER, PROTOBUF, commit_processed, ensure_topics, make_consumer, make_producer
+from services.common.kafka import (
+    CONTENT_TYPE_HEADER,
+    PROTOBUF,
+    commit_processed,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    subscribe,
+)
 from services.ingester.config import IngesterConfig
 from services.ingester.dedup import DedupWindow, EventsTailReader
 from services.ingester.metrics import IngesterMetrics
@@ -94,7 +102,7 @@ class Ingester:
         if self.section.group_instance_id:
             overrides["group_instance_id"] = self.section.group_instance_id
         self.consumer = make_consumer(kafka, None, self.section.group_id, **overrides)
-        self.consumer.subscribe([self.events_raw, self.items_raw], listener=_Rebalance(self))
+        subscribe(self.consumer, [self.events_raw, self.items_raw], listener=_Rebalance(self))
         self.ready = True
         logger.info("ingester started", extra={"group_id": self.section.group_id, "inputs": [self.events_raw, self.items_raw]})
         return self

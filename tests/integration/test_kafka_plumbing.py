@@ -14,6 +14,7 @@ from services.common.kafka import (
     make_consumer,
     make_producer,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +24,11 @@ def _produce(config, topic: str, n: int, start: int = 0) -> None:
     futures = [producer.send(topic, key=f"k{i % 11}".encode(), value=str(i).encode()) for i in range(start, start + n)]
     producer.flush()
     for f in futures:
-        f.get(timeout=10)  # acks=all: every record acknowledged
+        f.get(timeout=30)  # acks=all: every record acknowledged
     producer.close()
 
 
-def _drain(consumer, want: int, timeout_s: float = 30.0) -> list:
+def _drain(consumer, want: int, timeout_s: float = 90.0) -> list:
     got = []
     deadline = time.monotonic() + timeout_s
     while len(got) < want and time.monotonic() < deadline:
@@ -70,27 +71,53 @@ def test_two_group_members_share_partitions_and_see_every_record_once(kafka_conf
     b = make_consumer(kafka_config, [topic], group)
     try:
         # Both members must have joined before records flow, or one would take every partition.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (a.assignment() and b.assignment()):
+        def both_assigned():
             a.poll(100)
             b.poll(100)
-        assert a.assignment() and b.assignment(), "both members get partitions"
+            return a.assignment() and b.assignment()
+
+        wait_for(both_assigned, 90, "both members to get partitions", interval_s=0)
         assert not (a.assignment() & b.assignment()), "no partition is assigned twice"
         assert len(a.assignment() | b.assignment()) == kafka_config.topics.partitions
 
         _produce(kafka_config, topic, 300)
         seen: list = []
-        deadline = time.monotonic() + 30
-        while len(seen) < 300 and time.monotonic() < deadline:
+
+        def all_seen():
             for c in (a, b):
                 for records in c.poll(100).values():
                     seen.extend(records)
+            return len(seen) >= 300
+
+        wait_for(all_seen, 90, "300 records across both members", interval_s=0)
         values = sorted(int(r.value) for r in seen)
         assert values == list(range(300))
         assert {r.partition for r in seen} == set(range(kafka_config.topics.partitions))
     finally:
         a.close()
         b.close()
+
+
+def test_a_member_subscribing_to_a_topic_created_a_moment_ago_gets_every_partition(kafka_config):
+    # The topic is created without waiting for it, as an operator's script or another replica might.
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    topic = kafka_config.topics.name("events")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_config.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(topic, kafka_config.topics.partitions, 1)])
+    finally:
+        admin.close()
+    consumer = make_consumer(kafka_config, [topic], kafka_config.topics.prefix + "fresh")
+    try:
+        # Short polls, like the ingester's: a join cut short by the poll timeout must still finish.
+        wait_for(lambda: consumer.poll(50) is not None and len(consumer.assignment()) == kafka_config.topics.partitions,
+                 90, "the member to own every partition", interval_s=0)
+        _produce(kafka_config, topic, 50)
+        assert sorted(int(r.value) for r in _drain(consumer, 50)) == list(range(50))
+    finally:
+        consumer.close(autocommit=False)
 
 
 def test_commit_after_processing_survives_restart_without_loss_or_gap(kafka_config):
