@@ -15,7 +15,9 @@ def test_hyperparameters_are_stored_under_their_names():
     hp = trainer.hyperparameters()
     assert hp["lr"] == trainer.lr == 0.01 and hp["dropout"] == 0.2 and hp["seed"] == 3
     assert trainer.model.hyperparameters()["max_len"] == trainer.max_len
-    assert trainer.device.type == ("cuda" if torch.cuda.is_available() else "cpu") or trainer.device.type == "cpu"
+    # The device asked for is the one used; without one, the GPU when there is one.
+    assert trainer.device.type == "cpu" and {p.device.type for p in trainer.model.parameters()} == {"cpu"}
+    assert make_trainer(device=None).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_training_learns_the_stream_and_tracks_histories(trained, small_stream):
