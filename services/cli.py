@@ -30,6 +30,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "serve": ("bench.serve", "Recommend p50/p99 and QPS vs a no-op gRPC call"),
     "index": ("bench.index", "exact vs ANN retrieval: recall and latency"),
     "freshness": ("bench.freshness", "publish -> visible in Recommend, publish -> served model"),
+    "fuzz": ("bench.fuzz", "10^5 generated raw records through ingester validation: none escapes"),
 }
 
 DEV: dict[str, tuple[str, str]] = {

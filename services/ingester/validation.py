@@ -53,6 +53,7 @@ JSON_TYPES = frozenset({"application/json", "text/json"})
 PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf", "application/vnd.google.protobuf"})
 
 _WS = b" \t\r\n"
+_INT64_MAX = 2**63 - 1
 
 
 class RecordRejected(Exception):
@@ -212,6 +213,14 @@ class EventValidator:
         if self.max_age_ms is not None and ts < now_ms - self.max_age_ms:
             raise RecordRejected(TIMESTAMP_TOO_OLD, f"timestamp_ms {ts} is {(now_ms - ts) / 1000:.0f}s old, limit {self.max_age_ms / 1000:.0f}s")
 
+    def _item_time(self, ts: int | None, record_ts_ms: int | None, now_ms: int) -> int:
+        """``updated_at_ms`` as given, else the record's time, else now; it must fit a non-negative int64."""
+        if ts is None:
+            return int(record_ts_ms) if record_ts_ms is not None and record_ts_ms > 0 else int(now_ms)
+        if not 0 <= ts <= _INT64_MAX:
+            raise RecordRejected(INVALID_FIELD, f"updated_at_ms {str(ts)[:40]} is out of range (0 to {_INT64_MAX})")
+        return ts
+
     def _type(self, raw: object) -> str:
         if raw is None:
             raise RecordRejected(MISSING_FIELD, "type is missing")
@@ -294,9 +303,10 @@ class EventValidator:
             if available is not None and not isinstance(available, bool):
                 raise RecordRejected(INVALID_FIELD, "available must be true or false")
             raw_ts = doc.get("updated_at_ms")
-            ts = _timestamp_ms(raw_ts, "timestamp_ms") if raw_ts is not None else (record_ts_ms or now_ms)
+            ts = self._item_time(_timestamp_ms(raw_ts, "timestamp_ms") if raw_ts is not None else None,
+                                 record_ts_ms, now_ms)
             item = event_pb2.Item(item_id=item_id, title=title, text=text, categories=cats,
-                                  attributes=attributes, updated_at_ms=int(ts))
+                                  attributes=attributes, updated_at_ms=ts)
             if available is not None:
                 item.available = available
             return item
@@ -310,7 +320,7 @@ class EventValidator:
         item = event_pb2.Item(item_id=item_id, title=msg.title, text=msg.text,
                               categories=[c.strip() for c in msg.categories if c.strip()],
                               attributes=dict(msg.attributes),
-                              updated_at_ms=msg.updated_at_ms or int(record_ts_ms or now_ms))
+                              updated_at_ms=self._item_time(msg.updated_at_ms or None, record_ts_ms, now_ms))
         if msg.HasField("available"):
             item.available = msg.available
         return item

@@ -7,10 +7,10 @@ import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from services.ingester.config import DEFAULT_EVENT_WEIGHTS, IngesterSection
-from services.ingester.validation import ERROR_CODES, EventValidator, RecordRejected
+from bench.fuzz import check_record, content_types, payloads, record_timestamps
+from services.ingester.config import IngesterSection
+from services.ingester.validation import EventValidator, RecordRejected
 from streamrec_proto.v1 import event_pb2
 
 NOW = int(time.time() * 1000)
@@ -130,48 +130,21 @@ def test_items_json_and_protobuf():
 
 # -- fuzz: nothing but RecordRejected escapes, every record is either a message or a known code ----
 
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                     st.text(max_size=30))
-_json_values = st.recursive(_scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
-                            max_leaves=12)
-_field_names = st.sampled_from(["event_id", "user_id", "item_id", "type", "value", "timestamp", "timestamp_ms", "context",
-                                "title", "text", "categories", "attributes", "available", "updated_at_ms"])
-_json_docs = st.dictionaries(_field_names | st.text(max_size=6), _json_values, max_size=10)
-
-
-def _proto_bytes():
-    def build(fields):
-        msg = event_pb2.Event()
-        for k, v in fields.items():
-            setattr(msg, k, v)
-        return msg.SerializeToString()
-    return st.fixed_dictionaries({}, optional={
-        "event_id": st.text(max_size=10), "user_id": st.text(max_size=10), "item_id": st.text(max_size=300),
-        "type": st.sampled_from(["view", "CLICK", "", "boom"]) | st.text(max_size=5),
-        "value": st.floats(allow_nan=True), "timestamp_ms": st.integers(-2**63, 2**63 - 1)}).map(build)
-
-
-_payloads = st.one_of(
-    st.none(),
-    st.binary(max_size=200),
-    _json_docs.map(lambda d: json.dumps(d, allow_nan=True).encode()),
-    _json_docs.map(lambda d: json.dumps(d).encode()).flatmap(lambda b: st.integers(0, len(b)).map(lambda n: b[:n])),
-    _proto_bytes(),
-    _proto_bytes().flatmap(lambda b: st.binary(max_size=8).map(lambda junk: b + junk)),
-)
-_content_types = st.sampled_from([None, JSON_CT, PB_CT, b"text/plain", b"\xff", b"application/json;x"])
-
-
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(payload=_payloads, ctype=_content_types, record_ts=st.one_of(st.none(), st.integers(-10, 2**62)))
+@given(payload=payloads, ctype=content_types, record_ts=record_timestamps)
 def test_fuzz_every_record_is_a_message_or_a_known_rejection(payload, ctype, record_ts):
+    # `streamrec bench fuzz` runs the same strategies with 10^5 examples.
+    check_record(_validator(), payload, ctype, record_ts, NOW)
+
+
+@pytest.mark.parametrize("stamp", [2**70, -(2**70), 2**63, -1])
+def test_an_item_time_outside_int64_or_negative_is_rejected_with_a_reason(stamp):
     v = _validator()
-    for parse in (v.event, v.item):
-        try:
-            out = parse(payload, ctype, record_ts, NOW)
-        except RecordRejected as rej:
-            assert rej.code in ERROR_CODES and rej.reason
-        else:
-            out.SerializeToString()  # the normalised message always serialises
-            if parse is v.event:
-                assert out.event_id and out.user_id and out.item_id and out.type in DEFAULT_EVENT_WEIGHTS
+    with pytest.raises(RecordRejected) as info:
+        v.item(json.dumps({"item_id": "x", "updated_at_ms": stamp}).encode(), None, NOW, NOW)
+    assert info.value.code == "invalid_field" and "updated_at_ms" in info.value.reason
+    pb = event_pb2.Item(item_id="x", updated_at_ms=-5).SerializeToString()
+    assert _code(v.item, pb, PB_CT, NOW, NOW) == "invalid_field"
+    # Without a time of its own an item takes the record's, or now when the record has none.
+    assert v.item(b'{"item_id": "x"}', None, -1, NOW).updated_at_ms == NOW
+    assert v.item(b'{"item_id": "x"}', None, NOW - 5, NOW).updated_at_ms == NOW - 5
