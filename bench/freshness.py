@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 from kafka import TopicPartition
 
-from services.common.grpc import insecure_channel
+from services.common.grpc import open_channel
 from services.common.kafka import make_consumer, make_producer
 from services.common.localkafka.broker import free_port
 from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stack.wait_serving(600)
             users = sorted({e.user_id for e in stream.events()})[: args.probes]
-            with insecure_channel(stack.services["inference"].grpc_target) as channel, \
-                    RegistryClient(stack.services["registry"].grpc_target) as registry:
+            with open_channel(stack.services["inference"].grpc_target, stack.tls_for("app")) as channel, \
+                    RegistryClient(stack.services["registry"].grpc_target, tls=stack.tls_for("operator")) as registry:
                 stub = recommender_pb2_grpc.RecommenderStub(channel)
                 for user in users:
                     ms = _history_probe(stub, stack, user, timeout_s=10)

@@ -1,11 +1,16 @@
-"""Recommend vs a no-op gRPC call (Ping) on the same server: p50/p99 latency and QPS.
+"""Recommend vs a no-op gRPC call (Ping) on the same server: p50/p99 latency and QPS, with TLS and without.
 
 ``streamrec bench serve --items N --concurrency C --duration S`` builds a small real artifact with
 recmodel (synthetic stream, HashingTextEncoder, ONNX user encoder), starts an inference server in a
 child process whose catalog is the artifact's items plus N-minus-those synthetic item vectors, and
 drives it from this process with C concurrent asyncio gRPC calls for S seconds per method. The
 server runs the same data plane, batcher, retrieval and gRPC stack as ``streamrec inference``; only
-the Kafka watcher is left out (the model is loaded once at start). Prints one JSON line.
+the Kafka watcher is left out (the model is loaded once at start).
+
+The data plane is served twice, on two ports: with mutual TLS (certificates from a throwaway local
+CA, as ``streamrec up`` makes them) and in plaintext, so ``tls_cost`` compares the two on the same
+model and machine. ``recommend``/``ping`` are the TLS numbers (what a deployment runs); ``--tls on``
+skips the plaintext run. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -103,9 +110,11 @@ def _load_runtime(artifact: str | None):
     return TinyOnnxEncoder(ids, vecs), ids, vecs, histories, 20, "tiny-onnx"
 
 
-def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: int, workers: int, conn) -> None:
+def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: int, workers: int, tls_dir: str,
+           conn) -> None:
     """Child process: load the artifact, grow the catalog to n_items, serve until told to stop."""
     from services.common.grpc import GrpcServer
+    from services.common.tls import LocalCA, TlsConfig
     from services.inference.batcher import EncoderBatcher
     from services.inference.config import IndexConfig, InferenceSection
     from services.inference.dataplane import RecommenderDataPlane
@@ -134,24 +143,30 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
     store.merge_snapshot(histories, only_newer=False)
     batcher = EncoderBatcher(max_batch=max_batch) if max_batch > 1 else None
     plane = RecommenderDataPlane(repo, store, InferenceSection(), batcher)
-    server = GrpcServer("127.0.0.1", 0, max_workers=workers)
-    RecommenderServicer(plane).register(server)
-    server.start()
-    server.set_serving(True)
-    conn.send({"port": server.port, "users": list(histories)[:1000], "encoder": source, "index": model.index_kind,
+    servers = {}
+    for mode, tls in (("tls", LocalCA(tls_dir).tls_config("inference")), ("plaintext", TlsConfig(plaintext=True))):
+        server = GrpcServer("127.0.0.1", 0, max_workers=workers, tls=tls)
+        RecommenderServicer(plane).register(server)
+        server.start()
+        server.set_serving(True)
+        servers[mode] = server
+    conn.send({"ports": {mode: server.port for mode, server in servers.items()}, "users": list(histories)[:1000],
+               "encoder": source, "index": model.index_kind,
                "index_build_s": round(index_s, 2), "providers": list(getattr(runtime, "providers", []))})
     conn.recv()  # stop
-    server.stop(1)
+    for server in servers.values():
+        server.stop(1)
 
 
-async def _drive(target: str, method: str, make_request, concurrency: int, duration: float) -> dict:
+async def _drive(target: str, tls, method: str, make_request, concurrency: int, duration: float) -> dict:
     import grpc
 
+    from services.common.grpc import open_channel
     from streamrec_proto.v1 import recommender_pb2_grpc
 
     latencies: list[float] = []
     errors = 0
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_channel(target, tls, aio=True) as channel:
         stub = recommender_pb2_grpc.RecommenderStub(channel)
         call = getattr(stub, method)
         for _ in range(20):
@@ -188,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=32, help="encoder micro-batch size (1 = off)")
     p.add_argument("--workers", type=int, default=16, help="gRPC server threads")
     p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
+    p.add_argument("--tls", choices=["both", "on"], default="both",
+                   help="both: measure mutual TLS and plaintext (default); on: TLS only")
     args = p.parse_args(argv)
     from services.inference.config import IndexConfig
     from streamrec_proto.v1 import recommender_pb2
@@ -199,28 +216,58 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:  # recmodel.export / serving not available: use the tiny ONNX encoder
         print(f"# recmodel artifact unavailable ({exc}); using the tiny ONNX encoder", file=sys.stderr)
         artifact = None
+    from services.common.tls import LocalCA, TlsConfig
+
+    tls_dir = tempfile.mkdtemp(prefix="streamrec-bench-tls-")
+    client_tls = {"tls": LocalCA(tls_dir).tls_config("app"), "plaintext": TlsConfig(plaintext=True)}
+    modes = ["tls", "plaintext"] if args.tls == "both" else ["tls"]
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(artifact, args.items, threshold, args.max_batch, args.workers, child))
+    proc = ctx.Process(target=_serve, args=(artifact, args.items, threshold, args.max_batch, args.workers, tls_dir,
+                                            child))
     proc.start()
+    results: dict[str, dict] = {}
     try:
         info = parent.recv()
-        target = f"127.0.0.1:{info['port']}"
         users = info["users"] or ["nobody"]
-        rnd = random.Random(0)
-        ping = asyncio.run(_drive(target, "Ping", recommender_pb2.PingRequest, args.concurrency, args.duration))
-        rec = asyncio.run(_drive(
-            target, "Recommend", lambda: recommender_pb2.RecommendRequest(user_id=rnd.choice(users), k=args.k),
-            args.concurrency, args.duration))
+        for mode in modes:
+            target = f"127.0.0.1:{info['ports'][mode]}"
+            rnd = random.Random(0)
+            ping = asyncio.run(_drive(target, client_tls[mode], "Ping", recommender_pb2.PingRequest,
+                                      args.concurrency, args.duration))
+            rec = asyncio.run(_drive(
+                target, client_tls[mode], "Recommend",
+                lambda: recommender_pb2.RecommendRequest(user_id=rnd.choice(users), k=args.k),
+                args.concurrency, args.duration))
+            results[mode] = {"recommend": rec, "ping": ping}
     finally:
         parent.send("stop")
         proc.join(30)
-    print(json.dumps({
+        shutil.rmtree(tls_dir, ignore_errors=True)
+    out = {
         "bench": "serve", "items": args.items, "concurrency": args.concurrency, "duration_s": args.duration,
         "k": args.k, "index": info["index"], "index_build_s": info["index_build_s"], "max_batch": args.max_batch,
-        "providers": info["providers"], "encoder": info["encoder"], "cpus": os.cpu_count(), "recommend": rec, "ping": ping,
-    }))
+        "providers": info["providers"], "encoder": info["encoder"], "cpus": os.cpu_count(), "transport": "mtls",
+        "recommend": results["tls"]["recommend"], "ping": results["tls"]["ping"],
+    }
+    if "plaintext" in results:
+        out["plaintext"] = results["plaintext"]
+        out["tls_cost"] = _tls_cost(results["tls"], results["plaintext"])
+    print(json.dumps(out))
     return 0
+
+
+def _tls_cost(tls: dict, plain: dict) -> dict:
+    """Extra p50/p99 milliseconds and the QPS ratio of mutual TLS over plaintext, per method."""
+    cost = {}
+    for method in ("recommend", "ping"):
+        a, b = tls[method], plain[method]
+        if a["p50_ms"] is None or b["p50_ms"] is None:
+            continue
+        cost[method] = {"p50_ms_added": round(a["p50_ms"] - b["p50_ms"], 3),
+                        "p99_ms_added": round(a["p99_ms"] - b["p99_ms"], 3),
+                        "qps_ratio": round(a["qps"] / b["qps"], 3) if b["qps"] else None}
+    return cost
 
 
 if __name__ == "__main__":

@@ -98,8 +98,12 @@ def run(args) -> dict:
         broker.start()
         bootstrap = broker.bootstrap_servers
     kafka_config = KafkaConfig(bootstrap_servers=bootstrap, topics=TopicsConfig(prefix=f"bench{uuid.uuid4().hex[:6]}."))
+    from services.common.tls import LocalCA
+
+    ca = LocalCA(tmp / "tls")
     registry = RegistryService(RegistryConfig.model_validate({
         "kafka": kafka_config.model_dump(), "metrics": {"enabled": False},
+        "tls": ca.tls_config("registry").model_dump(),
         "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
         "registry": {"database_url": f"sqlite:///{tmp}/registry.db", "artifact_root": str(tmp / "artifacts")},
     })).start()
@@ -113,12 +117,13 @@ def run(args) -> dict:
         model = {"dim": args.dim, "max_len": args.max_len, "text_encoder": args.text_encoder, "hashing_dim": 64}
         config = TrainerConfig.model_validate({
             "kafka": kafka_config.model_dump(), "metrics": {"enabled": False},
+            "tls": ca.tls_config("trainer").model_dump(),
             "trainer": {"registry_target": registry.target, "checkpoint_dir": str(tmp / "ckpt"),
                         "device": args.device, "export_interval_s": args.export_interval_s, "model": model},
         })
         metrics = TrainerMetrics(CollectorRegistry())
         service = TrainerService(config, metrics, AlwaysLeader())
-        client = RegistryClient(registry.target)
+        client = RegistryClient(registry.target, tls=ca.tls_config("operator"))
         topic = kafka_config.topics.name("events")
 
         def trained() -> float:

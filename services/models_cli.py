@@ -20,7 +20,9 @@ import time
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from services.common.errors import ConfigError
 from services.common.registry_client import RegistryClient
+from services.common.tls import add_cli_arguments, cli_tls
 from streamrec_proto.v1 import registry_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -88,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_cli_arguments(common, identity="operator")
     parser = argparse.ArgumentParser(prog="streamrec models", description="Manage model versions in the registry.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", parents=[common], help="list versions")
@@ -119,7 +122,12 @@ def _emit(args, versions: list[registry_pb2.ModelVersion], single: bool, prefix:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    client = RegistryClient(args.registry, timeout_s=args.timeout)
+    try:
+        tls = cli_tls(args)
+    except ConfigError as exc:
+        print(f"streamrec models: {exc}", file=sys.stderr)
+        return 2
+    client = RegistryClient(args.registry, timeout_s=args.timeout, tls=tls)
     try:
         if args.command == "list":
             _emit(args, client.list_versions(args.model, include_archived=args.all), single=False)

@@ -7,7 +7,9 @@ import sys
 
 import grpc
 
-from services.common.grpc import insecure_channel
+from services.common.errors import ConfigError
+from services.common.grpc import open_channel
+from services.common.tls import add_cli_arguments, cli_tls
 from streamrec_proto.v1 import recommender_pb2, recommender_pb2_grpc
 
 
@@ -31,8 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--category", action="append", default=[], help="only items in this category (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="never return this item (repeatable)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    add_cli_arguments(p, identity="app")
     args = p.parse_args(argv)
-    with insecure_channel(args.target) as channel:
+    try:
+        tls = cli_tls(args)
+    except ConfigError as exc:
+        print(f"streamrec recommend: {exc}", file=sys.stderr)
+        return 2
+    with open_channel(args.target, tls) as channel:
         stub = recommender_pb2_grpc.RecommenderStub(channel)
         try:
             response = stub.Recommend(recommender_pb2.RecommendRequest(

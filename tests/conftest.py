@@ -40,8 +40,11 @@ def registry(tmp_path, kafka_config):
     from services.registry.config import RegistryConfig
     from services.registry.service import RegistryService
 
+    from tests.pki import tls_section
+
     config = RegistryConfig.model_validate({
         "kafka": kafka_config.model_dump(),
+        "tls": tls_section("registry"),
         "metrics": {"enabled": False},
         "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
         "registry": {"database_url": f"sqlite:///{tmp_path / 'registry.db'}", "artifact_root": str(tmp_path / "store"),

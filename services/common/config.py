@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar
 
@@ -93,7 +95,12 @@ class GrpcConfig(Section):
     host: str = "0.0.0.0"
     port: int = Field(50051, ge=0, le=65535)
     max_workers: int = Field(16, ge=1)
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # The largest request a caller may send; bigger ones are refused with RESOURCE_EXHAUSTED.
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Calls in progress plus queued; beyond it new calls get RESOURCE_EXHAUSTED at once (0: 4 x max_workers).
+    max_concurrent_rpcs: int = Field(0, ge=0)
+    # Applied to calls that arrive without a deadline, so none can hold a worker forever.
+    default_deadline_s: float = Field(30.0, gt=0)
     # Seconds in-flight calls get to finish after SIGTERM.
     shutdown_grace_s: float = Field(10.0, ge=0)
 
@@ -139,8 +146,29 @@ def _env_overrides(model: type[BaseModel], environ: Mapping[str, str]) -> dict:
         path = _match_path(model, rest)
         if path is None:
             continue
-        _set_path(overrides, path, _parse_env_value(raw))
+        # Text fields (passwords, names) take the value as written: "null", "~" or "123" stay text.
+        value = raw if _is_text_field(model, path) else _parse_env_value(raw)
+        _set_path(overrides, path, value)
     return overrides
+
+
+def _is_text_field(model: type[BaseModel], path: list[str]) -> bool:
+    for key in path[:-1]:
+        model = _section_fields(model)[key]
+    annotation = model.model_fields[path[-1]].annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = tuple(a for a in args if a is not type(None))
+        return bool(args) and all(_is_text(a) for a in args)
+    return _is_text(annotation)
+
+
+def _is_text(annotation) -> bool:
+    if annotation is str:
+        return True
+    if typing.get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    return False
 
 
 def _match_path(model: type[BaseModel], rest: str) -> list[str] | None:
@@ -155,7 +183,7 @@ def _match_path(model: type[BaseModel], rest: str) -> list[str] | None:
 
 
 def _parse_env_value(raw: str) -> Any:
-    """Env values are YAML scalars or JSON lists/maps (``[a, b]``, ``{"view": 1}``)."""
+    """Non-text env values are YAML scalars or JSON lists/maps (``[a, b]``, ``{"view": 1}``, ``true``, ``3``)."""
     try:
         return yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
@@ -201,6 +229,9 @@ def load_config(
         raise ConfigError(format_validation_error(exc)) from exc
 
 
+_SECRET_WORDS = ("password", "secret", "token")
+
+
 def format_validation_error(exc: ValidationError) -> str:
     lines = ["invalid configuration:"]
     for err in exc.errors():
@@ -208,5 +239,7 @@ def format_validation_error(exc: ValidationError) -> str:
         env = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
         given = err.get("input")
         shown = json.dumps(given, default=str) if not isinstance(given, dict) else "{...}"
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            shown = "<hidden>"  # never print a secret, even a malformed one
         lines.append(f"  {key} (env {env}): {err['msg']} (got {shown[:80]})")
     return "\n".join(lines)

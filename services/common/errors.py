@@ -39,6 +39,28 @@ class NotReady(StreamrecError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unauthenticated(StreamrecError):
+    """The caller proved no identity (no client certificate, no valid token)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(StreamrecError):
+    """The caller is known but may not call this method."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(StreamrecError):
+    """A size or rate limit was hit; the request is refused rather than queued."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(StreamrecError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class DataLoss(StreamrecError):
     """Stored or uploaded bytes do not match their digest."""
 

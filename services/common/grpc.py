@@ -1,12 +1,17 @@
-"""gRPC server plumbing: error mapping, health, reflection, graceful shutdown.
+"""gRPC server and channel plumbing: TLS, authorization, limits, error mapping, health, reflection, shutdown.
 
-``GrpcServer`` wraps ``grpc.server`` with the standard ``grpc.health.v1`` service, server
-reflection and ``ErrorInterceptor``. ``serve_until_signal`` flips health to NOT_SERVING on
+``GrpcServer`` wraps ``grpc.server`` with TLS credentials (``services.common.tls``), the standard
+``grpc.health.v1`` service, server reflection and ``ErrorInterceptor``, which authorizes each call
+(``AccessPolicy``), applies a default deadline to calls that carry none and maps errors to
+statuses. Limits: a receive-size cap, a bound on concurrent calls (RESOURCE_EXHAUSTED beyond it,
+instead of an unbounded queue). ``install_shutdown_handler`` flips health to NOT_SERVING on
 SIGTERM/SIGINT first (so load balancers stop sending), then drains in-flight calls.
+``open_channel`` is the one way clients connect.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import signal
 import threading
@@ -18,9 +23,31 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.errors import StreamrecError
+from services.common.errors import DeadlineExceeded, StreamrecError
+from services.common.tls import (
+    AccessPolicy, TlsConfig, channel_credentials, channel_options, server_credentials, warn_plaintext,
+)
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# The deadline (time.monotonic()) of the call this thread is handling: the caller's, or the server's default.
+_CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
+
+
+def call_deadline(context: grpc.ServicerContext | None = None) -> float | None:
+    """When the current call must be answered by (``time.monotonic()``); None if unbounded."""
+    deadline = _CALL_DEADLINE.get()
+    if deadline is not None or context is None:
+        return deadline
+    remaining = _time_remaining(context)
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _time_remaining(context: grpc.ServicerContext) -> float | None:
+    """Seconds the caller gave this call; None when it set no deadline (gRPC reports ~2**63 then)."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > 1e9 else remaining
 
 
 def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str) -> None:
@@ -36,21 +63,48 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     Optionally reports every call to ``observe(method, code_name, seconds)`` for latency metrics.
     """
 
-    def __init__(self, observe: Callable[[str, str, float], None] | None = None) -> None:
+    def __init__(self, observe: Callable[[str, str, float], None] | None = None, *,
+                 policy: AccessPolicy | None = None, default_deadline_s: float | None = None) -> None:
         self._observe = observe
+        self._policy = policy
+        self._default_deadline_s = default_deadline_s
+
+    def _deadline(self, context: grpc.ServicerContext) -> float | None:
+        remaining = _time_remaining(context)
+        if remaining is None:
+            return None if self._default_deadline_s is None else time.monotonic() + self._default_deadline_s
+        return time.monotonic() + remaining
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        observe = self._observe
+        full_method = handler_call_details.method
+        method = full_method.rsplit("/", 1)[-1]
+        observe, policy = self._observe, self._policy
 
-        def wrap_unary(fn):
+        def begin(context, streaming: bool):
+            if policy is not None:
+                policy.check(full_method, context)
+            deadline = self._deadline(context)
+            if streaming and deadline is not None and _time_remaining(context) is None:
+                # gRPC enforces a caller's deadline itself; ours it does not know about. A stream that
+                # stalls (an upload that stops sending) would hold a worker forever: cancel it.
+                timer = threading.Timer(max(0.0, deadline - time.monotonic()), context.cancel)
+                timer.daemon = True
+                timer.start()
+                context.add_callback(timer.cancel)
+            return deadline, _CALL_DEADLINE.set(deadline)
+
+        def wrap_unary(fn, streaming_request: bool):
             def call(request, context):
                 start = time.perf_counter()
                 code = "OK"
+                token = None
                 try:
+                    deadline, token = begin(context, streaming_request)
+                    if streaming_request and deadline is not None:
+                        request = _until(request, deadline)
                     return fn(request, context)
                 except Exception as exc:  # noqa: BLE001 - the boundary where every error is mapped
                     code = _code_name(exc, context)
@@ -58,39 +112,60 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                         raise
                     _abort_for(exc, context, method)
                 finally:
+                    if token is not None:
+                        _CALL_DEADLINE.reset(token)
                     if observe:
                         observe(method, code, time.perf_counter() - start)
             return call
 
-        def wrap_stream_response(fn):
+        def wrap_stream_response(fn, streaming_request: bool):
             def call(request, context):
                 start = time.perf_counter()
                 code = "OK"
+                token = None
                 try:
-                    yield from fn(request, context)
+                    deadline, token = begin(context, True)
+                    if streaming_request and deadline is not None:
+                        request = _until(request, deadline)
+                    responses = fn(request, context)
+                    _CALL_DEADLINE.reset(token)  # a generator: other calls run on this thread between yields
+                    token = None
+                    yield from (_until(responses, deadline) if deadline is not None else responses)
                 except Exception as exc:  # noqa: BLE001
                     code = _code_name(exc, context)
                     if isinstance(exc, grpc.RpcError) or _already_aborted(exc):
                         raise
                     _abort_for(exc, context, method)
                 finally:
+                    if token is not None:
+                        _CALL_DEADLINE.reset(token)
                     if observe:
                         observe(method, code, time.perf_counter() - start)
             return call
 
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+                wrap_unary(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+                wrap_unary(handler.stream_unary, True), handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                wrap_stream_response(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+                wrap_stream_response(handler.unary_stream, False), handler.request_deserializer,
+                handler.response_serializer)
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                wrap_stream_response(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+                wrap_stream_response(handler.stream_stream, True), handler.request_deserializer,
+                handler.response_serializer)
         return handler
+
+
+def _until(items, deadline: float):
+    """Pass ``items`` through until ``deadline``: a stream that outlives its call's deadline is cut off."""
+    for item in items:
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded("the call ran past its deadline")
+        yield item
 
 
 def _already_aborted(exc: BaseException) -> bool:
@@ -108,10 +183,14 @@ def _code_name(exc: BaseException, context: grpc.ServicerContext) -> str:
 
 
 class GrpcServer:
-    """A gRPC server with health, reflection and error mapping.
+    """A gRPC server with TLS, authorization, limits, health, reflection and error mapping.
 
     ``add(register_fn, servicer, service_full_name)`` adds one application service;
     health starts NOT_SERVING for every added service until ``set_serving(True)``.
+    ``tls`` is required: plaintext only with ``TlsConfig(plaintext=True)``. ``policy`` says who may
+    call what (default: any authenticated caller). ``max_message_bytes`` caps what a caller may
+    send; ``max_concurrent_rpcs`` bounds calls in progress plus queued (more are answered
+    RESOURCE_EXHAUSTED at once); ``default_deadline_s`` bounds calls that carry no deadline.
     """
 
     def __init__(
@@ -119,26 +198,42 @@ class GrpcServer:
         host: str = "0.0.0.0",
         port: int = 0,
         max_workers: int = 16,
-        max_message_bytes: int = 64 * 1024 * 1024,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         observe: Callable[[str, str, float], None] | None = None,
         reuse_port: bool = False,
+        *,
+        tls: TlsConfig,
+        policy: AccessPolicy | None = None,
+        max_concurrent_rpcs: int | None = None,
+        default_deadline_s: float | None = 30.0,
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max(max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES)),
             # Off unless asked: two servers silently sharing a port is a misconfiguration, except
             # for the worker processes of one service that share it on purpose.
             ("grpc.so_reuseport", int(reuse_port)),
         ]
+        if policy is None:
+            tokens = tls.tokens() if not tls.plaintext else []
+            policy = AccessPolicy(tokens=tokens, plaintext=tls.plaintext,
+                                  require_caller=tls.client_auth == "require" or bool(tokens))
+        self.policy = policy
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-            interceptors=[ErrorInterceptor(observe)],
+            interceptors=[ErrorInterceptor(observe, policy=policy, default_deadline_s=default_deadline_s)],
             options=options,
+            maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * max_workers,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self._service_names: list[str] = []
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        self.tls = tls
+        if tls.plaintext:
+            warn_plaintext("server", f"{host}:{port}")
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
+        else:
+            self.port = self._server.add_secure_port(f"{host}:{port}", server_credentials(tls))
         if self.port == 0:
             raise OSError(f"cannot bind gRPC server to {host}:{port}")
         self._stopped = threading.Event()
@@ -191,17 +286,27 @@ def install_shutdown_handler(on_stop: Callable[[], None]) -> threading.Event:
     return stopping
 
 
-def insecure_channel(target: str, max_message_bytes: int = 64 * 1024 * 1024) -> grpc.Channel:
-    return grpc.insecure_channel(target, options=[
+def open_channel(target: str, tls: TlsConfig, *, max_message_bytes: int = 64 * 1024 * 1024,
+                 options: list[tuple[str, object]] | tuple = (), aio: bool = False):
+    """The one way to connect to a streamrec gRPC server: TLS with this process's identity, or
+    plaintext only when ``tls.plaintext`` says so. ``aio`` gives a ``grpc.aio`` channel."""
+    opts = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-    ])
+        *channel_options(tls),
+        *options,
+    ]
+    api = grpc.aio if aio else grpc
+    if tls.plaintext:
+        warn_plaintext("client", target)
+        return api.insecure_channel(target, options=opts)
+    return api.secure_channel(target, channel_credentials(tls), options=opts)
 
 
-def wait_for_serving(target: str, service: str = "", timeout_s: float = 30.0) -> None:
+def wait_for_serving(target: str, service: str = "", timeout_s: float = 30.0, *, tls: TlsConfig) -> None:
     """Block until the server at ``target`` reports SERVING (used by tests and the local stack)."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         last: object = None
         while time.monotonic() < deadline:

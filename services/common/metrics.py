@@ -3,7 +3,8 @@
 Metric names follow ``streamrec_<service>_<what>_<unit>``. Each service builds its metrics on its
 own ``CollectorRegistry`` (so several services can share one process in tests) and serves it with
 ``MetricsServer``, which also answers ``/healthz`` (the process is alive) and ``/readyz`` (the
-service says it is ready) for Kubernetes probes.
+service says it is ready) for Kubernetes probes. A connection that sends nothing (or trickles) is
+closed after ``socket_timeout_s``, so idle or hostile clients cannot pile up threads.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class MetricsServer:
         port: int = 9100,
         ready: Callable[[], bool] = lambda: True,
         live: Callable[[], bool] = lambda: True,
+        socket_timeout_s: float = 10.0,
     ) -> None:
         self.registry = registry
         self.ready = ready
@@ -40,6 +42,8 @@ class MetricsServer:
         server_self = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = socket_timeout_s  # applied to the connection's socket by StreamRequestHandler
+
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":

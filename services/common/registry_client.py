@@ -4,7 +4,8 @@ Uploads pack an artifact directory into a POSIX tar (``recmodel.artifact.pack_ar
 stream a ``RegisterHeader`` followed by the tar in chunks. Downloads stream the tar back, check
 its sha256 and size against the first chunk, unpack it and verify every file against the
 manifest; any mismatch raises ``services.common.errors.DataLoss``. Server errors surface as
-``grpc.RpcError``.
+``grpc.RpcError``. The channel speaks TLS with the caller's identity (``tls``); the registry
+decides per method what that identity may do.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 from services.common.errors import DataLoss, InvalidInput
-from services.common.grpc import insecure_channel
+from services.common.grpc import open_channel
+from services.common.tls import TlsConfig
 from streamrec_proto.v1 import registry_pb2, registry_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -38,12 +40,12 @@ class RegistryClient:
     """A connection to one registry; thread-safe (one gRPC channel shared by all calls)."""
 
     def __init__(self, target: str, timeout_s: float = 30.0, upload_timeout_s: float = 600.0,
-                 chunk_bytes: int = CHUNK_BYTES) -> None:
+                 chunk_bytes: int = CHUNK_BYTES, *, tls: TlsConfig) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self.upload_timeout_s = upload_timeout_s
         self.chunk_bytes = chunk_bytes
-        self._channel = insecure_channel(target)
+        self._channel = open_channel(target, tls)
         self._stub = registry_pb2_grpc.ModelRegistryStub(self._channel)
 
     # -- writes ---------------------------------------------------------------------------------
@@ -131,8 +133,11 @@ class RegistryClient:
                 for i, chunk in enumerate(stream):
                     if i == 0:
                         expected_sha, expected_size = chunk.artifact_sha256, chunk.artifact_size_bytes
-                    digest.update(chunk.data)
                     size += len(chunk.data)
+                    if size > expected_size:  # never write more than was announced
+                        raise DataLoss(f"{model_name} v{version}: the registry sent more than the "
+                                       f"{expected_size} bytes it announced")
+                    digest.update(chunk.data)
                     out.write(chunk.data)
             actual = digest.hexdigest()
             if not expected_sha:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from services.common.config import GrpcConfig, KafkaConfig, MetricsConfig, Section, ServiceConfig
+from services.common.tls import TlsConfig
 
 
 class BatchingConfig(Section):
@@ -68,7 +69,12 @@ class InferenceSection(Section):
 class InferenceConfig(ServiceConfig):
     kafka: KafkaConfig = KafkaConfig(client_id="streamrec-inference")
     metrics: MetricsConfig = MetricsConfig(port=9102)
-    grpc: GrpcConfig = GrpcConfig(port=50052)
+    # A Recommend request is ids and a few options: 1 MiB holds max_exclude_items of long ids, and
+    # anything larger is refused before it is parsed. Calls without a deadline get 5 s.
+    grpc: GrpcConfig = GrpcConfig(port=50052, max_message_bytes=1024 * 1024, default_deadline_s=5.0)
+    # Serves Recommend with it (client_auth "require": apps present certificates; "none" plus
+    # tokens_file: apps send a bearer token) and calls the registry as this identity.
+    tls: TlsConfig = TlsConfig()
     inference: InferenceSection = InferenceSection()
 
     @model_validator(mode="after")

@@ -23,10 +23,10 @@ class ArtifactSource(Protocol):
 class RegistrySource:
     """Downloads from the registry; RegistryClient checks the archive digest and every file's sha256."""
 
-    def __init__(self, target: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, target: str, timeout_s: float = 60.0, *, tls) -> None:
         from services.common.registry_client import RegistryClient
 
-        self.client = RegistryClient(target, timeout_s=timeout_s)
+        self.client = RegistryClient(target, timeout_s=timeout_s, tls=tls)
 
     def fetch(self, model_name: str, version: int, dest_dir: Path) -> Path:
         return Path(self.client.download(model_name, version, dest_dir))

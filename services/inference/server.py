@@ -34,7 +34,7 @@ class InferenceServer:
         self.histories = UserHistoryStore(s.history_length, s.max_users, PopularityTracker(s.popularity_half_life_s))
         self.follower = HistoryFollower(config.kafka, self.histories, on_lag=self._on_lag,
                                         on_applied=self.metrics.history_events.inc) if s.follow_events else None
-        source = DirectorySource(s.artifact_source) if s.artifact_source else RegistrySource(s.registry_target, s.registry_timeout_s)
+        source = DirectorySource(s.artifact_source) if s.artifact_source else RegistrySource(s.registry_target, s.registry_timeout_s, tls=config.tls)
         self.source = source
         self.loader = ModelLoader(source, s.cache_dir, index_config=s.index, warmup_requests=s.warmup_requests)
         self.batcher = (EncoderBatcher(s.batching.max_batch, s.batching.max_wait_ms / 1000.0, self.metrics.batch_size.observe)
@@ -47,7 +47,8 @@ class InferenceServer:
             on_load_seconds=self.metrics.model_load_duration.observe)
         g = config.grpc
         self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes, observe=self.metrics.observe_request,
-                               reuse_port=reuse_port)
+                               reuse_port=reuse_port, tls=config.tls, max_concurrent_rpcs=g.max_concurrent_rpcs,
+                               default_deadline_s=g.default_deadline_s)
         RecommenderServicer(self.dataplane).register(self.grpc)
         self.repository.on_change(self._after_swap)
         self.metrics_server = None

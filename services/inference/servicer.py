@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
+from services.common.grpc import call_deadline
 from services.inference.dataplane import Recommendation, RecommendQuery, RecommenderDataPlane, SimilarQuery
 from streamrec_proto.v1 import recommender_pb2, recommender_pb2_grpc
 
@@ -11,8 +10,8 @@ SERVICE_NAME = "streamrec.v1.Recommender"
 
 
 def _deadline(context) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
+    # The caller's deadline, or the server's default for calls that carry none.
+    return call_deadline(context)
 
 
 def _items(rec: Recommendation):

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from services.common.config import GrpcConfig, KafkaConfig, MetricsConfig, Section, ServiceConfig
+from services.common.tls import TlsConfig
 
 
 class S3Config(Section):
@@ -39,6 +40,19 @@ class GateConfig(Section):
     promote_first: bool = True
 
 
+class AuthorizationConfig(Section):
+    """Who may change what, by the Common Name of the caller's client certificate.
+
+    Reads (GetVersion, ListVersions, GetAlias) are open to any authenticated caller; ``"*"`` in a
+    list means the same for that group.
+    """
+
+    can_register: list[str] = Field(["trainer"], description="RegisterVersion")
+    can_manage: list[str] = Field(["operator"], description="SetAlias, Rollback, ArchiveVersion")
+    # Artifacts hold recent user histories: only the servers that need them may fetch them.
+    can_download: list[str] = Field(["inference"], description="DownloadArtifact")
+
+
 class RegistrySection(Section):
     database_url: str = Field(
         "sqlite:///data/registry/registry.db",
@@ -57,10 +71,18 @@ class RegistrySection(Section):
     # Seconds between outbox publish attempts while Kafka is unreachable.
     publish_retry_s: float = Field(1.0, gt=0)
     publish_timeout_s: float = Field(10.0, gt=0)
+    # An announcement larger than this is parked (kept, counted, shown by `streamrec models`), never
+    # sent: below Kafka's default 1 MiB message limit, so one oversized record cannot block the rest.
+    max_announcement_bytes: int = Field(512 * 1024, ge=1024)
+    # Longest free-text reason accepted with SetAlias / Rollback.
+    max_reason_chars: int = Field(1024, ge=16)
+    authorization: AuthorizationConfig = AuthorizationConfig()
 
 
 class RegistryConfig(ServiceConfig):
     kafka: KafkaConfig = KafkaConfig()
     metrics: MetricsConfig = MetricsConfig(port=9101)
-    grpc: GrpcConfig = GrpcConfig(port=50051)
+    # Uploads of large artifacts take a while; callers normally set their own deadline.
+    grpc: GrpcConfig = GrpcConfig(port=50051, default_deadline_s=600.0)
+    tls: TlsConfig = TlsConfig()
     registry: RegistrySection = RegistrySection()

@@ -15,7 +15,7 @@ from services.registry.database import Database
 from services.registry.gate import PromotionGate, StalenessSweeper
 from services.registry.metrics import RegistryMetrics
 from services.registry.publisher import OutboxPublisher
-from services.registry.servicer import SERVICE_NAME, ModelRegistryServicer
+from services.registry.servicer import SERVICE_NAME, ModelRegistryServicer, access_policy
 from services.registry.versions import ModelRegistry
 from streamrec_proto.v1 import registry_pb2_grpc
 
@@ -50,9 +50,11 @@ class RegistryService:
         self.sweeper = StalenessSweeper(self.registry.promote_stale, gate.sweep_interval_s)
         g = config.grpc
         self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes,
-                               observe=self.metrics.observe_request)
-        self.grpc.add(registry_pb2_grpc.add_ModelRegistryServicer_to_server, ModelRegistryServicer(self.registry),
-                      SERVICE_NAME)
+                               observe=self.metrics.observe_request, tls=config.tls,
+                               policy=access_policy(section.authorization, config.tls),
+                               max_concurrent_rpcs=g.max_concurrent_rpcs, default_deadline_s=g.default_deadline_s)
+        self.grpc.add(registry_pb2_grpc.add_ModelRegistryServicer_to_server,
+                      ModelRegistryServicer(self.registry, max_reason_chars=section.max_reason_chars), SERVICE_NAME)
         self.metrics_server: MetricsServer | None = None
         if config.metrics.enabled:
             self.metrics_server = MetricsServer(self.collector, config.metrics.host, config.metrics.port,

@@ -27,6 +27,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--export-interval", type=float, default=20.0, help="seconds between model versions")
     p.add_argument("--exit-after", type=float, default=None, help="stop by itself after this many seconds")
     p.add_argument("--kafka-port", type=int, default=9092)
+    p.add_argument("--plaintext", action="store_true",
+                   help="run gRPC without TLS or authorization (by default the stack makes its own CA and certificates)")
     return p.parse_args(argv)
 
 
@@ -55,11 +57,15 @@ def _banner(stack: LocalStack, prometheus: bool, user: str) -> str:
         lines.append(f"  prometheus  http://127.0.0.1:{stack.options.ports.prometheus}")
     lines += [
         f"  logs        {stack.work_dir / 'logs'}",
+        (f"  credentials {stack.tls_dir}  (a local CA; mutual TLS on every gRPC call)" if not stack.options.plaintext
+         else "  credentials none: gRPC runs in PLAINTEXT, unauthenticated (--plaintext)"),
         "",
         "Next, in another terminal:",
         f"  streamrec recommend {user:<13} # a user's recommendations once a model is served",
         "  streamrec models list             # registered versions and aliases",
         "  streamrec publish FILE.jsonl      # publish your own events (JSONL or CSV)",
+        *([f"  (the CLI finds its certificates in .streamrec/tls; from elsewhere: export STREAMREC_TLS_DIR={stack.tls_dir})"]
+          if not stack.options.plaintext and stack.tls_dir != (Path(".streamrec") / "tls").resolve() else []),
         "Ctrl-C stops everything.",
         "",
     ]
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     configure_logging("WARNING")
     options = StackOptions(work_dir=args.work_dir, fresh=args.fresh, export_interval_s=args.export_interval,
-                           ports=StackPorts(kafka=args.kafka_port))
+                           ports=StackPorts(kafka=args.kafka_port), plaintext=args.plaintext)
     stack = LocalStack(options)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from services.common.grpc import wait_for_serving
+from services.common.tls import TlsConfig
 from services.common.process import die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class ServiceProcess:
     env: dict[str, str] = field(default_factory=dict)
     # Python module run as `python -m services.<module>`; replicas share it under other names.
     module: str = ""
+    # Credentials for the readiness probe's gRPC health check (None: plaintext).
+    probe_tls: TlsConfig | None = None
     process: subprocess.Popen | None = None
     restarts: int = 0
 
@@ -87,7 +90,8 @@ class ServiceProcess:
                                    + self.tail_log())
             if self.grpc_target and self.grpc_service:
                 try:
-                    wait_for_serving(self.grpc_target, self.grpc_service, timeout_s=1.0)
+                    wait_for_serving(self.grpc_target, self.grpc_service, timeout_s=1.0,
+                                     tls=self.probe_tls or TlsConfig(plaintext=True))
                     return
                 except TimeoutError:
                     continue

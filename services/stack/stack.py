@@ -18,6 +18,8 @@ from services.common.config import KafkaConfig, TopicsConfig
 from services.common.kafka import ensure_topics
 from services.common.localkafka import LocalKafka
 from services.common.process import die_with_parent
+from services.common.tls import TlsConfig
+from services.stack.credentials import ensure_credentials
 from services.stack.processes import ServiceProcess
 
 logger = logging.getLogger(__name__)
@@ -53,12 +55,15 @@ class StackOptions:
     # More than one serves Recommend from a live replica while another restarts; replica i listens on
     # the inference ports + 100 * (i - 1).
     inference_replicas: int = 1
+    # Off only when asked for: every gRPC call in the stack then goes in plaintext, unauthenticated.
+    plaintext: bool = False
 
 
 class LocalStack:
     def __init__(self, options: StackOptions = StackOptions()) -> None:
         self.options = options
         self.work_dir = options.work_dir.resolve()
+        self.tls_dir = self.work_dir / "tls"
         ports = options.ports
         self.kafka = LocalKafka(data_dir=self.work_dir / "kafka", port=ports.kafka, heap="512m",
                                 log_file=self.work_dir / "logs" / "kafka.log")
@@ -75,6 +80,7 @@ class LocalStack:
                 grpc_port=getattr(ports, f"{name}_grpc", None),
                 grpc_service={"registry": "streamrec.v1.ModelRegistry",
                               "inference": "streamrec.v1.Recommender"}.get(name, ""),
+                probe_tls=self.tls_for("operator"),
             )
             for name in START_ORDER
         }
@@ -85,10 +91,17 @@ class LocalStack:
             config["grpc"]["port"], config["metrics"]["port"] = grpc_port, metrics_port
             self.services[name] = ServiceProcess(
                 name=name, module="inference", config=config, work_dir=self.work_dir, metrics_port=metrics_port,
-                grpc_port=grpc_port, grpc_service="streamrec.v1.Recommender")
+                grpc_port=grpc_port, grpc_service="streamrec.v1.Recommender", probe_tls=self.tls_for("operator"))
         self.prometheus: subprocess.Popen | None = None
 
     # -- configuration -------------------------------------------------------------------------
+    def tls_for(self, identity: str) -> TlsConfig:
+        """The credentials of ``identity`` (a service, ``operator`` or ``app``) in this stack."""
+        if self.options.plaintext:
+            return TlsConfig(plaintext=True)
+        return TlsConfig(ca_file=str(self.tls_dir / "ca.crt"), cert_file=str(self.tls_dir / f"{identity}.crt"),
+                         key_file=str(self.tls_dir / f"{identity}.key"))
+
     def _config_for(self, name: str) -> dict:
         opts, ports = self.options, self.options.ports
         data = self.work_dir / "data" / name
@@ -102,6 +115,8 @@ class LocalStack:
             "metrics": {"host": "127.0.0.1", "port": getattr(ports, f"{name}_metrics")},
         }
         registry_target = f"127.0.0.1:{ports.registry_grpc}"
+        if name in ("registry", "trainer", "inference"):
+            config["tls"] = self.tls_for(name).model_dump(exclude_defaults=True)
         if name == "registry":
             config["kafka"] = kafka
             config["grpc"] = {"host": "127.0.0.1", "port": ports.registry_grpc}
@@ -135,6 +150,8 @@ class LocalStack:
         if self.options.fresh and self.work_dir.exists():
             shutil.rmtree(self.work_dir)
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if not self.options.plaintext:
+            ensure_credentials(self.tls_dir)
         self.kafka.start()
         ensure_topics(self.kafka_config)
         try:
@@ -222,7 +239,7 @@ class LocalStack:
         """
         import json
 
-        import grpc
+        from services.common.grpc import open_channel
 
         service_config = {
             "loadBalancingConfig": [{"round_robin": {}}],
@@ -235,8 +252,8 @@ class LocalStack:
                                 "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
             }],
         }
-        return grpc.insecure_channel(self.inference_target,
-                                     options=[("grpc.service_config", json.dumps(service_config))])
+        return open_channel(self.inference_target, self.tls_for("app"),
+                            options=[("grpc.service_config", json.dumps(service_config))])
 
     def wait_serving(self, timeout_s: float = 300.0) -> None:
         """Until every inference replica has loaded a model (gRPC health SERVING)."""

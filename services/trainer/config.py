@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from services.common.config import KafkaConfig, MetricsConfig, Section, ServiceConfig
+from services.common.tls import TlsConfig
 
 
 class ModelSection(Section):
@@ -117,4 +118,6 @@ class TrainerSection(Section):
 class TrainerConfig(ServiceConfig):
     kafka: KafkaConfig = KafkaConfig()
     metrics: MetricsConfig = MetricsConfig(port=9104)
+    # The trainer's identity towards the registry (its certificate's Common Name must be allowed to register).
+    tls: TlsConfig = TlsConfig()
     trainer: TrainerSection = TrainerSection()

@@ -92,7 +92,8 @@ class TrainerService:
         self.device = resolve_device(self.cfg.device)
         self.backend = backend or LocalBackend(config, self.device)
         self.store = CheckpointStore(self.cfg.checkpoint_dir)
-        self.client = registry_client or RegistryClient(self.cfg.registry_target, timeout_s=self.cfg.registry_timeout_s)
+        self.client = registry_client or RegistryClient(self.cfg.registry_target, timeout_s=self.cfg.registry_timeout_s,
+                                                        tls=config.tls)
         self.trainer_id = self.cfg.trainer_id or getattr(elector, "identity", "trainer")
         self.publisher = VersionPublisher(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
                                           auto_promote=self.cfg.auto_promote, exports_dir=self.store.exports_dir,

@@ -40,9 +40,9 @@ def artifacts(tmp_path_factory):
 
 @pytest.fixture
 def registry_client(registry):
-    from services.common.registry_client import RegistryClient
+    from tests.pki import registry_client as lifecycle_client
 
-    client = RegistryClient(registry.target)
+    client = lifecycle_client(registry.target)
     yield client
     client.close()
 
@@ -51,12 +51,14 @@ def registry_client(registry):
 def make_inference(tmp_path, kafka_config, registry):
     from services.inference.config import InferenceConfig
     from services.inference.server import InferenceServer
+    from tests.pki import tls_section
 
     started = []
 
     def make(**inference) -> InferenceServer:
         config = InferenceConfig.model_validate({
             "kafka": kafka_config.model_dump(),
+            "tls": tls_section("inference"),
             "metrics": {"host": "127.0.0.1", "port": 0},
             "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
             "inference": {"registry_target": registry.target, "cache_dir": str(tmp_path / "cache"),

@@ -9,8 +9,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.grpc import open_channel
 from services.common.kafka import make_producer
 from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
+from tests.pki import tls_for
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -24,12 +26,12 @@ def register(client, path, promote=True) -> int:
 
 
 def stub_for(server):
-    channel = grpc.insecure_channel(server.target)
+    channel = open_channel(server.target, tls_for("app"))
     return channel, recommender_pb2_grpc.RecommenderStub(channel)
 
 
 def health(server) -> int:
-    with grpc.insecure_channel(server.target) as ch:
+    with open_channel(server.target, tls_for("app")) as ch:
         return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
 
 

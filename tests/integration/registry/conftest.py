@@ -65,12 +65,14 @@ def registry_factory(tmp_path, database_url, kafka_config):
     """Builds started RegistryServices on one database and artifact root (so a 'restart' is a new one)."""
     from services.registry.config import RegistryConfig
     from services.registry.service import RegistryService
+    from tests.pki import tls_section
 
     started: list[RegistryService] = []
 
     def make(kafka=None, **registry_overrides) -> RegistryService:
         config = RegistryConfig.model_validate({
             "kafka": (kafka or kafka_config).model_dump(),
+            "tls": tls_section("registry"),
             "metrics": {"host": "127.0.0.1", "port": 0},
             "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
             "registry": {"database_url": database_url, "artifact_root": str(tmp_path / "artifacts"),

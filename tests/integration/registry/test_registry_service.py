@@ -14,7 +14,8 @@ import pytest
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.localkafka import LocalKafka
 from services.common.localkafka.broker import free_port
-from services.common.registry_client import RegistryClient
+from services.common.grpc import open_channel
+from tests.pki import registry_client, tls_for
 from streamrec_proto.v1 import registry_pb2, registry_pb2_grpc
 from tests.unit.services.registry.builders import (
     flip_one_byte_of_member,
@@ -38,7 +39,7 @@ def actions(events, model=MODEL):
 
 def test_register_promote_rollback_each_announced(registry_factory, kafka_config, read_topic, tmp_path):
     service = registry_factory(gate={"metric": "hr@10", "tolerance": 0.01})
-    with RegistryClient(service.target) as client:
+    with registry_client(service.target) as client:
         v1 = client.register(MODEL, make_artifact_dir(tmp_path / "a1", hr=0.30, seed=1), trainer_id="t-0")
         assert (v1.version, v1.gate_decision) == (1, "promoted")
         reader = read_topic(kafka_config, topic_of(kafka_config))
@@ -94,7 +95,7 @@ def test_tampered_upload_is_refused_with_a_status_naming_the_file(registry_facto
     header = registry_pb2.RegisterHeader(model_name=MODEL, manifest_json=(d / "manifest.json").read_text(),
                                          artifact_sha256=hashlib.sha256(data).hexdigest(),
                                          artifact_size_bytes=len(data), trainer_id="t")
-    with RegistryClient(service.target) as client:
+    with registry_client(service.target) as client:
         with pytest.raises(grpc.RpcError) as err:
             client.register_archive(header, tar)
         assert err.value.code() == grpc.StatusCode.DATA_LOSS
@@ -114,7 +115,7 @@ def test_fifty_concurrent_registrations_get_versions_1_to_50_once(registry_facto
                                                                   tmp_path):
     service = registry_factory(keep_last=100)
     dirs = [make_artifact_dir(tmp_path / f"a{i}", hr=0.3, seed=i) for i in range(50)]
-    with RegistryClient(service.target) as client:
+    with registry_client(service.target) as client:
         with ThreadPoolExecutor(50) as pool:
             versions = list(pool.map(lambda d: client.register(MODEL, d, trainer_id="t", auto_promote=False).version,
                                      dirs))
@@ -134,7 +135,7 @@ def test_promotion_while_kafka_is_down_is_durable_at_once_and_announced_later(re
     try:
         kafka = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topics=TopicsConfig(prefix="down."))
         service = registry_factory(kafka=kafka)
-        with RegistryClient(service.target) as client:
+        with registry_client(service.target) as client:
             client.register(MODEL, make_artifact_dir(tmp_path / "a1", hr=0.3, seed=1), trainer_id="t")
             client.register(MODEL, make_artifact_dir(tmp_path / "a2", hr=0.1, seed=2), trainer_id="t")
             assert service.publisher.wait_idle(30)
@@ -158,7 +159,7 @@ def test_promotion_while_kafka_is_down_is_durable_at_once_and_announced_later(re
 def test_restart_loses_nothing_and_an_interrupted_upload_leaves_no_version(registry_factory, kafka_config,
                                                                            tmp_path):
     first = registry_factory()
-    with RegistryClient(first.target) as client:
+    with registry_client(first.target) as client:
         for seed in (1, 2):
             client.register(MODEL, make_artifact_dir(tmp_path / f"a{seed}", hr=0.3, seed=seed), trainer_id="t")
 
@@ -175,7 +176,7 @@ def test_restart_loses_nothing_and_an_interrupted_upload_leaves_no_version(regis
         sent_half.set()
         release.wait(10)
 
-    with grpc.insecure_channel(first.target) as channel:
+    with open_channel(first.target, tls_for("trainer")) as channel:
         call = registry_pb2_grpc.ModelRegistryStub(channel).RegisterVersion.future(requests(), timeout=30)
         assert sent_half.wait(10)
         staging = Path(first.config.registry.artifact_root) / ".staging"
@@ -186,7 +187,7 @@ def test_restart_loses_nothing_and_an_interrupted_upload_leaves_no_version(regis
     first.stop(0)
 
     second = registry_factory()
-    with RegistryClient(second.target) as client:
+    with registry_client(second.target) as client:
         assert [v.version for v in client.list_versions(MODEL, include_archived=True)] == [1, 2]
         assert client.get_alias(MODEL, "production").version == 2
         client.download(MODEL, 1, tmp_path / "d1")

@@ -77,7 +77,7 @@ def _wait_for_version_trained_on_everything(stack) -> int:
     topic = stack.kafka_config.topics.name("events")
     wait_for(lambda: sum(_end_offsets(stack).values()) >= stack.published, 120, "the ingester to forward the stream")
     ends = _end_offsets(stack)
-    with RegistryClient(stack.services["registry"].grpc_target) as registry:
+    with RegistryClient(stack.services["registry"].grpc_target, tls=stack.tls_for("operator")) as registry:
         def trained_on_all():
             try:
                 mv = registry.get_alias(MODEL, "production")
@@ -106,7 +106,7 @@ def _served_version(stub) -> int:
 
 
 def test_a_registered_version_is_served_and_trained_on_the_stream(stack, recommender):
-    with RegistryClient(stack.services["registry"].grpc_target) as registry:
+    with RegistryClient(stack.services["registry"].grpc_target, tls=stack.tls_for("operator")) as registry:
         production = registry.get_alias(MODEL, "production")
         offsets = {(o.topic, o.partition): o.offset for o in production.training_offsets}
     assert sum(offsets.values()) > 0, "the served version trained on events"
@@ -188,7 +188,7 @@ def test_every_dashboard_and_alert_query_returns_data_from_the_running_services(
         producer.send(stack.kafka_config.topics.name("events_raw"), value=bad)
     producer.flush()
     producer.close()
-    with RegistryClient(stack.services["registry"].grpc_target) as registry:
+    with RegistryClient(stack.services["registry"].grpc_target, tls=stack.tls_for("operator")) as registry:
         versions = registry.list_versions(MODEL)
         registry.get_alias(MODEL, "production")
         with pytest.raises(grpc.RpcError):

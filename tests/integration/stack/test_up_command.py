@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -62,13 +63,16 @@ def test_up_prints_where_things_listen_serves_a_model_and_stops_cleanly_on_ctrl_
         user = banner.split("streamrec recommend ", 1)[1].split()[0]
         _read_until(proc, "| serving v", lines, 300)
 
+        # The CLI finds the stack's credentials in .streamrec/tls, or where STREAMREC_TLS_DIR says.
+        env = {**os.environ, "STREAMREC_TLS_DIR": str(work / "tls")}
         rec = subprocess.run([sys.executable, "-m", "services.cli", "recommend", user, "--k", "5"],
-                             capture_output=True, text=True, timeout=30)
+                             capture_output=True, text=True, timeout=30, env=env)
         assert rec.returncode == 0, rec.stderr
         assert "score" in rec.stdout and "items from model" in rec.stdout
         models = subprocess.run([sys.executable, "-m", "services.cli", "models", "list"],
-                                capture_output=True, text=True, timeout=30)
+                                capture_output=True, text=True, timeout=30, env=env)
         assert models.returncode == 0 and "production" in models.stdout, models.stdout + models.stderr
+        _only_the_operator_moves_production(env, lines, proc)
 
         proc.send_signal(signal.SIGINT)
         # Each service gets up to 30 s to drain and checkpoint; on a busy 2-core machine that adds up.
@@ -79,6 +83,53 @@ def test_up_prints_where_things_listen_serves_a_model_and_stops_cleanly_on_ctrl_
             proc.kill()
             proc.wait()
     assert not _processes_using(str(work)), "every process the stack started has exited"
+
+
+# Another process on the machine, without the stack's credentials, tries the registry's control plane.
+_INTRUDER = """
+import grpc
+from streamrec_proto.v1 import registry_pb2 as pb, registry_pb2_grpc as rpc
+stub = rpc.ModelRegistryStub(grpc.insecure_channel("127.0.0.1:50051"))
+calls = {
+    "SetAlias": lambda: stub.SetAlias(pb.SetAliasRequest(model_name="recommender", alias="production", version=1), timeout=10),
+    "Rollback": lambda: stub.Rollback(pb.RollbackRequest(model_name="recommender"), timeout=10),
+    "DownloadArtifact": lambda: list(stub.DownloadArtifact(pb.DownloadArtifactRequest(model_name="recommender", version=1), timeout=10)),
+}
+for name, call in calls.items():
+    try:
+        call()
+        print(name, "OK")
+    except grpc.RpcError as exc:
+        print(name, exc.code().name)
+"""
+
+
+def _only_the_operator_moves_production(env: dict, lines: list[str], proc: subprocess.Popen) -> None:
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+                              timeout=60, env=env)
+
+    intruder = subprocess.run([sys.executable, "-c", _INTRUDER], capture_output=True, text=True, timeout=60)
+    assert intruder.returncode == 0, intruder.stderr
+    refused = dict(line.split() for line in intruder.stdout.splitlines())
+    assert refused == {"SetAlias": "UNAVAILABLE", "Rollback": "UNAVAILABLE", "DownloadArtifact": "UNAVAILABLE"}
+    # Without the operator's credentials the CLI says where it looked instead of calling in plaintext.
+    lost = cli("models", "list", "--tls-dir", "/nonexistent")
+    assert lost.returncode == 2 and "no credentials for 'operator'" in lost.stderr
+
+    def versions():
+        listed = cli("models", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        return json.loads(listed.stdout)
+
+    listed = wait_for(lambda: (lambda vs: vs if len(vs) >= 2 else None)(versions()), 300, "a second model version",
+                      interval_s=2.0)
+    production = next(int(v["version"]) for v in listed if "production" in v.get("aliases", []))
+    other = next(int(v["version"]) for v in listed if int(v["version"]) != production)
+    promoted = cli("models", "promote", str(other), "--reason", "up test")
+    assert promoted.returncode == 0 and f"production -> recommender v{other}" in promoted.stdout, promoted.stderr
+    rolled = cli("models", "rollback", "--reason", "up test")
+    assert rolled.returncode == 0 and "production rolled back -> recommender v" in rolled.stdout, rolled.stderr
 
 
 def test_a_killed_up_takes_every_process_it_started_with_it(tmp_path):

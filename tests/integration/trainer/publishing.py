@@ -68,9 +68,12 @@ def small_model() -> dict:
 
 def write_config(path: Path, kafka_config, *, checkpoint_dir: Path, registry_target: str = "127.0.0.1:1",
                  metrics_port: int = 0, **trainer) -> Path:
+    from tests.pki import tls_section
+
     doc = {
         "kafka": {"bootstrap_servers": kafka_config.bootstrap_servers,
                   "topics": {"prefix": kafka_config.topics.prefix}},
+        "tls": tls_section("trainer"),
         "metrics": {"enabled": metrics_port > 0, "host": "127.0.0.1", "port": metrics_port},
         "trainer": {"registry_target": registry_target, "checkpoint_dir": str(checkpoint_dir), "device": "cpu",
                     "model": small_model(), **trainer},

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from recmodel.data import Event, SyntheticStream
 from services.common.kafka import ensure_topics
-from services.common.registry_client import RegistryClient
+from tests.pki import registry_client, tls_section
 from services.trainer.config import TrainerConfig
 from services.trainer.leader import AlwaysLeader
 from services.trainer.metrics import TrainerMetrics
@@ -72,6 +72,7 @@ def test_events_in_version_registered_with_consumed_offsets(kafka_config, regist
 
     config = TrainerConfig.model_validate({
         "kafka": kafka_config.model_dump(),
+        "tls": tls_section("trainer"),
         "metrics": {"enabled": False},
         "trainer": {"registry_target": registry.target, "checkpoint_dir": str(tmp_path / "ckpt"), "device": "cpu",
                     "export_interval_s": 2, "checkpoint_interval_s": 1, "poll_max_records": 500,
@@ -82,7 +83,7 @@ def test_events_in_version_registered_with_consumed_offsets(kafka_config, regist
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
     thread.start()
-    client = RegistryClient(registry.target)
+    client = registry_client(registry.target)
     events_topic = kafka_config.topics.name("events")
     try:
         wait_for(service.ready, 60, "the trainer to restore and assign partitions")

@@ -12,6 +12,7 @@ from services.inference.histories import UserHistoryStore
 from services.inference.model import ServedModel
 from services.inference.repository import PRODUCTION, ModelRepository
 from services.inference.servicer import RecommenderServicer
+from tests.pki import local_ca, tls_for
 
 
 class MeanEncoder:
@@ -32,7 +33,7 @@ def server():
     repo.swap(PRODUCTION, model)
     store = UserHistoryStore()
     store.append("alice", "i1", "click", 1)
-    srv = GrpcServer("127.0.0.1", 0)
+    srv = GrpcServer("127.0.0.1", 0, tls=tls_for("inference"))
     RecommenderServicer(RecommenderDataPlane(repo, store)).register(srv)
     srv.start()
     yield f"127.0.0.1:{srv.port}"
@@ -40,7 +41,7 @@ def server():
 
 
 def test_prints_a_table_with_item_title_score_and_version(server, capsys):
-    assert recommend.main(["alice", "--k", "3", "--target", server]) == 0
+    assert recommend.main(["alice", "--k", "3", "--target", server, "--tls-dir", str(local_ca().directory)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["#", "item", "title", "score"]
     assert len(out) == 2 + 3 + 1
@@ -48,5 +49,5 @@ def test_prints_a_table_with_item_title_score_and_version(server, capsys):
 
 
 def test_invalid_k_is_reported_not_raised(server, capsys):
-    assert recommend.main(["alice", "--k", "0", "--target", server]) == 1
+    assert recommend.main(["alice", "--k", "0", "--target", server, "--tls-dir", str(local_ca().directory)]) == 1
     assert "INVALID_ARGUMENT" in capsys.readouterr().err

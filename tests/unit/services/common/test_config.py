@@ -81,3 +81,26 @@ def test_sasl_settings_reach_the_client_options():
     assert opts["sasl_mechanism"] == "SCRAM-SHA-512"
     assert opts["sasl_plain_password"] == "p"
     assert opts["ssl_cafile"] == "/ca.pem"
+
+
+def test_environment_text_values_are_taken_as_written_not_yaml_parsed():
+    for raw in ("123456", "null", "~", "yes", "0x1f"):
+        cfg = load_config(DemoConfig, environ={"STREAMREC_KAFKA_SASL_PASSWORD": raw,
+                                               "STREAMREC_KAFKA_SASL_MECHANISM": "PLAIN"})
+        assert cfg.kafka.sasl_password == raw
+    # Numbers, booleans and maps are still parsed for fields of those types.
+    cfg = load_config(DemoConfig, environ={"STREAMREC_DEMO_BATCH_SIZE": "7", "STREAMREC_METRICS_ENABLED": "false"})
+    assert cfg.demo.batch_size == 7 and cfg.metrics.enabled is False
+
+
+def test_config_errors_never_print_secret_values():
+    class Strict(Section):
+        api_token: int = 0
+
+    class WithSecret(ServiceConfig):
+        strict: Strict = Strict()
+
+    with pytest.raises(ConfigError) as err:
+        load_config(WithSecret, environ={"STREAMREC_STRICT_API_TOKEN": "hunter2-secret"})
+    assert "strict.api_token" in str(err.value)
+    assert "hunter2" not in str(err.value)

@@ -8,8 +8,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.errors import InvalidInput, NotFound
-from services.common.grpc import GrpcServer, wait_for_serving
+from services.common.grpc import GrpcServer, open_channel, wait_for_serving
 from streamrec_proto.v1 import recommender_pb2, recommender_pb2_grpc
+from tests.pki import tls_for
 
 SERVICE = "streamrec.v1.Recommender"
 
@@ -32,7 +33,7 @@ class Servicer(recommender_pb2_grpc.RecommenderServicer):
 @pytest.fixture
 def server():
     calls = []
-    srv = GrpcServer(host="127.0.0.1", port=0, observe=lambda m, c, s: calls.append((m, c)))
+    srv = GrpcServer(host="127.0.0.1", port=0, observe=lambda m, c, s: calls.append((m, c)), tls=tls_for("inference"))
     srv.add(recommender_pb2_grpc.add_RecommenderServicer_to_server, Servicer(), SERVICE)
     srv.start()
     srv.calls = calls
@@ -41,7 +42,7 @@ def server():
 
 
 def test_errors_map_to_status_with_message_and_internal_hides_details(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    with open_channel(f"127.0.0.1:{server.port}", tls_for("app")) as ch:
         stub = recommender_pb2_grpc.RecommenderStub(ch)
         with pytest.raises(grpc.RpcError) as err:
             stub.Recommend(recommender_pb2.RecommendRequest(user_id="u", k=0), timeout=5)
@@ -62,19 +63,19 @@ def test_errors_map_to_status_with_message_and_internal_hides_details(server):
 
 def test_health_follows_readiness_and_shutdown(server):
     target = f"127.0.0.1:{server.port}"
-    with grpc.insecure_channel(target) as ch:
+    with open_channel(target, tls_for("app")) as ch:
         health = health_pb2_grpc.HealthStub(ch)
         check = lambda: health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5).status  # noqa: E731
         assert check() == health_pb2.HealthCheckResponse.NOT_SERVING
         server.set_serving(True)
-        wait_for_serving(target, SERVICE, timeout_s=5)
+        wait_for_serving(target, SERVICE, timeout_s=5, tls=tls_for("app"))
         assert check() == health_pb2.HealthCheckResponse.SERVING
         server.set_serving(False)
         assert check() == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def test_reflection_lists_the_services(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    with open_channel(f"127.0.0.1:{server.port}", tls_for("app")) as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {s.name for r in responses for s in r.list_services_response.service}

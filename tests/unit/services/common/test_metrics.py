@@ -32,3 +32,20 @@ def test_metrics_and_probe_endpoints():
         assert _get(base + "/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_a_client_that_sends_nothing_is_disconnected_and_others_are_still_served():
+    import socket
+    import time
+
+    server = MetricsServer(CollectorRegistry(), host="127.0.0.1", port=0, socket_timeout_s=0.5).start()
+    try:
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        idle.sendall(b"GET /metr")  # and never finishes the request
+        assert _get(f"http://127.0.0.1:{server.port}/healthz")[0] == 200
+        started = time.monotonic()
+        assert idle.recv(1024) == b""  # the server hung up on it
+        assert time.monotonic() - started < 20
+        idle.close()
+    finally:
+        server.stop()

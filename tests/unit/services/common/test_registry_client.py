@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from services.common.errors import DataLoss
-from services.common.registry_client import RegistryClient
+from tests.pki import registry_client
 from tests.unit.services.registry.builders import make_artifact_dir, start_registry
 
 
@@ -19,7 +19,7 @@ def server(tmp_path):
 
 def test_register_and_download_round_trip(server, tmp_path):
     src = make_artifact_dir(tmp_path / "src", hr=0.25, seed=3)
-    with RegistryClient(server.target, chunk_bytes=1024) as client:  # many small chunks
+    with registry_client(server.target, chunk_bytes=1024) as client:  # many small chunks
         v = client.register("recommender", src, trainer_id="trainer-a", parent_version=0)
         assert (v.version, v.trainer_id, v.state) == (1, "trainer-a", "active")
         assert v.manifest_json == (src / "manifest.json").read_text()
@@ -31,7 +31,7 @@ def test_register_and_download_round_trip(server, tmp_path):
 
 
 def test_download_of_corrupted_stored_bytes_raises_data_loss(server, tmp_path):
-    with RegistryClient(server.target) as client:
+    with registry_client(server.target) as client:
         v = client.register("recommender", make_artifact_dir(tmp_path / "src"), trainer_id="t")
         stored = next((tmp_path / "registry" / "artifacts").rglob(f"{v.artifact_sha256}.tar"))
         data = bytearray(stored.read_bytes())
@@ -44,7 +44,7 @@ def test_download_of_corrupted_stored_bytes_raises_data_loss(server, tmp_path):
 
 
 def test_server_errors_surface_as_rpc_errors(server, tmp_path):
-    with RegistryClient(server.target) as client:
+    with registry_client(server.target) as client:
         with pytest.raises(grpc.RpcError) as err:
             client.get_version("recommender", 7)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -81,9 +81,12 @@ def start_registry(tmp_path: Path, kafka=None, **registry_overrides):
     from services.registry.config import RegistryConfig
     from services.registry.service import RegistryService
 
+    from tests.pki import tls_section
+
     kafka = kafka or KafkaConfig(bootstrap_servers="127.0.0.1:9", request_timeout_ms=1000)
     config = RegistryConfig.model_validate({
         "kafka": kafka.model_dump(),
+        "tls": tls_section("registry"),
         "metrics": {"enabled": False},
         "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 0},
         "registry": {"database_url": f"sqlite:///{tmp_path / 'registry.db'}",

@@ -62,7 +62,7 @@ def test_registry_configured_for_s3_registers_and_serves_downloads(tmp_path):
         server as server_mod,  # a dev dependency: a real S3 HTTP endpoint on loopback
     )
 
-    from services.common.registry_client import RegistryClient
+    from tests.pki import registry_client
     from tests.unit.services.registry.builders import make_artifact_dir, start_registry
 
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -74,7 +74,7 @@ def test_registry_configured_for_s3_registers_and_serves_downloads(tmp_path):
             "access_key_id": "test", "secret_access_key": "test", "create_bucket": True})
         try:
             src = make_artifact_dir(tmp_path / "src")
-            with RegistryClient(service.target) as client:
+            with registry_client(service.target) as client:
                 v = client.register("recommender", src, trainer_id="t")
                 assert [sha for sha, _ in service.store.list()] == [v.artifact_sha256]
                 out = client.download("recommender", v.version, tmp_path / "out")

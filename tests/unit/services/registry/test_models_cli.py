@@ -7,14 +7,14 @@ import json
 import pytest
 
 from services import models_cli
-from services.common.registry_client import RegistryClient
+from tests.pki import local_ca, registry_client
 from tests.unit.services.registry.builders import make_artifact_dir, paired_evidence, start_registry
 
 
 @pytest.fixture
 def target(tmp_path):
     service = start_registry(tmp_path / "registry")
-    with RegistryClient(service.target) as client:
+    with registry_client(service.target) as client:
         client.register("recommender", make_artifact_dir(tmp_path / "a1", hr=0.30, seed=1), trainer_id="trainer-0")
         client.register("recommender", make_artifact_dir(tmp_path / "a2", hr=0.10, seed=2,
                                                          gate=paired_evidence(1, 0.10, 0.30, n=640)),
@@ -24,7 +24,8 @@ def target(tmp_path):
 
 
 def run(capsys, *argv):
-    code = models_cli.main(list(argv))
+    # The operator's credentials, where `streamrec up` would have put them.
+    code = models_cli.main([*argv, "--tls-dir", str(local_ca().directory)])
     out, err = capsys.readouterr()
     return code, out, err
 
