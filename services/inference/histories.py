@@ -23,6 +23,7 @@ from typing import Callable, Mapping, Sequence
 from recmodel.data import DEFAULT_EVENT_WEIGHTS
 from services.common.config import KafkaConfig
 from services.common.kafka import make_consumer, partitions_for
+from services.common.supervision import SupervisedThread
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,10 @@ class UserHistoryStore:
 
 
 class HistoryFollower:
-    """Reads ``events`` (protobuf Event values) into a UserHistoryStore on a background thread."""
+    """Reads ``events`` (protobuf Event values) into a UserHistoryStore on a supervised background thread.
+
+    A loop that dies is restarted with backoff and resumes where the store is (``positions``).
+    """
 
     def __init__(
         self,
@@ -145,6 +149,8 @@ class HistoryFollower:
         on_lag: Callable[[dict[int, int]], None] | None = None,
         on_applied: Callable[[int], None] | None = None,
         lag_interval_s: float = 5.0,
+        on_loop_restart: Callable[[str, BaseException | None], None] | None = None,
+        on_loop_health: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.kafka = kafka
         self.store = store
@@ -157,7 +163,8 @@ class HistoryFollower:
         self._seek_lock = threading.Lock()
         self._stop = threading.Event()
         self._started = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.supervisor = SupervisedThread("history-follower", self._run, self._stop,
+                                           on_restart=on_loop_restart, on_health=on_loop_health)
 
     @property
     def positions(self) -> dict[int, int]:
@@ -170,9 +177,7 @@ class HistoryFollower:
             for p, off in offsets.items():
                 if off > self._positions.get(p, -1):
                     self._pending_seek[p] = off
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="history-follower", daemon=True)
-            self._thread.start()
+        self.supervisor.start()
 
     def ahead_partitions(self, offsets: Mapping[int, int]) -> dict[int, int]:
         """Partitions where ``offsets`` are ahead of what the store has read."""
@@ -180,15 +185,13 @@ class HistoryFollower:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        return self.supervisor.started
 
     def wait_started(self, timeout_s: float = 30.0) -> bool:
         return self._started.wait(timeout_s)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self.supervisor.stop(10)
 
     def _run(self) -> None:
         from kafka.errors import KafkaError
@@ -209,7 +212,10 @@ class HistoryFollower:
             consumer.assign(parts)
             with self._seek_lock:
                 for tp in parts:
+                    # A snapshot's offsets, else where the store is (a restarted loop), else the beginning.
                     off = self._pending_seek.pop(tp.partition, None)
+                    if off is None:
+                        off = self._positions.get(tp.partition)
                     if off is None:
                         consumer.seek_to_beginning(tp)
                         self._positions[tp.partition] = 0
@@ -226,8 +232,7 @@ class HistoryFollower:
                 for tp, records in batch.items():
                     for rec in records:
                         applied += self._apply(rec, event_pb2)
-                    if records:
-                        self._positions[tp.partition] = records[-1].offset + 1
+                        self._positions[tp.partition] = rec.offset + 1  # a restart resumes after it
                 if applied and self._on_applied:
                     self._on_applied(applied)
                 now = time.monotonic()
@@ -238,9 +243,7 @@ class HistoryFollower:
                         self._on_lag({tp.partition: max(0, ends[tp] - self._positions.get(tp.partition, 0)) for tp in parts})
                     except KafkaError:
                         pass
-        except Exception:  # noqa: BLE001 - the follower must not die silently
-            logger.exception("history follower stopped")
-        finally:
+        finally:  # anything unexpected propagates to the supervisor, which restarts the loop
             consumer.close()
 
     def _apply_seeks(self, consumer, parts) -> None:

@@ -45,6 +45,12 @@ class InferenceMetrics:
             "streamrec_inference_history_events_total", "events applied to user histories", registry=registry)
         self.cold_start = Counter(
             "streamrec_inference_cold_start_total", "Recommend answers served from popularity", registry=registry)
+        self.loop_restarts = Counter(
+            "streamrec_inference_loop_restarts_total", "background loops (model watcher, history follower) restarted "
+            "after dying", ["loop"], registry=registry)
+        self.loop_healthy = Gauge(
+            "streamrec_inference_loop_healthy", "0 while a background loop keeps failing (health is NOT_SERVING)",
+            ["loop"], registry=registry)
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         self.request_duration.labels(method, code).observe(seconds)

@@ -32,8 +32,12 @@ class InferenceServer:
         self.metrics = InferenceMetrics(self.registry)
         self.repository = ModelRepository(canary_share=s.canary_share)
         self.histories = UserHistoryStore(s.history_length, s.max_users, PopularityTracker(s.popularity_half_life_s))
+        # Background loops that keep failing make the server NOT_SERVING (names of those loops).
+        self._failing_loops: set[str] = set()
         self.follower = HistoryFollower(config.kafka, self.histories, on_lag=self._on_lag,
-                                        on_applied=self.metrics.history_events.inc) if s.follow_events else None
+                                        on_applied=self.metrics.history_events.inc,
+                                        on_loop_restart=self._on_loop_restart,
+                                        on_loop_health=self._on_loop_health) if s.follow_events else None
         source = DirectorySource(s.artifact_source) if s.artifact_source else RegistrySource(s.registry_target, s.registry_timeout_s, tls=config.tls)
         self.source = source
         self.loader = ModelLoader(source, s.cache_dir, index_config=s.index, warmup_requests=s.warmup_requests)
@@ -44,7 +48,8 @@ class InferenceServer:
         self.watcher = ModelVersionWatcher(
             config.kafka, s.model_name, self.loader, self.repository, follow_canary=s.canary_share > 0,
             on_loaded=self._before_swap, on_failure=lambda *_: self.metrics.model_load_failures.inc(),
-            on_load_seconds=self.metrics.model_load_duration.observe)
+            on_load_seconds=self.metrics.model_load_duration.observe,
+            on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health)
         g = config.grpc
         self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes, observe=self.metrics.observe_request,
                                reuse_port=reuse_port, tls=config.tls, max_concurrent_rpcs=g.max_concurrent_rpcs,
@@ -54,9 +59,12 @@ class InferenceServer:
         self.metrics_server = None
         if config.metrics.enabled:
             port = config.metrics.port if metrics_port is None else metrics_port
-            self.metrics_server = MetricsServer(self.registry, config.metrics.host, port, ready=lambda: self.repository.ready)
+            self.metrics_server = MetricsServer(self.registry, config.metrics.host, port, ready=self._serving)
             self.metrics.history_freshness.set_function(lambda: freshness_seconds(self.histories))
         self.metrics.model_ready.set(0)
+        for loop in ("model-watcher", "history-follower") if self.follower is not None else ("model-watcher",):
+            self.metrics.loop_restarts.labels(loop)  # present (at 0) before the first restart
+            self.metrics.loop_healthy.labels(loop).set(1)
         self._stopping = False
 
     @property
@@ -94,7 +102,21 @@ class InferenceServer:
             self.metrics.index_items.set(len(model.item_ids) if model else 0)
             self.metrics.model_ready.set(1 if model is not None else 0)
             if not self._stopping:
-                self.grpc.set_serving(model is not None)
+                self.grpc.set_serving(self._serving())
+
+    # ------------------------------------------------------------------ supervised loops
+    def _serving(self) -> bool:
+        """A warmed-up production model, and no background loop that keeps failing."""
+        return self.repository.ready and not self._failing_loops
+
+    def _on_loop_restart(self, loop: str, error: BaseException | None) -> None:
+        self.metrics.loop_restarts.labels(loop).inc()
+
+    def _on_loop_health(self, loop: str, healthy: bool) -> None:
+        self.metrics.loop_healthy.labels(loop).set(1 if healthy else 0)
+        (self._failing_loops.discard if healthy else self._failing_loops.add)(loop)
+        if not self._stopping:
+            self.grpc.set_serving(self._serving())
 
     def _on_lag(self, lag: dict[int, int]) -> None:
         for p, n in lag.items():

@@ -4,7 +4,8 @@ The topic is read from the beginning on every start (it is compacted, so that is
 per model plus a little history). For the configured model the newest event (by ``sequence``)
 decides the wanted ``production`` (and ``canary``) versions; a version that differs from the loaded
 one is loaded beside it and swapped in. A version that fails is logged once, counted, and not retried
-until an event names it again; the old version keeps serving.
+until an event names it again; the old version keeps serving. The loop runs supervised: if it dies
+it is restarted with backoff (and reads the topic again from the beginning).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Callable
 
 from services.common.config import KafkaConfig
 from services.common.kafka import make_consumer, partitions_for
+from services.common.supervision import SupervisedThread
 from services.inference.loader import ModelLoader
 from services.inference.model import ServedModel
 from services.inference.repository import CANARY, PRODUCTION, ModelRepository
@@ -35,6 +37,8 @@ class ModelVersionWatcher:
         on_loaded: Callable[[str, ServedModel], None] | None = None,
         on_failure: Callable[[str, int, BaseException], None] | None = None,
         on_load_seconds: Callable[[float], None] | None = None,
+        on_loop_restart: Callable[[str, BaseException | None], None] | None = None,
+        on_loop_health: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.kafka = kafka
         self.topic = kafka.topics.name("model_versions")
@@ -48,15 +52,15 @@ class ModelVersionWatcher:
         self._latest = None  # newest ModelVersionEvent for our model
         self._failed: set[int] = set()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self.supervisor = SupervisedThread("model-watcher", self._run, self._stop,
+                                           on_restart=on_loop_restart, on_health=on_loop_health)
 
     def start(self) -> "ModelVersionWatcher":
-        self._thread.start()
+        self.supervisor.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
+        self.supervisor.stop(15)
 
     def _run(self) -> None:
         from kafka.errors import KafkaError
@@ -78,15 +82,13 @@ class ModelVersionWatcher:
         if consumer is None:
             return
         logger.info("watching model versions", extra={"topic": self.topic, "model": self.model_name})
-        try:
+        try:  # anything unexpected propagates to the supervisor, which restarts the loop
             while not self._stop.is_set():
                 batch = consumer.poll(timeout_ms=200)
                 for records in batch.values():
                     for rec in records:
                         self._take(rec, registry_pb2)
                 self._reconcile()
-        except Exception:  # noqa: BLE001
-            logger.exception("model watcher stopped")
         finally:
             consumer.close()
 

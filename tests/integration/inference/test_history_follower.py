@@ -47,3 +47,41 @@ def test_follower_starts_at_snapshot_offsets_and_applies_new_events_fast(kafka_c
     finally:
         follower.stop()
         producer.close()
+
+
+class _StoreThatFailsOnce(UserHistoryStore):
+    """Raises the first time it is given ``poison`` (a bug in the loop, as far as the follower knows)."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__(max_len=50)
+        self.poison = poison
+        self.failed = False
+
+    def append(self, user_id, item_id, event_type, timestamp_ms) -> None:
+        if item_id == self.poison and not self.failed:
+            self.failed = True
+            raise RuntimeError("injected failure")
+        super().append(user_id, item_id, event_type, timestamp_ms)
+
+
+def test_a_follower_that_dies_is_restarted_and_resumes_without_losing_or_repeating_events(kafka_config):
+    topic = kafka_config.topics.name("events")
+    ensure_topics(kafka_config, [topic])
+    store = _StoreThatFailsOnce(poison="i5")
+    restarts = []
+    follower = HistoryFollower(kafka_config, store, on_loop_restart=lambda loop, exc: restarts.append((loop, str(exc))))
+    follower.supervisor.initial_backoff_s = 0.05
+    follower.start_from({})
+    producer = make_producer(kafka_config)
+    try:
+        assert follower.wait_started(30)
+        for j in range(10):
+            _send(producer, topic, "u1", f"i{j}", 1000 + j)  # one user: one partition, in order
+        producer.flush()
+        wait_for(lambda: len(store.get("u1")) >= 10, 60, "every event in the history after the restart")
+        assert [e[0] for e in store.get("u1")] == [f"i{j}" for j in range(10)], "each event exactly once, in order"
+        assert restarts == [("history-follower", "injected failure")]
+        assert follower.supervisor.healthy
+    finally:
+        follower.stop()
+        producer.close()
