@@ -398,6 +398,10 @@ class IncrementalTrainer:
             for lo in range(0, max(len(tokens) - 1, 0), self.max_len):
                 windows.append((tokens[lo : lo + self.max_len + 1], 1))
             self._histories[user] = (self._histories.get(user, []) + seq)[-self.max_len :]
+            self._replay[user] = None
+            self._replay.move_to_end(user)
+        while len(self._replay) > self.replay_size:
+            self._replay.popitem(last=False)
         losses = []
         for _ in range(epochs):
             order = torch.randperm(len(windows), generator=self._gen).tolist()

@@ -1,6 +1,6 @@
 """Evaluation that works with any model exposing ``score(histories, now_ms, item_ids)``."""
 
-from recmodel.evaluate.baselines import ItemKNNBaseline, PopularityBaseline
+from recmodel.evaluate.baselines import ALSBaseline, ItemKNNBaseline, PopularityBaseline
 from recmodel.evaluate.leave_last_out import (
     LeaveLastOutSplit,
     evaluate_leave_last_out,
@@ -12,6 +12,7 @@ from recmodel.evaluate.prequential import prequential_evaluate
 from recmodel.evaluate.protocol import Scorer
 
 __all__ = [
+    "ALSBaseline",
     "ItemKNNBaseline",
     "LeaveLastOutSplit",
     "PopularityBaseline",
