@@ -31,7 +31,7 @@ class GateConfig(Section):
     # Reject only when the upper confidence bound of candidate - production is below -tolerance.
     tolerance: float = Field(0.01, ge=0)
     # Fewer paired holdout events than this is no evidence (the version is held).
-    min_events: int = Field(100, ge=1)
+    min_events: int = Field(200, ge=1)
     # Without usable evidence, promote anyway once production is this old (a few export intervals).
     stale_after_s: float = Field(120.0, gt=0)
     # How often held versions are looked at again and the staleness gauge refreshed.
@@ -49,8 +49,10 @@ class AuthorizationConfig(Section):
 
     can_register: list[str] = Field(["trainer"], description="RegisterVersion")
     can_manage: list[str] = Field(["operator"], description="SetAlias, Rollback, ArchiveVersion")
-    # Artifacts hold recent user histories: only the servers that need them may fetch them.
-    can_download: list[str] = Field(["inference"], description="DownloadArtifact")
+    # Artifacts hold recent user histories: only the servers that need them may fetch them. The trainer
+    # scores production's artifact beside each candidate for the promotion gate (and built every
+    # history in it anyway).
+    can_download: list[str] = Field(["inference", "trainer"], description="DownloadArtifact")
 
 
 class RegistrySection(Section):

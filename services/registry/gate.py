@@ -13,8 +13,12 @@ model trains on) and registers the result as metrics:
 Rules, in order:
 
 * no production version: promote (unless ``promote_first`` is off);
-* valid evidence (about the current production version, ``n >= min_events``): reject only when the
-  candidate is worse beyond noise (``diff_upper < -tolerance``), else promote;
+* evidence about the current production version that the candidate is worse beyond noise
+  (``diff_upper < -tolerance``): reject, whatever ``n`` (the bound is exact for any n, so few events
+  only make it harder to reach);
+* evidence about the current production version on ``n >= min_events`` events, not worse beyond
+  noise: promote (``min_events`` keeps a handful of events, whose interval always straddles zero, from
+  passing for "not worse");
 * no usable evidence (missing, about another production version, too few events): hold (the version
   stays `candidate`), unless production is older than ``stale_after_s``: then promote, so production
   never stays behind the stream because evidence was unavailable.
@@ -81,7 +85,7 @@ class PairedEvidence:
 class PromotionGate:
     """Decides on paired evidence; see the module docstring for the rules."""
 
-    def __init__(self, metric: str = "hr@10", tolerance: float = 0.01, min_events: int = 100,
+    def __init__(self, metric: str = "hr@10", tolerance: float = 0.01, min_events: int = 200,
                  stale_after_s: float = 120.0, promote_first: bool = True) -> None:
         self.metric = metric
         self.tolerance = tolerance
@@ -102,13 +106,14 @@ class PromotionGate:
         elif evidence.production_version != production_version:
             problem = (f"evidence is about v{evidence.production_version} but production is v{production_version} "
                        f"({evidence.describe(self.metric)})")
+        elif evidence.upper < -self.tolerance:
+            return GateDecision(REJECTED, f"worse beyond noise: {evidence.describe(self.metric)}, "
+                                          f"reject below {-self.tolerance:+.4f}")
         elif evidence.n < self.min_events:
             problem = f"too few holdout events ({evidence.describe(self.metric)}; need {self.min_events})"
         else:
-            bound = f"reject below {-self.tolerance:+.4f}"
-            if evidence.upper < -self.tolerance:
-                return GateDecision(REJECTED, f"worse beyond noise: {evidence.describe(self.metric)}, {bound}")
-            return GateDecision(PROMOTED, f"not worse beyond noise: {evidence.describe(self.metric)}, {bound}")
+            return GateDecision(PROMOTED, f"not worse beyond noise: {evidence.describe(self.metric)}, "
+                                          f"reject below {-self.tolerance:+.4f}")
         age = f"production v{production_version} is {production_age_s:.0f}s old"
         if production_age_s >= self.stale_after_s:
             return GateDecision(PROMOTED, f"{age}, over the staleness bound {self.stale_after_s:g}s; {problem}")

@@ -164,9 +164,10 @@ class ModelRegistry:
             self.metrics.gate_rejections.labels(model).inc()
 
     def promote_stale(self) -> list[registry_pb2.ModelVersion]:
-        """Give held versions another decision now that time has passed: once production is older than the
-        gate's staleness bound, the newest held version newer than production is promoted (a version the
-        gate rejected never is). Returns the versions promoted; refreshes the staleness gauge."""
+        """Give a held version another decision now that time has passed: once production is older than the
+        gate's staleness bound, the newest version is promoted if it was held (a version the gate rejected
+        never is, and neither is a held one older than a rejection: the trainer has moved on from it).
+        Returns the versions promoted; refreshes the staleness gauge."""
         promoted = []
         with self.db.read() as conn:
             models = list(conn.scalars(select(registered_models.c.name)))
@@ -193,15 +194,16 @@ class ModelRegistry:
         return promoted
 
     def _stale_held(self, conn: Connection, model: str, stamp: int) -> int | None:
-        """The newest held version above production, when production is older than the staleness bound."""
+        """The newest version, if it was held and production is older than the staleness bound."""
         prod = self._alias_target(conn, model, PRODUCTION)
         if prod is None:
             return None
         if (stamp - self._row(conn, model, prod).registered_at_ms) / 1000.0 < self.gate.stale_after_s:
             return None
-        return conn.execute(select(func.max(model_versions.c.version)).where(
-            model_versions.c.model_name == model, model_versions.c.version > prod,
-            model_versions.c.state == ACTIVE, model_versions.c.gate_decision == HELD)).scalar_one_or_none()
+        newest = conn.execute(select(model_versions.c.version, model_versions.c.gate_decision).where(
+            model_versions.c.model_name == model, model_versions.c.version > prod, model_versions.c.state == ACTIVE,
+        ).order_by(model_versions.c.version.desc()).limit(1)).first()
+        return newest.version if newest is not None and newest.gate_decision == HELD else None
 
     def production_staleness_s(self, model: str) -> float:
         """Seconds since production was registered while a newer active version exists, else 0."""

@@ -60,11 +60,12 @@ def test_operator_manages_aliases_but_cannot_register_or_download(registry, tmp_
         assert [v.version for v in operator.list_versions(MODEL)] == [1, 2]
 
 
-def test_trainer_registers_but_cannot_move_production_or_download(registry, tmp_path):
+def test_trainer_registers_and_downloads_but_cannot_move_production(registry, tmp_path):
     with client(registry, "trainer") as trainer:
         assert code_of(lambda: trainer.set_alias(MODEL, "production", 2)) == grpc.StatusCode.PERMISSION_DENIED
         assert code_of(lambda: trainer.archive(MODEL, 2)) == grpc.StatusCode.PERMISSION_DENIED
-        assert code_of(lambda: trainer.download(MODEL, 1, tmp_path / "d")) == grpc.StatusCode.PERMISSION_DENIED
+        # The promotion gate's evidence: the trainer scores production's artifact beside each candidate.
+        assert (trainer.download(MODEL, 1, tmp_path / "d") / "manifest.json").is_file()
 
 
 def test_an_unknown_identity_signed_by_the_ca_may_only_read(registry, tmp_path):

@@ -19,6 +19,9 @@ def test_worse_beyond_noise_is_rejected_with_both_scores_n_and_the_bound():
         assert text in d.reason, text
     # Staleness never lets a candidate that is worse beyond noise through.
     assert gate.decide(evidence, 3, production_age_s=10_000).decision == REJECTED
+    # Nor do few events: the bound is exact, and 40 events were enough to show it.
+    few = gate.decide(paired_evidence(3, 0.025, 0.275, n=40, lower=-0.30, upper=-0.07), 3, production_age_s=10_000)
+    assert few.decision == REJECTED and "40 holdout events" in few.reason
 
 
 def test_not_worse_beyond_noise_is_promoted_even_when_its_score_is_lower():
@@ -36,6 +39,7 @@ def test_missing_small_or_mismatched_evidence_holds_until_production_is_stale():
     cases = {
         "no paired evidence": {"hr@10": 0.3},
         "about v2 but production is v3": paired_evidence(2, 0.3, 0.2, n=900, lower=0.05, upper=0.15),
+        # Few events whose interval straddles zero: not enough to call it "not worse".
         "too few holdout events": paired_evidence(3, 0.3, 0.2, n=40, lower=-0.1, upper=0.3),
     }
     for words, metrics in cases.items():

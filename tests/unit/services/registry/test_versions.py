@@ -118,6 +118,24 @@ def test_a_rejected_version_is_never_promoted_by_staleness(registry, tmp_path, m
     assert registry.production_staleness_s("m") == 1000.0
 
 
+def test_a_held_version_older_than_a_rejection_is_not_promoted_by_staleness(registry, tmp_path, monkeypatch):
+    from services.registry import versions
+
+    clock = {"ms": 1_800_000_000_000}
+    monkeypatch.setattr(versions, "now_ms", lambda: clock["ms"])
+    upload(registry, tmp_path, seed=1)
+    clock["ms"] += 10_000
+    assert upload(registry, tmp_path, seed=2).gate_decision == "held"
+    assert upload(registry, tmp_path, seed=3, gate=paired_evidence(1, 0.1, 0.3)).gate_decision == "rejected"
+    clock["ms"] += 500_000
+    # The trainer's line went bad after v2: v2 is not promoted behind the rejection's back.
+    assert registry.promote_stale() == []
+    assert registry.get_alias("m", "production").version == 1
+    # A new version without evidence, production stale: promoted at once.
+    v4 = upload(registry, tmp_path, seed=4)
+    assert v4.gate_decision == "promoted" and "staleness bound" in v4.gate_reason
+
+
 def test_tampered_upload_is_refused_naming_the_file_and_leaves_nothing(registry, tmp_path):
     with pytest.raises(DataLoss, match="user_encoder.onnx"):
         upload(registry, tmp_path, tamper="user_encoder.onnx")
