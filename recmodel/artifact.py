@@ -152,28 +152,60 @@ def pack_artifact(directory: str | Path, out_path: str | Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def unpack_artifact(tar_path: str | Path, directory: str | Path) -> Path:
-    """Extract a packed artifact into ``directory`` (created); refuses anything but flat regular files."""
+# An artifact is a handful of files: manifest, encoder(s), item table, histories.
+MAX_MEMBERS = 64
+# Unpacked size can never exceed this, whatever the archive claims (the registry's default upload cap).
+MAX_UNPACKED_BYTES = 4 * 1024**3
+
+
+def unpack_artifact(tar_path: str | Path, directory: str | Path, *, max_members: int = MAX_MEMBERS,
+                    max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
+    """Extract a packed artifact into ``directory`` (created); refuses anything but flat regular files.
+
+    Only uncompressed POSIX tar is read (``pack_artifact`` writes nothing else), so the bytes
+    written can never outgrow the archive; members and bytes are still counted while unpacking
+    and the first one over ``max_members`` / ``max_bytes`` stops it, before it is written.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        tar = tarfile.open(tar_path, mode="r:*")
+        tar = tarfile.open(tar_path, mode="r:")  # "r:" = no decompression: gzip, bz2 and xz are refused
     except (tarfile.TarError, OSError) as exc:
-        raise ArtifactError(f"{tar_path}: not a readable tar archive ({exc})") from None
+        raise ArtifactError(f"{tar_path}: not an uncompressed tar archive ({exc})") from None
+    written = 0
+    seen: set[str] = set()
     with tar:
-        members = tar.getmembers()
-        for m in members:
-            name = m.name
-            if name.startswith("/") or os.path.isabs(name):
-                raise ArtifactError(f"{name}: absolute path in archive")
-            if ".." in Path(name).parts or "/" in name.strip("/") or name in ("", "."):
-                raise ArtifactError(f"{name}: path outside the artifact directory")
-            if not m.isfile():
-                raise ArtifactError(f"{name}: archive members must be regular files (no links or directories)")
-        for m in members:
-            src = tar.extractfile(m)
-            assert src is not None
-            with src, open(directory / m.name, "wb") as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
+        try:
+            for count, m in enumerate(_members(tar), 1):
+                name = m.name
+                if count > max_members:
+                    raise ArtifactError(f"archive has more than {max_members} members")
+                if name.startswith("/") or os.path.isabs(name):
+                    raise ArtifactError(f"{name}: absolute path in archive")
+                if ".." in Path(name).parts or "/" in name.strip("/") or name in ("", "."):
+                    raise ArtifactError(f"{name}: path outside the artifact directory")
+                if not m.isreg() or m.issparse():
+                    raise ArtifactError(f"{name}: archive members must be regular files (no links, directories or "
+                                        "sparse files)")
+                if name in seen:
+                    raise ArtifactError(f"{name}: appears twice in the archive")
+                seen.add(name)
+                if written + m.size > max_bytes:
+                    raise ArtifactError(f"archive unpacks to more than {max_bytes} bytes")
+                src = tar.extractfile(m)
+                assert src is not None
+                with src, open(directory / name, "xb") as dst:
+                    remaining = m.size
+                    while remaining > 0 and (block := src.read(min(1 << 20, remaining))):
+                        remaining -= len(block)
+                        dst.write(block)
+                written += m.size
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ArtifactError(f"{tar_path}: cannot unpack ({exc})") from None
     return directory
+
+
+def _members(tar: tarfile.TarFile):
+    """Members one at a time, so a huge member table is never read into memory before the count check."""
+    while (member := tar.next()) is not None:
+        yield member

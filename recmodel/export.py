@@ -80,8 +80,14 @@ def export_artifact(
     metrics: Mapping[str, float] | None = None,
     extra: Mapping | None = None,
     int8: bool = False,
+    max_history_users: int = 100_000,
 ) -> Manifest:
-    """Write the artifact directory ``out_dir`` (created; must be empty) and return its manifest."""
+    """Write the artifact directory ``out_dir`` (created; must be empty) and return its manifest.
+
+    ``histories.json`` holds the ``max_history_users`` most recently active users only: the
+    artifact stays bounded however many users the stream has seen (servers rebuild the rest from
+    the ``events`` topic), and fewer people's histories travel with every download.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
@@ -102,7 +108,10 @@ def export_artifact(
             titles=np.array(table["titles"], dtype=np.str_),
             categories=np.array(table["categories"], dtype=np.str_),
         )
-    histories = {u: [list(e) for e in h] for u, h in sorted(trainer.user_histories().items())}
+    all_histories = trainer.user_histories()
+    recent = sorted(((h[-1][2] if h else 0, u) for u, h in all_histories.items()), reverse=True)
+    keep = {u for _, u in recent[:max_history_users]}
+    histories = {u: [list(e) for e in h] for u, h in sorted(all_histories.items()) if u in keep}
     (out / "histories.json").write_text(json.dumps(histories, separators=(",", ":")), encoding="utf-8")
     manifest = Manifest(
         model_name=model_name,

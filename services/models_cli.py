@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             _emit(args, client.list_versions(args.model, include_archived=args.all), single=False)
+            for p in client.list_parked(args.model):  # on stderr, so --json output stays parseable
+                print(f"parked announcement #{p.sequence} ({p.action} v{p.version}, {p.size_bytes} bytes) was never "
+                      f"sent on model-versions: {p.reason}", file=sys.stderr)
         elif args.command == "show":
             v = (client.get_version(args.model, int(args.version)) if args.version.isdigit()
                  else client.get_alias(args.model, args.version))

@@ -110,6 +110,11 @@ class RegistryClient:
             model_name=model_name, include_archived=include_archived), timeout=self.timeout_s)
         return list(resp.versions)
 
+    def list_parked(self, model_name: str) -> list[registry_pb2.ParkedAnnouncement]:
+        """Announcements of the model that were too large to ever send on model-versions."""
+        resp = self._stub.ListVersions(registry_pb2.ListVersionsRequest(model_name=model_name), timeout=self.timeout_s)
+        return list(resp.parked)
+
     def get_alias(self, model_name: str, alias: str) -> registry_pb2.ModelVersion:
         return self._stub.GetAlias(registry_pb2.GetAliasRequest(model_name=model_name, alias=alias),
                                    timeout=self.timeout_s)

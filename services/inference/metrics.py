@@ -15,6 +15,9 @@ class InferenceMetrics:
         self.request_duration = Histogram(
             "streamrec_inference_request_duration_seconds", "gRPC request latency by method and status code",
             ["method", "code"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.announcement_mismatches = Counter(
+            "streamrec_inference_announcement_mismatches_total",
+            "model-versions records whose aliases the registry did not confirm (ignored)", registry=registry)
         self.batch_size = Histogram(
             "streamrec_inference_batch_size", "requests encoded together in one user-encoder run",
             buckets=BATCH_BUCKETS, registry=registry)

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from services.common.grpc import GrpcServer
 from services.common.kafka import ensure_topics
 from services.common.metrics import MetricsServer
+from services.inference.announcements import AnnouncementCheck
 from services.inference.batcher import EncoderBatcher
 from services.inference.config import InferenceConfig
 from services.inference.dataplane import RecommenderDataPlane
@@ -49,7 +50,9 @@ class InferenceServer:
             config.kafka, s.model_name, self.loader, self.repository, follow_canary=s.canary_share > 0,
             on_loaded=self._before_swap, on_failure=lambda *_: self.metrics.model_load_failures.inc(),
             on_load_seconds=self.metrics.model_load_duration.observe,
-            on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health)
+            on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health,
+            check=(AnnouncementCheck(source.client.get_alias, on_mismatch=self.metrics.announcement_mismatches.inc)
+                   if isinstance(source, RegistrySource) else None))
         g = config.grpc
         self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes, observe=self.metrics.observe_request,
                                reuse_port=reuse_port, tls=config.tls, max_concurrent_rpcs=g.max_concurrent_rpcs,

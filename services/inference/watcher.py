@@ -39,6 +39,7 @@ class ModelVersionWatcher:
         on_load_seconds: Callable[[float], None] | None = None,
         on_loop_restart: Callable[[str, BaseException | None], None] | None = None,
         on_loop_health: Callable[[str, bool], None] | None = None,
+        check=None,
     ) -> None:
         self.kafka = kafka
         self.topic = kafka.topics.name("model_versions")
@@ -50,6 +51,8 @@ class ModelVersionWatcher:
         self._on_failure = on_failure
         self._on_load_seconds = on_load_seconds
         self._latest = None  # newest ModelVersionEvent for our model
+        # AnnouncementCheck: records are cross-checked with the registry before anything is swapped.
+        self._check = check
         self._failed: set[int] = set()
         self._stop = threading.Event()
         self.supervisor = SupervisedThread("model-watcher", self._run, self._stop,
@@ -105,7 +108,8 @@ class ModelVersionWatcher:
             return
         if event.model_name != self.model_name:
             return
-        if self._latest is not None and event.sequence and event.sequence < self._latest.sequence:
+        # With a registry check a record only prompts a look (a forged huge sequence must not pin us).
+        if self._check is None and self._latest is not None and event.sequence and event.sequence < self._latest.sequence:
             return  # a stale replay
         if event.version in self._failed and event.action not in ("registered",):
             # Named again (promotion, alias set): give it another try.
@@ -116,8 +120,11 @@ class ModelVersionWatcher:
         event = self._latest
         if event is None:
             return
+        targets = self._check.targets(event, self.aliases) if self._check is not None else event.aliases
+        if targets is None:
+            return  # the registry cannot be asked right now: keep serving, check again later
         for alias in self.aliases:
-            wanted = int(event.aliases.get(alias, 0))
+            wanted = int(targets.get(alias, 0))
             current = self.repository.get(alias)
             if wanted == 0:
                 if current is not None and alias != PRODUCTION:

@@ -92,6 +92,27 @@ outbox = Table(
     sqlite_autoincrement=True,  # never reuse a sequence number after its row is deleted
 )
 
+# Announcements that can never be sent (too large for Kafka): moved out of the outbox so they
+# block nothing after them, kept so an operator sees them (`streamrec models list`).
+parked_announcements = Table(
+    "parked_announcements", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=False),  # the outbox id = the event's sequence
+    Column("model_name", String(200), nullable=False, index=True),
+    Column("payload", LargeBinary, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("parked_at_ms", BigInteger, nullable=False),
+)
+
+# Archives this registry process is putting into the store and has not committed yet: start-up
+# recovery removes only its own leftovers, never another replica's upload in flight.
+pending_uploads = Table(
+    "pending_uploads", metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("owner", String(200), primary_key=True),
+    Column("started_at_ms", BigInteger, nullable=False),
+)
+
 
 class Database:
     """The engine plus the write discipline: ``with db.write() as conn`` is one serialised transaction."""

@@ -33,6 +33,10 @@ class RegistryMetrics:
         self.outbox_backlog = Gauge(
             "streamrec_registry_outbox_backlog_records", "Changes stored but not yet acknowledged by Kafka",
             registry=registry)
+        self.outbox_parked = Gauge(
+            "streamrec_registry_outbox_parked_records",
+            "Announcements that can never be sent (too large for Kafka), parked so later ones go out",
+            registry=registry)
         self.upload_failures = Counter(
             "streamrec_registry_upload_failures_total", "Uploads refused or interrupted", ["reason"],
             registry=registry)

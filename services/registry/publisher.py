@@ -1,9 +1,14 @@
 """OutboxPublisher: announces committed changes on the compacted model-versions topic, in order.
 
-Rows are read in id order, sent one batch at a time (key = model name), and deleted only after
-the broker acknowledged every record of the batch. While Kafka is unreachable the thread keeps
-retrying, so a change is durable at once and announced when Kafka returns. A crash between the
-ack and the delete re-sends some rows: consumers ignore events whose ``sequence`` they have seen.
+Rows are read in id order, sent one batch at a time (key = model name), and each is deleted once
+the broker acknowledged it. While Kafka is unreachable the thread keeps retrying, so a change is
+durable at once and announced when Kafka returns. A crash between the ack and the delete re-sends
+some rows: consumers ignore events whose ``sequence`` they have seen.
+
+A record that can never be sent (larger than ``max_bytes``, or refused by Kafka as too large) is
+parked: moved to ``parked_announcements`` in one transaction, counted in
+``streamrec_registry_outbox_parked_records`` and listed by ``streamrec models list``, so it blocks
+nothing behind it. The registry's state is unaffected: announcements only tell others about it.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ import socket
 import threading
 import time
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 
 from services.common.config import KafkaConfig
 from services.common.kafka import CONTENT_TYPE_HEADER, PROTOBUF, ensure_topics, make_producer
-from services.registry.database import Database, outbox
+from services.registry.database import Database, outbox, parked_announcements
 from services.registry.metrics import RegistryMetrics
 from streamrec_proto.v1 import registry_pb2
 
@@ -26,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 class OutboxPublisher:
     def __init__(self, db: Database, kafka: KafkaConfig, metrics: RegistryMetrics | None = None,
-                 retry_s: float = 1.0, timeout_s: float = 10.0, batch: int = 100) -> None:
+                 retry_s: float = 1.0, timeout_s: float = 10.0, batch: int = 100,
+                 max_bytes: int = 512 * 1024) -> None:
         self.db = db
         self.kafka = kafka
         self.topic = kafka.topics.name("model_versions")
@@ -34,10 +40,13 @@ class OutboxPublisher:
         self.retry_s = retry_s
         self.timeout_s = timeout_s
         self.batch = batch
+        self.max_bytes = max_bytes
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._producer = None
-        self._inflight: tuple[list[int], list] | None = None
+        # (row id, model name, record bytes, send future) of the batch the producer is delivering.
+        self._inflight: list[tuple[int, str, bytes, object]] | None = None
+        self._solo_until: int | None = None  # send rows up to this id one at a time
         self._topic_ready = False
         self._thread = threading.Thread(target=self._run, name="outbox-publisher", daemon=True)
         self.published = 0
@@ -84,39 +93,93 @@ class OutboxPublisher:
                 self._update_backlog()
 
     def publish_pending(self) -> int:
-        """Send one batch of pending rows and delete them once acknowledged; returns how many.
+        """Send one batch of pending rows and delete each once acknowledged; returns how many left the outbox.
 
         A batch that times out stays in flight: the producer keeps retrying it, and the next call
-        waits for the same records instead of sending copies. Only a batch whose delivery failed
-        outright is sent again, on a fresh producer.
+        waits for the same records instead of sending copies. Rows whose delivery failed for a
+        passing reason are sent again, on a fresh producer; rows that can never be sent are parked.
         """
+        parked = 0
         if self._inflight is None:
+            # After Kafka refused a record of a batch, go one record at a time through that batch:
+            # the producer fails every record in flight with the same error, so only a record sent
+            # alone shows whether it is the one that can never be sent.
+            limit = self.batch if self._solo_until is None else 1
             with self.db.read() as conn:
                 rows = conn.execute(select(outbox.c.id, outbox.c.model_name, outbox.c.payload)
-                                    .order_by(outbox.c.id).limit(self.batch)).all()
+                                    .order_by(outbox.c.id).limit(limit)).all()
+            if rows and self._solo_until is not None and rows[-1][0] >= self._solo_until:
+                self._solo_until = None
             if not rows:
                 return 0
             producer = self._ensure_producer()
-            futures = []
+            inflight = []
             for row_id, model_name, payload in rows:
                 event = registry_pb2.ModelVersionEvent.FromString(payload)
                 event.sequence = row_id
-                futures.append(producer.send(self.topic, key=model_name.encode(), value=event.SerializeToString(),
-                                             headers=[(CONTENT_TYPE_HEADER, PROTOBUF.encode())]))
-            self._inflight = ([r[0] for r in rows], futures)
-        ids, futures = self._inflight
+                value = event.SerializeToString()
+                if len(value) > self.max_bytes:
+                    self._park(row_id, model_name, value, f"{len(value)} bytes is over the {self.max_bytes}-byte limit")
+                    parked += 1
+                    continue
+                future = producer.send(self.topic, key=model_name.encode(), value=value,
+                                       headers=[(CONTENT_TYPE_HEADER, PROTOBUF.encode())])
+                inflight.append((row_id, model_name, value, future))
+            if not inflight:
+                return parked
+            self._inflight = inflight
         self._producer.flush(timeout=self.timeout_s)  # raises KafkaTimeoutError while Kafka is away
-        failed = next((f.exception for f in futures if f.failed()), None)
-        if failed is not None:
-            self._inflight = None
-            raise failed
-        with self.db.write() as conn:
-            conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
-        self._inflight = None
-        self.published += len(ids)
+        acked, refused, failure = [], [], None
+        inflight, self._inflight = self._inflight, None
+        for row_id, model_name, value, future in inflight:
+            if future.succeeded():
+                acked.append(row_id)
+            elif _never_sendable(future.exception):
+                refused.append((row_id, model_name, value, future.exception))
+            else:
+                failure = failure or future.exception or RuntimeError("record neither delivered nor failed")
+        if refused:
+            self._close_producer()  # the producer aborted everything in flight: start a fresh one
+            if len(inflight) == 1:
+                row_id, model_name, value, exc = refused[0]
+                self._park(row_id, model_name, value, f"Kafka refused it: {exc}")
+                parked += 1
+            else:
+                self._solo_until = inflight[-1][0]
+                failure = None  # not a Kafka outage: go on at once, one record at a time
+        if acked:
+            with self.db.write() as conn:
+                conn.execute(delete(outbox).where(outbox.c.id.in_(acked)))
+            self.published += len(acked)
+            logger.debug("announced", extra={"topic": self.topic, "count": len(acked), "last_sequence": acked[-1]})
         self._update_backlog()
-        logger.debug("announced", extra={"topic": self.topic, "count": len(ids), "last_sequence": ids[-1]})
-        return len(ids)
+        if failure is not None:
+            raise failure
+        return len(acked) + parked
+
+    def _park(self, row_id: int, model_name: str, value: bytes, reason: str) -> None:
+        event = registry_pb2.ModelVersionEvent.FromString(value)
+        with self.db.write() as conn:
+            conn.execute(insert(parked_announcements).values(
+                id=row_id, model_name=model_name, payload=value, size_bytes=len(value), reason=reason,
+                parked_at_ms=int(time.time() * 1000)))
+            conn.execute(delete(outbox).where(outbox.c.id == row_id))
+        logger.error("announcement can never be sent; parked it so later ones go out",
+                     extra={"topic": self.topic, "model": model_name, "sequence": row_id, "action": event.action,
+                            "model_version": event.version, "bytes": len(value), "reason": reason})
+
+    def parked(self, model_name: str) -> list[registry_pb2.ParkedAnnouncement]:
+        """Parked announcements of one model, oldest first."""
+        with self.db.read() as conn:
+            rows = conn.execute(select(parked_announcements).where(parked_announcements.c.model_name == model_name)
+                                .order_by(parked_announcements.c.id)).all()
+        out = []
+        for row in rows:
+            event = registry_pb2.ModelVersionEvent.FromString(row.payload)
+            out.append(registry_pb2.ParkedAnnouncement(
+                sequence=row.id, action=event.action, version=event.version, size_bytes=row.size_bytes,
+                reason=row.reason, parked_at_ms=row.parked_at_ms))
+        return out
 
     def _ensure_producer(self):
         if self._producer is None:
@@ -153,6 +216,9 @@ class OutboxPublisher:
             return
         try:
             self.metrics.outbox_backlog.set(self.backlog())
+            with self.db.read() as conn:
+                self.metrics.outbox_parked.set(
+                    conn.execute(select(func.count()).select_from(parked_announcements)).scalar_one())
         except Exception:  # noqa: BLE001
             pass
 
@@ -165,3 +231,10 @@ class OutboxPublisher:
             self._wake.set()
             time.sleep(0.05)
         return False
+
+
+def _never_sendable(exc: BaseException | None) -> bool:
+    """Kafka refused the record itself (too large, malformed): sending it again cannot succeed."""
+    from kafka.errors import InvalidRecordError, MessageSizeTooLargeError
+
+    return isinstance(exc, (MessageSizeTooLargeError, InvalidRecordError))

@@ -40,7 +40,8 @@ class RegistryService:
         staging = Path(section.staging_dir) if section.staging_dir else Path(section.artifact_root) / ".staging"
         gate = section.gate
         self.publisher = OutboxPublisher(self.db, config.kafka, self.metrics, retry_s=section.publish_retry_s,
-                                         timeout_s=section.publish_timeout_s)
+                                         timeout_s=section.publish_timeout_s,
+                                         max_bytes=section.max_announcement_bytes)
         self.registry = ModelRegistry(
             self.db, self.store, staging,
             PromotionGate(gate.metric, gate.tolerance, gate.min_events, gate.stale_after_s, gate.promote_first),
@@ -54,7 +55,8 @@ class RegistryService:
                                policy=access_policy(section.authorization, config.tls),
                                max_concurrent_rpcs=g.max_concurrent_rpcs, default_deadline_s=g.default_deadline_s)
         self.grpc.add(registry_pb2_grpc.add_ModelRegistryServicer_to_server,
-                      ModelRegistryServicer(self.registry, max_reason_chars=section.max_reason_chars), SERVICE_NAME)
+                      ModelRegistryServicer(self.registry, max_reason_chars=section.max_reason_chars,
+                                            parked=self.publisher.parked), SERVICE_NAME)
         self.metrics_server: MetricsServer | None = None
         if config.metrics.enabled:
             self.metrics_server = MetricsServer(self.collector, config.metrics.host, config.metrics.port,

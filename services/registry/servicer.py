@@ -7,6 +7,8 @@ so no request can make a record Kafka would refuse.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from services.common.errors import InvalidInput
 from services.common.tls import ANY_CALLER, AccessPolicy, TlsConfig
 from services.registry.config import AuthorizationConfig
@@ -38,9 +40,11 @@ def _chunks(requests):
 
 
 class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
-    def __init__(self, registry: ModelRegistry, max_reason_chars: int = 1024) -> None:
+    def __init__(self, registry: ModelRegistry, max_reason_chars: int = 1024,
+                 parked: Callable[[str], list[registry_pb2.ParkedAnnouncement]] = lambda model: []) -> None:
         self.registry = registry
         self.max_reason_chars = max_reason_chars
+        self.parked = parked
 
     def _reason(self, reason: str) -> str:
         if len(reason) > self.max_reason_chars:
@@ -60,7 +64,8 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
 
     def ListVersions(self, request, context):
         return registry_pb2.ListVersionsResponse(
-            versions=self.registry.list_versions(request.model_name, request.include_archived))
+            versions=self.registry.list_versions(request.model_name, request.include_archived),
+            parked=self.parked(request.model_name))
 
     def GetAlias(self, request, context):
         return self.registry.get_alias(request.model_name, request.alias)

@@ -22,6 +22,8 @@ from recmodel import artifact as artifact_lib
 from services.common.errors import DataLoss, InvalidInput
 from streamrec_proto.v1 import registry_pb2
 
+# The manifest travels in every announcement of its version: keep it well under Kafka's message limit.
+MAX_MANIFEST_BYTES = 256 * 1024
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -47,6 +49,8 @@ def check_model_name(name: str) -> str:
 
 def check_header(header: registry_pb2.RegisterHeader, max_bytes: int) -> None:
     check_model_name(header.model_name)
+    if len(header.manifest_json) > MAX_MANIFEST_BYTES:
+        raise InvalidInput(f"header.manifest_json is larger than {MAX_MANIFEST_BYTES} bytes")
     if not _SHA256.match(header.artifact_sha256):
         raise InvalidInput(f"header.artifact_sha256 must be 64 lower-case hex digits, got {header.artifact_sha256!r}")
     if not 0 < header.artifact_size_bytes <= max_bytes:
@@ -56,13 +60,18 @@ def check_header(header: registry_pb2.RegisterHeader, max_bytes: int) -> None:
         raise InvalidInput(f"header.parent_version must be >= 0, got {header.parent_version}")
 
 
+def staging_prefix(owner: str) -> str:
+    """Name prefix of this registry process's staging dirs, so start-up cleanup removes only its own."""
+    return "upload-" + re.sub(r"[^A-Za-z0-9_.-]", "_", owner)[:100] + "-"
+
+
 @contextmanager
 def receive_upload(header: registry_pb2.RegisterHeader, chunks: Iterable[bytes], staging_dir: Path,
-                   max_bytes: int) -> Iterator[VerifiedUpload]:
+                   max_bytes: int, prefix: str = "upload-") -> Iterator[VerifiedUpload]:
     """Stage and verify the archive; yields it while the caller stores it, then removes the staging files."""
     check_header(header, max_bytes)
     staging_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="upload-", dir=staging_dir))
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=staging_dir))
     try:
         tar_path = work / "artifact.tar"
         digest, size = hashlib.sha256(), 0
@@ -81,10 +90,13 @@ def receive_upload(header: registry_pb2.RegisterHeader, chunks: Iterable[bytes],
         unpacked = work / "unpacked"
         unpacked.mkdir()
         try:
-            artifact_lib.unpack_artifact(tar_path, unpacked)
+            # Uncompressed tar only, with member and byte caps checked while unpacking (no archive bombs).
+            artifact_lib.unpack_artifact(tar_path, unpacked, max_bytes=size)
             artifact_lib.verify_artifact(unpacked)
         except artifact_lib.ArtifactError as exc:
             raise DataLoss(f"artifact failed verification: {exc}") from exc
+        if (unpacked / "manifest.json").stat().st_size > MAX_MANIFEST_BYTES:
+            raise InvalidInput(f"manifest.json is larger than {MAX_MANIFEST_BYTES} bytes")
         manifest_json = (unpacked / "manifest.json").read_text()
         manifest = json.loads(manifest_json)
         if not isinstance(manifest, dict):

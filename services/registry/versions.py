@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import socket
 import threading
 import time
 from datetime import datetime
@@ -23,11 +25,11 @@ from sqlalchemy import Connection, delete, func, select, update
 from services.common.errors import FailedPrecondition, InvalidInput, NotFound, StreamrecError
 from services.registry.artifact_store import ArtifactStore
 from services.registry.database import (
-    Database, alias_history, aliases, artifacts, model_versions, outbox, registered_models,
+    Database, alias_history, aliases, artifacts, model_versions, outbox, pending_uploads, registered_models,
 )
 from services.registry.gate import HELD, PROMOTED, PromotionGate
 from services.registry.metrics import RegistryMetrics
-from services.registry.upload import check_model_name, receive_upload
+from services.registry.upload import check_model_name, receive_upload, staging_prefix
 from streamrec_proto.v1 import registry_pb2
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class ModelRegistry:
         max_artifact_bytes: int = 4 * 1024**3,
         chunk_bytes: int = 1024 * 1024,
         on_change: Callable[[], None] = lambda: None,
+        owner: str = "",
     ) -> None:
         self.db = db
         self.store = store
@@ -63,6 +66,9 @@ class ModelRegistry:
         self.max_artifact_bytes = max_artifact_bytes
         self.chunk_bytes = chunk_bytes
         self.on_change = on_change  # wakes the outbox publisher
+        # Who this registry process is among replicas sharing a database and store (stable across
+        # restarts: the pod name of a StatefulSet, else the host name).
+        self.owner = owner or os.environ.get("POD_NAME") or socket.gethostname()
         # Held from "bytes stored" to "version committed" and by garbage collection, so GC never
         # deletes an archive a registration is about to reference.
         self._artifact_lock = threading.Lock()
@@ -70,18 +76,27 @@ class ModelRegistry:
     # -- start-up -------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """After a crash: drop half-received uploads and stored archives no committed version references."""
+        """After a crash: drop this registry's half-received uploads and the archives it stored but never committed.
+
+        Only its own: replicas sharing the database and the store (or a staging volume) may be in
+        the middle of an upload right now, and their files must survive this one's start-up.
+        """
         if self.staging_dir.exists():
-            for child in self.staging_dir.iterdir():
-                if child.name.startswith("upload-"):
-                    shutil.rmtree(child, ignore_errors=True)
+            for child in self.staging_dir.glob(staging_prefix(self.owner) + "*"):
+                shutil.rmtree(child, ignore_errors=True)
         with self._artifact_lock:
             with self.db.read() as conn:
+                mine = list(conn.scalars(select(pending_uploads.c.sha256).where(pending_uploads.c.owner == self.owner)))
+                others = set(conn.scalars(select(pending_uploads.c.sha256)
+                                          .where(pending_uploads.c.owner != self.owner)))
                 known = set(conn.scalars(select(artifacts.c.sha256)))
-            for sha256, _size in list(self.store.list()):
-                if sha256 not in known:
-                    logger.info("removing unreferenced artifact", extra={"sha256": sha256})
+            for sha256 in mine:
+                if sha256 not in known and sha256 not in others:
+                    logger.info("removing an archive this registry stored but never committed",
+                                extra={"sha256": sha256, "owner": self.owner})
                     self.store.delete(sha256)
+            with self.db.write() as conn:
+                conn.execute(delete(pending_uploads).where(pending_uploads.c.owner == self.owner))
         self.collect_garbage()
 
     # -- register -------------------------------------------------------------------------------
@@ -99,14 +114,21 @@ class ModelRegistry:
             raise
 
     def _register(self, header: registry_pb2.RegisterHeader, chunks: Iterable[bytes]) -> registry_pb2.ModelVersion:
-        with receive_upload(header, chunks, self.staging_dir, self.max_artifact_bytes) as upload:
+        with receive_upload(header, chunks, self.staging_dir, self.max_artifact_bytes,
+                            prefix=staging_prefix(self.owner)) as upload:
             manifest = upload.manifest
             metrics = _metrics_of(manifest)
             offsets = _offsets_of(manifest)
             created_at = _created_at_ms(manifest.get("created_at"))
             with self._artifact_lock:
+                # Noted before the bytes go in, so recovery after a crash here removes exactly them.
+                with self.db.write() as conn:
+                    conn.execute(self.db.insert_ignore(pending_uploads, sha256=upload.sha256, owner=self.owner,
+                                                       started_at_ms=now_ms()))
                 self.store.put(upload.sha256, upload.tar_path)
                 with self.db.write() as conn:
+                    conn.execute(delete(pending_uploads).where(pending_uploads.c.sha256 == upload.sha256,
+                                                               pending_uploads.c.owner == self.owner))
                     version = self._next_version(conn, header.model_name)
                     stamp = now_ms()
                     conn.execute(self.db.insert_ignore(

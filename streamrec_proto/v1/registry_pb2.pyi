@@ -243,20 +243,64 @@ class ListVersionsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSIONS_FIELD_NUMBER: _builtins.int
+    PARKED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]: ...
+    @_builtins.property
+    def parked(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParkedAnnouncement]:
+        """Announcements of this model that can never be sent on `model-versions`
+        (too large for Kafka); kept for an operator to look at, never retried.
+        """
+
     def __init__(
         self,
         *,
         versions: _abc.Iterable[Global___ModelVersion] | None = ...,
+        parked: _abc.Iterable[Global___ParkedAnnouncement] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parked", b"parked", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListVersionsResponse: _TypeAlias = ListVersionsResponse  # noqa: Y015
+
+@_typing.final
+class ParkedAnnouncement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PARKED_AT_MS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The announcement's sequence number (its place in the outbox)."""
+    action: _builtins.str
+    version: _builtins.int
+    size_bytes: _builtins.int
+    reason: _builtins.str
+    """Why it was parked, e.g. "2.1 MiB is over the 512 KiB limit" or Kafka's error."""
+    parked_at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        action: _builtins.str = ...,
+        version: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        parked_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "parked_at_ms", b"parked_at_ms", "reason", b"reason", "sequence", b"sequence", "size_bytes", b"size_bytes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParkedAnnouncement: _TypeAlias = ParkedAnnouncement  # noqa: Y015
 
 @_typing.final
 class GetAliasRequest(_message.Message):

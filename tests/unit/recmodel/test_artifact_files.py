@@ -91,3 +91,49 @@ def test_unsafe_archive_members_are_refused(tmp_path, name, kind, reason):
     with pytest.raises(ArtifactError, match=reason):
         unpack_artifact(evil, tmp_path / "out")
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_compressed_archives_are_refused_however_small(tmp_path):
+    # The review's bomb: 20 MiB of zeros in a few KB of xz.
+    bomb = tmp_path / "bomb.tar.xz"
+    with tarfile.open(bomb, "w:xz") as tar:
+        member = tarfile.TarInfo("items.npz")
+        member.size = 20 * 1024 * 1024
+        tar.addfile(member, io.BytesIO(bytes(member.size)))
+    assert bomb.stat().st_size < 16 * 1024
+    with pytest.raises(ArtifactError, match="not an uncompressed tar"):
+        unpack_artifact(bomb, tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_member_and_byte_caps_stop_unpacking_before_writing_past_them(tmp_path):
+    many = tmp_path / "many.tar"
+    with tarfile.open(many, "w") as tar:
+        for i in range(100):
+            member = tarfile.TarInfo(f"f{i}")
+            member.size = 1
+            tar.addfile(member, io.BytesIO(b"x"))
+    with pytest.raises(ArtifactError, match="more than 64 members"):
+        unpack_artifact(many, tmp_path / "out1")
+    assert len(list((tmp_path / "out1").iterdir())) == 64
+
+    big = tmp_path / "big.tar"
+    with tarfile.open(big, "w") as tar:
+        for name in ("a", "b"):
+            member = tarfile.TarInfo(name)
+            member.size = 600
+            tar.addfile(member, io.BytesIO(b"y" * 600))
+    with pytest.raises(ArtifactError, match="more than 1000 bytes"):
+        unpack_artifact(big, tmp_path / "out2", max_bytes=1000)
+    assert [p.name for p in (tmp_path / "out2").iterdir()] == ["a"]
+
+
+def test_a_member_listed_twice_is_refused(tmp_path):
+    twice = tmp_path / "twice.tar"
+    with tarfile.open(twice, "w") as tar:
+        for data in (b"first", b"second"):
+            member = tarfile.TarInfo("manifest.json")
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(ArtifactError, match="twice"):
+        unpack_artifact(twice, tmp_path / "out")

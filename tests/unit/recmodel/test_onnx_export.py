@@ -1,5 +1,7 @@
 """The exported artifact, run by ONNX Runtime, must agree with PyTorch."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,12 @@ def test_export_refuses_a_non_empty_directory(trained, tmp_path):
     (tmp_path / "stale.txt").write_text("x")
     with pytest.raises(FileExistsError):
         export_artifact(trained, tmp_path, model_name="demo", training_offsets={}, metrics={})
+
+
+def test_the_artifact_keeps_only_the_most_recently_active_users_histories(trained, tmp_path):
+    histories = trained.user_histories()
+    export_artifact(trained, tmp_path / "a", model_name="demo", max_history_users=5)
+    kept = json.loads((tmp_path / "a" / "histories.json").read_text())
+    last = {u: h[-1][2] if h else 0 for u, h in histories.items()}
+    assert len(histories) > 5 and len(kept) == 5
+    assert min(last[u] for u in kept) >= max(last[u] for u in histories if u not in kept)

@@ -250,9 +250,15 @@ def test_interrupted_upload_leaves_nothing_and_recover_cleans_orphans(registry, 
         registry.register(header, cut_off())
     assert registry.list_versions("m") == []
     assert list((tmp_path / "staging").iterdir()) == []
-    # A crash after storing bytes but before the commit leaves an orphan: start-up removes it.
+    # A crash after storing bytes but before the commit leaves an orphan: start-up removes it
+    # (it is this registry's own: noted in pending_uploads under its name; see test_recovery.py).
+    from services.registry.database import pending_uploads
+    from services.registry.upload import staging_prefix
+
+    with registry.db.write() as conn:
+        conn.execute(pending_uploads.insert().values(sha256=sha, owner=registry.owner, started_at_ms=0))
     registry.store.put(sha, tar)
-    (tmp_path / "staging" / "upload-leftover").mkdir()
+    (tmp_path / "staging" / (staging_prefix(registry.owner) + "leftover")).mkdir()
     registry.recover()
     assert list((tmp_path / "store").rglob("*.tar")) == []
     assert list((tmp_path / "staging").iterdir()) == []
