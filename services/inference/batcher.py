@@ -3,7 +3,8 @@
 Request threads enqueue (model, history, now) and wait; one worker takes what is queued (up to
 ``max_batch``, waiting at most ``max_wait_s`` for more once it has one) and runs each model's encoder
 once for its requests. With ``max_wait_s = 0`` batches form only from requests that arrived while the
-previous run was busy, so an idle server adds no latency.
+previous run was busy, so an idle server adds no latency. The worker runs supervised: if it dies it is
+restarted, and requests queued meanwhile are served by the next run.
 """
 
 from __future__ import annotations
@@ -16,19 +17,24 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from services.common.supervision import SupervisedThread
 from services.inference.model import HistoryEntry, ServedModel
 
 
 class EncoderBatcher:
     def __init__(self, max_batch: int = 32, max_wait_s: float = 0.0,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None,
+                 on_loop_restart: Callable[[str, BaseException | None], None] | None = None,
+                 on_loop_health: Callable[[str, bool], None] | None = None) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="encoder-batcher", daemon=True)
-        self._thread.start()
+        # Short backoff: requests wait on this worker.
+        self.supervisor = SupervisedThread("encoder-batcher", self._run, self._stop, initial_backoff_s=0.05,
+                                           max_backoff_s=2.0, on_restart=on_loop_restart,
+                                           on_health=on_loop_health).start()
 
     def submit(self, model: ServedModel, history: Sequence[HistoryEntry], now_ms: int) -> Future:
         fut: Future = Future()
@@ -41,7 +47,7 @@ class EncoderBatcher:
     def stop(self) -> None:
         self._stop.set()
         self._queue.put(None)
-        self._thread.join(timeout=5)
+        self.supervisor.stop(5)
 
     def _run(self) -> None:
         while not self._stop.is_set():

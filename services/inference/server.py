@@ -42,7 +42,8 @@ class InferenceServer:
         source = DirectorySource(s.artifact_source) if s.artifact_source else RegistrySource(s.registry_target, s.registry_timeout_s, tls=config.tls)
         self.source = source
         self.loader = ModelLoader(source, s.cache_dir, index_config=s.index, warmup_requests=s.warmup_requests)
-        self.batcher = (EncoderBatcher(s.batching.max_batch, s.batching.max_wait_ms / 1000.0, self.metrics.batch_size.observe)
+        self.batcher = (EncoderBatcher(s.batching.max_batch, s.batching.max_wait_ms / 1000.0, self.metrics.batch_size.observe,
+                                       on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health)
                         if s.batching.max_batch > 1 else None)
         self.dataplane = RecommenderDataPlane(self.repository, self.histories, s, self.batcher,
                                               on_cold_start=self.metrics.cold_start.inc)
@@ -65,7 +66,8 @@ class InferenceServer:
             self.metrics_server = MetricsServer(self.registry, config.metrics.host, port, ready=self._serving)
             self.metrics.history_freshness.set_function(lambda: freshness_seconds(self.histories))
         self.metrics.model_ready.set(0)
-        for loop in ("model-watcher", "history-follower") if self.follower is not None else ("model-watcher",):
+        loops = ["model-watcher"] + (["history-follower"] if self.follower else []) + (["encoder-batcher"] if self.batcher else [])
+        for loop in loops:
             self.metrics.loop_restarts.labels(loop)  # present (at 0) before the first restart
             self.metrics.loop_healthy.labels(loop).set(1)
         self._stopping = False

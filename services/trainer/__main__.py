@@ -16,7 +16,7 @@ from services.trainer.config import TrainerConfig
 logger = logging.getLogger("services.trainer")
 
 
-def build_elector(config: TrainerConfig):
+def build_elector(config: TrainerConfig, metrics=None):
     from services.trainer.leader import (
         AlwaysLeader,
         LeaseElector,
@@ -31,7 +31,8 @@ def build_elector(config: TrainerConfig):
     return LeaseElector(
         coordination_api(le.kubeconfig), name=le.lease_name, namespace=le.namespace or default_namespace(),
         identity=le.identity or default_identity(), lease_duration_s=le.lease_duration_s,
-        renew_deadline_s=le.renew_deadline_s, retry_period_s=le.retry_period_s)
+        renew_deadline_s=le.renew_deadline_s, retry_period_s=le.retry_period_s,
+        on_loop_restart=(lambda loop, _exc: metrics.loop_restarts.labels(loop).inc()) if metrics else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     registry = CollectorRegistry()
     metrics = TrainerMetrics(registry)
-    service = TrainerService(config, metrics, build_elector(config))
+    service = TrainerService(config, metrics, build_elector(config, metrics))
     server = None
     if config.metrics.enabled:
         server = MetricsServer(registry, config.metrics.host, config.metrics.port, ready=service.ready).start()

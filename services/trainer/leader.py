@@ -23,6 +23,8 @@ from typing import Callable
 from kubernetes.client import CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
 from kubernetes.client.exceptions import ApiException
 
+from services.common.supervision import SupervisedThread
+
 logger = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -69,6 +71,8 @@ class LeaseElector:
         retry_period_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[bool], None] | None = None,
+        on_loop_restart: Callable[[str, BaseException | None], None] | None = None,
+        on_loop_health: Callable[[str, bool], None] | None = None,
     ) -> None:
         if not retry_period_s < renew_deadline_s < lease_duration_s:
             raise ValueError("need retry_period_s < renew_deadline_s < lease_duration_s")
@@ -87,7 +91,11 @@ class LeaseElector:
         self.epoch = -1  # leaseTransitions when we acquired it
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Supervised: a round that raises (a callback, an unexpected API answer) restarts the loop
+        # instead of silently letting the lease lapse.
+        self.supervisor = SupervisedThread("lease-elector", self.run, self._stop, initial_backoff_s=min(1.0, retry_period_s),
+                                           max_backoff_s=retry_period_s, on_restart=on_loop_restart,
+                                           on_health=on_loop_health)
         self._was_leader = False
 
     # ------------------------------------------------------------------ one round
@@ -192,9 +200,12 @@ class LeaseElector:
         self._notify()
 
     def start(self) -> "LeaseElector":
-        self._thread = threading.Thread(target=self.run, name="lease-elector", daemon=True)
-        self._thread.start()
+        self.supervisor.start()
         return self
+
+    @property
+    def healthy(self) -> bool:
+        return self.supervisor.healthy
 
     def wait_for_leadership(self, stop: threading.Event, poll_s: float = 0.1) -> bool:
         while not stop.is_set():
@@ -204,9 +215,7 @@ class LeaseElector:
         return False
 
     def stop(self, release: bool = True) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.retry_period_s + 5)
+        self.supervisor.stop(self.retry_period_s + 5)
         if release:
             self.release()
 

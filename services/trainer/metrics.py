@@ -14,6 +14,9 @@ class TrainerMetrics:
             "streamrec_trainer_events_trained", "Events the model has trained on (restored from the checkpoint at start)",
             registry=registry)
         self.loss = Gauge("streamrec_trainer_loss", "Sampled-softmax loss of the last micro-batch", registry=registry)
+        self.loop_restarts = Counter(
+            "streamrec_trainer_loop_restarts", "Background loops (the lease elector) restarted after dying",
+            ["loop"], registry=registry)
         self.prequential_hit_rate = Gauge(
             "streamrec_trainer_prequential_hit_rate", "Prequential (test-then-train) HR@k on the recent window",
             ["k"], registry=registry)

@@ -111,8 +111,9 @@ class TrainerService:
 
     # ------------------------------------------------------------------ probes
     def ready(self) -> bool:
-        """Restored and assigned (the leader), or healthy and waiting (a standby)."""
-        return self._restored.is_set() or self._standing_by.is_set()
+        """Restored and assigned (the leader), or healthy and waiting (a standby); not while the
+        lease elector's loop keeps dying (it could never lead)."""
+        return (self._restored.is_set() or self._standing_by.is_set()) and getattr(self.elector, "healthy", True)
 
     # ------------------------------------------------------------------ outer loop
     def run(self, stop: threading.Event) -> None:

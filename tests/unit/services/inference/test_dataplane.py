@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 import numpy as np
@@ -26,6 +27,7 @@ from services.inference.repository import (
     ModelRepository,
     user_bucket,
 )
+from tests.waiting import wait_for
 
 
 class MeanEncoder:
@@ -171,3 +173,28 @@ def test_batcher_encodes_concurrent_requests_together(plane):
     plane.batcher = None
     for u in range(8):
         assert [i.item_id for i in results[u].items] == [i.item_id for i in plane.recommend(RecommendQuery(f"b{u}", k=5)).items]
+
+
+def test_a_batcher_worker_that_dies_is_restarted_and_serves_the_next_requests(plane):
+    calls, restarts = [], []
+
+    def on_batch(n):  # injected failure: the first batch's bookkeeping raises, killing the worker
+        calls.append(n)
+        if len(calls) == 1:
+            raise RuntimeError("injected failure")
+
+    batcher = EncoderBatcher(max_batch=16, max_wait_s=0.0, on_batch=on_batch,
+                             on_loop_restart=lambda loop, exc: restarts.append((loop, str(exc))))
+    plane.batcher = batcher
+    plane.histories.append("d1", "i11", "click", 1)
+    try:
+        # The request in the batch that killed the worker is not answered (it times out) ...
+        with pytest.raises(FutureTimeout):
+            batcher.encode(plane.repository.get(), plane.histories.get("d1"), 2, timeout_s=0.5)
+        wait_for(lambda: restarts, 10, "the worker restart")
+        assert restarts == [("encoder-batcher", "injected failure")]
+        # ... the ones after it are, by the restarted worker.
+        assert len(plane.recommend(RecommendQuery("d1", k=5)).items) == 5
+    finally:
+        batcher.stop()
+        plane.batcher = None

@@ -10,6 +10,7 @@ import pytest
 
 from services.trainer.leader import LeaseElector
 from tests.unit.services.trainer.fake_kube import FakeLeaseServer
+from tests.waiting import wait_for
 
 
 class ManualClock:
@@ -141,3 +142,23 @@ def test_release_lets_a_standby_take_over_without_waiting(server):
     finally:
         a.stop(release=False)
         b.stop(release=False)
+
+
+def test_an_elector_loop_that_dies_is_restarted_and_keeps_the_lease(server):
+    changes, restarts = [], []
+
+    def on_change(leader: bool) -> None:  # injected failure: the first leadership callback raises
+        changes.append(leader)
+        if len(changes) == 1:
+            raise RuntimeError("injected failure")
+
+    a = _elector(server, "a", on_change=on_change,
+                 on_loop_restart=lambda loop, exc: restarts.append((loop, str(exc)))).start()
+    try:
+        wait_for(lambda: restarts, 10, "the elector loop to be restarted")
+        assert restarts == [("lease-elector", "injected failure")]
+        # The restarted loop goes on renewing: the lease stays a's well past its renew deadline.
+        time.sleep(2.5)
+        assert a.is_leader() and a.healthy and server.spec("trainer")["holderIdentity"] == "a"
+    finally:
+        a.stop()
