@@ -4,7 +4,10 @@
     item, publishes a click on it, and polls ``Recommend`` until the item drops out (seen items are
     filtered), so the time covers ingester, ``events`` topic, history follower and serving.
 (b) publish -> a served model version trained on the event (s): the probe finds the event's offset
-    on ``events`` and polls until the version served by inference was trained past that offset.
+    on ``events`` and polls until the version served by inference was trained past that offset. It
+    also notes when the first version trained on the event was registered and what the promotion gate
+    decided about it. Every probe is counted: ``held_back`` says how many first versions the gate did
+    not promote (held or rejected), ``not_served`` how many probes timed out unserved.
 
 Starts its own stack (on free ports, in a temporary directory) with a steady demo stream.
 """
@@ -18,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
@@ -32,6 +36,12 @@ from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _summary(seconds: list[float | None]) -> dict:
+    done = [s for s in seconds if s is not None]
+    return {"p50": round(statistics.median(done), 1) if done else None,
+            "max": round(max(done), 1) if done else None, "n": len(done)}
 
 
 def _publish_click(stack, user_id: str, item_id: str) -> str:
@@ -80,29 +90,60 @@ def _find_offset(stack, event_id: str, since: dict, timeout_s: float = 30.0) -> 
     return None
 
 
-def _model_probe(stub, stack, registry, user_id: str, item_id: str, timeout_s: float) -> float | None:
+@dataclass
+class ModelProbe:
+    """One probe of (b): every probe is reported, served or not."""
+
+    registered_s: float | None = None  # until a version trained on the event was registered
+    first_version: int = 0  # that version
+    gate: str = ""  # the gate's decision on it: promoted, held or rejected (as last seen)
+    served_s: float | None = None  # until inference served a version trained on the event
+
+    @property
+    def held_back(self) -> bool:
+        """The first version trained on the event did not go straight to production."""
+        return bool(self.first_version) and self.gate != "promoted"
+
+
+def _model_probe(stub, stack, registry, user_id: str, item_id: str, timeout_s: float) -> ModelProbe:
     topic = stack.kafka_config.topics.name("events")
+    model = stack.options.model_name
     consumer = make_consumer(stack.kafka_config, None, None)
     parts = [TopicPartition(topic, p) for p in range(stack.options.partitions)]
     ends = consumer.end_offsets(parts)
     consumer.close()
+    probe = ModelProbe()
     start = time.perf_counter()
     event_id = _publish_click(stack, user_id, item_id)
     found = _find_offset(stack, event_id, ends)
     if found is None:
-        return None
+        return probe
     partition, offset = found
+
+    def trained_on_it(mv) -> bool:
+        return any(o.topic == topic and o.partition == partition and o.offset > offset for o in mv.training_offsets)
+
     checked: dict[int, bool] = {}
+    last_listed = 0.0
     while time.perf_counter() - start < timeout_s:
+        now = time.perf_counter()
+        if not probe.first_version and now - last_listed >= 1.0:
+            # The first version trained on the event, whatever the gate decided about it.
+            last_listed = now
+            trained = [v for v in registry.list_versions(model) if trained_on_it(v)]
+            if trained:
+                first = min(trained, key=lambda v: v.version)
+                probe.registered_s, probe.first_version = now - start, first.version
         version = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=1), timeout=5).model_version
         if version and version not in checked:
-            mv = registry.get_version(stack.options.model_name, version)
-            checked[version] = any(o.topic == topic and o.partition == partition and o.offset > offset
-                                   for o in mv.training_offsets)
+            checked[version] = trained_on_it(registry.get_version(model, version))
         if version and checked.get(version):
-            return time.perf_counter() - start
+            probe.served_s = time.perf_counter() - start
+            break
         time.sleep(0.2)
-    return None
+    if probe.first_version:
+        probe.gate = registry.get_version(model, probe.first_version).gate_decision
+    return probe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = LocalStack(StackOptions(work_dir=work, ports=ports, export_interval_s=args.export_interval, fresh=True))
     stream = SyntheticStream(seed=11)
     history_ms: list[float] = []
-    model_s: list[float] = []
+    probes: list[ModelProbe] = []
     wall = time.monotonic()
     with stack:
         publisher = DemoPublisher(stack.kafka_config, stream.items(), stream.events(), rate=args.rate).start()
@@ -142,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                         history_ms.append(ms)
                 for user in users[: args.model_probes]:
                     item = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=1), timeout=5).items[0].item_id
-                    s = _model_probe(stub, stack, registry, user, item, timeout_s=10 * args.export_interval + 120)
-                    if s is not None:
-                        model_s.append(s)
+                    # Long enough for a held version to be promoted on staleness (registry default 120 s).
+                    probes.append(_model_probe(stub, stack, registry, user, item,
+                                               timeout_s=10 * args.export_interval + 240))
         except grpc.RpcError as exc:
             print(f"streamrec bench freshness: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
@@ -157,11 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             "p99": round(_percentile(history_ms, 0.99), 1) if history_ms else None,
             "n": len(history_ms), "probes": len(users),
         },
-        "model_trained_and_served_s": {
-            "p50": round(statistics.median(model_s), 1) if model_s else None,
-            "max": round(max(model_s), 1) if model_s else None,
-            "n": len(model_s), "probes": args.model_probes,
+        "model_trained_and_served_s": _summary([p.served_s for p in probes]) | {
+            "probes": len(probes),
+            "held_back": sum(p.held_back for p in probes),
+            "not_served": sum(p.served_s is None for p in probes),
         },
+        "model_trained_and_registered_s": _summary([p.registered_s for p in probes]),
+        "model_probes": [asdict(p) | {"held_back": p.held_back} for p in probes],
         "export_interval_s": args.export_interval,
         "background_rate_eps": args.rate,
         "seconds": round(time.monotonic() - wall, 1),

@@ -1,0 +1,77 @@
+"""`bench freshness` model probes: every probe counts, including those whose first version the gate held back."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from bench import freshness
+from streamrec_proto.v1 import registry_pb2
+
+TOPIC = "streamrec.events"
+
+
+def _version(n: int, offset: int, gate: str) -> registry_pb2.ModelVersion:
+    return registry_pb2.ModelVersion(version=n, gate_decision=gate, training_offsets=[
+        registry_pb2.TopicPartitionOffset(topic=TOPIC, partition=0, offset=offset)])
+
+
+class FakeRegistry:
+    def __init__(self, versions):
+        self.versions = {v.version: v for v in versions}
+        self.visible = 0  # versions registered so far
+
+    def list_versions(self, model):
+        return [v for n, v in sorted(self.versions.items()) if n <= self.visible]
+
+    def get_version(self, model, n):
+        return self.versions[n]
+
+
+class FakeInference:
+    """Serves ``served[i]`` on the i-th call and registers one more version every call."""
+
+    def __init__(self, registry, served):
+        self.registry, self.served, self.calls = registry, served, 0
+
+    def Recommend(self, request, timeout):
+        self.registry.visible += 1
+        version = self.served[min(self.calls, len(self.served) - 1)]
+        self.calls += 1
+        return SimpleNamespace(model_version=version)
+
+
+def _run(monkeypatch, versions, served, timeout_s=30.0):
+    stack = SimpleNamespace(kafka_config=SimpleNamespace(topics=SimpleNamespace(name=lambda key: TOPIC)),
+                            options=SimpleNamespace(partitions=1, model_name="m"))
+    monkeypatch.setattr(freshness, "make_consumer", lambda *a: SimpleNamespace(end_offsets=lambda p: {},
+                                                                               close=lambda: None))
+    monkeypatch.setattr(freshness, "_publish_click", lambda *a: "probe-1")
+    monkeypatch.setattr(freshness, "_find_offset", lambda *a: (0, 100))  # the probe event is at offset 100
+    monkeypatch.setattr(freshness.time, "sleep", lambda s: None)
+    clock = iter(range(0, 10_000))
+    monkeypatch.setattr(freshness.time, "perf_counter", lambda: float(next(clock)))
+    registry = FakeRegistry(versions)
+    return freshness._model_probe(FakeInference(registry, served), stack, registry, "u", "i", timeout_s)
+
+
+def test_a_probe_whose_first_version_was_held_counts_as_held_back_and_as_served_later(monkeypatch):
+    # v1 was trained before the event; v2 trained on it but was held; v3 (trained on it) is served.
+    versions = [_version(1, 50, "promoted"), _version(2, 150, "held"), _version(3, 200, "promoted")]
+    probe = _run(monkeypatch, versions, served=[1, 1, 1, 1, 3])
+    assert probe.first_version == 2 and probe.gate == "held" and probe.held_back
+    assert probe.registered_s is not None and probe.served_s is not None and probe.served_s > probe.registered_s
+
+
+def test_a_probe_never_served_is_still_reported(monkeypatch):
+    versions = [_version(1, 50, "promoted"), _version(2, 150, "rejected")]
+    probe = _run(monkeypatch, versions, served=[1], timeout_s=20.0)
+    assert probe.served_s is None and probe.first_version == 2 and probe.held_back
+    straight = _run(monkeypatch, [_version(1, 150, "promoted")], served=[1])
+    assert not straight.held_back and straight.served_s is not None
+
+
+def test_summary_counts_every_probe():
+    probes = [freshness.ModelProbe(1.0, 2, "promoted", 3.0), freshness.ModelProbe(1.0, 3, "held", 130.0),
+              freshness.ModelProbe(None, 0, "", None)]
+    assert freshness._summary([p.served_s for p in probes]) == {"p50": 66.5, "max": 130.0, "n": 2}
+    assert sum(p.held_back for p in probes) == 1
