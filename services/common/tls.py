@@ -321,6 +321,8 @@ def add_cli_arguments(parser, identity: str) -> None:
                         help=f"directory with ca.crt and <identity>.crt/.key (env {TLS_DIR_ENV}; "
                              f"default {DEFAULT_LOCAL_DIR}, where `streamrec up` puts them)")
     parser.add_argument("--identity", default=identity, help=f"whose certificate to use (default {identity})")
+    parser.add_argument("--server-name", default="",
+                        help="name in the server's certificate, when it is not the target's host (e.g. via port-forward)")
     parser.add_argument("--plaintext", action="store_true", help="connect without TLS (servers must allow it)")
 
 
@@ -334,4 +336,4 @@ def cli_tls(args, environ: Mapping[str, str] | None = None) -> TlsConfig:
     if found is None:
         raise ConfigError(f"no credentials for {args.identity!r} in {directory} (want ca.crt, {args.identity}.crt, "
                           f"{args.identity}.key): run this where `streamrec up` runs, or pass --tls-dir")
-    return found
+    return found.model_copy(update={"server_name": args.server_name}) if args.server_name else found

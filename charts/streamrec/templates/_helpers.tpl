@@ -109,6 +109,69 @@ app.kubernetes.io/part-of: streamrec
 {{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}true{{ end }}
 {{- end }}
 
+{{/* Components that speak gRPC and so hold a certificate of their own. */}}
+{{- define "streamrec.grpcTls.components" -}}
+{{- list "registry" "inference" "trainer" | toJson }}
+{{- end }}
+
+{{/* Secret with ca.crt, tls.crt, tls.key of an identity (registry, inference, trainer, operator). */}}
+{{- define "streamrec.grpcTls.secretName" -}}
+{{- index .root.Values.grpcTls.secrets .identity | default (printf "%s-%s-tls" (include "streamrec.fullname" .root) .identity) }}
+{{- end }}
+
+{{/* The `tls:` config section of a gRPC component (services/common/tls.py). */}}
+{{- define "streamrec.grpcTls.config" -}}
+{{- $t := .root.Values.grpcTls }}
+{{- if not $t.enabled }}
+plaintext: true
+{{- else }}
+ca_file: /etc/streamrec/grpc-tls/ca.crt
+cert_file: /etc/streamrec/grpc-tls/tls.crt
+key_file: /etc/streamrec/grpc-tls/tls.key
+{{- if eq .component "inference" }}
+client_auth: {{ $t.inferenceClientAuth }}
+{{- if $t.tokensSecret.name }}
+tokens_file: /etc/streamrec/grpc-tokens/{{ $t.tokensSecret.key }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "streamrec.grpcTls.volumeMounts" -}}
+{{- if and .root.Values.grpcTls.enabled (has .component (include "streamrec.grpcTls.components" . | fromJsonArray)) }}
+- name: grpc-tls
+  mountPath: /etc/streamrec/grpc-tls
+  readOnly: true
+{{- if and (eq .component "inference") .root.Values.grpcTls.tokensSecret.name }}
+- name: grpc-tokens
+  mountPath: /etc/streamrec/grpc-tokens
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "streamrec.grpcTls.volumes" -}}
+{{- $t := .root.Values.grpcTls }}
+{{- if and $t.enabled (has .component (include "streamrec.grpcTls.components" . | fromJsonArray)) }}
+- name: grpc-tls
+  secret:
+    secretName: {{ include "streamrec.grpcTls.secretName" (dict "root" .root "identity" .component) }}
+    defaultMode: 0440
+    items:
+      - {key: ca.crt, path: ca.crt}
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+{{- if and (eq .component "inference") $t.tokensSecret.name }}
+- name: grpc-tokens
+  secret:
+    secretName: {{ $t.tokensSecret.name }}
+    defaultMode: 0440
+    items:
+      - {key: {{ $t.tokensSecret.key | quote }}, path: {{ $t.tokensSecret.key | quote }}}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Topics are created by Strimzi when it manages them, otherwise (optionally) by the services. */}}
 {{- define "streamrec.kafka.createTopics" -}}
 {{- if and .Values.kafka.topics.create (not .Values.kafka.strimzi.enabled) }}true{{ else }}false{{ end }}
@@ -144,6 +207,9 @@ component's own section, defaults first, the user's `config.settings` on top.
 {{- $cfg := dict "kafka" $kafka "logging" (dict "level" $v.config.logLevel "format" "json") "metrics" (dict "enabled" true "host" "0.0.0.0" "port" (int $v.metrics.port)) }}
 {{- if hasKey $v.service "grpcPort" }}
 {{- $_ := set $cfg "grpc" (dict "host" "0.0.0.0" "port" (int $v.service.grpcPort) "shutdown_grace_s" (max 1 (sub (int $v.terminationGracePeriodSeconds) 5))) }}
+{{- end }}
+{{- if has .component (include "streamrec.grpcTls.components" . | fromJsonArray) }}
+{{- $_ := set $cfg "tls" (include "streamrec.grpcTls.config" . | fromYaml) }}
 {{- end }}
 {{- $section := include (printf "streamrec.%s.settings" .component) $root | fromYaml }}
 {{- $_ := set $cfg .component (mergeOverwrite $section (deepCopy $v.config.settings)) }}
@@ -336,6 +402,9 @@ spec:
         {{- with include "streamrec.kafka.volumeMounts" $root | trim }}
         {{- . | nindent 8 }}
         {{- end }}
+        {{- with include "streamrec.grpcTls.volumeMounts" . | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
         {{- with .volumeMounts }}
         {{- . | trim | nindent 8 }}
         {{- end }}
@@ -350,6 +419,9 @@ spec:
       emptyDir:
         sizeLimit: 1Gi
     {{- with include "streamrec.kafka.volumes" $root | trim }}
+    {{- . | nindent 4 }}
+    {{- end }}
+    {{- with include "streamrec.grpcTls.volumes" . | trim }}
     {{- . | nindent 4 }}
     {{- end }}
     {{- with .volumes }}

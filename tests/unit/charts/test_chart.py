@@ -421,7 +421,7 @@ def test_hpa_off_sets_replicas_and_network_policy_admits_only_clients():
     grpc_rule = [r for r in one(docs, "NetworkPolicy", "inference")["spec"]["ingress"]
                  if r["ports"][0]["port"] == "grpc"][0]
     allowed = [p["podSelector"]["matchLabels"] for p in grpc_rule["from"]]
-    assert {f"{RELEASE}-streamrec-client": "true"} in allowed
+    assert {f"{RELEASE}-streamrec-recommend-client": "true"} in allowed
     assert any(a.get("app.kubernetes.io/component") == "test" for a in allowed)
     registry_grpc = [r for r in one(docs, "NetworkPolicy", "registry")["spec"]["ingress"]
                      if r["ports"][0]["port"] == "grpc"][0]

@@ -197,3 +197,9 @@ def test_plaintext_must_be_asked_for_and_is_logged(caplog):
         assert any("without TLS" in r.getMessage() for r in caplog.records)
     finally:
         server.stop(0)
+
+
+def test_a_server_name_override_is_checked_against_the_servers_certificate(mtls_server):
+    # As through a port-forward: the certificate names the service, the target is localhost.
+    assert ping(mtls_server, tls_for("app", server_name="inference")) == grpc.StatusCode.OK
+    assert ping(mtls_server, tls_for("app", server_name="somebody-else")) == grpc.StatusCode.UNAVAILABLE
