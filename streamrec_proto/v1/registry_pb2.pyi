@@ -96,7 +96,10 @@ class ModelVersion(_message.Message):
     """0 when none."""
     trainer_id: _builtins.str
     gate_decision: _builtins.str
-    """"promoted", "rejected" or "" (no gate ran); with the reason in words."""
+    """"promoted", "rejected", "held" (no usable paired evidence yet) or "" (no gate ran); with the
+    reason in words, quoting the evidence. The evidence itself is in metrics as gate.* (see
+    services/registry/gate.py): both hit rates on the same holdout events, n and the bound.
+    """
     gate_reason: _builtins.str
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -483,7 +486,7 @@ class ModelVersionEvent(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     action: _builtins.str
-    """"registered", "promoted", "rejected", "alias_set", "rolled_back", "archived"."""
+    """"registered", "promoted", "rejected", "held", "alias_set", "rolled_back", "archived"."""
     version: _builtins.int
     sequence: _builtins.int
     """Counts up per registry database, so consumers can ignore stale replays."""
