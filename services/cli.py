@@ -7,7 +7,13 @@ does not load torch and ``streamrec recommend`` starts fast.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# `streamrec up` starts Kafka and the services (fork + exec) while its own gRPC calls run on other
+# threads; gRPC's fork handlers would abort some of those children before they exec. No streamrec
+# process forks to go on using gRPC (services use the spawn start method), so the handlers are off.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 # subcommand -> (module with a ``main(argv) -> int``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

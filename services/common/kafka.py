@@ -109,11 +109,34 @@ def _await_partitions(consumer: KafkaConsumer, topics: list[str], deadline: floa
         time.sleep(0.2)
 
 
-def commit_processed(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int]) -> None:
-    """Commit ``next_offsets`` (the offset after the last processed record, per partition)."""
+def commit_processed(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int],
+                     timeout_s: float = 300.0) -> None:
+    """Commit ``next_offsets`` (the offset after the last processed record, per partition).
+
+    While the group coordinator is unreachable (a broker restarting, leadership moving) the commit
+    is retried for up to ``timeout_s``: the output is already acknowledged, so waiting costs nothing,
+    whereas giving up would restart the service and reprocess the batch. Errors that retrying cannot
+    fix (the group rebalanced the partitions away) are raised at once.
+    """
     if not next_offsets:
         return
-    consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()})
+    offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()}
+    deadline = time.monotonic() + timeout_s
+    backoff_s, warned = 0.2, False
+    while True:
+        try:
+            consumer.commit(offsets, timeout_ms=10_000)
+            if warned:
+                logger.info("offset commit succeeded again")
+            return
+        except KafkaError as exc:
+            if not exc.retriable or time.monotonic() + backoff_s > deadline:
+                raise
+            if not warned:
+                logger.warning("offset commit failed; retrying", extra={"error": repr(exc)})
+                warned = True
+        time.sleep(backoff_s)
+        backoff_s = min(backoff_s * 2, 5.0)
 
 
 def topic_configs(config: KafkaConfig) -> dict[str, dict[str, str]]:

@@ -14,6 +14,7 @@ import threading
 import time
 
 from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError
 
 from services.common.kafka import (
     CONTENT_TYPE_HEADER,
@@ -192,7 +193,14 @@ class Ingester:
         for fut in futures:
             if fut.failed():
                 raise DeliveryFailed(f"a produced record was not acknowledged: {fut.exception!r}")
-        commit_processed(self.consumer, next_offsets)
+        try:
+            commit_processed(self.consumer, next_offsets)
+        except (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError) as exc:
+            # The group moved on (e.g. the member's session lapsed while Kafka was away): the batch is read
+            # again by whoever owns the partitions now, and the dedup window drops what was already produced.
+            logger.warning("offsets not committed: the group rebalanced; the batch will be read again",
+                           extra={"error": repr(exc)})
+            return
         self.records_committed += n_in
 
         m = self.metrics
