@@ -16,7 +16,7 @@ import yaml
 
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.kafka import ensure_topics
-from services.common.localkafka import LocalKafka
+from services.common.localkafka import LocalKafka, LocalKafkaCluster
 from services.common.process import die_with_parent
 from services.common.tls import TlsConfig
 from services.stack.credentials import ensure_credentials
@@ -57,6 +57,9 @@ class StackOptions:
     inference_replicas: int = 1
     # Off only when asked for: every gRPC call in the stack then goes in plaintext, unauthenticated.
     plaintext: bool = False
+    # Kafka nodes on loopback: 1 is the single broker; 3 is a cluster with replication factor 3 and
+    # min.insync.replicas 2 (broker-failure tests). The first listens on ports.kafka.
+    kafka_brokers: int = 1
 
 
 class LocalStack:
@@ -65,11 +68,18 @@ class LocalStack:
         self.work_dir = options.work_dir.resolve()
         self.tls_dir = self.work_dir / "tls"
         ports = options.ports
-        self.kafka = LocalKafka(data_dir=self.work_dir / "kafka", port=ports.kafka, heap="512m",
-                                log_file=self.work_dir / "logs" / "kafka.log")
+        if options.kafka_brokers > 1:
+            self.kafka = LocalKafkaCluster(options.kafka_brokers, data_dir=self.work_dir / "kafka", heap="384m",
+                                           log_dir=self.work_dir / "logs", ports=[ports.kafka])
+            self.replication_factor = self.kafka.replication_factor
+        else:
+            self.kafka = LocalKafka(data_dir=self.work_dir / "kafka", port=ports.kafka, heap="512m",
+                                    log_file=self.work_dir / "logs" / "kafka.log")
+            self.replication_factor = 1
         self.kafka_config = KafkaConfig(
-            bootstrap_servers=f"127.0.0.1:{ports.kafka}",
-            topics=TopicsConfig(prefix=options.topic_prefix, partitions=options.partitions),
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            topics=TopicsConfig(prefix=options.topic_prefix, partitions=options.partitions,
+                                replication_factor=self.replication_factor),
         )
         self.services: dict[str, ServiceProcess] = {
             name: ServiceProcess(
@@ -106,9 +116,10 @@ class LocalStack:
         opts, ports = self.options, self.options.ports
         data = self.work_dir / "data" / name
         kafka = {
-            "bootstrap_servers": f"127.0.0.1:{ports.kafka}",
+            "bootstrap_servers": self.kafka.bootstrap_servers,
             "client_id": f"streamrec-{name}",
-            "topics": {"prefix": opts.topic_prefix, "partitions": opts.partitions},
+            "topics": {"prefix": opts.topic_prefix, "partitions": opts.partitions,
+                       "replication_factor": self.replication_factor},
         }
         config: dict = {
             "logging": {"level": "INFO", "format": "text"},

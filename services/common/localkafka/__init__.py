@@ -1,16 +1,18 @@
-"""A single-node Apache Kafka broker (KRaft) for the local stack and the tests.
+"""A single-node Apache Kafka broker (KRaft) for the local stack and the tests, or a small cluster.
 
 The jars come from Maven Central once (``mvn dependency:copy-dependencies`` on the
 bundled ``pom.xml``) into a cache directory; the broker then runs with ``java`` and a
 small heap. ``LocalKafka`` formats storage, starts the broker on a chosen port, waits
-until it accepts connections, and stops it.
+until it accepts connections, and stops it. ``LocalKafkaCluster`` runs several such nodes on
+loopback (replication factor 3, ``min.insync.replicas`` 2) for broker-failure tests.
 """
 
 from services.common.localkafka.broker import (
     KafkaBrokerError,
     LocalKafka,
+    LocalKafkaCluster,
     default_cache_dir,
     fetch_jars,
 )
 
-__all__ = ["KafkaBrokerError", "LocalKafka", "default_cache_dir", "fetch_jars"]
+__all__ = ["KafkaBrokerError", "LocalKafka", "LocalKafkaCluster", "default_cache_dir", "fetch_jars"]

@@ -1,4 +1,4 @@
-"""Fetch, format, start and stop a local single-node KRaft broker."""
+"""Fetch, format, start and stop a local KRaft broker, or a cluster of them on loopback."""
 
 from __future__ import annotations
 
@@ -89,6 +89,11 @@ def _wait_for_port(host: str, port: int, deadline: float, proc: subprocess.Popen
 class LocalKafka:
     """One KRaft broker+controller process with its data in ``data_dir``.
 
+    Alone by default (its own single-voter quorum, replication factor 1). ``LocalKafkaCluster`` runs
+    several, each given its ``node_id``, the static ``quorum_voters`` and the cluster's
+    ``replication_factor`` (internal topics and the default for new ones; ``min.insync.replicas``
+    is one less, at least 1).
+
     >>> with LocalKafka(port=9092) as kafka:
     ...     kafka.bootstrap_servers
     '127.0.0.1:9092'
@@ -103,6 +108,10 @@ class LocalKafka:
         cache_dir: Path | None = None,
         num_partitions: int = 3,
         log_file: Path | str | None = None,
+        node_id: int = 1,
+        quorum_voters: str | None = None,
+        cluster_id: str | None = None,
+        replication_factor: int = 1,
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="streamrec-kafka-"))
@@ -112,6 +121,10 @@ class LocalKafka:
         self.cache_dir = cache_dir
         self.num_partitions = num_partitions
         self.log_file = Path(log_file) if log_file else self.data_dir / "broker.log"
+        self.node_id = node_id
+        self.quorum_voters = quorum_voters
+        self.cluster_id = cluster_id
+        self.replication_factor = replication_factor
         self.process: subprocess.Popen | None = None
 
     @property
@@ -120,10 +133,14 @@ class LocalKafka:
 
     def _config(self) -> Path:
         logs = self.data_dir / "logs"
+        rf = str(self.replication_factor)
+        min_isr = str(max(1, self.replication_factor - 1))
+        quorum = ({"controller.quorum.voters": self.quorum_voters} if self.quorum_voters
+                  else {"controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}"})
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            **quorum,
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -131,12 +148,14 @@ class LocalKafka:
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(logs),
             "num.partitions": str(self.num_partitions),
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": rf,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": rf,
             "offsets.topic.num.partitions": "3",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": min_isr,
             # A single local node: rebalance at once instead of waiting for more members.
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
@@ -145,6 +164,10 @@ class LocalKafka:
             "num.network.threads": "2",
             "num.io.threads": "2",
         }
+        if self.quorum_voters:
+            # In a cluster, notice a dead node within seconds (not the default 9 s) so leadership moves on.
+            props["broker.heartbeat.interval.ms"] = "1000"
+            props["broker.session.timeout.ms"] = "6000"
         path = self.data_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         return path
@@ -161,16 +184,24 @@ class LocalKafka:
         ]
 
     def start(self, timeout: float = 90.0) -> "LocalKafka":
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> None:
+        """Format the storage on first use and start the process (without waiting for it)."""
         if shutil.which("java") is None:
             raise KafkaBrokerError("java is not installed; the local Kafka broker needs Java 17+")
         libs = fetch_jars(self.cache_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self._config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = str(uuid.uuid4().hex[:22])
+            # Alone: a quorum of itself (--standalone). In a cluster: the static voters, one cluster id.
+            quorum = [] if self.quorum_voters else ["--standalone"]
             fmt = subprocess.run(
-                self._java(libs, "kafka.tools.StorageTool", "format", "--standalone",
-                           "--cluster-id", cluster_id, "--config", str(config), "--ignore-formatted"),
+                self._java(libs, "kafka.tools.StorageTool", "format", *quorum,
+                           "--cluster-id", self.cluster_id or str(uuid.uuid4().hex[:22]),
+                           "--config", str(config), "--ignore-formatted"),
                 capture_output=True, text=True,
             )
             if fmt.returncode != 0:
@@ -183,14 +214,17 @@ class LocalKafka:
             preexec_fn=die_with_parent,
         )
         log.close()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until the broker answers metadata requests; stops it and raises if it does not in time."""
         try:
             _wait_for_port("127.0.0.1", self.port, time.monotonic() + timeout, self.process)
             self._wait_ready(time.monotonic() + timeout)
         except Exception:
             self.stop()
             raise
-        logger.info("kafka broker started", extra={"bootstrap_servers": self.bootstrap_servers})
-        return self
+        logger.info("kafka broker started", extra={"bootstrap_servers": self.bootstrap_servers,
+                                                   "node_id": self.node_id})
 
     def _wait_ready(self, deadline: float) -> None:
         """The port opens before the broker has joined its own quorum; wait for metadata."""
@@ -233,6 +267,134 @@ class LocalKafka:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalKafka":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+class LocalKafkaCluster:
+    """``size`` KRaft nodes (each broker and controller) on loopback, for broker-failure tests.
+
+    Replication factor ``size`` (at most 3) and ``min.insync.replicas`` one less, so a topic stays
+    writable with acks=all while one node is down. ``kill(node_id)`` / ``start_node(node_id)`` bounce
+    one node on its data; ``leaders(topic)`` says which node leads each partition.
+    """
+
+    def __init__(self, size: int = 3, data_dir: Path | str | None = None, heap: str = "384m",
+                 cache_dir: Path | None = None, num_partitions: int = 3, log_dir: Path | str | None = None,
+                 ports: list[int] | None = None) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="streamrec-kafka-"))
+        self.replication_factor = min(size, 3)
+        ports = list(ports or []) + [free_port() for _ in range(size - len(ports or []))]
+        controller_ports = [free_port() for _ in range(size)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{controller_ports[i]}" for i in range(size))
+        cluster_id = uuid.uuid4().hex[:22]
+        log_dir = Path(log_dir) if log_dir else self.data_dir
+        self.nodes: dict[int, LocalKafka] = {
+            i + 1: LocalKafka(data_dir=self.data_dir / f"node{i + 1}", port=ports[i], controller_port=controller_ports[i],
+                              heap=heap, cache_dir=cache_dir, num_partitions=num_partitions,
+                              log_file=log_dir / f"kafka-{i + 1}.log", node_id=i + 1, quorum_voters=voters,
+                              cluster_id=cluster_id, replication_factor=self.replication_factor)
+            for i in range(size)
+        }
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.bootstrap_servers for node in self.nodes.values())
+
+    def start(self, timeout: float = 120.0) -> "LocalKafkaCluster":
+        # All at once: the controllers need a majority of the quorum before any node is ready.
+        try:
+            for node in self.nodes.values():
+                node.launch()
+            for node in self.nodes.values():
+                node.wait_ready(timeout)
+            self.wait_all_registered(timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def wait_all_registered(self, timeout: float = 120.0) -> None:
+        """Until every node that runs is a registered (unfenced) broker in the cluster metadata."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        want = {n for n, node in self.nodes.items() if node.process is not None}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=self.running_bootstrap_servers(), request_timeout_ms=5000)
+                try:
+                    brokers = admin.describe_cluster()["brokers"]
+                    if {b["broker_id"] for b in brokers if not b.get("is_fenced")} >= want:
+                        return
+                finally:
+                    admin.close()
+            except (KafkaError, OSError):
+                pass
+            time.sleep(0.3)
+        raise KafkaBrokerError(f"brokers {sorted(want)} did not all register in time")
+
+    def running_bootstrap_servers(self) -> str:
+        return ",".join(n.bootstrap_servers for n in self.nodes.values() if n.process is not None) or self.bootstrap_servers
+
+    def leaders(self, topic: str) -> dict[int, int]:
+        """Partition -> node id of its leader (-1 while it has none)."""
+        return {p["partition_index"]: p["leader_id"] for p in self._describe(topic)}
+
+    def in_sync(self, topic: str) -> dict[int, set[int]]:
+        """Partition -> node ids of its in-sync replicas."""
+        return {p["partition_index"]: set(p["isr_nodes"]) for p in self._describe(topic)}
+
+    def _describe(self, topic: str, timeout: float = 60.0) -> list[dict]:
+        """The topic's partitions as a live node describes them; retried while a node just died is still
+        listed in the metadata the client got."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=self.running_bootstrap_servers(), request_timeout_ms=5000)
+                try:
+                    (described,) = admin.describe_topics([topic])
+                    return described["partitions"]
+                finally:
+                    admin.close()
+            except (KafkaError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node, as a crash would."""
+        self.nodes[node_id].kill()
+
+    def start_node(self, node_id: int, timeout: float = 120.0) -> None:
+        node = self.nodes[node_id]
+        node.launch()
+        node.wait_ready(timeout)
+        self.wait_all_registered(timeout)
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            proc = node.process
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # all at once: a lone survivor would wait for its quorum
+        for node in self.nodes.values():
+            node.stop()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalKafkaCluster":
         return self.start()
 
     def __exit__(self, *exc) -> None:
