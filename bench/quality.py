@@ -1,17 +1,25 @@
 """Recommendation quality benchmark: ``streamrec bench quality --data PATH --format FMT [--k 10] [--cold-start]``.
 
-Leave-last-out split of the dataset; on the training part it trains
-* the streaming model: one pass in time order (micro-batches + replay), as the trainer service does,
-* the same model offline: several shuffled epochs over the same training part,
-and scores popularity and item-kNN baselines, all ranked on the same held-out test events (full ranking
-among items the user has not interacted with). ``--cold-start`` adds HR/NDCG on the test cases whose
-item was first seen in the last 10% of the time span, for the streaming model with and without the text
-tower. Prints one JSON line.
+Leave-last-out split of the dataset (per user: last event = test, the one before = validation); on the
+training part it trains, all with the same recipe (``recmodel.train.IncrementalTrainer`` defaults, the
+ones the trainer service uses):
+* ``streaming``: one pass in time order (micro-batches + replay), as the trainer service does,
+* ``streaming_replay``: the same model after the idle-time replay the trainer does once it has caught
+  up (``--replay-epochs`` passes over its replay buffer; the budget is in the output),
+* ``offline``: the same model trained for ``--epochs`` shuffled epochs over the training part,
+and the baselines popularity, item-kNN and ALS (``implicit``; its settings are picked on the validation
+events from a small grid, so it is a tuned baseline). Everything is ranked on the same held-out events
+(full ranking among items the user has not interacted with). ``--stage validation`` reports the
+validation events instead (choose settings there; report test). ``--cold-start`` adds HR/NDCG on the
+held-out events whose item was first seen in the last 10% of the time span, for the streaming model
+with and without the text tower. Prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import itertools
 import json
 import sys
 import time
@@ -19,9 +27,18 @@ import time
 import torch
 
 from recmodel.data import FORMATS, Item, load_dataset
-from recmodel.evaluate import ItemKNNBaseline, PopularityBaseline, evaluate_leave_last_out, leave_last_out_split
+from recmodel.evaluate import (
+    ALSBaseline,
+    ItemKNNBaseline,
+    PopularityBaseline,
+    evaluate_leave_last_out,
+    leave_last_out_split,
+)
 from recmodel.text import HashingTextEncoder, TextEncoder
 from recmodel.train import IncrementalTrainer
+
+RECIPE = {k: p.default for k, p in inspect.signature(IncrementalTrainer).parameters.items() if p.default is not p.empty}
+ALS_GRID = {"factors": (64, 128), "regularization": (0.01, 0.1), "alpha": (1.0, 10.0)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,14 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="", help="dataset path; for --format synthetic a spec like seed=0,n_users=600")
     p.add_argument("--format", default="synthetic", choices=FORMATS)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--stage", choices=("test", "validation"), default="test",
+                   help="which held-out event to report (tune on validation, report test)")
     p.add_argument("--cold-start", action="store_true", help="also report items first seen in the last 10%% of time")
-    p.add_argument("--epochs", type=int, default=30, help="epochs for the offline reference model")
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--max-len", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=40, help="epochs for the offline model")
+    p.add_argument("--replay-epochs", type=float, default=40.0,
+                   help="idle replay after the streaming pass, in passes over the replay buffer")
+    for name in ("dim", "max_len", "batch_size", "replay_batch", "n_layers", "n_heads"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=RECIPE[name])
+    for name in ("lr", "dropout", "temperature", "id_gate_prior"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=RECIPE[name])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-encoder", choices=("minilm", "hashing"), default="minilm")
-    p.add_argument("--id-gate-prior", type=float, default=5.0, help="interactions at which an item's ID embedding gets half weight")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     return p
 
@@ -54,64 +75,100 @@ def main(argv: list[str] | None = None) -> int:
     item_ids = [it.item_id for it in item_list]
     split = leave_last_out_split(dataset.events, seed=args.seed)
     k = args.k
-    timings: dict[str, float] = {}
 
-    def evaluate(model, **kw) -> dict:
-        r = evaluate_leave_last_out(model, split, item_ids, k=k, **kw)
+    def evaluate(model, stage: str = args.stage, **kw) -> dict:
+        r = evaluate_leave_last_out(model, split, item_ids, k=k, stage=stage, **kw)
         return {f"hr@{k}": round(r[f"hr@{k}"], 4), f"ndcg@{k}": round(r[f"ndcg@{k}"], 4), "users": r["users"]}
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return out, round(time.perf_counter() - t0, 1)
 
     text_encoder = TextEncoder() if args.text_encoder == "minilm" else HashingTextEncoder(128)
     config = dict(
         dim=args.dim, max_len=args.max_len, capacity=len(item_list) + 16, batch_size=args.batch_size,
-        replay_batch=args.batch_size // 2, seed=args.seed, text_encoder=text_encoder, id_gate_prior=args.id_gate_prior,
+        replay_batch=args.replay_batch, n_layers=args.n_layers, n_heads=args.n_heads, lr=args.lr,
+        dropout=args.dropout, temperature=args.temperature, id_gate_prior=args.id_gate_prior,
+        seed=args.seed, text_encoder=text_encoder,
     )
 
-    def train(streaming: bool, use_text: bool = True) -> IncrementalTrainer:
-        t0 = time.perf_counter()
+    def new_trainer(use_text: bool) -> IncrementalTrainer:
         trainer = IncrementalTrainer(**config, use_text=use_text)
         trainer.upsert_items(item_list)
-        if streaming:
-            trainer.train_events(split.train)
-        else:
-            trainer.fit_offline(split.train, epochs=args.epochs)
-        timings[("streaming" if streaming else "offline") + ("" if use_text else "_no_text")] = round(time.perf_counter() - t0, 1)
         return trainer
 
     results: dict[str, dict] = {}
-    results["popularity"] = evaluate(PopularityBaseline().fit(split.train))
-    results["item_knn"] = evaluate(ItemKNNBaseline().fit(split.train))
-    streaming = train(streaming=True)
-    results["streaming"] = evaluate(streaming)
-    results["offline"] = evaluate(train(streaming=False))
+
+    def record(name: str, model, seconds: float, **extra) -> None:
+        results[name] = {**evaluate(model), "seconds": seconds, **extra}
+
+    model, s = timed(lambda: PopularityBaseline().fit(split.train))
+    record("popularity", model, s)
+    model, s = timed(lambda: ItemKNNBaseline().fit(split.train))
+    record("item_knn", model, s)
+
+    def tuned_als():
+        best = None
+        for values in itertools.product(*ALS_GRID.values()):
+            params = dict(zip(ALS_GRID, values))
+            als = ALSBaseline(**params, seed=args.seed).fit(split.train)
+            score = evaluate(als, stage="validation")[f"hr@{k}"]
+            if best is None or score > best[0]:
+                best = (score, params, als)
+        return best
+
+    (val_hr, als_params, als), s = timed(tuned_als)
+    record("als", als, s, params=als_params, validation_hr=val_hr)
+
+    first_seen: dict[str, int] = {}
+    for e in dataset.events:
+        first_seen[e.item_id] = min(first_seen.get(e.item_id, e.timestamp_ms), e.timestamp_ms)
+    t_min = min(e.timestamp_ms for e in dataset.events)
+    cutoff = t_min + 0.9 * (max(e.timestamp_ms for e in dataset.events) - t_min)
+    is_cold = lambda user, event: first_seen[event.item_id] >= cutoff  # noqa: E731
+
+    streaming = new_trainer(use_text=True)
+    _, s = timed(lambda: streaming.train_events(split.train))
+    record("streaming", streaming, s)
+    cold_with_text = evaluate(streaming, users=is_cold) if args.cold_start else None
+    replay_steps = int(round(args.replay_epochs * streaming.replay_epoch_steps()))
+    _, s = timed(lambda: streaming.replay(replay_steps))
+    record("streaming_replay", streaming, round(results["streaming"]["seconds"] + s, 1),
+           replay={"epochs": args.replay_epochs, "steps": replay_steps, "seconds": s,
+                   "windows_per_step": args.replay_batch})
+    offline = new_trainer(use_text=True)
+    _, s = timed(lambda: offline.fit_offline(split.train, epochs=args.epochs))
+    record("offline", offline, s, epochs=args.epochs)
+
+    hr = f"hr@{k}"
     out: dict = {
         "bench": "quality",
         "format": args.format,
         "data": args.data,
+        "stage": args.stage,
         "k": k,
         "users": len(dataset.users),
         "items": len(item_list),
         "events": len(dataset.events),
         "train_events": len(split.train),
         "test_users": len(split.test),
+        "recipe": {key: value for key, value in config.items() if key not in ("text_encoder", "capacity")},
         "models": results,
-        "streaming_over_offline_hr": round(results["streaming"][f"hr@{k}"] / max(results["offline"][f"hr@{k}"], 1e-12), 3),
+        "streaming_over_als_hr": round(results["streaming"][hr] / max(results["als"][hr], 1e-12), 3),
+        "streaming_over_offline_hr": round(results["streaming"][hr] / max(results["offline"][hr], 1e-12), 3),
+        "streaming_replay_over_offline_hr": round(results["streaming_replay"][hr] / max(results["offline"][hr], 1e-12), 3),
         "text_encoder": text_encoder.name,
     }
     if args.cold_start:
-        first_seen: dict[str, int] = {}
-        for e in dataset.events:
-            first_seen[e.item_id] = min(first_seen.get(e.item_id, e.timestamp_ms), e.timestamp_ms)
-        t_min = min(e.timestamp_ms for e in dataset.events)
-        t_max = max(e.timestamp_ms for e in dataset.events)
-        cutoff = t_min + 0.9 * (t_max - t_min)
-        is_cold = lambda user, event: first_seen[event.item_id] >= cutoff  # noqa: E731
-        no_text = train(streaming=True, use_text=False)
+        no_text = new_trainer(use_text=False)
+        no_text.train_events(split.train)
         out["cold_start"] = {
             "first_seen_after_ms": int(cutoff),
-            "with_text": evaluate(streaming, users=is_cold),
+            "model": "streaming (one pass)",
+            "with_text": cold_with_text,
             "without_text": evaluate(no_text, users=is_cold),
         }
-    out["train_seconds"] = timings
     out["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(out, sort_keys=True))
     sys.stdout.flush()

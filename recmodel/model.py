@@ -108,8 +108,10 @@ class ItemTower(nn.Module):
         self.id_emb = nn.Embedding(capacity + 1, dim)
         nn.init.normal_(self.id_emb.weight, std=0.01)
         self.register_buffer("text_table", torch.zeros(capacity + 1, text_dim))
-        # Weight of the ID embedding per slot, n / (n + prior) for an item with n interactions (set by the
-        # trainer): an item nobody has touched is placed by its text alone, a well-known one by both.
+        # Weight of the ID embedding per slot, n / (n + prior) for an item with n training targets (set by
+        # the trainer); the text projection gets the rest. An item nobody has touched is placed by its text
+        # alone, a well-known one by its own learnt row alone, so the text tower carries cold items
+        # without pulling warm ones towards their genre.
         self.register_buffer("id_gate", torch.ones(capacity + 1))
         self.text_proj = (
             nn.Sequential(nn.Linear(text_dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)) if use_text else None
@@ -118,7 +120,8 @@ class ItemTower(nn.Module):
     def forward(self, slots: torch.Tensor) -> torch.Tensor:
         vec = self.id_emb(slots)
         if self.text_proj is not None:
-            vec = vec * self.id_gate[slots].unsqueeze(-1) + self.text_proj(self.text_table[slots])
+            gate = self.id_gate[slots].unsqueeze(-1)
+            vec = vec * gate + self.text_proj(self.text_table[slots]) * (1.0 - gate)
         return F.normalize(vec, dim=-1)
 
 

@@ -30,6 +30,7 @@ from recmodel.atomic import atomic_writer
 from recmodel.data.types import DEFAULT_EVENT_WEIGHTS, Event, Item
 from recmodel.holdout import is_holdout
 from recmodel.model import SequentialRecommender, event_type_id, gap_buckets
+from recmodel.recipe import RECIPE
 from recmodel.text import HashingTextEncoder, TextEncoder, TextEncoderLike
 from recmodel.vocab import ItemVocabulary
 
@@ -61,27 +62,27 @@ class IncrementalTrainer:
     def __init__(
         self,
         *,
-        dim: int = 64,
-        max_len: int = 50,
+        dim: int = RECIPE["dim"],
+        max_len: int = RECIPE["max_len"],
         capacity: int = 50_000,
         text_encoder: TextEncoderLike | None = None,
         device: str | torch.device | None = None,
         seed: int = 0,
-        lr: float = 3e-3,
+        lr: float = RECIPE["lr"],
         weight_decay: float = 0.0,
-        batch_size: int = 256,
-        replay_batch: int = 128,
-        n_random_negatives: int = 256,
+        batch_size: int = RECIPE["batch_size"],
+        replay_batch: int = RECIPE["replay_batch"],
+        n_random_negatives: int = RECIPE["n_random_negatives"],
         replay_size: int = 20_000,
         use_text: bool = True,
-        n_heads: int = 2,
-        n_layers: int = 2,
-        dropout: float = 0.0,
-        temperature: float = 0.1,
+        n_heads: int = RECIPE["n_heads"],
+        n_layers: int = RECIPE["n_layers"],
+        dropout: float = RECIPE["dropout"],
+        temperature: float = RECIPE["temperature"],
         steps_per_batch: int = 1,
-        id_gate_prior: float = 5.0,
+        id_gate_prior: float = RECIPE["id_gate_prior"],
         holdout_fraction: float = 0.0,
-        full_softmax_items: int = 100_000,
+        full_softmax_items: int = RECIPE["full_softmax_items"],
         event_weights: Mapping[str, float] | None = None,
     ) -> None:
         self.dim = dim

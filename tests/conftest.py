@@ -12,6 +12,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Tests start brokers and services (fork + exec) while gRPC calls run on other threads; gRPC's fork
 # handlers then abort some children before they exec. Nothing here forks to keep using gRPC.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+# OpenMP worker threads (torch, ONNX Runtime) spin while they wait for work; on a busy 2-core machine
+# spinning threads starve the one doing the work and a step takes 100x longer. Sleep instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

@@ -11,25 +11,30 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from services.common.config import KafkaConfig, MetricsConfig, Section, ServiceConfig
+from recmodel.recipe import RECIPE
 from services.common.tls import TlsConfig
 
 
 class ModelSection(Section):
-    """Hyperparameters handed to ``recmodel.train.IncrementalTrainer`` under the same names."""
+    """Hyperparameters handed to ``recmodel.train.IncrementalTrainer`` under the same names; the
+    defaults are recmodel's recipe (``recmodel.recipe.RECIPE``)."""
 
-    dim: int = Field(64, ge=4)
-    max_len: int = Field(50, ge=2)
+    dim: int = Field(RECIPE["dim"], ge=4)
+    max_len: int = Field(RECIPE["max_len"], ge=2)
     capacity: int = Field(50_000, ge=16, description="item vocabulary size (least recently seen items are evicted)")
     seed: int = 0
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(256, ge=1, description="events per optimisation step")
-    replay_batch: int = Field(128, ge=0)
-    n_random_negatives: int = Field(256, ge=1)
+    lr: float = Field(RECIPE["lr"], gt=0)
+    batch_size: int = Field(RECIPE["batch_size"], ge=1, description="events per optimisation step")
+    replay_batch: int = Field(RECIPE["replay_batch"], ge=0)
+    n_random_negatives: int = Field(RECIPE["n_random_negatives"], ge=1)
+    full_softmax_items: int = Field(RECIPE["full_softmax_items"], ge=0,
+                                    description="full softmax while the catalog has at most this many items")
     replay_size: int = Field(20_000, ge=0)
-    n_heads: int = Field(2, ge=1)
-    n_layers: int = Field(2, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    temperature: float = Field(0.05, gt=0)
+    n_heads: int = Field(RECIPE["n_heads"], ge=1)
+    n_layers: int = Field(RECIPE["n_layers"], ge=1)
+    dropout: float = Field(RECIPE["dropout"], ge=0, lt=1)
+    temperature: float = Field(RECIPE["temperature"], gt=0)
+    id_gate_prior: float = Field(RECIPE["id_gate_prior"], ge=0)
     use_text: bool = True
     # "minilm": the offline-packaged all-MiniLM-L6-v2 (production); "hashing": instant, for tests.
     text_encoder: Literal["minilm", "hashing"] = "minilm"
@@ -93,6 +98,10 @@ class GateEvidenceSection(Section):
 
 class TrainerSection(Section):
     registry_target: str = "127.0.0.1:50051"
+    # Once caught up with the stream: passes over the replay buffer spent on idle time (reset by new
+    # events), a few steps per loop turn so new events are picked up at once.
+    idle_replay_epochs: float = Field(20.0, ge=0)
+    idle_replay_steps: int = Field(2, ge=1)
     registry_timeout_s: float = Field(120.0, gt=0)
     model_name: str = "recommender"
     auto_promote: bool = True

@@ -123,6 +123,8 @@ class _Replica:
             self.trainer.upsert_items([Item(**{**d, "categories": tuple(d["categories"])}) for d in cmd[1]])
         elif op == "train":
             return self.trainer.train_events([Event(*t) for t in cmd[1]])
+        elif op == "replay":
+            return self.trainer.replay(cmd[1])
         elif op == "close":
             self.trainer = None
         return None
@@ -154,6 +156,9 @@ class DistributedBackend:
 
     def train_events(self, events):
         return self._run(("train", _events_payload(events)))
+
+    def replay(self, steps: int):
+        return self._run(("replay", steps))
 
     def close(self) -> None:
         self._run(("close",))

@@ -13,6 +13,8 @@ class TrainerMetrics:
         self.events_trained = Counter(
             "streamrec_trainer_events_trained", "Events the model has trained on (restored from the checkpoint at start)",
             registry=registry)
+        self.replay_steps = Counter(
+            "streamrec_trainer_replay_steps", "Idle-time replay steps over the replay buffer", registry=registry)
         self.loss = Gauge("streamrec_trainer_loss", "Sampled-softmax loss of the last micro-batch", registry=registry)
         self.loop_restarts = Counter(
             "streamrec_trainer_loop_restarts", "Background loops (the lease elector) restarted after dying",

@@ -78,6 +78,9 @@ class LocalBackend:
     def train_events(self, events):
         return self.trainer.train_events(events)
 
+    def replay(self, steps: int):
+        return self.trainer.replay(steps)
+
     def close(self) -> None:
         self.trainer = None
 
@@ -95,6 +98,7 @@ class TrainerService:
         self.client = registry_client or RegistryClient(self.cfg.registry_target, timeout_s=self.cfg.registry_timeout_s,
                                                         tls=config.tls)
         self.trainer_id = self.cfg.trainer_id or getattr(elector, "identity", "trainer")
+        self._replayed_unexported = 0  # idle replay steps the registered version does not have yet
         self.publisher = VersionPublisher(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
                                           auto_promote=self.cfg.auto_promote, exports_dir=self.store.exports_dir,
                                           keep_exports=self.cfg.keep_exports)
@@ -210,6 +214,7 @@ class TrainerService:
         last_partitions = now
         exported_at_events = trainer.events_trained
         loss = float("nan")
+        idle_budget = 0  # replay steps left until new events arrive
         while not stop.is_set():
             self._check_leader()
             self._upsert(items.read_available(0), items)
@@ -231,6 +236,18 @@ class TrainerService:
                 position.events_skipped += batch.skipped
                 position.newest_event_ms = max(position.newest_event_ms, batch.newest_ms)
                 self._after_batch(trainer, batch, loss, time.perf_counter() - start)
+                if batch.events:
+                    idle_budget = int(cfg.idle_replay_epochs * trainer.replay_epoch_steps())
+            if (batch is None or not batch.events) and idle_budget > 0:
+                # Caught up: spend idle compute on more passes over the replay buffer (bounded), so the
+                # served model approaches offline quality instead of staying at one-pass quality.
+                steps = min(cfg.idle_replay_steps, idle_budget)
+                stats = self.backend.replay(steps)
+                idle_budget -= steps
+                self._replayed_unexported += stats.steps
+                self.metrics.replay_steps.inc(stats.steps)
+                if stats.loss == stats.loss:
+                    self.metrics.loss.set(stats.loss)
             now = time.monotonic()
             if now - last_lag >= LAG_REFRESH_S:
                 self._refresh_lag(events, position)
@@ -281,6 +298,7 @@ class TrainerService:
 
     def _dirty(self, trainer) -> bool:
         return trainer.events_trained != getattr(self, "_checkpointed_events", None) or \
+            trainer.steps != getattr(self, "_checkpointed_steps", None) or \
             self.position.items_offsets != getattr(self, "_checkpointed_items", None)
 
     def _checkpoint(self, trainer, position: StreamPosition, events: EventReader) -> None:
@@ -288,6 +306,7 @@ class TrainerService:
         start = time.perf_counter()
         self.store.save(trainer, position)
         self._checkpointed_events = trainer.events_trained
+        self._checkpointed_steps = trainer.steps
         self._checkpointed_items = dict(position.items_offsets)
         self.metrics.checkpoints.inc()
         self.metrics.checkpoint_duration.observe(time.perf_counter() - start)
@@ -299,7 +318,7 @@ class TrainerService:
             return False
         reg = self.registration
         return (reg is None or reg.events_offsets != position.events_offsets
-                or reg.items_offsets != position.items_offsets)
+                or reg.items_offsets != position.items_offsets or self._replayed_unexported > 0)
 
     def _export(self, trainer, position: StreamPosition, monitor: PrequentialMonitor) -> None:
         start = time.perf_counter()
@@ -324,6 +343,7 @@ class TrainerService:
                            exc_info=not hasattr(exc, "code"))
             return
         self.registration = Registration(version, offsets, trainer.events_trained, dict(position.items_offsets))
+        self._replayed_unexported = 0
         self.store.save_registration(self.registration)
         self.metrics.versions_registered.inc()
         self.metrics.registered_version.set(version)

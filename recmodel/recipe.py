@@ -1,0 +1,24 @@
+"""The training recipe: default hyperparameters of :class:`recmodel.train.IncrementalTrainer`.
+
+One home, read by the trainer class, the trainer service's config (so ``streamrec up`` and the Helm
+chart get it without tuning) and ``streamrec bench quality``. Chosen on the validation events of real
+data (MovieLens ml-latest-small, leave-last-out), with the synthetic stream as a second check; kept free
+of torch so configuration code can import it cheaply.
+"""
+
+from __future__ import annotations
+
+RECIPE: dict[str, float | int | bool] = {
+    "dim": 64,
+    "max_len": 50,
+    "lr": 3e-3,
+    "batch_size": 256,        # events per streaming micro-batch
+    "replay_batch": 128,      # replayed user windows trained alongside each micro-batch / per idle step
+    "n_random_negatives": 1024,
+    "full_softmax_items": 0,  # full softmax up to this many items; sampled softmax with logQ above
+    "n_heads": 2,
+    "n_layers": 2,
+    "dropout": 0.2,
+    "temperature": 0.1,
+    "id_gate_prior": 5.0,
+}
