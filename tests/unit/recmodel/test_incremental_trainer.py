@@ -115,3 +115,35 @@ def test_prequential_reports_metrics_before_training(small_stream):
     assert 0.0 <= early["hr@10"] <= 1.0
     assert late["hr@10"] > early["hr@10"]
     assert trainer.events_trained == 1800
+
+
+def test_idle_replay_keeps_learning_what_the_stream_showed(small_stream):
+    events = list(small_stream.events())
+    trainer = make_trainer()
+    trainer.upsert_items(small_stream.items())
+    trainer.train_events(events)
+    epoch = trainer.replay_epoch_steps()
+    assert epoch == -(-len(trainer.user_histories()) // trainer.replay_batch)
+    first = trainer.replay(epoch)
+    later = trainer.replay(8 * epoch)
+    assert first.steps == epoch and later.steps == 8 * epoch and first.events == 0
+    assert trainer.events_trained == len(events)  # replay trains on what was seen, it consumes nothing
+    assert later.loss < first.loss
+
+
+def test_the_standing_holdout_is_input_but_never_a_target(small_stream):
+    from recmodel.holdout import is_holdout
+
+    events = list(small_stream.events())
+    held = [e for e in events if is_holdout(e.user_id, e.item_id, e.timestamp_ms, 0.2)]
+    assert 0.1 * len(events) < len(held) < 0.3 * len(events)  # about the fraction, always the same ones
+    assert held == [e for e in events if is_holdout(e.user_id, e.item_id, e.timestamp_ms, 0.2)]
+    trainer = make_trainer(holdout_fraction=0.2)
+    trainer.upsert_items(small_stream.items())
+    trainer.train_events(events)
+    e = held[-1]
+    entry = (e.item_id, e.type, e.timestamp_ms)
+    assert entry in trainer.user_histories()[e.user_id] or len(trainer.user_histories()[e.user_id]) == trainer.max_len
+    assert not trainer.is_target(e.user_id, entry)
+    tokens = trainer._tokens([entry], e.user_id)
+    assert tokens and tokens[0][3] is False
