@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -109,19 +109,20 @@ def _await_partitions(consumer: KafkaConsumer, topics: list[str], deadline: floa
         time.sleep(0.2)
 
 
-def commit_processed(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int],
-                     timeout_s: float = 300.0) -> None:
+def commit_processed(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int], *,
+                     retry_for_s: float = 0.0, give_up: Callable[[], bool] | None = None) -> None:
     """Commit ``next_offsets`` (the offset after the last processed record, per partition).
 
-    While the group coordinator is unreachable (a broker restarting, leadership moving) the commit
-    is retried for up to ``timeout_s``: the output is already acknowledged, so waiting costs nothing,
-    whereas giving up would restart the service and reprocess the batch. Errors that retrying cannot
-    fix (the group rebalanced the partitions away) are raised at once.
+    With ``retry_for_s``, a commit that fails because the group coordinator is unreachable (a broker
+    restarting, leadership moving) is retried for that long, unless ``give_up()`` says to stop (the
+    service is shutting down): the output is already acknowledged, so waiting costs nothing, whereas
+    failing would restart the service and reprocess the batch. Errors that retrying cannot fix (the
+    group rebalanced the partitions away) are raised at once.
     """
     if not next_offsets:
         return
     offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()}
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + retry_for_s
     backoff_s, warned = 0.2, False
     while True:
         try:
@@ -130,7 +131,7 @@ def commit_processed(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartiti
                 logger.info("offset commit succeeded again")
             return
         except KafkaError as exc:
-            if not exc.retriable or time.monotonic() + backoff_s > deadline:
+            if not exc.retriable or time.monotonic() + backoff_s > deadline or (give_up is not None and give_up()):
                 raise
             if not warned:
                 logger.warning("offset commit failed; retrying", extra={"error": repr(exc)})

@@ -194,7 +194,8 @@ class Ingester:
             if fut.failed():
                 raise DeliveryFailed(f"a produced record was not acknowledged: {fut.exception!r}")
         try:
-            commit_processed(self.consumer, next_offsets)
+            # Kafka away for a while (a broker restarting): wait for it rather than exit, unless stopping.
+            commit_processed(self.consumer, next_offsets, retry_for_s=300.0, give_up=self._stop.is_set)
         except (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError) as exc:
             # The group moved on (e.g. the member's session lapsed while Kafka was away): the batch is read
             # again by whoever owns the partitions now, and the dedup window drops what was already produced.
