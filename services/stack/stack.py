@@ -263,7 +263,12 @@ class LocalStack:
                                 "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
             }],
         }
-        return open_channel(self.inference_target, self.tls_for("app"),
+        tls = self.tls_for("app")
+        if not tls.plaintext:
+            # An ipv4: list of replicas has no single host name to verify; every replica's certificate
+            # names localhost.
+            tls = tls.model_copy(update={"server_name": "localhost"})
+        return open_channel(self.inference_target, tls,
                             options=[("grpc.service_config", json.dumps(service_config))])
 
     def wait_serving(self, timeout_s: float = 300.0) -> None:
