@@ -39,8 +39,14 @@ def test_a_forged_record_is_ignored_and_later_real_promotions_still_apply(artifa
     # Points production at v2 (which exists, unpromoted) with a sequence far above anything real.
     _forge(kafka_config, v2, sequence=2**62)
     metrics = f"http://127.0.0.1:{server.metrics_server.port}/metrics"
-    wait_for(lambda: "streamrec_inference_announcement_mismatches_total 1.0" in
-             urllib.request.urlopen(metrics, timeout=5).read().decode(), 60, "the forged record to be checked")
+
+    def mismatches() -> float:
+        for line in urllib.request.urlopen(metrics, timeout=5).read().decode().splitlines():
+            if line.startswith("streamrec_inference_announcement_mismatches_total "):
+                return float(line.split()[1])
+        return 0.0
+
+    wait_for(lambda: mismatches() >= 1, 120, "the forged record to be checked")
     assert server.repository.get().version == v1  # what is served did not change
 
     # A real promotion, announced with a far lower sequence than the forgery, still takes effect.
