@@ -34,6 +34,7 @@ from recmodel.evaluate import (
     evaluate_leave_last_out,
     leave_last_out_split,
 )
+from recmodel.recipe import RECIPE as RECIPE_DEFAULTS
 from recmodel.text import HashingTextEncoder, TextEncoder
 from recmodel.train import IncrementalTrainer
 
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="which held-out event to report (tune on validation, report test)")
     p.add_argument("--cold-start", action="store_true", help="also report items first seen in the last 10%% of time")
     p.add_argument("--epochs", type=int, default=40, help="epochs for the offline model")
-    p.add_argument("--replay-epochs", type=float, default=40.0,
+    p.add_argument("--replay-epochs", type=float, default=RECIPE_DEFAULTS["idle_replay_epochs"],
                    help="idle replay after the streaming pass, in passes over the replay buffer")
     for name in ("dim", "max_len", "batch_size", "replay_batch", "n_layers", "n_heads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=RECIPE[name])

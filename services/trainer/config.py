@@ -100,7 +100,7 @@ class TrainerSection(Section):
     registry_target: str = "127.0.0.1:50051"
     # Once caught up with the stream: passes over the replay buffer spent on idle time (reset by new
     # events), a few steps per loop turn so new events are picked up at once.
-    idle_replay_epochs: float = Field(20.0, ge=0)
+    idle_replay_epochs: float = Field(RECIPE["idle_replay_epochs"], ge=0)
     idle_replay_steps: int = Field(2, ge=1)
     registry_timeout_s: float = Field(120.0, gt=0)
     model_name: str = "recommender"
