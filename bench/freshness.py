@@ -29,7 +29,6 @@ from kafka import TopicPartition
 
 from services.common.grpc import open_channel
 from services.common.kafka import make_consumer, make_producer
-from services.common.localkafka.broker import free_port
 from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
 
 
@@ -161,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.stack.stack import LocalStack, StackOptions, StackPorts
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
-    ports = StackPorts(kafka=free_port(), registry_grpc=free_port(), inference_grpc=free_port(),
-                       registry_metrics=free_port(), inference_metrics=free_port(),
-                       ingester_metrics=free_port(), trainer_metrics=free_port(), prometheus=free_port())
+    ports = StackPorts.free()
     stack = LocalStack(StackOptions(work_dir=work, ports=ports, export_interval_s=args.export_interval, fresh=True))
     stream = SyntheticStream(seed=11)
     history_ms: list[float] = []

@@ -38,6 +38,15 @@ class StackPorts:
     trainer_metrics: int = 9104
     prometheus: int = 9090
 
+    @classmethod
+    def free(cls) -> "StackPorts":
+        """Every port a free one on loopback, so a stack can run beside another (tests, benchmarks)."""
+        from dataclasses import fields
+
+        from services.common.localkafka.broker import free_port
+
+        return cls(**{f.name: free_port() for f in fields(cls)})
+
 
 @dataclass(frozen=True)
 class StackOptions:

@@ -23,7 +23,6 @@ from kafka import TopicPartition
 
 from recmodel.data import Event, SyntheticStream
 from services.common.kafka import CONTENT_TYPE_HEADER, JSON, make_consumer, make_producer
-from services.common.localkafka.broker import free_port
 from services.common.registry_client import RegistryClient
 from services.stack.demo import DemoPublisher, event_record
 from services.stack.stack import LocalStack, StackOptions, StackPorts
@@ -36,15 +35,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120
 MODEL = "recommender"
 
 
-def _ports() -> StackPorts:
-    return StackPorts(kafka=free_port(), registry_grpc=free_port(), inference_grpc=free_port(),
-                      registry_metrics=free_port(), inference_metrics=free_port(), ingester_metrics=free_port(),
-                      trainer_metrics=free_port(), prometheus=free_port())
-
 
 def _options(tmp_path, brokers: int) -> StackOptions:
     # A small model and the hashing text encoder keep the CPU for the brokers and the clients.
-    return StackOptions(work_dir=tmp_path / "stack", ports=_ports(), export_interval_s=8.0, model_dim=16, max_len=10,
+    return StackOptions(work_dir=tmp_path / "stack", ports=StackPorts.free(), export_interval_s=8.0, model_dim=16, max_len=10,
                         text_encoder="hashing", kafka_brokers=brokers, fresh=True)
 
 

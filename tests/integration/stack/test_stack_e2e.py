@@ -23,7 +23,6 @@ from kafka import TopicPartition
 
 from recmodel.data import Item, SyntheticStream
 from services.common.kafka import make_consumer
-from services.common.localkafka.broker import free_port
 from services.common.registry_client import RegistryClient
 from services.stack.demo import DemoPublisher
 from services.stack.stack import LocalStack, StackOptions, StackPorts
@@ -36,11 +35,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900
 MODEL = "recommender"
 
 
-def _ports() -> StackPorts:
-    return StackPorts(kafka=free_port(), registry_grpc=free_port(), inference_grpc=free_port(),
-                      registry_metrics=free_port(), inference_metrics=free_port(), ingester_metrics=free_port(),
-                      trainer_metrics=free_port(), prometheus=free_port())
-
 
 @pytest.fixture(scope="module")
 def world():
@@ -49,7 +43,7 @@ def world():
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, world):
-    options = StackOptions(work_dir=tmp_path_factory.mktemp("stack"), ports=_ports(), export_interval_s=8.0,
+    options = StackOptions(work_dir=tmp_path_factory.mktemp("stack"), ports=StackPorts.free(), export_interval_s=8.0,
                            model_dim=32, max_len=20, inference_replicas=2, fresh=True)
     with LocalStack(options) as st:
         st.start_prometheus()
