@@ -20,14 +20,16 @@ import time
 from collections import OrderedDict, deque
 from typing import Callable, Mapping, Sequence
 
+from kafka.errors import KafkaError
+
 from recmodel.data import DEFAULT_EVENT_WEIGHTS
+from recmodel.serving import HistoryEntry
 from services.common.config import KafkaConfig
-from services.common.kafka import make_consumer, partitions_for
+from services.common.kafka import PartitionReader
 from services.common.supervision import SupervisedThread
 
 logger = logging.getLogger(__name__)
 
-HistoryEntry = tuple[str, str, int]  # (item_id, event_type, timestamp_ms), the recmodel history format
 
 class PopularityTracker:
     """Exponentially decayed, event-weighted item counts (half-life ``half_life_s``).
@@ -194,68 +196,58 @@ class HistoryFollower:
         self.supervisor.stop(10)
 
     def _run(self) -> None:
-        from kafka.errors import KafkaError
-
         from streamrec_proto.v1 import event_pb2
 
-        while not self._stop.is_set():
-            try:
-                consumer = make_consumer(self.kafka, None, None, fetch_max_wait_ms=50, max_poll_records=5000)
-                break
-            except KafkaError as exc:
-                logger.warning("events consumer cannot connect; retrying", extra={"error": str(exc)})
-                self._stop.wait(1.0)
-        else:
+        reader = self._connect()
+        if reader is None:
             return
         try:
-            parts = partitions_for(consumer, self.topic)
-            consumer.assign(parts)
             with self._seek_lock:
-                for tp in parts:
-                    # A snapshot's offsets, else where the store is (a restarted loop), else the beginning.
-                    off = self._pending_seek.pop(tp.partition, None)
-                    if off is None:
-                        off = self._positions.get(tp.partition)
-                    if off is None:
-                        consumer.seek_to_beginning(tp)
-                        self._positions[tp.partition] = 0
-                    else:
-                        consumer.seek(tp, off)
-                        self._positions[tp.partition] = off
+                # A snapshot's offsets, else where the store is (a restarted loop), else the log start.
+                start, self._pending_seek = {**self._positions, **self._pending_seek}, {}
+            reader.assign(start)
+            self._positions = reader.positions
             self._started.set()
             logger.info("following events", extra={"topic": self.topic, "offsets": dict(self._positions)})
             last_lag = 0.0
             while not self._stop.is_set():
-                self._apply_seeks(consumer, parts)
-                batch = consumer.poll(timeout_ms=100)
+                self._apply_seeks(reader)
                 applied = 0
-                for tp, records in batch.items():
+                for partition, records in reader.poll(timeout_ms=100).items():
                     for rec in records:
                         applied += self._apply(rec, event_pb2)
-                        self._positions[tp.partition] = rec.offset + 1  # a restart resumes after it
+                        reader.advance({partition: rec.offset + 1})  # a restart resumes after it
                 if applied and self._on_applied:
                     self._on_applied(applied)
-                now = time.monotonic()
-                if self._on_lag and now - last_lag >= self._lag_interval_s:
-                    last_lag = now
-                    try:
-                        ends = consumer.end_offsets(parts)
-                        self._on_lag({tp.partition: max(0, ends[tp] - self._positions.get(tp.partition, 0)) for tp in parts})
-                    except KafkaError:
-                        pass
+                if time.monotonic() - last_lag >= self._lag_interval_s:
+                    last_lag = time.monotonic()
+                    self._refresh(reader)
         finally:  # anything unexpected propagates to the supervisor, which restarts the loop
-            consumer.close()
+            reader.close()
 
-    def _apply_seeks(self, consumer, parts) -> None:
+    def _connect(self) -> PartitionReader | None:
+        while not self._stop.is_set():
+            try:
+                return PartitionReader(self.kafka, self.topic, fetch_max_wait_ms=50, max_poll_records=5000)
+            except KafkaError as exc:
+                logger.warning("events consumer cannot connect; retrying", extra={"error": str(exc)})
+                self._stop.wait(1.0)
+        return None
+
+    def _refresh(self, reader: PartitionReader) -> None:
+        try:
+            reader.refresh_partitions()
+            if self._on_lag:
+                self._on_lag(reader.lag())
+        except KafkaError:
+            pass  # the broker is away: the next round tries again
+
+    def _apply_seeks(self, reader: PartitionReader) -> None:
         if not self._pending_seek:
             return
         with self._seek_lock:
             seeks, self._pending_seek = self._pending_seek, {}
-        by_partition = {tp.partition: tp for tp in parts}
-        for p, off in seeks.items():
-            if p in by_partition and off > self._positions.get(p, -1):
-                consumer.seek(by_partition[p], off)
-                self._positions[p] = off
+        reader.seek_forward(seeks)
 
     def _apply(self, record, event_pb2) -> int:
         event = event_pb2.Event()

@@ -15,14 +15,18 @@ import threading
 import time
 from typing import Callable
 
+from kafka.errors import KafkaError
+
 from services.common.config import KafkaConfig
-from services.common.kafka import make_consumer, partitions_for
+from services.common.kafka import PartitionReader
 from services.common.supervision import SupervisedThread
 from services.inference.loader import ModelLoader
 from services.inference.model import ServedModel
 from services.inference.repository import CANARY, PRODUCTION, ModelRepository
 
 logger = logging.getLogger(__name__)
+
+PARTITION_REFRESH_S = 5.0  # how often to look for partitions added to the topic
 
 
 class ModelVersionWatcher:
@@ -66,34 +70,39 @@ class ModelVersionWatcher:
         self.supervisor.stop(15)
 
     def _run(self) -> None:
-        from kafka.errors import KafkaError
         from streamrec_proto.v1 import registry_pb2
 
-        consumer = None
-        while consumer is None and not self._stop.is_set():
-            try:
-                consumer = make_consumer(self.kafka, None, None, fetch_max_wait_ms=100)
-                parts = partitions_for(consumer, self.topic)
-                consumer.assign(parts)
-                consumer.seek_to_beginning(*parts)
-            except KafkaError as exc:
-                logger.warning("model-versions consumer cannot start; retrying", extra={"error": str(exc)})
-                if consumer is not None:
-                    consumer.close()
-                consumer = None
-                self._stop.wait(1.0)
-        if consumer is None:
+        reader = self._connect()
+        if reader is None:
             return
         logger.info("watching model versions", extra={"topic": self.topic, "model": self.model_name})
+        refreshed = time.monotonic()
         try:  # anything unexpected propagates to the supervisor, which restarts the loop
             while not self._stop.is_set():
-                batch = consumer.poll(timeout_ms=200)
-                for records in batch.values():
+                for records in reader.read(timeout_ms=200).values():
                     for rec in records:
                         self._take(rec, registry_pb2)
                 self._reconcile()
+                if time.monotonic() - refreshed >= PARTITION_REFRESH_S:
+                    refreshed = time.monotonic()
+                    reader.refresh_partitions()
         finally:
-            consumer.close()
+            reader.close()
+
+    def _connect(self) -> PartitionReader | None:
+        """The whole topic from its log start, retried until Kafka answers or the watcher stops."""
+        while not self._stop.is_set():
+            reader = None
+            try:
+                reader = PartitionReader(self.kafka, self.topic, fetch_max_wait_ms=100)
+                reader.assign()
+                return reader
+            except KafkaError as exc:
+                logger.warning("model-versions consumer cannot start; retrying", extra={"error": str(exc)})
+                if reader is not None:
+                    reader.close()
+                self._stop.wait(1.0)
+        return None
 
     def _take(self, rec, registry_pb2) -> None:
         if rec.key is not None and rec.key.decode("utf-8", "replace") != self.model_name:

@@ -22,10 +22,8 @@ import math
 import time
 from collections import deque
 
-from kafka import TopicPartition
-
 from services.common.config import KafkaConfig
-from services.common.kafka import make_consumer, partitions_for
+from services.common.kafka import PartitionReader
 from streamrec_proto.v1 import event_pb2
 
 logger = logging.getLogger(__name__)
@@ -65,53 +63,32 @@ class EventsTailReader:
         self.config = config
         self.window = window
         self.topic = config.topics.name("events")
-        self._positions: dict[TopicPartition, int] = {}
+        self._positions: dict[int, int] = {}  # partition -> next offset to read
 
     def catch_up(self, timeout_s: float = 60.0) -> int:
         """Read from the last position (or the window's worth before the end) to the end; -> ids read."""
         if self.window.capacity <= 0:
             return 0
         started = time.monotonic()
-        consumer = make_consumer(self.config, None, None, max_poll_records=5000, fetch_max_wait_ms=50)
+        reader = PartitionReader(self.config, self.topic, max_poll_records=5000, fetch_max_wait_ms=50)
+        read = 0
         try:
-            parts = partitions_for(consumer, self.topic)
-            consumer.assign(parts)
-            ends = consumer.end_offsets(parts)
-            begins = consumer.beginning_offsets(parts)
-            per_part = math.ceil(self.window.capacity / len(parts))
-            remaining = {}
-            for tp in parts:
-                start = max(self._positions.get(tp, 0), ends[tp] - per_part, begins[tp])
-                if start < ends[tp]:
-                    consumer.seek(tp, start)
-                    remaining[tp] = ends[tp]
-                else:
-                    self._positions[tp] = max(self._positions.get(tp, 0), ends[tp])
-            consumer.pause(*[tp for tp in parts if tp not in remaining])
-            read = 0
-            deadline = started + timeout_s
-            while remaining:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading the tail of {self.topic} took over {timeout_s}s")
-                for tp, records in consumer.poll(200).items():
-                    for rec in records:
-                        try:
-                            self.window.add(event_pb2.Event.FromString(rec.value).event_id)
-                        except Exception:  # noqa: BLE001 - a foreign record on `events` must not stop us
-                            continue
-                    read += len(records)
-                    if records:
-                        self._positions[tp] = records[-1].offset + 1
-                    if self._positions.get(tp, 0) >= remaining.get(tp, 0) and tp in remaining:
-                        del remaining[tp]
-                        consumer.pause(tp)
-                # compaction/transaction markers can leave the position short of the end offset
-                for tp in list(remaining):
-                    if consumer.position(tp) >= remaining[tp]:
-                        self._positions[tp] = remaining.pop(tp)
-                        consumer.pause(tp)
+            reader.assign(self._positions)
+            ends = reader.end_offsets()
+            per_part = math.ceil(self.window.capacity / len(ends))
+            reader.seek_forward({p: end - per_part for p, end in ends.items()})
+            for records in reader.read_to(ends, timeout_s):
+                read += len(records)
+                for rec in records:
+                    try:
+                        self.window.add(event_pb2.Event.FromString(rec.value).event_id)
+                    except Exception:  # noqa: BLE001 - a foreign record on `events` must not stop us
+                        continue
+            self._positions = dict(reader.positions)
+            if reader.behind(ends):
+                raise TimeoutError(f"reading the tail of {self.topic} took over {timeout_s}s")
         finally:
-            consumer.close(autocommit=False)
+            reader.close()
         logger.info("dedup window rebuilt", extra={"topic": self.topic, "ids_read": read, "window": len(self.window),
                                                    "seconds": round(time.monotonic() - started, 3)})
         return read

@@ -166,12 +166,13 @@ class TrainerService:
         self._warn_if_behind_registry(position)
 
         monitor = PrequentialMonitor(window=cfg.eval_window, ks=cfg.eval_k, max_len=trainer.max_len)
-        events = EventReader(self.config.kafka, self.events_topic, cfg.consumer_group, cfg.poll_max_records)
-        items = ItemReader(self.config.kafka, self.items_topic, None, 5000)
+        events = EventReader(self.config.kafka, self.events_topic, group_id=cfg.consumer_group,
+                             max_poll_records=cfg.poll_max_records)
+        items = ItemReader(self.config.kafka, self.items_topic, max_poll_records=5000)
         try:
             events.assign(position.events_offsets)
             items.assign(position.items_offsets)
-            position.events_offsets = dict(events.offsets)
+            position.events_offsets = dict(events.positions)
             # Catch the catalog up before the first events (new items need their text vectors).
             self._upsert(items.read_to_end(cfg.items_sync_timeout_s), items)
             self._restored.set()
@@ -185,7 +186,7 @@ class TrainerService:
         """A checkpoint behind an already registered version means replicas do not share checkpoint_dir."""
         try:
             versions = self.client.list_versions(self.cfg.model_name)
-        except Exception:  # the registry may be starting; this is only a consistency warning
+        except Exception:  # noqa: BLE001 - the registry may be starting; this is only a consistency warning
             return
         for v in versions:
             ahead = [o for o in v.training_offsets if o.topic == self.events_topic
@@ -203,7 +204,7 @@ class TrainerService:
         if new_items:
             self.backend.upsert_items(new_items)
             self.metrics.items_upserted.inc(len(new_items))
-        self.position.items_offsets = dict(reader.offsets)
+        self.position.items_offsets = dict(reader.positions)
 
     def _loop(self, stop, trainer, position, monitor, events: EventReader, items: ItemReader) -> None:
         cfg = self.cfg
@@ -230,8 +231,8 @@ class TrainerService:
                     monitor.observe_and_test(trainer, batch.events)
                     stats = self.backend.train_events(batch.events)
                     loss = stats.loss
-                events.advance(batch)
-                position.events_offsets = dict(events.offsets)
+                events.advance_past(batch)
+                position.events_offsets = dict(events.positions)
                 position.records_consumed += batch.records
                 position.events_skipped += batch.skipped
                 position.newest_event_ms = max(position.newest_event_ms, batch.newest_ms)
@@ -291,7 +292,7 @@ class TrainerService:
         try:
             for p, lag in events.lag().items():
                 self.metrics.consumer_lag.labels(topic=self.events_topic, partition=str(p)).set(lag)
-        except Exception as exc:  # lag is for display; never stop training for it
+        except Exception as exc:  # noqa: BLE001 - lag is for display; never stop training for it
             logger.debug("lag refresh failed", extra={"error": str(exc)})
         if position.newest_event_ms:
             self.metrics.freshness.set(max(0.0, time.time() - position.newest_event_ms / 1000.0))

@@ -168,3 +168,58 @@ def test_consumer_lag_counts_unread_records(kafka_config):
         assert sum(consumer_lag(consumer, parts).values()) == 0
     finally:
         consumer.close()
+
+
+def test_partition_reader_starts_at_the_log_start_when_retention_removed_the_offset(kafka_config):
+    from kafka import KafkaAdminClient
+
+    from services.common.kafka import PartitionReader
+
+    topic = kafka_config.topics.name("dlq")
+    ensure_topics(kafka_config, [topic])
+    _produce(kafka_config, topic, 60)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_config.bootstrap_servers)
+    reader = PartitionReader(kafka_config, topic)
+    try:
+        reader.assign()
+        ends = reader.end_offsets()
+        # Retention deletes the first half of every partition.
+        admin.delete_records({TopicPartition(topic, p): end // 2 for p, end in ends.items()})
+        reader.assign({p: 0 for p in ends})
+        assert reader.positions == {p: end // 2 for p, end in ends.items()}
+        got = [int(r.value) for records in reader.read_to(ends, 60) for r in records]
+        assert not reader.behind(ends)
+        assert len(got) == sum(end - end // 2 for end in ends.values())
+    finally:
+        reader.close()
+        admin.close()
+
+
+def test_partition_reader_picks_up_partitions_added_later(kafka_config):
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewPartitions
+
+    from services.common.kafka import PartitionReader
+
+    topic = kafka_config.topics.name("dlq")
+    ensure_topics(kafka_config, [topic])
+    reader = PartitionReader(kafka_config, topic)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_config.bootstrap_servers)
+    try:
+        reader.assign()
+        before = set(reader.positions)
+        admin.create_partitions({topic: NewPartitions(total_count=len(before) + 2)})
+
+        def refreshed():
+            reader.consumer.bootstrap(refresh=True)  # metadata refreshes on its own every few minutes
+            return reader.refresh_partitions()
+
+        wait_for(refreshed, 30, "the new partitions")
+        assert len(reader.positions) == len(before) + 2
+        _produce(kafka_config, topic, 100)
+        seen: set[int] = set()
+        wait_for(lambda: seen.update(reader.read(200)) or len(seen) == len(before) + 2, 60, "records on every partition",
+                 interval_s=0)
+    finally:
+        reader.close()
+        admin.close()
