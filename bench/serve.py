@@ -119,7 +119,7 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
     from services.inference.config import IndexConfig, InferenceSection
     from services.inference.dataplane import RecommenderDataPlane
     from services.inference.histories import UserHistoryStore
-    from services.inference.model import ServedModel
+    from services.inference.model import ItemTableModel, ServedModel
     from services.inference.repository import PRODUCTION, ModelRepository
     from services.inference.servicer import RecommenderServicer
 
@@ -132,9 +132,9 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
         ids += [f"synthetic-{j}" for j in range(extra)]
     t = time.perf_counter()
     cache = Path("/tmp/streamrec-bench") / f"index-{n_items}-{index_threshold}.usearch"
-    model = ServedModel(name="recommender", version=1, encoder=runtime, item_ids=ids, item_vectors=vecs,
-                        history_snapshot=histories, max_len=max_len,
-                        index_config=IndexConfig(ann_threshold=index_threshold), index_cache_path=cache)
+    table = ItemTableModel(name="recommender", encoder=runtime, item_ids=ids, item_vectors=vecs, histories=histories,
+                           max_len=max_len)
+    model = ServedModel(table, version=1, index_config=IndexConfig(ann_threshold=index_threshold), index_cache_path=cache)
     model.warm_up(8)
     index_s = time.perf_counter() - t
     repo = ModelRepository()

@@ -2,8 +2,8 @@
 
 Uploads pack an artifact directory into a POSIX tar (``recmodel.artifact.pack_artifact``) and
 stream a ``RegisterHeader`` followed by the tar in chunks. Downloads stream the tar back, check
-its sha256 and size against the first chunk, unpack it and verify every file against the
-manifest; any mismatch raises ``services.common.errors.DataLoss``. Server errors surface as
+its sha256 and size against the first chunk (the digest covers every file), unpack it and check
+that the files are the ones its manifest lists; any mismatch raises ``services.common.errors.DataLoss``. Server errors surface as
 ``grpc.RpcError``. The channel speaks TLS with the caller's identity (``tls``); the registry
 decides per method what that identity may do.
 """
@@ -16,12 +16,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from services.common.errors import DataLoss, InvalidInput
 from services.common.grpc import open_channel
 from services.common.tls import TlsConfig
 from streamrec_proto.v1 import registry_pb2, registry_pb2_grpc
+
+if TYPE_CHECKING:
+    from recmodel.artifact import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +122,11 @@ class RegistryClient:
         return self._stub.GetAlias(registry_pb2.GetAliasRequest(model_name=model_name, alias=alias),
                                    timeout=self.timeout_s)
 
-    def download(self, model_name: str, version: int, dest_dir: str | Path) -> Path:
-        """Download, check and unpack version ``version`` into ``dest_dir`` (created; must be empty).
+    def download(self, model_name: str, version: int, dest_dir: str | Path) -> "Manifest":
+        """Download, check and unpack version ``version`` into ``dest_dir`` (created; must be empty); -> its manifest.
 
-        Raises DataLoss when the archive's digest or size, or any file's sha256, does not match.
+        Raises DataLoss when the archive's digest or size does not match, or its files are not the
+        ones the manifest lists. The digest was checked over every byte, so files are not hashed again.
         """
         dest_dir = Path(dest_dir)
         dest_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -154,11 +158,10 @@ class RegistryClient:
             dest_dir.mkdir(parents=True, exist_ok=True)
             try:
                 artifact.unpack_artifact(tmp, dest_dir)
-                artifact.verify_artifact(dest_dir)
+                return _listed_files_present(dest_dir, artifact.read_manifest(dest_dir))
             except artifact.ArtifactError as exc:
                 shutil.rmtree(dest_dir, ignore_errors=True)
                 raise DataLoss(f"{model_name} v{version}: {exc}") from exc
-            return dest_dir
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -170,6 +173,18 @@ class RegistryClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _listed_files_present(directory: Path, manifest: "Manifest") -> "Manifest":
+    """``manifest``, once the directory holds exactly the files it lists."""
+    artifact = _artifact_lib()
+    present = {p.name for p in directory.iterdir() if p.name != artifact.MANIFEST_NAME}
+    listed = set(manifest.files)
+    if listed - present:
+        raise artifact.ArtifactError(f"{min(listed - present)}: listed in the manifest but missing")
+    if present - listed:
+        raise artifact.ArtifactError(f"{min(present - listed)}: present but not listed in the manifest")
+    return manifest
 
 
 def _upload_requests(header: registry_pb2.RegisterHeader, tar_path: Path,

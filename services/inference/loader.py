@@ -7,29 +7,32 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from services.inference.config import IndexConfig
 from services.inference.model import ServedModel
+
+if TYPE_CHECKING:
+    from recmodel.artifact import Manifest
 
 logger = logging.getLogger(__name__)
 
 
 class ArtifactSource(Protocol):
-    def fetch(self, model_name: str, version: int, dest_dir: Path) -> Path:
-        """A verified artifact directory for the version (may be dest_dir or somewhere else)."""
+    def fetch(self, model_name: str, version: int, dest_dir: Path) -> tuple[Path, "Manifest"]:
+        """A verified artifact directory for the version (may be dest_dir or somewhere else) and its manifest."""
 
 
 class RegistrySource:
-    """Downloads from the registry; RegistryClient checks the archive digest and every file's sha256."""
+    """Downloads from the registry; RegistryClient checks the archive's digest and the files it holds."""
 
     def __init__(self, target: str, timeout_s: float = 60.0, *, tls) -> None:
         from services.common.registry_client import RegistryClient
 
         self.client = RegistryClient(target, timeout_s=timeout_s, tls=tls)
 
-    def fetch(self, model_name: str, version: int, dest_dir: Path) -> Path:
-        return Path(self.client.download(model_name, version, dest_dir))
+    def fetch(self, model_name: str, version: int, dest_dir: Path) -> tuple[Path, "Manifest"]:
+        return dest_dir, self.client.download(model_name, version, dest_dir)
 
     def close(self) -> None:
         self.client.close()
@@ -41,12 +44,11 @@ class DirectorySource:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def fetch(self, model_name: str, version: int, dest_dir: Path) -> Path:
+    def fetch(self, model_name: str, version: int, dest_dir: Path) -> tuple[Path, "Manifest"]:
         from recmodel.artifact import verify_artifact
 
         path = self.root / model_name / str(version)
-        verify_artifact(path)
-        return path
+        return path, verify_artifact(path)  # no archive digest here: every file's sha256 is checked
 
     def close(self) -> None:
         pass
@@ -81,8 +83,8 @@ class ModelLoader:
         dest = self.cache_dir / "artifacts" / model_name / f"{version}-{uuid.uuid4().hex[:8]}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            path = self.source.fetch(model_name, version, dest)
-            model = ServedModel.from_artifact(path, version=version, providers=self.providers,
+            path, manifest = self.source.fetch(model_name, version, dest)
+            model = ServedModel.from_artifact(path, manifest, version=version, providers=self.providers,
                                               index_config=self.index_config, index_cache_dir=self.cache_dir)
             model.warm_up(self.warmup_requests)
         finally:

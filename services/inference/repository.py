@@ -10,10 +10,9 @@ import hashlib
 import threading
 from typing import Callable
 
+from services.common.aliases import CANARY, PRODUCTION
 from services.inference.model import ServedModel
 
-PRODUCTION = "production"
-CANARY = "canary"
 
 
 def user_bucket(user_id: str) -> float:

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 from sqlalchemy import Connection, delete, func, select, update
 
+from services.common.aliases import CANDIDATE, PRODUCTION
 from services.common.errors import FailedPrecondition, InvalidInput, NotFound, StreamrecError
 from services.registry.artifact_store import ArtifactStore
 from services.registry.database import (
@@ -34,7 +35,6 @@ from streamrec_proto.v1 import registry_pb2
 
 logger = logging.getLogger(__name__)
 
-PRODUCTION, CANDIDATE, CANARY = "production", "candidate", "canary"
 ACTIVE, ARCHIVED = "active", "archived"
 _ALIAS = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 

@@ -67,7 +67,8 @@ def test_register_promote_rollback_each_announced(registry_factory, kafka_config
         assert last.reason == "bad in canary" and last.model_version.version == 1
 
         # The artifact comes back byte-exact and verified; lineage is queryable.
-        out = client.download(MODEL, 1, tmp_path / "download")
+        out = tmp_path / "download"
+        assert client.download(MODEL, 1, out).model_name == MODEL
         assert (out / "user_encoder.onnx").read_bytes() == (tmp_path / "a1" / "user_encoder.onnx").read_bytes()
         shown = client.get_version(MODEL, 1)
         assert shown.trainer_id == "t-0" and shown.metrics["hr@10"] == pytest.approx(0.30)

@@ -115,7 +115,8 @@ def test_events_in_version_registered_with_consumed_offsets(kafka_config, regist
     # Serve the registered artifact the way inference does and look at what it recommends.
     from recmodel.serving import ArtifactModel
 
-    art_dir = client.download(MODEL, version.version, tmp_path / "download")
+    art_dir = tmp_path / "download"
+    assert client.download(MODEL, version.version, art_dir).model_name == MODEL
     model = ArtifactModel.load(art_dir)
     histories = model.histories
     users = sorted(histories)[:60]

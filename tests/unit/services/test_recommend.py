@@ -9,7 +9,7 @@ from services import recommend
 from services.common.grpc import GrpcServer
 from services.inference.dataplane import RecommenderDataPlane
 from services.inference.histories import UserHistoryStore
-from services.inference.model import ServedModel
+from services.inference.model import ItemTableModel, ServedModel
 from services.inference.repository import PRODUCTION, ModelRepository
 from services.inference.servicer import RecommenderServicer
 from tests.pki import local_ca, tls_for
@@ -26,8 +26,9 @@ class MeanEncoder:
 @pytest.fixture
 def server():
     vectors = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
-    model = ServedModel(name="recommender", version=7, encoder=MeanEncoder(vectors), item_ids=[f"i{j}" for j in range(50)],
-                        item_vectors=vectors, titles=[f"Title {j}" for j in range(50)])
+    runtime = ItemTableModel(name="recommender", encoder=MeanEncoder(vectors), item_ids=[f"i{j}" for j in range(50)],
+                             item_vectors=vectors, titles=[f"Title {j}" for j in range(50)])
+    model = ServedModel(runtime, version=7)
     model.warm_up(1)
     repo = ModelRepository()
     repo.swap(PRODUCTION, model)

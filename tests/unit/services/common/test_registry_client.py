@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from recmodel.artifact import read_manifest
 from services.common.errors import DataLoss
 from tests.pki import registry_client
 from tests.unit.services.registry.builders import make_artifact_dir, start_registry
@@ -23,7 +24,9 @@ def test_register_and_download_round_trip(server, tmp_path):
         v = client.register("recommender", src, trainer_id="trainer-a", parent_version=0)
         assert (v.version, v.trainer_id, v.state) == (1, "trainer-a", "active")
         assert v.manifest_json == (src / "manifest.json").read_text()
-        out = client.download("recommender", 1, tmp_path / "dest" / "v1")
+        out = tmp_path / "dest" / "v1"
+        manifest = client.download("recommender", 1, out)
+        assert manifest.to_json() == read_manifest(src).to_json()
         for f in src.iterdir():
             assert (out / f.name).read_bytes() == f.read_bytes()
         assert client.get_alias("recommender", "production").version == 1

@@ -20,7 +20,7 @@ from services.inference.dataplane import (
     SimilarQuery,
 )
 from services.inference.histories import UserHistoryStore
-from services.inference.model import ServedModel
+from services.inference.model import ItemTableModel, ServedModel
 from services.inference.repository import (
     CANARY,
     PRODUCTION,
@@ -48,10 +48,10 @@ def make_model(version=1, n=200, dim=8, seed=0, ann_threshold=10**9):
     available = np.ones(n, dtype=bool)
     available[5] = False
     cats = ["even" if j % 2 == 0 else "odd" for j in range(n)]
-    model = ServedModel(name="recommender", version=version, encoder=MeanEncoder(ids, vectors), item_ids=ids,
-                        item_vectors=vectors, available=available, titles=[f"Item {j}" for j in range(n)],
-                        categories=cats, history_snapshot={"u1": [("i1", "click", 1000)]},
-                        index_config=IndexConfig(ann_threshold=ann_threshold))
+    runtime = ItemTableModel(name="recommender", encoder=MeanEncoder(ids, vectors), item_ids=ids, item_vectors=vectors,
+                             available=available, titles=[f"Item {j}" for j in range(n)], categories=cats,
+                             histories={"u1": [("i1", "click", 1000)]})
+    model = ServedModel(runtime, version=version, index_config=IndexConfig(ann_threshold=ann_threshold))
     model.warm_up(2)
     return model
 
@@ -138,7 +138,7 @@ def test_swap_is_atomic_and_in_flight_model_is_kept(plane):
     repo.swap(PRODUCTION, make_model(version=2, seed=1))
     assert first.version == 1 and repo.for_user("u").version == 2
     with pytest.raises(ValueError):
-        repo.swap(PRODUCTION, ServedModel(name="x", version=3, encoder=None, item_ids=["a"], item_vectors=np.ones((1, 8))))
+        repo.swap(PRODUCTION, ServedModel(ItemTableModel(name="x", encoder=None, item_ids=["a"], item_vectors=np.ones((1, 8))), version=3))
 
 
 def test_canary_share_by_stable_user_hash():

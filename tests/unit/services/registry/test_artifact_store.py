@@ -77,7 +77,8 @@ def test_registry_configured_for_s3_registers_and_serves_downloads(tmp_path):
             with registry_client(service.target) as client:
                 v = client.register("recommender", src, trainer_id="t")
                 assert [sha for sha, _ in service.store.list()] == [v.artifact_sha256]
-                out = client.download("recommender", v.version, tmp_path / "out")
+                out = tmp_path / "out"
+                client.download("recommender", v.version, out)
                 assert (out / "items.npz").read_bytes() == (src / "items.npz").read_bytes()
         finally:
             service.stop(0)

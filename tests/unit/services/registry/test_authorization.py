@@ -46,7 +46,7 @@ def test_inference_may_download_but_not_set_alias_roll_back_or_register(registry
         assert "'inference' may not call Rollback" in err.value.details()
         assert code_of(lambda: inference.register(MODEL, make_artifact_dir(tmp_path / "a3", seed=3), trainer_id="x")) \
             == grpc.StatusCode.PERMISSION_DENIED
-        assert (inference.download(MODEL, 1, tmp_path / "d1") / "manifest.json").exists()
+        assert inference.download(MODEL, 1, tmp_path / "d1").model_name == MODEL
         assert inference.get_alias(MODEL, "production").version == 1  # reads are open to every identity
 
 
@@ -65,7 +65,7 @@ def test_trainer_registers_and_downloads_but_cannot_move_production(registry, tm
         assert code_of(lambda: trainer.set_alias(MODEL, "production", 2)) == grpc.StatusCode.PERMISSION_DENIED
         assert code_of(lambda: trainer.archive(MODEL, 2)) == grpc.StatusCode.PERMISSION_DENIED
         # The promotion gate's evidence: the trainer scores production's artifact beside each candidate.
-        assert (trainer.download(MODEL, 1, tmp_path / "d") / "manifest.json").is_file()
+        assert trainer.download(MODEL, 1, tmp_path / "d").model_name == MODEL
 
 
 def test_an_unknown_identity_signed_by_the_ca_may_only_read(registry, tmp_path):
