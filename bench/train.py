@@ -62,16 +62,6 @@ def _end_offsets(kafka_config) -> dict[str, int]:
         consumer.close()
 
 
-def _wait(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 def run(args) -> dict:
     import torch
     from prometheus_client import CollectorRegistry
@@ -80,6 +70,7 @@ def run(args) -> dict:
     from services.common.config import KafkaConfig, TopicsConfig
     from services.common.kafka import ensure_topics
     from services.common.registry_client import RegistryClient
+    from services.common.supervision import wait_for
     from services.registry.config import RegistryConfig
     from services.registry.service import RegistryService
     from services.trainer.config import TrainerConfig
@@ -131,10 +122,10 @@ def run(args) -> dict:
 
         thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
         thread.start()
-        _wait(service.ready, 300, "trainer ready")
-        _wait(lambda: trained() > 0, 300, "first batch")
+        wait_for(service.ready, 300, "trainer ready")
+        wait_for(lambda: trained() > 0, 300, "first batch")
         t0, n0 = time.perf_counter(), trained()
-        _wait(lambda: trained() >= len(events), 3600, "all events trained", interval_s=0.01)
+        wait_for(lambda: trained() >= len(events), 3600, "all events trained", interval_s=0.01)
         seconds = time.perf_counter() - t0
         events_per_s = (len(events) - n0) / seconds
 
@@ -153,7 +144,7 @@ def run(args) -> dict:
             recmodel_export = True
         latencies = []
         if recmodel_export:
-            _wait(lambda: registered_through(_end_offsets(kafka_config)), 600, "backlog version", interval_s=0.2)
+            wait_for(lambda: registered_through(_end_offsets(kafka_config)), 600, "backlog version", interval_s=0.2)
         t_ms = events[-1].timestamp_ms
         for r in range(args.rounds if recmodel_export else 0):
             burst = []
@@ -163,7 +154,7 @@ def run(args) -> dict:
             start = time.perf_counter()
             _publish(kafka_config, events=burst)
             ends = _end_offsets(kafka_config)
-            _wait(lambda: registered_through(ends), 600, "a version including the burst", interval_s=0.02)
+            wait_for(lambda: registered_through(ends), 600, "a version including the burst", interval_s=0.02)
             latencies.append(time.perf_counter() - start)
         hist = metrics.export_duration
         export_sum = sum(s.value for s in hist.collect()[0].samples if s.name.endswith("_sum"))

@@ -85,12 +85,6 @@ class EventPublisher:
         """Send one item upsert (dict, recmodel Item or streamrec.v1.Item); returns the send future."""
         return self._send(self.items_topic, "item_id", item)
 
-    def publish_raw(self, topic: str, value: bytes, key: bytes | None = None, content_type: str | None = JSON):
-        """Send bytes as they are (e.g. a JSONL line), with a content-type header unless None."""
-        headers = [(CONTENT_TYPE_HEADER, content_type.encode())] if content_type else []
-        self.sent += 1
-        return self.producer.send(topic, key=key, value=value, headers=headers)
-
     def flush(self, timeout: float | None = None) -> None:
         self.producer.flush(timeout)
 

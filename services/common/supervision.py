@@ -24,6 +24,18 @@ from typing import Callable
 logger = logging.getLogger(__name__)
 
 
+def wait_for(predicate: Callable[[], object], timeout_s: float = 30.0, what: str = "condition",
+             interval_s: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy (returned); TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
 class SupervisedThread:
     def __init__(
         self,

@@ -28,10 +28,6 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class UploadInterrupted(Exception):
-    """The client went away before sending the whole archive."""
-
-
 @dataclass(frozen=True)
 class VerifiedUpload:
     tar_path: Path
