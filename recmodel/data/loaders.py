@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recmodel.data.synthetic import SyntheticStream
 from recmodel.data.types import DEFAULT_EVENT_WEIGHTS, Event, Item
 
 FORMATS = ("synthetic", "ml-100k", "movielens-csv", "jsonl")

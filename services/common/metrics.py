@@ -44,7 +44,7 @@ class MetricsServer:
         class Handler(BaseHTTPRequestHandler):
             timeout = socket_timeout_s  # applied to the connection's socket by StreamRequestHandler
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     body, status, ctype = generate_latest(server_self.registry), 200, CONTENT_TYPE_LATEST

@@ -23,21 +23,21 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     def __init__(self, dataplane: RecommenderDataPlane) -> None:
         self.dataplane = dataplane
 
-    def Recommend(self, request, context):  # noqa: N802 (gRPC method name)
+    def Recommend(self, request, context):
         rec = self.dataplane.recommend(RecommendQuery(
             user_id=request.user_id, k=request.k, context_item_ids=list(request.context_item_ids),
             exclude_item_ids=list(request.exclude_item_ids), categories=list(request.categories)), _deadline(context))
         return recommender_pb2.RecommendResponse(items=_items(rec), model_name=rec.model_name,
                                                  model_version=rec.model_version, source=rec.source)
 
-    def SimilarItems(self, request, context):  # noqa: N802
+    def SimilarItems(self, request, context):
         rec = self.dataplane.similar_items(SimilarQuery(
             item_id=request.item_id, k=request.k, exclude_item_ids=list(request.exclude_item_ids),
             categories=list(request.categories)), _deadline(context))
         return recommender_pb2.SimilarItemsResponse(items=_items(rec), model_name=rec.model_name,
                                                     model_version=rec.model_version)
 
-    def Ping(self, request, context):  # noqa: N802
+    def Ping(self, request, context):
         return recommender_pb2.PingResponse()
 
     def register(self, server) -> None:

@@ -46,10 +46,10 @@ def test_image_recipe(name, base, extra):
     assert any(v.startswith(base) for v in args.values()), f"{name} is not based on {base}"
     final = stages[-1]
     # Runs as the chart's non-root uid, starts the `streamrec` command.
-    users = [l.split()[1] for l in final if l.startswith("USER ")]
+    users = [line.split()[1] for line in final if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] == "10001"
     assert 'ENTRYPOINT ["streamrec"]' in final
-    build = "\n".join(l for stage in stages for l in stage)
+    build = "\n".join(line for stage in stages for line in stage)
     assert re.search(r'pip install .*"\.\[\$\{EXTRAS\}\]"', build)
     assert args["EXTRAS"] == extra
     # Every package setuptools ships is copied into the build.

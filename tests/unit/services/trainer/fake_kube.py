@@ -48,7 +48,7 @@ class FakeLeaseServer:
                 self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                   "reason": reason, "message": message, "code": code})
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 m = _ITEM.match(self.path)
                 if fake.fail or not m:
                     return self._status(500, "InternalError", "unavailable")
@@ -64,7 +64,7 @@ class FakeLeaseServer:
                     fake.on_get(*key)
                 self._send(200, body)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 m = _LIST.match(self.path)
                 if fake.fail or not m:
                     return self._status(500, "InternalError", "unavailable")
@@ -79,7 +79,7 @@ class FakeLeaseServer:
                     fake.leases[key] = body
                 self._send(201, body)
 
-            def do_PUT(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:
                 m = _ITEM.match(self.path)
                 if fake.fail or not m:
                     return self._status(500, "InternalError", "unavailable")
