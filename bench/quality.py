@@ -7,9 +7,10 @@ ones the trainer service uses):
 * ``streaming_replay``: the same model after the idle-time replay the trainer does once it has caught
   up (``--replay-epochs`` passes over its replay buffer; the budget is in the output),
 * ``offline``: the same model trained for ``--epochs`` shuffled epochs over the training part,
-and the baselines popularity, item-kNN and ALS (``implicit``; its settings are picked on the validation
+and the baselines popularity, item-kNN, transitions (the trainer's item-to-item table alone) and ALS (``implicit``; its settings are picked on the validation
 events from a small grid, so it is a tuned baseline). Everything is ranked on the same held-out events
-(full ranking among items the user has not interacted with). ``--stage validation`` reports the
+(full ranking among items the user has not interacted with). The recipe's models score with the
+two towers plus the transition bonus; each also reports ``two_tower_alone`` (the bonus off). ``--stage validation`` reports the
 validation events instead (choose settings there; report test). ``--cold-start`` adds HR/NDCG on the
 held-out events whose item was first seen in the last 10% of the time span, for the streaming model
 with and without the text tower. Prints one JSON line.
@@ -31,6 +32,7 @@ from recmodel.evaluate import (
     ALSBaseline,
     ItemKNNBaseline,
     PopularityBaseline,
+    TransitionBaseline,
     evaluate_leave_last_out,
     leave_last_out_split,
 )
@@ -55,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="idle replay after the streaming pass, in passes over the replay buffer")
     for name in ("dim", "max_len", "batch_size", "replay_batch", "n_layers", "n_heads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=RECIPE[name])
-    for name in ("lr", "dropout", "temperature", "id_gate_prior"):
+    for name in ("lr", "dropout", "temperature", "id_gate_prior", "transition_weight"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=RECIPE[name])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-encoder", choices=("minilm", "hashing"), default="minilm")
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         dim=args.dim, max_len=args.max_len, capacity=len(item_list) + 16, batch_size=args.batch_size,
         replay_batch=args.replay_batch, n_layers=args.n_layers, n_heads=args.n_heads, lr=args.lr,
         dropout=args.dropout, temperature=args.temperature, id_gate_prior=args.id_gate_prior,
-        seed=args.seed, text_encoder=text_encoder,
+        transition_weight=args.transition_weight, seed=args.seed, text_encoder=text_encoder,
     )
 
     def new_trainer(use_text: bool) -> IncrementalTrainer:
@@ -103,11 +105,18 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(name: str, model, seconds: float, **extra) -> None:
         results[name] = {**evaluate(model), "seconds": seconds, **extra}
+        if isinstance(model, IncrementalTrainer) and model.transition_weight > 0:
+            weight, model.transition_weight = model.transition_weight, 0.0
+            results[name]["two_tower_alone"] = evaluate(model)  # the same model without the transition bonus
+            model.transition_weight = weight
 
     model, s = timed(lambda: PopularityBaseline().fit(split.train))
     record("popularity", model, s)
     model, s = timed(lambda: ItemKNNBaseline().fit(split.train))
     record("item_knn", model, s)
+    model, s = timed(lambda: TransitionBaseline(window=RECIPE["transition_window"], decay=RECIPE["transition_decay"],
+                                                max_next=RECIPE["transition_max_next"]).fit(split.train))
+    record("transitions", model, s)
 
     def tuned_als():
         best = None

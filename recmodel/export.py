@@ -108,6 +108,8 @@ def export_artifact(
             titles=np.array(table["titles"], dtype=np.str_),
             categories=np.array(table["categories"], dtype=np.str_),
         )
+    with open(out / "transitions.npz", "wb") as fh:
+        np.savez(fh, **trainer.transitions.to_csr(table["ids"]))
     all_histories = trainer.user_histories()
     recent = sorted(((h[-1][2] if h else 0, u) for u, h in all_histories.items()), reverse=True)
     keep = {u for _, u in recent[:max_history_users]}
@@ -127,6 +129,8 @@ def export_artifact(
             "newest_event_ms": trainer.clock_ms,
             "text_encoder": trainer.text_encoder_name,
             "hyperparameters": trainer.hyperparameters(),
+            "transitions": {"weight": trainer.transition_weight, "window": trainer.transitions.window,
+                            "decay": trainer.transitions.decay},
             **dict(extra or {}),
         },
     )

@@ -15,6 +15,7 @@ import numpy as np
 
 from recmodel.artifact import ArtifactError, Manifest, verify_artifact
 from recmodel.features import N_GAP_BUCKETS, gap_buckets
+from recmodel.transitions import TransitionRows
 
 log = logging.getLogger(__name__)
 _logged_choice: tuple | None = None
@@ -101,6 +102,7 @@ class ArtifactModel:
         if self.item_vectors.shape != (len(self.item_ids), self.dim):
             raise ArtifactError(f"items.npz: vectors shape {self.item_vectors.shape} != ({len(self.item_ids)}, {self.dim})")
         self.item_index = {str(i): n for n, i in enumerate(self.item_ids.tolist())}
+        self.transitions, self.transition_weight = _load_transitions(directory, manifest, len(self.item_ids))
         try:
             raw = json.loads((directory / "histories.json").read_text(encoding="utf-8"))
             self.histories = {u: [(str(e[0]), str(e[1]), int(e[2])) for e in h] for u, h in raw.items()}
@@ -156,8 +158,20 @@ class ArtifactModel:
         users = self.encode(histories, now_ms)
         rows = np.array([self.item_index.get(i, -1) for i in item_ids])
         scores = users @ self.item_vectors[np.maximum(rows, 0)].T
+        if self.transitions is not None:
+            for b, hist in enumerate(histories):
+                scores[b] += self.transition_bonus(hist)[np.maximum(rows, 0)]
         scores[:, rows < 0] = -np.inf
         return scores
+
+    def history_rows(self, history: Sequence[HistoryEntry]) -> list[int]:
+        return [r for r in (self.item_index.get(h[0]) for h in history) if r is not None]
+
+    def transition_bonus(self, history: Sequence[HistoryEntry]) -> np.ndarray:
+        """The weighted transition bonus of every item row for this history (zeros without a table)."""
+        if self.transitions is None:
+            return np.zeros(len(self.item_ids), dtype=np.float32)
+        return self.transition_weight * self.transitions.dense_bonus(self.history_rows(history), len(self.item_ids))
 
     def recommend(
         self,
@@ -172,6 +186,7 @@ class ArtifactModel:
         history = list(history)
         now = now_ms if now_ms is not None else (history[-1][2] if history else 0)
         scores = (self.encode([history], now)[0] @ self.item_vectors.T).astype(np.float64)
+        scores += self.transition_bonus(history)
         scores[~self.available] = -np.inf
         banned = set(exclude) | ({h[0] for h in history} if exclude_seen else set())
         for item_id in banned:
@@ -180,3 +195,19 @@ class ArtifactModel:
                 scores[row] = -np.inf
         order = np.argsort(-scores, kind="stable")[:k]
         return [(str(self.item_ids[j]), float(scores[j])) for j in order if np.isfinite(scores[j])]
+
+
+def _load_transitions(directory: Path, manifest: Manifest, n_items: int) -> tuple[TransitionRows | None, float]:
+    """The artifact's transition table and its weight; (None, 0) for artifacts written without one."""
+    info = manifest.extra.get("transitions")
+    if "transitions.npz" not in manifest.files or not isinstance(info, dict):
+        return None, 0.0
+    try:
+        weight, window, decay = float(info["weight"]), int(info["window"]), float(info["decay"])
+        with np.load(directory / "transitions.npz", allow_pickle=False) as npz:
+            rows = TransitionRows(npz["indptr"], npz["indices"], npz["probs"], n_items=n_items, window=window, decay=decay)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"transitions.npz: cannot read ({exc})") from None
+    if not (weight >= 0 and np.isfinite(weight)):
+        raise ArtifactError(f"transitions: weight {weight!r} must be a finite number >= 0")
+    return (rows if weight > 0 else None), weight

@@ -32,6 +32,7 @@ from recmodel.holdout import is_holdout
 from recmodel.model import SequentialRecommender, event_type_id, gap_buckets
 from recmodel.recipe import RECIPE
 from recmodel.text import HashingTextEncoder, TextEncoder, TextEncoderLike
+from recmodel.transitions import TransitionTable
 from recmodel.vocab import ItemVocabulary
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ class IncrementalTrainer:
         id_gate_prior: float = RECIPE["id_gate_prior"],
         holdout_fraction: float = 0.0,
         full_softmax_items: int = RECIPE["full_softmax_items"],
+        transition_weight: float = RECIPE["transition_weight"],
+        transition_window: int = RECIPE["transition_window"],
+        transition_decay: float = RECIPE["transition_decay"],
+        transition_max_next: int = RECIPE["transition_max_next"],
         event_weights: Mapping[str, float] | None = None,
     ) -> None:
         self.dim = dim
@@ -104,6 +109,8 @@ class IncrementalTrainer:
         self.id_gate_prior = id_gate_prior
         self.holdout_fraction = holdout_fraction
         self.full_softmax_items = full_softmax_items
+        self.transition_weight = transition_weight
+        self.transitions = TransitionTable(max_next=transition_max_next, window=transition_window, decay=transition_decay)
         self.event_weights = dict(event_weights or DEFAULT_EVENT_WEIGHTS)
         self.device = torch.device(device) if device is not None else default_device()
         self._text_encoder = text_encoder
@@ -140,6 +147,8 @@ class IncrementalTrainer:
             "n_layers": self.n_layers, "dropout": self.dropout, "temperature": self.temperature,
             "steps_per_batch": self.steps_per_batch, "id_gate_prior": self.id_gate_prior,
             "holdout_fraction": self.holdout_fraction, "full_softmax_items": self.full_softmax_items,
+            "transition_weight": self.transition_weight, "transition_window": self.transitions.window,
+            "transition_decay": self.transitions.decay, "transition_max_next": self.transitions.max_next,
             "event_weights": dict(self.event_weights),
         }
 
@@ -155,6 +164,7 @@ class IncrementalTrainer:
         if evicted is not None or item_id not in self._item_meta:
             if evicted is not None:
                 self._item_meta.pop(evicted, None)
+                self.transitions.forget(evicted)
             self._reset_slot(slot)
             self._item_meta[item_id] = ("", (), "")
             self._available[slot] = True
@@ -209,6 +219,13 @@ class IncrementalTrainer:
         """Whether the model may learn to predict this interaction (positive and not held out)."""
         item_id, etype, ts = entry
         return self.is_positive(etype) and not is_holdout(user_id, item_id, ts, self.holdout_fraction)
+
+    def _count_transitions(self, user_id: str, old: Sequence[HistoryEntry], new: Sequence[HistoryEntry]) -> None:
+        previous = old[-1][0] if old else None
+        for entry in new:
+            if previous is not None and self.is_target(user_id, entry):
+                self.transitions.observe(previous, entry[0])
+            previous = entry[0]
 
     # ------------------------------------------------------------------ batches
     def _tokens(self, entries: Sequence[HistoryEntry], user_id: str = "") -> list[tuple[int, int, int, bool]]:
@@ -338,6 +355,7 @@ class IncrementalTrainer:
         windows = []
         for user, new in new_by_user.items():
             old = self._histories.get(user, [])
+            self._count_transitions(user, old, new)
             tokens = self._tokens(old + new, user)
             n_old = len(tokens) - len(self._tokens(new, user))
             # Windows of at most max_len inputs, each ending at a new target.
@@ -395,6 +413,7 @@ class IncrementalTrainer:
             seqs.setdefault(e.user_id, []).append((e.item_id, e.type, int(e.timestamp_ms)))
         windows = []
         for user, seq in seqs.items():
+            self._count_transitions(user, self._histories.get(user, []), seq)
             tokens = self._tokens(self._histories.get(user, []) + seq, user)
             for lo in range(0, max(len(tokens) - 1, 0), self.max_len):
                 windows.append((tokens[lo : lo + self.max_len + 1], 1))
@@ -457,10 +476,17 @@ class IncrementalTrainer:
     def score(
         self, histories: Sequence[Sequence[HistoryEntry]], now_ms: Sequence[int], item_ids: Sequence[str]
     ) -> np.ndarray:
-        """Scores [B, len(item_ids)]; items outside the vocabulary get -inf."""
+        """Scores [B, len(item_ids)] (cosine plus the transition bonus); items outside the vocabulary get -inf."""
         users = self.user_vectors(histories, now_ms)
         known = np.array([i in self.vocab for i in item_ids], dtype=bool)
         scores = users @ self.item_vectors(item_ids).T
+        if self.transition_weight > 0 and len(self.transitions):
+            column = {iid: j for j, iid in enumerate(item_ids)}
+            for b, hist in enumerate(histories):
+                for iid, value in self.transitions.bonus([h[0] for h in hist]).items():
+                    j = column.get(iid)
+                    if j is not None:
+                        scores[b, j] += self.transition_weight * value
         scores[:, ~known] = -np.inf
         return scores
 
@@ -526,6 +552,7 @@ class IncrementalTrainer:
             "item_meta": {k: [v[0], list(v[1]), v[2]] for k, v in self._item_meta.items()},
             "histories": {u: [list(e) for e in h] for u, h in self._histories.items()},
             "replay": list(self._replay),
+            "transitions": self.transitions.state_dict(),
             "gen": self._gen.get_state(),
             "torch_rng": self._torch_rng.clone(),
             "cuda_rng": None if self._cuda_rng is None else self._cuda_rng.cpu().clone(),
@@ -577,6 +604,8 @@ class IncrementalTrainer:
         trainer._item_meta = {k: (v[0], tuple(v[1]), v[2]) for k, v in state["item_meta"].items()}
         trainer._histories = {u: [(e[0], e[1], int(e[2])) for e in h] for u, h in state["histories"].items()}
         trainer._replay = OrderedDict((u, None) for u in state["replay"])
+        if "transitions" in state:
+            trainer.transitions = TransitionTable.from_state_dict(state["transitions"])
         trainer._gen.set_state(state["gen"])
         trainer._torch_rng = state["torch_rng"]
         trainer._cuda_rng = state["cuda_rng"] if trainer.device.type == "cuda" else None

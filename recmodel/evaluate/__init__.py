@@ -1,6 +1,6 @@
 """Evaluation that works with any model exposing ``score(histories, now_ms, item_ids)``."""
 
-from recmodel.evaluate.baselines import ALSBaseline, ItemKNNBaseline, PopularityBaseline
+from recmodel.evaluate.baselines import ALSBaseline, ItemKNNBaseline, PopularityBaseline, TransitionBaseline
 from recmodel.evaluate.leave_last_out import (
     LeaveLastOutSplit,
     evaluate_leave_last_out,
@@ -17,6 +17,7 @@ __all__ = [
     "LeaveLastOutSplit",
     "PopularityBaseline",
     "Scorer",
+    "TransitionBaseline",
     "evaluate_leave_last_out",
     "hit_rate",
     "leave_last_out_ranks",

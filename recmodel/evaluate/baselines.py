@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from recmodel.data.types import DEFAULT_EVENT_WEIGHTS, Event
+from recmodel.transitions import TransitionTable
 
 
 def _positive(events: Sequence[Event], weights: Mapping[str, float]) -> list[Event]:
@@ -28,6 +29,33 @@ class PopularityBaseline:
     def score(self, histories, now_ms, item_ids: Sequence[str]) -> np.ndarray:
         row = np.array([self.counts.get(i, 0.0) for i in item_ids], dtype=np.float64)
         return np.tile(row, (len(histories), 1))
+
+
+class TransitionBaseline:
+    """The trainer's item-to-item transition table alone (:mod:`recmodel.transitions`): a user's score
+    for an item is the decayed frequency with which it followed their last few items."""
+
+    def __init__(self, *, window: int = 5, decay: float = 0.7, max_next: int = 64,
+                 event_weights: Mapping[str, float] | None = None) -> None:
+        self.event_weights = dict(event_weights or DEFAULT_EVENT_WEIGHTS)
+        self.table = TransitionTable(max_next=max_next, window=window, decay=decay)
+
+    def fit(self, events: Sequence[Event]) -> "TransitionBaseline":
+        previous: dict[str, str] = {}
+        for e in events:
+            if e.user_id in previous and self.event_weights.get(e.type, 0.0) > 0:
+                self.table.observe(previous[e.user_id], e.item_id)
+            previous[e.user_id] = e.item_id
+        return self
+
+    def score(self, histories, now_ms, item_ids: Sequence[str]) -> np.ndarray:
+        column = {iid: j for j, iid in enumerate(item_ids)}
+        out = np.zeros((len(histories), len(item_ids)), dtype=np.float64)
+        for b, hist in enumerate(histories):
+            for iid, value in self.table.bonus([h[0] for h in hist]).items():
+                if iid in column:
+                    out[b, column[iid]] = value
+        return out
 
 
 class ItemKNNBaseline:

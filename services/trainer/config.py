@@ -35,6 +35,11 @@ class ModelSection(Section):
     dropout: float = Field(RECIPE["dropout"], ge=0, lt=1)
     temperature: float = Field(RECIPE["temperature"], gt=0)
     id_gate_prior: float = Field(RECIPE["id_gate_prior"], ge=0)
+    transition_weight: float = Field(RECIPE["transition_weight"], ge=0,
+                                     description="weight of the item-to-item transition bonus in the score (0: off)")
+    transition_window: int = Field(RECIPE["transition_window"], ge=1)
+    transition_decay: float = Field(RECIPE["transition_decay"], gt=0, le=1)
+    transition_max_next: int = Field(RECIPE["transition_max_next"], ge=1)
     use_text: bool = True
     # "minilm": the offline-packaged all-MiniLM-L6-v2 (production); "hashing": instant, for tests.
     text_encoder: Literal["minilm", "hashing"] = "minilm"

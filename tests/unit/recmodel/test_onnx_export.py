@@ -38,7 +38,7 @@ def _random_histories(trained, rng, n):
 
 def test_manifest_lists_every_file_with_offsets_and_model_info(artifact_dir):
     manifest = verify_artifact(artifact_dir)
-    assert set(manifest.files) == {"user_encoder.onnx", "user_encoder.int8.onnx", "items.npz", "histories.json"}
+    assert set(manifest.files) == {"user_encoder.onnx", "user_encoder.int8.onnx", "items.npz", "histories.json", "transitions.npz"}
     assert manifest.training_offsets == {"streamrec.events": {"0": 1200, "1": 1300}}
     assert manifest.model_name == "demo" and manifest.version == 0 and manifest.dim == 32 and manifest.max_len == 12
     assert "view" in manifest.event_types and manifest.metrics == {"hr@10": 0.5}
