@@ -127,6 +127,7 @@ class RecommenderDataPlane:
         banned = self._rows(model, seen | set(q.exclude_item_ids))
         subset = model.category_rows(q.categories) if q.categories else None
         rows, scores = model.retriever.search(user_vec, q.k, banned, subset)
+        rows, scores = model.rerank_with_transitions(known, user_vec, rows, scores, q.k, banned, subset)
         return Recommendation(self._items(model, rows, scores), model.name, model.version, "model")
 
     @staticmethod

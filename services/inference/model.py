@@ -18,6 +18,7 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 
 from recmodel.artifact import Manifest
+from recmodel.transitions import TransitionRows
 from recmodel.serving import HistoryEntry
 from services.inference.config import IndexConfig
 from services.inference.retrieval import ItemRetriever
@@ -40,6 +41,8 @@ class ModelRuntime(UserEncoder, Protocol):
     categories: Sequence
     histories: Mapping[str, Sequence[HistoryEntry]]
     providers: list
+    transitions: TransitionRows | None  # the item-to-item table blended into the score, if the model has one
+    transition_weight: float
 
 
 @dataclass
@@ -56,6 +59,8 @@ class ItemTableModel:
     histories: Mapping[str, Sequence[HistoryEntry]] = field(default_factory=dict)
     max_len: int = 50
     providers: list = field(default_factory=list)
+    transitions: TransitionRows | None = None
+    transition_weight: float = 0.0
 
     def __post_init__(self) -> None:
         n = len(self.item_ids)
@@ -152,6 +157,30 @@ class ServedModel:
     def encode(self, histories: Sequence[Sequence[HistoryEntry]], now_ms: Sequence[int]) -> np.ndarray:
         trimmed = [list(h)[-self.max_len:] for h in histories]
         return np.asarray(self.runtime.encode(trimmed, list(now_ms)), dtype=np.float32).reshape(len(trimmed), -1)
+
+    def rerank_with_transitions(self, history: Sequence[HistoryEntry], user_vector: np.ndarray, rows: np.ndarray,
+                                scores: np.ndarray, k: int, banned: np.ndarray,
+                                subset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The retrieved top by cosine, re-ranked with the model's transition bonus (unchanged without one).
+
+        The items the user's last few items lead to join the candidates, filtered as retrieval filters
+        (available, not banned, in ``subset``); see ``recmodel.transitions.TransitionRows.rerank``.
+        """
+        table = self.runtime.transitions
+        if table is None:
+            return rows, scores
+
+        def allowed(cand: np.ndarray) -> np.ndarray:
+            ok = self.available[cand].copy()
+            if len(banned):
+                ok &= ~np.isin(cand, banned)
+            if subset is not None:
+                ok &= np.isin(cand, subset)
+            return ok
+
+        history_rows = [self.row_of[h[0]] for h in history if h[0] in self.row_of]
+        return table.rerank(user_vector, self.item_vectors, rows, scores, history_rows,
+                            self.runtime.transition_weight, k, allowed)
 
     def category_rows(self, categories: Sequence[str]) -> np.ndarray:
         found = [self._category_rows[c] for c in categories if c in self._category_rows]
