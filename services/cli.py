@@ -41,6 +41,7 @@ BENCHES: dict[str, tuple[str, str]] = {
 
 DEV: dict[str, tuple[str, str]] = {
     "gen-proto": ("services.protogen", "regenerate streamrec_proto/ from proto/"),
+    "cluster": ("services.devcluster.__main__", "run etcd + kube-apiserver on loopback (built from Go sources)"),
 }
 
 
