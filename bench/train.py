@@ -21,7 +21,6 @@ import logging
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -62,44 +61,105 @@ def _end_offsets(kafka_config) -> dict[str, int]:
         consumer.close()
 
 
+def _start_registry(tmp: Path, kafka_config, ca):
+    from services.registry.config import RegistryConfig
+    from services.registry.service import RegistryService
+
+    return RegistryService(RegistryConfig.model_validate({
+        "kafka": kafka_config.model_dump(), "metrics": {"enabled": False},
+        "tls": ca.tls_config("registry").model_dump(),
+        "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
+        "registry": {"database_url": f"sqlite:///{tmp}/registry.db", "artifact_root": str(tmp / "artifacts")},
+    })).start()
+
+
+def _throughput(service, trained, n_events: int) -> tuple[float, float]:
+    """(events/s, seconds) from the first trained batch until all ``n_events`` are trained."""
+    from services.common.supervision import wait_for
+
+    wait_for(service.ready, 300, "trainer ready")
+    wait_for(lambda: trained() > 0, 300, "first batch")
+    t0, n0 = time.perf_counter(), trained()
+    wait_for(lambda: trained() >= n_events, 3600, "all events trained", interval_s=0.01)
+    seconds = time.perf_counter() - t0
+    return (n_events - n0) / seconds, seconds
+
+
+def _publish_to_registered(args, kafka_config, client, model_name: str, last_ms: int) -> list[float]:
+    """Seconds from publishing a burst of events to a registered version that includes them, per round."""
+    from recmodel.data import Event
+    from services.common.supervision import wait_for
+
+    topic = kafka_config.topics.name("events")
+
+    def registered_through(ends: dict[str, int]):
+        for v in client.list_versions(model_name):
+            got = {str(o.partition): o.offset for o in v.training_offsets if o.topic == topic}
+            if all(got.get(p, 0) >= off for p, off in ends.items()):
+                return v
+        return None
+
+    wait_for(lambda: registered_through(_end_offsets(kafka_config)), 600, "backlog version", interval_s=0.2)
+    latencies = []
+    for r in range(args.rounds):
+        burst = []
+        for n in range(args.burst):
+            last_ms += 1000
+            burst.append(Event(f"bench-{r}-{n}", f"u{n % 600}", f"i{(r * 97 + n) % 1200}", "click", 1.0, last_ms))
+        start = time.perf_counter()
+        _publish(kafka_config, events=burst)
+        ends = _end_offsets(kafka_config)
+        wait_for(lambda: registered_through(ends), 600, "a version including the burst", interval_s=0.02)
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def _kafka(args, tmp: Path):
+    """(bootstrap servers, the local broker started for the run or None)."""
+    if args.bootstrap:
+        return args.bootstrap, None
+    from services.common.localkafka import LocalKafka
+
+    broker = LocalKafka(data_dir=tmp / "kafka", heap="768m")
+    broker.start()
+    return broker.bootstrap_servers, broker
+
+
+def _mean_seconds(histogram) -> float | None:
+    samples = histogram.collect()[0].samples
+    total = sum(s.value for s in samples if s.name.endswith("_sum"))
+    count = sum(s.value for s in samples if s.name.endswith("_count"))
+    return round(total / count, 3) if count else None
+
+
+def _has_export() -> bool:
+    try:
+        import recmodel.export  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run(args) -> dict:
     import torch
     from prometheus_client import CollectorRegistry
 
-    from recmodel.data import Event, SyntheticStream
+    from recmodel.data import SyntheticStream
     from services.common.config import KafkaConfig, TopicsConfig
     from services.common.kafka import ensure_topics
     from services.common.registry_client import RegistryClient
-    from services.common.supervision import wait_for
-    from services.registry.config import RegistryConfig
-    from services.registry.service import RegistryService
+    from services.common.tls import LocalCA
     from services.trainer.config import TrainerConfig
     from services.trainer.leader import AlwaysLeader
     from services.trainer.metrics import TrainerMetrics
     from services.trainer.service import TrainerService
 
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-train-"))
-    broker = None
-    if args.bootstrap:
-        bootstrap = args.bootstrap
-    else:
-        from services.common.localkafka import LocalKafka
-
-        broker = LocalKafka(data_dir=tmp / "kafka", heap="768m")
-        broker.start()
-        bootstrap = broker.bootstrap_servers
+    bootstrap, broker = _kafka(args, tmp)
     kafka_config = KafkaConfig(bootstrap_servers=bootstrap, topics=TopicsConfig(prefix=f"bench{uuid.uuid4().hex[:6]}."))
-    from services.common.tls import LocalCA
-
     ca = LocalCA(tmp / "tls")
-    registry = RegistryService(RegistryConfig.model_validate({
-        "kafka": kafka_config.model_dump(), "metrics": {"enabled": False},
-        "tls": ca.tls_config("registry").model_dump(),
-        "grpc": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
-        "registry": {"database_url": f"sqlite:///{tmp}/registry.db", "artifact_root": str(tmp / "artifacts")},
-    })).start()
-    stop = threading.Event()
-    thread = None
+    registry = _start_registry(tmp, kafka_config, ca)
+    service = None
     try:
         ensure_topics(kafka_config)
         stream = SyntheticStream(seed=0, n_users=600, n_items=1200, n_events=args.events)
@@ -107,59 +167,16 @@ def run(args) -> dict:
         _publish(kafka_config, items=stream.items(), events=events)
         model = {"dim": args.dim, "max_len": args.max_len, "text_encoder": args.text_encoder, "hashing_dim": 64}
         config = TrainerConfig.model_validate({
-            "kafka": kafka_config.model_dump(), "metrics": {"enabled": False},
-            "tls": ca.tls_config("trainer").model_dump(),
-            "trainer": {"registry_target": registry.target, "checkpoint_dir": str(tmp / "ckpt"),
-                        "device": args.device, "export_interval_s": args.export_interval_s, "model": model},
+            "kafka": kafka_config.model_dump(), "metrics": {"enabled": False}, "tls": ca.tls_config("trainer").model_dump(),
+            "trainer": {"registry_target": registry.target, "checkpoint_dir": str(tmp / "ckpt"), "device": args.device,
+                        "export_interval_s": args.export_interval_s, "model": model},
         })
         metrics = TrainerMetrics(CollectorRegistry())
-        service = TrainerService(config, metrics, AlwaysLeader())
-        client = RegistryClient(registry.target, tls=ca.tls_config("operator"))
-        topic = kafka_config.topics.name("events")
-
-        def trained() -> float:
-            return metrics.events_trained._value.get()
-
-        thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-        thread.start()
-        wait_for(service.ready, 300, "trainer ready")
-        wait_for(lambda: trained() > 0, 300, "first batch")
-        t0, n0 = time.perf_counter(), trained()
-        wait_for(lambda: trained() >= len(events), 3600, "all events trained", interval_s=0.01)
-        seconds = time.perf_counter() - t0
-        events_per_s = (len(events) - n0) / seconds
-
-        def registered_through(ends: dict[str, int]):
-            for v in client.list_versions(config.trainer.model_name):
-                got = {str(o.partition): o.offset for o in v.training_offsets if o.topic == topic}
-                if all(got.get(p, 0) >= off for p, off in ends.items()):
-                    return v
-            return None
-
-        try:
-            import recmodel.export  # noqa: F401
-        except ImportError:
-            recmodel_export = False
-        else:
-            recmodel_export = True
-        latencies = []
-        if recmodel_export:
-            wait_for(lambda: registered_through(_end_offsets(kafka_config)), 600, "backlog version", interval_s=0.2)
-        t_ms = events[-1].timestamp_ms
-        for r in range(args.rounds if recmodel_export else 0):
-            burst = []
-            for n in range(args.burst):
-                t_ms += 1000
-                burst.append(Event(f"bench-{r}-{n}", f"u{n % 600}", f"i{(r * 97 + n) % 1200}", "click", 1.0, t_ms))
-            start = time.perf_counter()
-            _publish(kafka_config, events=burst)
-            ends = _end_offsets(kafka_config)
-            wait_for(lambda: registered_through(ends), 600, "a version including the burst", interval_s=0.02)
-            latencies.append(time.perf_counter() - start)
-        hist = metrics.export_duration
-        export_sum = sum(s.value for s in hist.collect()[0].samples if s.name.endswith("_sum"))
-        export_n = sum(s.value for s in hist.collect()[0].samples if s.name.endswith("_count"))
-        client.close()
+        service = TrainerService(config, metrics, AlwaysLeader()).start()
+        events_per_s, seconds = _throughput(service, metrics.events_trained._value.get, len(events))
+        with RegistryClient(registry.target, tls=ca.tls_config("operator")) as client:
+            latencies = (_publish_to_registered(args, kafka_config, client, config.trainer.model_name,
+                                                events[-1].timestamp_ms) if _has_export() else [])
         return {
             "bench": "train",
             "device": str(service.device),
@@ -169,7 +186,7 @@ def run(args) -> dict:
             "events_per_s": round(events_per_s, 1),
             "train_seconds": round(seconds, 2),
             "export_interval_s": args.export_interval_s,
-            "export_register_s_mean": round(export_sum / export_n, 3) if export_n else None,
+            "export_register_s_mean": _mean_seconds(metrics.export_duration),
             "versions_registered": int(metrics.versions_registered._value.get()),
             "publish_to_registered_s": {
                 "p50": round(statistics.median(latencies), 3), "max": round(max(latencies), 3),
@@ -177,9 +194,9 @@ def run(args) -> dict:
             } if latencies else None,
         }
     finally:
-        stop.set()
-        if thread is not None:
-            thread.join(timeout=60)
+        if service is not None:
+            service.stop()
+            service.wait()
         registry.stop(0)
         if broker is not None:
             broker.cleanup()

@@ -1,16 +1,39 @@
-"""What every service entrypoint does first: parse ``--config``, load and validate, set up logging."""
+"""How every service process runs.
+
+``load_service_config``: parse ``--config``, load and validate, set up logging. ``run_service``: start
+a ``<Name>Service`` (``start/stop/wait/ready``), stop it on the first SIGTERM/SIGINT, wait until it
+has ended and turn the outcome into the exit code. ``ServiceThread`` runs a service's blocking loop
+beside the main thread (which has to stay free for the signals) and hands its error to ``wait``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
-from typing import TypeVar
+import threading
+from typing import Callable, Protocol, TypeVar
 
 from services.common.config import ServiceConfig, load_config
 from services.common.errors import ConfigError
 from services.common.logging import configure_logging
+from services.common.metrics import MetricsServer
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=ServiceConfig)
+
+
+class Service(Protocol):
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+    def wait(self) -> int | None:
+        """Block until the service has ended; -> its exit code (None: 0)."""
+
+    def ready(self) -> bool: ...
 
 
 def load_service_config(model: type[T], argv: list[str] | None, *, service: str, description: str) -> T:
@@ -29,3 +52,67 @@ def load_service_config(model: type[T], argv: list[str] | None, *, service: str,
         raise SystemExit(2) from None
     configure_logging(config.logging.level, config.logging.format, service=service)
     return config
+
+
+def run_service(service: Service, *, name: str) -> int:
+    """Run ``service`` until it ends or a SIGTERM/SIGINT stops it; -> the process exit code.
+
+    The first signal calls ``stop()`` once, on a thread of its own (draining may take a while and the
+    main thread is waiting); later ones are ignored. An error escaping ``start`` or ``wait`` is logged
+    with its stack and gives exit code 1, after the service was asked to stop. ``name`` is for the log
+    lines (the logging set up by ``load_service_config`` already tags every line with the service).
+    """
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        logger.info("shutting down", extra={"signal": signal.Signals(signum).name})
+        threading.Thread(target=service.stop, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        service.start()
+        code = service.wait()
+    except Exception:
+        logger.exception("%s failed", name)
+        try:
+            service.stop()
+        except Exception:
+            logger.exception("stopping %s after the failure failed too", name)
+        return 1
+    logger.info("%s stopped", name)
+    return int(code or 0)
+
+
+class ServiceThread:
+    """``target()`` on a thread, beside the service's metrics server (if any); ``join`` waits for the
+    thread, stops the metrics server and raises what ``target`` raised."""
+
+    def __init__(self, name: str, target: Callable[[], None], *, metrics_server: MetricsServer | None = None) -> None:
+        self._target = target
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.metrics_server = metrics_server
+
+    def _run(self) -> None:
+        try:
+            self._target()
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
+            self._error = exc
+
+    def start(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.start()
+        self._thread.start()
+
+    def join(self) -> None:
+        try:
+            self._thread.join()
+        finally:
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
+        if self._error is not None:
+            raise self._error

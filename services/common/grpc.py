@@ -4,16 +4,14 @@
 ``grpc.health.v1`` service, server reflection and ``ErrorInterceptor``, which authorizes each call
 (``AccessPolicy``), applies a default deadline to calls that carry none and maps errors to
 statuses. Limits: a receive-size cap, a bound on concurrent calls (RESOURCE_EXHAUSTED beyond it,
-instead of an unbounded queue). ``install_shutdown_handler`` flips health to NOT_SERVING on
-SIGTERM/SIGINT first (so load balancers stop sending), then drains in-flight calls.
-``open_channel`` is the one way clients connect.
+instead of an unbounded queue). ``GrpcServer.stop`` flips health to NOT_SERVING first (so load
+balancers stop sending), then drains in-flight calls. ``open_channel`` is the one way clients connect.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
-import signal
 import threading
 import time
 from concurrent import futures
@@ -79,85 +77,96 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        full_method = handler_call_details.method
-        method = full_method.rsplit("/", 1)[-1]
-        observe, policy = self._observe, self._policy
-
-        def begin(context, streaming: bool):
-            if policy is not None:
-                policy.check(full_method, context)
-            deadline = self._deadline(context)
-            if streaming and deadline is not None and _time_remaining(context) is None:
-                # gRPC enforces a caller's deadline itself; ours it does not know about. A stream that
-                # stalls (an upload that stops sending) would hold a worker forever: cancel it.
-                timer = threading.Timer(max(0.0, deadline - time.monotonic()), context.cancel)
-                timer.daemon = True
-                timer.start()
-                context.add_callback(timer.cancel)
-            return deadline, _CALL_DEADLINE.set(deadline)
-
-        def wrap_unary(fn, streaming_request: bool):
-            def call(request, context):
-                start = time.perf_counter()
-                code = "OK"
-                token = None
-                try:
-                    deadline, token = begin(context, streaming_request)
-                    if streaming_request and deadline is not None:
-                        request = _until(request, deadline)
-                    return fn(request, context)
-                except Exception as exc:  # noqa: BLE001 - the boundary where every error is mapped
-                    code = _code_name(exc, context)
-                    if isinstance(exc, grpc.RpcError) or _already_aborted(exc):
-                        raise
-                    _abort_for(exc, context, method)
-                finally:
-                    if token is not None:
-                        _CALL_DEADLINE.reset(token)
-                    if observe:
-                        observe(method, code, time.perf_counter() - start)
-            return call
-
-        def wrap_stream_response(fn, streaming_request: bool):
-            def call(request, context):
-                start = time.perf_counter()
-                code = "OK"
-                token = None
-                try:
-                    deadline, token = begin(context, True)
-                    if streaming_request and deadline is not None:
-                        request = _until(request, deadline)
-                    responses = fn(request, context)
-                    _CALL_DEADLINE.reset(token)  # a generator: other calls run on this thread between yields
-                    token = None
-                    yield from (_until(responses, deadline) if deadline is not None else responses)
-                except Exception as exc:  # noqa: BLE001
-                    code = _code_name(exc, context)
-                    if isinstance(exc, grpc.RpcError) or _already_aborted(exc):
-                        raise
-                    _abort_for(exc, context, method)
-                finally:
-                    if token is not None:
-                        _CALL_DEADLINE.reset(token)
-                    if observe:
-                        observe(method, code, time.perf_counter() - start)
-            return call
-
+        method = handler_call_details.method
+        wrap_unary, wrap_stream = self._wrap_unary, self._wrap_stream_response
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer)
+                wrap_unary(handler.unary_unary, method, False), handler.request_deserializer,
+                handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(handler.stream_unary, True), handler.request_deserializer, handler.response_serializer)
+                wrap_unary(handler.stream_unary, method, True), handler.request_deserializer,
+                handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                wrap_stream_response(handler.unary_stream, False), handler.request_deserializer,
+                wrap_stream(handler.unary_stream, method, False), handler.request_deserializer,
                 handler.response_serializer)
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                wrap_stream_response(handler.stream_stream, True), handler.request_deserializer,
+                wrap_stream(handler.stream_stream, method, True), handler.request_deserializer,
                 handler.response_serializer)
         return handler
+
+    def _wrap_unary(self, fn, full_method: str, streaming_request: bool):
+        def call(request, context):
+            scope = _CallScope(self, full_method, context)
+            try:
+                return fn(scope.begin(request, streaming_request), context)
+            except Exception as exc:  # noqa: BLE001 - the boundary where every error is mapped
+                scope.fail(exc)
+            finally:
+                scope.end()
+        return call
+
+    def _wrap_stream_response(self, fn, full_method: str, streaming_request: bool):
+        def call(request, context):
+            scope = _CallScope(self, full_method, context)
+            try:
+                responses = fn(scope.begin(request, streaming_request, streaming_response=True), context)
+                yield from scope.stream(responses)
+            except Exception as exc:  # noqa: BLE001 - the boundary where every error is mapped
+                scope.fail(exc)
+            finally:
+                scope.end()
+        return call
+
+
+class _CallScope:
+    """One call through ``ErrorInterceptor``: authorization, deadline, error mapping, latency."""
+
+    def __init__(self, interceptor: ErrorInterceptor, full_method: str, context: grpc.ServicerContext) -> None:
+        self.interceptor, self.full_method, self.context = interceptor, full_method, context
+        self.method = full_method.rsplit("/", 1)[-1]
+        self.start, self.code, self.token, self.deadline = time.perf_counter(), "OK", None, None
+
+    def begin(self, request, streaming_request: bool, streaming_response: bool = False):
+        """Authorize and set the call's deadline; -> the request (a stream is cut off at the deadline)."""
+        policy, context = self.interceptor._policy, self.context
+        if policy is not None:
+            policy.check(self.full_method, context)
+        deadline = self.deadline = self.interceptor._deadline(context)
+        if (streaming_request or streaming_response) and deadline is not None and _time_remaining(context) is None:
+            # gRPC enforces a caller's deadline itself; ours it does not know about. A stream that
+            # stalls (an upload that stops sending) would hold a worker forever: cancel it.
+            timer = threading.Timer(max(0.0, deadline - time.monotonic()), context.cancel)
+            timer.daemon = True
+            timer.start()
+            context.add_callback(timer.cancel)
+        self.token = _CALL_DEADLINE.set(deadline)
+        return _until(request, deadline) if streaming_request and deadline is not None else request
+
+    def stream(self, responses):
+        _CALL_DEADLINE.reset(self.token)  # a generator: other calls run on this thread between yields
+        self.token = None
+        return _until(responses, self.deadline) if self.deadline is not None else responses
+
+    def fail(self, exc: Exception) -> None:
+        self.code = _code_name(exc, self.context)
+        _raise_mapped(exc, self.context, self.method)
+
+    def end(self) -> None:
+        if self.token is not None:
+            _CALL_DEADLINE.reset(self.token)
+        observe = self.interceptor._observe
+        if observe:
+            observe(self.method, self.code, time.perf_counter() - self.start)
+
+
+def _raise_mapped(exc: Exception, context: grpc.ServicerContext, method: str) -> None:
+    """Abort the call with ``exc``'s status; an RpcError or an abort already under way goes on as it is."""
+    if isinstance(exc, grpc.RpcError) or _already_aborted(exc):
+        raise exc
+    _abort_for(exc, context, method)
 
 
 def _until(items, deadline: float):
@@ -270,20 +279,18 @@ class GrpcServer:
         self._server.wait_for_termination()
 
 
-def install_shutdown_handler(on_stop: Callable[[], None]) -> threading.Event:
-    """Call ``on_stop`` once on SIGTERM or SIGINT (from the main thread); returns the 'stopping' event."""
-    stopping = threading.Event()
+class GrpcEndpoint:
+    """For a service that serves gRPC as ``self.grpc``: where callers on this machine reach it."""
 
-    def handle(signum, _frame):
-        if stopping.is_set():
-            return
-        stopping.set()
-        logger.info("shutting down", extra={"signal": signal.Signals(signum).name})
-        threading.Thread(target=on_stop, name="shutdown", daemon=True).start()
+    grpc: GrpcServer
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stopping
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc.port}"
 
 
 def open_channel(target: str, tls: TlsConfig, *, max_message_bytes: int = 64 * 1024 * 1024,

@@ -81,4 +81,6 @@ class InferenceConfig(ServiceConfig):
     def _needs_a_source(self) -> "InferenceConfig":
         if not self.inference.registry_target and not self.inference.artifact_source:
             raise ValueError("inference.registry_target or inference.artifact_source must be set")
+        if self.inference.processes > 1 and self.grpc.port == 0:
+            raise ValueError("inference.processes > 1 needs a fixed grpc.port")
         return self

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from services.common.grpc import GrpcServer
+from services.common.grpc import GrpcEndpoint, GrpcServer
 from services.common.metrics import MetricsServer
 from services.registry.artifact_store import ArtifactStore, make_store
 from services.registry.config import RegistryConfig
@@ -16,13 +16,13 @@ from services.registry.gate import PromotionGate, StalenessSweeper
 from services.registry.metrics import RegistryMetrics
 from services.registry.publisher import OutboxPublisher
 from services.registry.servicer import SERVICE_NAME, ModelRegistryServicer, access_policy
-from services.registry.versions import ModelRegistry
+from services.registry.model_registry import ModelRegistry
 from streamrec_proto.v1 import registry_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 
-class RegistryService:
+class RegistryService(GrpcEndpoint):
     """The whole registry in one object: ``start()`` serves, ``stop()`` drains and closes.
 
     Health turns SERVING once the database is open and recovered; the outbox publisher runs
@@ -61,15 +61,9 @@ class RegistryService:
         if config.metrics.enabled:
             self.metrics_server = MetricsServer(self.collector, config.metrics.host, config.metrics.port,
                                                 ready=self.db.ping)
-        self._ready = False
 
-    @property
-    def port(self) -> int:
-        return self.grpc.port
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc.port}"
+    def ready(self) -> bool:
+        return self.db.ping()
 
     def start(self) -> "RegistryService":
         if self.metrics_server:

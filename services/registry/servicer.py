@@ -12,7 +12,7 @@ from typing import Callable
 from services.common.errors import InvalidInput
 from services.common.tls import ANY_CALLER, AccessPolicy, TlsConfig
 from services.registry.config import AuthorizationConfig
-from services.registry.versions import ModelRegistry
+from services.registry.model_registry import ModelRegistry
 from streamrec_proto.v1 import registry_pb2, registry_pb2_grpc
 
 SERVICE_NAME = "streamrec.v1.ModelRegistry"

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -110,3 +112,37 @@ def receive_upload(header: registry_pb2.RegisterHeader, chunks: Iterable[bytes],
         yield VerifiedUpload(tar_path, sha256, size, manifest_json, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def manifest_metrics(manifest: dict) -> dict[str, float]:
+    out = {}
+    for key, value in (manifest.get("metrics") or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[str(key)] = float(value)
+    return out
+
+
+def manifest_offsets(manifest: dict) -> list[tuple[str, int, int]]:
+    raw = manifest.get("training_offsets") or {}
+    if not isinstance(raw, dict):
+        raise InvalidInput("manifest training_offsets must map topic -> {partition: next_offset}")
+    out = []
+    try:
+        for topic, parts in raw.items():
+            for partition, offset in parts.items():
+                out.append((str(topic), int(partition), int(offset)))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"manifest training_offsets is malformed: {exc}") from exc
+    return sorted(out)
+
+
+def manifest_created_at_ms(value, *, default_ms: int) -> int:
+    """The manifest's created_at as epoch ms: accepts ISO-8601 text, epoch seconds or epoch ms (else ``default_ms``)."""
+    if isinstance(value, bool) or value is None:
+        return default_ms
+    if isinstance(value, (int, float)):
+        return int(value if value > 1e11 else value * 1000)
+    try:
+        return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return default_ms

@@ -17,10 +17,16 @@ import time
 from pathlib import Path
 
 import torch
+from prometheus_client import CollectorRegistry
 
+from services.common.entrypoint import ServiceThread
+from services.common.kafka import ensure_topics
+from services.common.metrics import MetricsServer
 from services.common.registry_client import RegistryClient
+from services.trainer.backend import LocalBackend, make_text_encoder, resolve_device
 from services.trainer.checkpoint import CheckpointStore, Registration, StreamPosition
 from services.trainer.config import TrainerConfig
+from services.trainer.elector import build_elector
 from services.trainer.evaluation import PrequentialMonitor
 from services.trainer.holdout import ChampionChallenger, HoldoutBuffer
 from services.trainer.metrics import TrainerMetrics
@@ -33,56 +39,11 @@ LAG_REFRESH_S = 2.0
 PARTITION_REFRESH_S = 30.0
 
 
+__all__ = ["LostLeadership", "TrainerService", "make_text_encoder"]  # make_text_encoder: for the distributed ranks
+
+
 class LostLeadership(Exception):
     """The lease is gone: stop training without touching the checkpoint."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def make_text_encoder(model_cfg):
-    """None means the trainer's default (all-MiniLM-L6-v2, loaded on first use)."""
-    if model_cfg.text_encoder == "hashing":
-        from recmodel.text import HashingTextEncoder
-
-        return HashingTextEncoder(model_cfg.hashing_dim)
-    return None
-
-
-class LocalBackend:
-    """Trains in this process (CPU or one GPU). ``DistributedBackend`` has the same interface."""
-
-    def __init__(self, config: TrainerConfig, device: torch.device) -> None:
-        self.config = config
-        self.device = device
-        self.trainer = None
-
-    def restore(self, store: CheckpointStore):
-        from recmodel.train import IncrementalTrainer
-
-        enc = make_text_encoder(self.config.trainer.model)
-        loaded = store.load(text_encoder=enc, device=self.device)
-        if loaded is None:
-            self.trainer = IncrementalTrainer(**self.config.trainer.model.trainer_kwargs(), text_encoder=enc,
-                                              device=self.device)
-            return None
-        self.trainer, position = loaded
-        return position
-
-    def upsert_items(self, items) -> None:
-        self.trainer.upsert_items(items)
-
-    def train_events(self, events):
-        return self.trainer.train_events(events)
-
-    def replay(self, steps: int):
-        return self.trainer.replay(steps)
-
-    def close(self) -> None:
-        self.trainer = None
 
 
 class TrainerService:
@@ -112,6 +73,36 @@ class TrainerService:
         self._standing_by = threading.Event()
         self.position: StreamPosition | None = None
         self.registration: Registration | None = None
+        self._stop = threading.Event()
+        self._thread = ServiceThread("trainer", self._run_until_stopped)
+
+    @classmethod
+    def from_config(cls, config: TrainerConfig) -> "TrainerService":
+        """The service as the ``streamrec trainer`` process runs it: its own metrics, elector and metrics server."""
+        metrics = TrainerMetrics(CollectorRegistry())
+        service = cls(config, metrics, build_elector(config, metrics))
+        if config.metrics.enabled:
+            service._thread.metrics_server = MetricsServer(metrics.registry, config.metrics.host, config.metrics.port,
+                                                           ready=service.ready)
+        return service
+
+    # ------------------------------------------------------------------ lifecycle (run_service)
+    def start(self) -> "TrainerService":
+        """Serve metrics (``from_config``) and train on a thread of its own until ``stop()``."""
+        self._thread.start()
+        return self
+
+    def _run_until_stopped(self) -> None:
+        if self.config.kafka.topics.create:
+            ensure_topics(self.config.kafka, [self.events_topic, self.items_topic])
+        self.run(self._stop)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self) -> int:
+        self._thread.join()
+        return 0
 
     # ------------------------------------------------------------------ probes
     def ready(self) -> bool:
@@ -221,34 +212,11 @@ class TrainerService:
             self._upsert(items.read_available(0), items)
             batch = events.next_batch(cfg.poll_timeout_ms)
             if batch is not None:
-                if any(e.item_id not in trainer.vocab for e in batch.events):
-                    # Unknown items: the catalog record may be just behind; read `items` up to its end first.
-                    self._upsert(items.read_to_end(cfg.items_sync_timeout_s), items)
-                self._check_leader()
-                start = time.perf_counter()
-                if batch.events:
-                    self.champion.observe(trainer, batch.events)
-                    monitor.observe_and_test(trainer, batch.events)
-                    stats = self.backend.train_events(batch.events)
-                    loss = stats.loss
-                events.advance_past(batch)
-                position.events_offsets = dict(events.positions)
-                position.records_consumed += batch.records
-                position.events_skipped += batch.skipped
-                position.newest_event_ms = max(position.newest_event_ms, batch.newest_ms)
-                self._after_batch(trainer, batch, loss, time.perf_counter() - start)
+                loss = self._train_batch(trainer, position, monitor, events, items, batch, loss)
                 if batch.events:
                     idle_budget = int(cfg.idle_replay_epochs * trainer.replay_epoch_steps())
             if (batch is None or not batch.events) and idle_budget > 0:
-                # Caught up: spend idle compute on more passes over the replay buffer (bounded), so the
-                # served model approaches offline quality instead of staying at one-pass quality.
-                steps = min(cfg.idle_replay_steps, idle_budget)
-                stats = self.backend.replay(steps)
-                idle_budget -= steps
-                self._replayed_unexported += stats.steps
-                self.metrics.replay_steps.inc(stats.steps)
-                if stats.loss == stats.loss:
-                    self.metrics.loss.set(stats.loss)
+                idle_budget -= self._replay_idle(min(cfg.idle_replay_steps, idle_budget))
             now = time.monotonic()
             if now - last_lag >= LAG_REFRESH_S:
                 self._refresh_lag(events, position)
@@ -275,6 +243,36 @@ class TrainerService:
             self._checkpoint(trainer, position, events)
 
     # ------------------------------------------------------------------ pieces
+    def _train_batch(self, trainer, position, monitor, events: EventReader, items: ItemReader, batch,
+                     loss: float) -> float:
+        """Test-then-train one micro-batch and move the position past it; -> the loss to report."""
+        if any(e.item_id not in trainer.vocab for e in batch.events):
+            # Unknown items: the catalog record may be just behind; read `items` up to its end first.
+            self._upsert(items.read_to_end(self.cfg.items_sync_timeout_s), items)
+        self._check_leader()
+        start = time.perf_counter()
+        if batch.events:
+            self.champion.observe(trainer, batch.events)
+            monitor.observe_and_test(trainer, batch.events)
+            loss = self.backend.train_events(batch.events).loss
+        events.advance_past(batch)
+        position.events_offsets = dict(events.positions)
+        position.records_consumed += batch.records
+        position.events_skipped += batch.skipped
+        position.newest_event_ms = max(position.newest_event_ms, batch.newest_ms)
+        self._after_batch(trainer, batch, loss, time.perf_counter() - start)
+        return loss
+
+    def _replay_idle(self, steps: int) -> int:
+        """Caught up: spend idle compute on more passes over the replay buffer (bounded), so the served
+        model approaches offline quality instead of staying at one-pass quality; -> steps spent."""
+        stats = self.backend.replay(steps)
+        self._replayed_unexported += stats.steps
+        self.metrics.replay_steps.inc(stats.steps)
+        if stats.loss == stats.loss:
+            self.metrics.loss.set(stats.loss)
+        return steps
+
     def _after_batch(self, trainer, batch, loss: float, seconds: float) -> None:
         m = self.metrics
         m.events_trained.inc(trainer.events_trained - self._counted())

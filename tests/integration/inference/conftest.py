@@ -50,12 +50,12 @@ def registry_client(registry):
 @pytest.fixture
 def make_inference(tmp_path, kafka_config, registry):
     from services.inference.config import InferenceConfig
-    from services.inference.server import InferenceServer
+    from services.inference.service import InferenceService
     from tests.pki import tls_section
 
     started = []
 
-    def make(**inference) -> InferenceServer:
+    def make(**inference) -> InferenceService:
         config = InferenceConfig.model_validate({
             "kafka": kafka_config.model_dump(),
             "tls": tls_section("inference"),
@@ -64,7 +64,7 @@ def make_inference(tmp_path, kafka_config, registry):
             "inference": {"registry_target": registry.target, "cache_dir": str(tmp_path / "cache"),
                           "warmup_requests": 2, **inference},
         })
-        server = InferenceServer(config).start()
+        server = InferenceService(config).start()
         started.append(server)
         return server
 

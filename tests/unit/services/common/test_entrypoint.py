@@ -34,3 +34,62 @@ def test_every_service_refuses_an_unknown_key_before_starting(tmp_path, service)
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert f"{service}.no_such_key" in proc.stderr
+
+
+class _Service:
+    """Ends when stopped, or fails in ``wait`` when told to."""
+
+    def __init__(self, fail: bool = False) -> None:
+        import threading
+
+        self.stopped = threading.Event()
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def start(self):
+        self.calls.append("start")
+        return self
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+        self.stopped.set()
+
+    def wait(self) -> int:
+        if self.fail:
+            raise RuntimeError("the loop died")
+        self.stopped.wait(30)
+        return 0
+
+    def ready(self) -> bool:
+        return True
+
+
+def test_run_service_stops_on_sigterm_and_exits_0():
+    import os
+    import signal
+    import threading
+
+    from services.common.entrypoint import run_service
+
+    service = _Service()
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    try:
+        assert run_service(service, name="test") == 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert service.calls[:2] == ["start", "stop"]
+
+
+def test_run_service_turns_an_error_into_exit_code_1_and_stops_the_service():
+    import signal
+
+    from services.common.entrypoint import run_service
+
+    service = _Service(fail=True)
+    try:
+        assert run_service(service, name="test") == 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert service.calls == ["start", "stop"]

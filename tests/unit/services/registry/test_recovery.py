@@ -8,7 +8,7 @@ from services.registry.artifact_store import FilesystemArtifactStore
 from services.registry.database import Database, pending_uploads
 from services.registry.gate import PromotionGate
 from services.registry.upload import staging_prefix
-from services.registry.versions import ModelRegistry
+from services.registry.model_registry import ModelRegistry
 
 
 def _replica(tmp_path, db, owner: str) -> ModelRegistry:

@@ -1,5 +1,8 @@
 """ModelRegistry: the transport-neutral core that owns versions, aliases, gates and announcements.
 
+The read side (``VersionReads``: versions, aliases and artifacts as the API returns them) lives in
+``services.registry.reads``.
+
 Each change runs in one database transaction that also appends its announcement to the outbox,
 so a change is durable and will be announced, or neither. See ``database`` for how version numbers
 stay gapless.
@@ -9,41 +12,39 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import socket
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from sqlalchemy import Connection, delete, func, select, update
 
 from services.common.aliases import CANDIDATE, PRODUCTION
-from services.common.errors import FailedPrecondition, InvalidInput, NotFound, StreamrecError
+from services.common.errors import FailedPrecondition, NotFound, StreamrecError
 from services.registry.artifact_store import ArtifactStore
 from services.registry.database import (
     Database, alias_history, aliases, artifacts, model_versions, outbox, pending_uploads, registered_models,
 )
 from services.registry.gate import HELD, PROMOTED, PromotionGate
 from services.registry.metrics import RegistryMetrics
-from services.registry.upload import check_model_name, receive_upload, staging_prefix
+from services.registry.reads import ACTIVE, ARCHIVED, VersionReads, check_alias
+from services.registry.upload import (
+    check_model_name, manifest_created_at_ms, manifest_metrics, manifest_offsets, receive_upload, staging_prefix,
+)
 from streamrec_proto.v1 import registry_pb2
 
 logger = logging.getLogger(__name__)
 
-ACTIVE, ARCHIVED = "active", "archived"
-_ALIAS = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class ModelRegistry:
+class ModelRegistry(VersionReads):
     def __init__(
         self,
         db: Database,
@@ -117,9 +118,9 @@ class ModelRegistry:
         with receive_upload(header, chunks, self.staging_dir, self.max_artifact_bytes,
                             prefix=staging_prefix(self.owner)) as upload:
             manifest = upload.manifest
-            metrics = _metrics_of(manifest)
-            offsets = _offsets_of(manifest)
-            created_at = _created_at_ms(manifest.get("created_at"))
+            metrics = manifest_metrics(manifest)
+            offsets = manifest_offsets(manifest)
+            created_at = manifest_created_at_ms(manifest.get("created_at"), default_ms=now_ms())
             with self._artifact_lock:
                 # Noted before the bytes go in, so recovery after a crash here removes exactly them.
                 with self.db.write() as conn:
@@ -261,7 +262,7 @@ class ModelRegistry:
 
     def set_alias(self, model: str, alias: str, version: int, reason: str = "") -> registry_pb2.ModelVersion:
         check_model_name(model)
-        _check_alias(alias)
+        check_alias(alias)
         with self.db.write() as conn:
             self._lock_model(conn, model)
             row = self._row(conn, model, version)
@@ -271,11 +272,7 @@ class ModelRegistry:
             self._move_alias(conn, model, alias, version, action, reason or "manual")
             self._announce(conn, model, action, version, reason or f"{alias} set to v{version}")
             result = self._version_proto(conn, model, version)
-        logger.info("alias set", extra={"model": model, "alias": alias, "model_version": version})
-        if self.metrics:
-            self.metrics.promotions.labels(model, alias).inc()
-        self.on_change()
-        return result
+        return self._alias_moved(model, alias, result, "alias set", {"alias": alias, "model_version": version})
 
     def rollback(self, model: str, reason: str = "") -> registry_pb2.ModelVersion:
         """Re-point production to the version it pointed to before (skipping archived and rolled-back ones)."""
@@ -292,9 +289,14 @@ class ModelRegistry:
             self._move_alias(conn, model, PRODUCTION, target, "rolled_back", why)
             self._announce(conn, model, "rolled_back", target, why)
             result = self._version_proto(conn, model, target)
-        logger.info("rolled back", extra={"model": model, "from_version": current, "model_version": target})
+        return self._alias_moved(model, PRODUCTION, result, "rolled back", {"from_version": current, "model_version": target})
+
+    def _alias_moved(self, model: str, alias: str, result: registry_pb2.ModelVersion, message: str,
+                     fields: dict) -> registry_pb2.ModelVersion:
+        """After the transaction that moved ``alias``: log, count and wake the outbox publisher."""
+        logger.info(message, extra={"model": model, **fields})
         if self.metrics:
-            self.metrics.promotions.labels(model, PRODUCTION).inc()
+            self.metrics.promotions.labels(model, alias).inc()
         self.on_change()
         return result
 
@@ -375,71 +377,7 @@ class ModelRegistry:
             logger.info("deleted unreferenced artifacts", extra={"count": len(dead)})
         return len(dead)
 
-    # -- reads ----------------------------------------------------------------------------------
-
-    def get_version(self, model: str, version: int) -> registry_pb2.ModelVersion:
-        check_model_name(model)
-        with self.db.read() as conn:
-            self._row(conn, model, version)
-            return self._version_proto(conn, model, version)
-
-    def list_versions(self, model: str, include_archived: bool = False) -> list[registry_pb2.ModelVersion]:
-        check_model_name(model)
-        with self.db.read() as conn:
-            query = select(model_versions).where(model_versions.c.model_name == model)
-            if not include_archived:
-                query = query.where(model_versions.c.state == ACTIVE)
-            rows = conn.execute(query.order_by(model_versions.c.version)).all()
-            alias_map = self._aliases(conn, model)
-            return [_to_proto(row, alias_map) for row in rows]
-
-    def get_alias(self, model: str, alias: str) -> registry_pb2.ModelVersion:
-        check_model_name(model)
-        _check_alias(alias)
-        with self.db.read() as conn:
-            version = self._alias_target(conn, model, alias)
-            if version is None:
-                raise NotFound(f"model {model!r} has no alias {alias!r}")
-            return self._version_proto(conn, model, version)
-
-    def download(self, model: str, version: int) -> Iterator[registry_pb2.ArtifactChunk]:
-        check_model_name(model)
-        with self.db.read() as conn:
-            row = self._row(conn, model, version)
-        if row.state != ACTIVE:
-            raise FailedPrecondition(f"{model} v{version} is archived; its artifact may have been deleted")
-        first = True
-        for data in self.store.read_chunks(row.artifact_sha256, self.chunk_bytes):
-            if first:
-                yield registry_pb2.ArtifactChunk(data=data, artifact_sha256=row.artifact_sha256,
-                                                 artifact_size_bytes=row.artifact_size_bytes)
-                first = False
-            else:
-                yield registry_pb2.ArtifactChunk(data=data)
-
-    def outbox_backlog(self) -> int:
-        with self.db.read() as conn:
-            return conn.execute(select(func.count()).select_from(outbox)).scalar_one()
-
     # -- helpers --------------------------------------------------------------------------------
-
-    def _row(self, conn: Connection, model: str, version: int):
-        row = conn.execute(select(model_versions).where(
-            model_versions.c.model_name == model, model_versions.c.version == version)).first()
-        if row is None:
-            raise NotFound(f"model {model!r} has no version {version}")
-        return row
-
-    def _aliases(self, conn: Connection, model: str) -> dict[str, int]:
-        return dict(conn.execute(select(aliases.c.alias, aliases.c.version)
-                                 .where(aliases.c.model_name == model)).all())
-
-    def _alias_target(self, conn: Connection, model: str, alias: str) -> int | None:
-        return conn.execute(select(aliases.c.version).where(
-            aliases.c.model_name == model, aliases.c.alias == alias)).scalar_one_or_none()
-
-    def _metrics(self, conn: Connection, model: str, version: int) -> dict[str, float]:
-        return json.loads(self._row(conn, model, version).metrics_json)
 
     def _move_alias(self, conn: Connection, model: str, alias: str, version: int, action: str, reason: str) -> None:
         previous = self._alias_target(conn, model, alias)
@@ -453,9 +391,6 @@ class ModelRegistry:
             model_name=model, alias=alias, version=version, previous_version=previous or 0,
             action=action, reason=reason, at_ms=stamp))
 
-    def _version_proto(self, conn: Connection, model: str, version: int) -> registry_pb2.ModelVersion:
-        return _to_proto(self._row(conn, model, version), self._aliases(conn, model))
-
     def _announce(self, conn: Connection, model: str, action: str, version: int, reason: str) -> None:
         """Append the change to the outbox inside the caller's transaction (sequence = the row id)."""
         event = registry_pb2.ModelVersionEvent(
@@ -463,56 +398,3 @@ class ModelRegistry:
             model_version=self._version_proto(conn, model, version), timestamp_ms=now_ms(), reason=reason)
         conn.execute(outbox.insert().values(model_name=model, payload=event.SerializeToString(),
                                             created_at_ms=event.timestamp_ms))
-
-
-def _check_alias(alias: str) -> str:
-    if not _ALIAS.match(alias or ""):
-        raise InvalidInput(f"invalid alias {alias!r}: use lower-case letters, digits, '.', '_' or '-'")
-    return alias
-
-
-def _to_proto(row, alias_map: dict[str, int]) -> registry_pb2.ModelVersion:
-    offsets = json.loads(row.training_offsets_json)
-    return registry_pb2.ModelVersion(
-        model_name=row.model_name, version=row.version, state=row.state,
-        aliases=sorted(a for a, v in alias_map.items() if v == row.version),
-        manifest_json=row.manifest_json, metrics=json.loads(row.metrics_json),
-        artifact_sha256=row.artifact_sha256, artifact_size_bytes=row.artifact_size_bytes,
-        created_at_ms=row.created_at_ms, parent_version=row.parent_version, trainer_id=row.trainer_id,
-        training_offsets=[registry_pb2.TopicPartitionOffset(topic=t, partition=p, offset=o) for t, p, o in offsets],
-        gate_decision=row.gate_decision, gate_reason=row.gate_reason,
-    )
-
-
-def _metrics_of(manifest: dict) -> dict[str, float]:
-    out = {}
-    for key, value in (manifest.get("metrics") or {}).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[str(key)] = float(value)
-    return out
-
-
-def _offsets_of(manifest: dict) -> list[tuple[str, int, int]]:
-    raw = manifest.get("training_offsets") or {}
-    if not isinstance(raw, dict):
-        raise InvalidInput("manifest training_offsets must map topic -> {partition: next_offset}")
-    out = []
-    try:
-        for topic, parts in raw.items():
-            for partition, offset in parts.items():
-                out.append((str(topic), int(partition), int(offset)))
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise InvalidInput(f"manifest training_offsets is malformed: {exc}") from exc
-    return sorted(out)
-
-
-def _created_at_ms(value) -> int:
-    """The manifest's created_at as epoch ms: accepts ISO-8601 text, epoch seconds or epoch ms."""
-    if isinstance(value, bool) or value is None:
-        return now_ms()
-    if isinstance(value, (int, float)):
-        return int(value if value > 1e11 else value * 1000)
-    try:
-        return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return now_ms()

@@ -12,7 +12,7 @@ from services.common.errors import DataLoss, FailedPrecondition, InvalidInput, N
 from services.registry.artifact_store import FilesystemArtifactStore
 from services.registry.database import Database, outbox
 from services.registry.gate import PromotionGate
-from services.registry.versions import ModelRegistry
+from services.registry.model_registry import ModelRegistry
 from streamrec_proto.v1 import registry_pb2
 from tests.unit.services.registry.builders import (
     flip_one_byte_of_member,
@@ -79,10 +79,10 @@ def test_register_records_lineage_and_runs_the_gate(registry, tmp_path):
 
 
 def test_without_evidence_a_version_is_held_until_production_is_stale(registry, tmp_path, monkeypatch):
-    from services.registry import versions
+    from services.registry import model_registry
 
     clock = {"ms": 1_800_000_000_000}
-    monkeypatch.setattr(versions, "now_ms", lambda: clock["ms"])
+    monkeypatch.setattr(model_registry, "now_ms", lambda: clock["ms"])
     upload(registry, tmp_path, seed=1)
     clock["ms"] += 30_000
     v2 = upload(registry, tmp_path, seed=2)  # no gate.* metrics: nothing to judge on
@@ -104,10 +104,10 @@ def test_without_evidence_a_version_is_held_until_production_is_stale(registry, 
 
 
 def test_a_rejected_version_is_never_promoted_by_staleness(registry, tmp_path, monkeypatch):
-    from services.registry import versions
+    from services.registry import model_registry
 
     clock = {"ms": 1_800_000_000_000}
-    monkeypatch.setattr(versions, "now_ms", lambda: clock["ms"])
+    monkeypatch.setattr(model_registry, "now_ms", lambda: clock["ms"])
     upload(registry, tmp_path, seed=1)
     clock["ms"] += 500_000
     v2 = upload(registry, tmp_path, seed=2, gate=paired_evidence(1, 0.1, 0.3))
@@ -119,10 +119,10 @@ def test_a_rejected_version_is_never_promoted_by_staleness(registry, tmp_path, m
 
 
 def test_a_held_version_older_than_a_rejection_is_not_promoted_by_staleness(registry, tmp_path, monkeypatch):
-    from services.registry import versions
+    from services.registry import model_registry
 
     clock = {"ms": 1_800_000_000_000}
-    monkeypatch.setattr(versions, "now_ms", lambda: clock["ms"])
+    monkeypatch.setattr(model_registry, "now_ms", lambda: clock["ms"])
     upload(registry, tmp_path, seed=1)
     clock["ms"] += 10_000
     assert upload(registry, tmp_path, seed=2).gate_decision == "held"

@@ -1,12 +1,13 @@
-"""Wires one inference server process: repository, histories, watcher, data plane, gRPC, metrics."""
+"""InferenceService: one inference process wired up (repository, histories, watcher, data plane, gRPC, metrics)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from prometheus_client import CollectorRegistry
 
-from services.common.grpc import GrpcServer
+from services.common.grpc import GrpcEndpoint, GrpcServer
 from services.common.kafka import ensure_topics
 from services.common.metrics import MetricsServer
 from services.inference.announcements import AnnouncementCheck
@@ -24,7 +25,7 @@ from services.inference.watcher import ModelVersionWatcher
 logger = logging.getLogger(__name__)
 
 
-class InferenceServer:
+class InferenceService(GrpcEndpoint):
     def __init__(self, config: InferenceConfig, registry: CollectorRegistry | None = None, *,
                  reuse_port: bool = False, metrics_port: int | None = None) -> None:
         self.config = config
@@ -71,14 +72,6 @@ class InferenceServer:
             self.metrics.loop_restarts.labels(loop)  # present (at 0) before the first restart
             self.metrics.loop_healthy.labels(loop).set(1)
         self._stopping = False
-
-    @property
-    def port(self) -> int:
-        return self.grpc.port
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------------ model swaps
     def _before_swap(self, alias: str, model: ServedModel) -> None:
@@ -129,7 +122,13 @@ class InferenceServer:
         self.metrics.history_users.set(len(self.histories))
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "InferenceServer":
+    def ready(self) -> bool:
+        return self._serving()
+
+    def wait(self) -> None:
+        self.grpc.wait()
+
+    def start(self) -> "InferenceService":
         if self.config.kafka.topics.create:
             names = [self.config.kafka.topics.name("model_versions")]
             if self.follower is not None:
@@ -139,6 +138,8 @@ class InferenceServer:
             self.metrics_server.start()
         self.grpc.start()
         self.watcher.start()
+        logger.info("inference serving", extra={"port": self.port, "model": self.config.inference.model_name,
+                                                "pid": os.getpid()})
         return self
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:

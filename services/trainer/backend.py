@@ -1,0 +1,57 @@
+"""Where training runs: ``LocalBackend`` trains in this process (CPU or one GPU); the data-parallel
+``DistributedBackend`` (``services.trainer.distributed``) has the same interface."""
+
+from __future__ import annotations
+
+import torch
+
+from services.trainer.checkpoint import CheckpointStore
+from services.trainer.config import TrainerConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_text_encoder(model_cfg):
+    """None means the trainer's default (all-MiniLM-L6-v2, loaded on first use)."""
+    if model_cfg.text_encoder == "hashing":
+        from recmodel.text import HashingTextEncoder
+
+        return HashingTextEncoder(model_cfg.hashing_dim)
+    return None
+
+
+class LocalBackend:
+    """Trains in this process (CPU or one GPU). ``DistributedBackend`` has the same interface."""
+
+    def __init__(self, config: TrainerConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.trainer = None
+
+    def restore(self, store: CheckpointStore):
+        from recmodel.train import IncrementalTrainer
+
+        enc = make_text_encoder(self.config.trainer.model)
+        loaded = store.load(text_encoder=enc, device=self.device)
+        if loaded is None:
+            self.trainer = IncrementalTrainer(**self.config.trainer.model.trainer_kwargs(), text_encoder=enc,
+                                              device=self.device)
+            return None
+        self.trainer, position = loaded
+        return position
+
+    def upsert_items(self, items) -> None:
+        self.trainer.upsert_items(items)
+
+    def train_events(self, events):
+        return self.trainer.train_events(events)
+
+    def replay(self, steps: int):
+        return self.trainer.replay(steps)
+
+    def close(self) -> None:
+        self.trainer = None
