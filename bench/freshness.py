@@ -145,14 +145,18 @@ def _model_probe(stub, stack, registry, user_id: str, item_id: str, timeout_s: f
     return probe
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="streamrec bench freshness", description=__doc__)
     p.add_argument("--probes", type=int, default=20, help="history probes (a)")
     p.add_argument("--model-probes", type=int, default=3, help="model probes (b)")
     p.add_argument("--rate", type=float, default=100.0, help="background demo events per second")
     p.add_argument("--export-interval", type=float, default=10.0)
     p.add_argument("--work-dir", type=Path, default=None)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
 
     from recmodel.data import SyntheticStream
     from services.common.registry_client import RegistryClient

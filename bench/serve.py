@@ -192,7 +192,7 @@ async def _drive(target: str, tls, method: str, make_request, concurrency: int, 
             "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="streamrec bench serve", description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=8)
@@ -205,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
     p.add_argument("--tls", choices=["both", "on"], default="both",
                    help="both: measure mutual TLS and plaintext (default); on: TLS only")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     from services.inference.config import IndexConfig
     from streamrec_proto.v1 import recommender_pb2
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError
@@ -42,6 +43,20 @@ SOURCE_OFFSET_HEADER = "streamrec.source.offset"
 
 class DeliveryFailed(RuntimeError):
     """A produced record was not acknowledged; the batch is not committed."""
+
+
+@dataclass
+class _BatchOutput:
+    """What one batch produced: the sends to await, the offsets to commit and the counts for the metrics."""
+
+    futures: list = field(default_factory=list)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # error code -> records sent to the DLQ
+    records_in: int = 0
+    events: int = 0
+    items: int = 0
+    duplicates: int = 0
+    newest_ts: int = 0
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -144,20 +159,36 @@ class Ingester:
 
     def process_batch(self, batch: dict) -> None:
         started = time.perf_counter()
+        out = self._produce(batch)
+        self.producer.flush()
+        for fut in out.futures:
+            if fut.failed():
+                raise DeliveryFailed(f"a produced record was not acknowledged: {fut.exception!r}")
+        try:
+            # Kafka away for a while (a broker restarting): wait for it rather than exit, unless stopping.
+            commit_processed(self.consumer, out.next_offsets, retry_for_s=300.0, give_up=self._stop.is_set)
+        except (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError) as exc:
+            # The group moved on (e.g. the member's session lapsed while Kafka was away): the batch is read
+            # again by whoever owns the partitions now, and the dedup window drops what was already produced.
+            logger.warning("offsets not committed: the group rebalanced; the batch will be read again",
+                           extra={"error": repr(exc)})
+            return
+        self.records_committed += out.records_in
+        self._count(batch, out, started)
+
+    def _produce(self, batch: dict) -> _BatchOutput:
+        """Validate every record and send it on (or to the DLQ); nothing is flushed or committed here."""
         now_ms = int(time.time() * 1000)
         send = self.producer.send
-        validator = self.validator
-        window = self.window
+        validator, window = self.validator, self.window
         events_topic, items_topic, dlq_topic = self.events_topic, self.items_topic, self.dlq_topic
         headers_out = PROTOBUF_HEADERS
-        futures = []
-        next_offsets: dict[TopicPartition, int] = {}
-        n_in = n_events = n_items = dups = 0
-        rejected: dict[str, int] = {}
-        newest_ts = 0
+        out = _BatchOutput()
+        futures, rejected = out.futures, out.rejected
+        n_events = n_items = dups = newest_ts = 0
         for tp, records in batch.items():
             is_events = tp.topic == self.events_raw
-            n_in += len(records)
+            out.records_in += len(records)
             for rec in records:
                 ctype = None
                 for hkey, hval in rec.headers or ():
@@ -188,41 +219,30 @@ class Ingester:
                                      extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset})
                     futures.append(self._to_dlq(send, dlq_topic, rec, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300]))
                     rejected[INTERNAL_ERROR] = rejected.get(INTERNAL_ERROR, 0) + 1
-            next_offsets[tp] = records[-1].offset + 1
-        self.producer.flush()
-        for fut in futures:
-            if fut.failed():
-                raise DeliveryFailed(f"a produced record was not acknowledged: {fut.exception!r}")
-        try:
-            # Kafka away for a while (a broker restarting): wait for it rather than exit, unless stopping.
-            commit_processed(self.consumer, next_offsets, retry_for_s=300.0, give_up=self._stop.is_set)
-        except (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError) as exc:
-            # The group moved on (e.g. the member's session lapsed while Kafka was away): the batch is read
-            # again by whoever owns the partitions now, and the dedup window drops what was already produced.
-            logger.warning("offsets not committed: the group rebalanced; the batch will be read again",
-                           extra={"error": repr(exc)})
-            return
-        self.records_committed += n_in
+            out.next_offsets[tp] = records[-1].offset + 1
+        out.events, out.items, out.duplicates, out.newest_ts = n_events, n_items, dups, newest_ts
+        return out
 
+    def _count(self, batch: dict, out: _BatchOutput, started: float) -> None:
         m = self.metrics
         m.batch_duration.observe(time.perf_counter() - started)
-        m.batch_records.observe(n_in)
+        m.batch_records.observe(out.records_in)
         m.records_in.labels(self.events_raw).inc(sum(len(r) for tp, r in batch.items() if tp.topic == self.events_raw))
         m.records_in.labels(self.items_raw).inc(sum(len(r) for tp, r in batch.items() if tp.topic == self.items_raw))
-        if n_events:
-            m.records_out.labels(events_topic).inc(n_events)
-            if newest_ts > self._newest_ts:
-                self._newest_ts = newest_ts
-                m.last_event_timestamp.set(newest_ts / 1000.0)
-        if n_items:
-            m.records_out.labels(items_topic).inc(n_items)
-        if rejected:
-            m.records_out.labels(dlq_topic).inc(sum(rejected.values()))
-            for code, count in rejected.items():
+        if out.events:
+            m.records_out.labels(self.events_topic).inc(out.events)
+            if out.newest_ts > self._newest_ts:
+                self._newest_ts = out.newest_ts
+                m.last_event_timestamp.set(out.newest_ts / 1000.0)
+        if out.items:
+            m.records_out.labels(self.items_topic).inc(out.items)
+        if out.rejected:
+            m.records_out.labels(self.dlq_topic).inc(sum(out.rejected.values()))
+            for code, count in out.rejected.items():
                 m.rejected.labels(code).inc(count)
-        if dups:
-            m.dedup_hits.inc(dups)
-        m.dedup_window_ids.set(len(window))
+        if out.duplicates:
+            m.dedup_hits.inc(out.duplicates)
+        m.dedup_window_ids.set(len(self.window))
 
     @staticmethod
     def _to_dlq(send, dlq_topic: str, rec, code: str, reason: str):

@@ -101,33 +101,41 @@ class OutboxPublisher:
         """
         parked = 0
         if self._inflight is None:
-            # After Kafka refused a record of a batch, go one record at a time through that batch:
-            # the producer fails every record in flight with the same error, so only a record sent
-            # alone shows whether it is the one that can never be sent.
-            limit = self.batch if self._solo_until is None else 1
-            with self.db.read() as conn:
-                rows = conn.execute(select(outbox.c.id, outbox.c.model_name, outbox.c.payload)
-                                    .order_by(outbox.c.id).limit(limit)).all()
-            if rows and self._solo_until is not None and rows[-1][0] >= self._solo_until:
-                self._solo_until = None
-            if not rows:
-                return 0
-            producer = self._ensure_producer()
-            inflight = []
-            for row_id, model_name, payload in rows:
-                event = registry_pb2.ModelVersionEvent.FromString(payload)
-                event.sequence = row_id
-                value = event.SerializeToString()
-                if len(value) > self.max_bytes:
-                    self._park(row_id, model_name, value, f"{len(value)} bytes is over the {self.max_bytes}-byte limit")
-                    parked += 1
-                    continue
-                future = producer.send(self.topic, key=model_name.encode(), value=value,
-                                       headers=[(CONTENT_TYPE_HEADER, PROTOBUF.encode())])
-                inflight.append((row_id, model_name, value, future))
-            if not inflight:
+            parked = self._send_next_batch()
+            if self._inflight is None:
                 return parked
-            self._inflight = inflight
+        return parked + self._settle_inflight()
+
+    def _send_next_batch(self) -> int:
+        """Send the oldest pending rows (they become ``_inflight``); -> rows parked as too large."""
+        # After Kafka refused a record of a batch, go one record at a time through that batch:
+        # the producer fails every record in flight with the same error, so only a record sent
+        # alone shows whether it is the one that can never be sent.
+        limit = self.batch if self._solo_until is None else 1
+        with self.db.read() as conn:
+            rows = conn.execute(select(outbox.c.id, outbox.c.model_name, outbox.c.payload)
+                                .order_by(outbox.c.id).limit(limit)).all()
+        if rows and self._solo_until is not None and rows[-1][0] >= self._solo_until:
+            self._solo_until = None
+        parked, inflight = 0, []
+        producer = self._ensure_producer() if rows else None
+        for row_id, model_name, payload in rows:
+            event = registry_pb2.ModelVersionEvent.FromString(payload)
+            event.sequence = row_id
+            value = event.SerializeToString()
+            if len(value) > self.max_bytes:
+                self._park(row_id, model_name, value, f"{len(value)} bytes is over the {self.max_bytes}-byte limit")
+                parked += 1
+                continue
+            future = producer.send(self.topic, key=model_name.encode(), value=value,
+                                   headers=[(CONTENT_TYPE_HEADER, PROTOBUF.encode())])
+            inflight.append((row_id, model_name, value, future))
+        self._inflight = inflight or None
+        return parked
+
+    def _settle_inflight(self) -> int:
+        """Wait for the batch in flight; delete what was acknowledged, park what can never be sent; -> rows done."""
+        parked = 0
         self._producer.flush(timeout=self.timeout_s)  # raises KafkaTimeoutError while Kafka is away
         acked, refused, failure = [], [], None
         inflight, self._inflight = self._inflight, None

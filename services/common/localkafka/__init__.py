@@ -10,9 +10,9 @@ loopback (replication factor 3, ``min.insync.replicas`` 2) for broker-failure te
 from services.common.localkafka.broker import (
     KafkaBrokerError,
     LocalKafka,
-    LocalKafkaCluster,
     default_cache_dir,
     fetch_jars,
 )
+from services.common.localkafka.cluster import LocalKafkaCluster
 
 __all__ = ["KafkaBrokerError", "LocalKafka", "LocalKafkaCluster", "default_cache_dir", "fetch_jars"]

@@ -8,7 +8,8 @@ import signal
 import sys
 import threading
 
-from services.common.localkafka.broker import KafkaBrokerError, LocalKafka, LocalKafkaCluster, fetch_jars
+from services.common.localkafka.broker import KafkaBrokerError, LocalKafka, fetch_jars
+from services.common.localkafka.cluster import LocalKafkaCluster
 
 
 def main(argv: list[str] | None = None) -> int:
