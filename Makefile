@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 APT_PACKAGES = kcat prometheus postgresql openjdk-17-jre-headless maven
 
-.PHONY: up install system-deps python-deps kafka-jars test test-unit test-integration proto check-proto
+.PHONY: up install system-deps python-deps kafka-jars test test-unit test-integration test-kube kube-binaries proto check-proto
 
 up: install
 	streamrec up
@@ -34,6 +34,13 @@ test-unit:
 
 test-integration:
 	$(PYTHON) -m pytest -q tests/integration
+
+# etcd + kube-apiserver from Go sources, built once into ~/.cache/streamrec/devcluster.
+kube-binaries:
+	$(PYTHON) -m services.devcluster build
+
+test-kube: kube-binaries
+	$(PYTHON) -m pytest -q -m kube tests/integration/kube
 
 proto:
 	streamrec dev gen-proto
