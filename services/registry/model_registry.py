@@ -66,7 +66,7 @@ class ModelRegistry(VersionReads):
         self.keep_last = keep_last
         self.max_artifact_bytes = max_artifact_bytes
         self.chunk_bytes = chunk_bytes
-        self.on_change = on_change  # wakes the outbox publisher
+        self.on_change = on_change  # wakes the outbox announcer
         # Who this registry process is among replicas sharing a database and store (stable across
         # restarts: the pod name of a StatefulSet, else the host name).
         self.owner = owner or os.environ.get("POD_NAME") or socket.gethostname()
@@ -293,7 +293,7 @@ class ModelRegistry(VersionReads):
 
     def _alias_moved(self, model: str, alias: str, result: registry_pb2.ModelVersion, message: str,
                      fields: dict) -> registry_pb2.ModelVersion:
-        """After the transaction that moved ``alias``: log, count and wake the outbox publisher."""
+        """After the transaction that moved ``alias``: log, count and wake the outbox announcer."""
         logger.info(message, extra={"model": model, **fields})
         if self.metrics:
             self.metrics.promotions.labels(model, alias).inc()

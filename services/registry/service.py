@@ -1,4 +1,4 @@
-"""RegistryService: wires database, artifact store, core, outbox publisher, gRPC and metrics servers."""
+"""RegistryService: wires database, artifact store, core, outbox announcer, gRPC and metrics servers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from services.registry.config import RegistryConfig
 from services.registry.database import Database
 from services.registry.gate import PromotionGate, StalenessSweeper
 from services.registry.metrics import RegistryMetrics
-from services.registry.publisher import OutboxPublisher
+from services.registry.announcer import OutboxAnnouncer
 from services.registry.servicer import SERVICE_NAME, ModelRegistryServicer, access_policy
 from services.registry.model_registry import ModelRegistry
 from streamrec_proto.v1 import registry_pb2_grpc
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 class RegistryService(GrpcEndpoint):
     """The whole registry in one object: ``start()`` serves, ``stop()`` drains and closes.
 
-    Health turns SERVING once the database is open and recovered; the outbox publisher runs
+    Health turns SERVING once the database is open and recovered; the outbox announcer runs
     beside it and does not gate readiness (Kafka being down must not stop registrations).
     """
 
@@ -39,14 +39,14 @@ class RegistryService(GrpcEndpoint):
         self.store = store or make_store(section)
         staging = Path(section.staging_dir) if section.staging_dir else Path(section.artifact_root) / ".staging"
         gate = section.gate
-        self.publisher = OutboxPublisher(self.db, config.kafka, self.metrics, retry_s=section.publish_retry_s,
+        self.announcer = OutboxAnnouncer(self.db, config.kafka, self.metrics, retry_s=section.publish_retry_s,
                                          timeout_s=section.publish_timeout_s,
                                          max_bytes=section.max_announcement_bytes)
         self.registry = ModelRegistry(
             self.db, self.store, staging,
             PromotionGate(gate.metric, gate.tolerance, gate.min_events, gate.stale_after_s, gate.promote_first),
             metrics=self.metrics, keep_last=section.keep_last, max_artifact_bytes=section.max_artifact_bytes,
-            chunk_bytes=section.chunk_bytes, on_change=self.publisher.wake,
+            chunk_bytes=section.chunk_bytes, on_change=self.announcer.wake,
         )
         self.sweeper = StalenessSweeper(self.registry.promote_stale, gate.sweep_interval_s)
         g = config.grpc
@@ -56,7 +56,7 @@ class RegistryService(GrpcEndpoint):
                                max_concurrent_rpcs=g.max_concurrent_rpcs, default_deadline_s=g.default_deadline_s)
         self.grpc.add(registry_pb2_grpc.add_ModelRegistryServicer_to_server,
                       ModelRegistryServicer(self.registry, max_reason_chars=section.max_reason_chars,
-                                            parked=self.publisher.parked), SERVICE_NAME)
+                                            parked=self.announcer.parked), SERVICE_NAME)
         self.metrics_server: MetricsServer | None = None
         if config.metrics.enabled:
             self.metrics_server = MetricsServer(self.collector, config.metrics.host, config.metrics.port,
@@ -70,7 +70,7 @@ class RegistryService(GrpcEndpoint):
             self.metrics_server.start()
         self.grpc.start()
         self.registry.recover()
-        self.publisher.start()
+        self.announcer.start()
         self.sweeper.start()
         self.grpc.set_serving(True)
         logger.info("registry ready", extra={"port": self.grpc.port, "database": self.db.engine.url.render_as_string()})
@@ -79,7 +79,7 @@ class RegistryService(GrpcEndpoint):
     def stop(self, grace_s: float | None = None) -> None:
         self.grpc.stop(self.config.grpc.shutdown_grace_s if grace_s is None else grace_s)
         self.sweeper.stop()
-        self.publisher.stop()
+        self.announcer.stop()
         if self.metrics_server:
             self.metrics_server.stop()
         self.db.close()

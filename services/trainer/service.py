@@ -30,7 +30,7 @@ from services.trainer.elector import build_elector
 from services.trainer.evaluation import PrequentialMonitor
 from services.trainer.holdout import ChampionChallenger, HoldoutBuffer
 from services.trainer.metrics import TrainerMetrics
-from services.trainer.publisher import VersionPublisher
+from services.trainer.exporter import VersionExporter
 from services.trainer.stream import EventReader, ItemReader
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class TrainerService:
                                                         tls=config.tls)
         self.trainer_id = self.cfg.trainer_id or getattr(elector, "identity", "trainer")
         self._replayed_unexported = 0  # idle replay steps the registered version does not have yet
-        self.publisher = VersionPublisher(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
+        self.exporter = VersionExporter(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
                                           auto_promote=self.cfg.auto_promote, exports_dir=self.store.exports_dir,
                                           keep_exports=self.cfg.keep_exports)
         self.champion = ChampionChallenger(
@@ -328,11 +328,11 @@ class TrainerService:
                        newest_event_ms=float(position.newest_event_ms))
         offsets = dict(position.events_offsets)
         try:
-            artifact = self.publisher.export(trainer, self.events_topic, offsets, metrics)
+            artifact = self.exporter.export(trainer, self.events_topic, offsets, metrics)
             candidate = self.champion.judge(artifact)  # adds the gate's paired evidence to the manifest
             self._check_leader()
             parent = self.registration.version if self.registration else 0
-            version = self.publisher.register(artifact, parent_version=parent)
+            version = self.exporter.register(artifact, parent_version=parent)
             self.champion.remember(version, candidate)
         except LostLeadership:
             raise

@@ -60,7 +60,7 @@ def test_an_announcement_kafka_refuses_is_parked_and_later_ones_still_go_out(reg
 
         events = reader.wait_for(lambda ev: ("registered", 3) in _actions(ev), timeout_s=60)
         assert ("promoted", 2) in _actions(events) and ("alias_set", 2) not in _actions(events)
-        assert service.publisher.wait_idle(30)
+        assert service.announcer.wait_idle(30)
         parked = client.list_parked(MODEL)
         assert [(p.action, p.version) for p in parked] == [("alias_set", 2)]
         assert "Kafka refused it" in parked[0].reason and parked[0].size_bytes > 2500

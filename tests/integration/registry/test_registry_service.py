@@ -75,7 +75,7 @@ def test_register_promote_rollback_each_announced(registry_factory, kafka_config
         assert {(o.partition, o.offset) for o in shown.training_offsets} == {(0, 11), (1, 21)}
         assert [v.version for v in client.list_versions(MODEL)] == [1, 2]
 
-    assert service.publisher.wait_idle(10)
+    assert service.announcer.wait_idle(10)
     body = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_server.port}/metrics", timeout=5).read().decode()
     assert f'streamrec_registry_versions_registered_total{{model="{MODEL}"}} 2.0' in body
     assert f'streamrec_registry_gate_rejections_total{{model="{MODEL}"}} 1.0' in body
@@ -139,20 +139,20 @@ def test_promotion_while_kafka_is_down_is_durable_at_once_and_announced_later(re
         with registry_client(service.target) as client:
             client.register(MODEL, make_artifact_dir(tmp_path / "a1", hr=0.3, seed=1), trainer_id="t")
             client.register(MODEL, make_artifact_dir(tmp_path / "a2", hr=0.1, seed=2), trainer_id="t")
-            assert service.publisher.wait_idle(30)
+            assert service.announcer.wait_idle(30)
             broker.stop()
 
             promoted = client.set_alias(MODEL, "production", 2, reason="while kafka is down")
             assert "production" in promoted.aliases
             assert client.get_alias(MODEL, "production").version == 2  # durable and visible at once
-            assert service.publisher.backlog() == 1
+            assert service.announcer.backlog() == 1
 
             broker.start()
             reader = read_topic(kafka, topic_of(kafka))
             events = reader.wait_for(lambda ev: ("promoted", 2) in actions(ev), timeout_s=60)
             assert actions(events)[-1] == ("promoted", 2)
             assert dict(events[-1][1].aliases)["production"] == 2
-            assert service.publisher.wait_idle(30)
+            assert service.announcer.wait_idle(30)
     finally:
         broker.cleanup()
 

@@ -19,7 +19,7 @@ from services.registry.gate import PromotionGate
 from services.trainer.config import TrainerConfig
 from services.trainer.leader import AlwaysLeader
 from services.trainer.metrics import TrainerMetrics
-from services.trainer.publisher import VersionPublisher
+from services.trainer.exporter import VersionExporter
 from services.trainer.service import TrainerService
 from tests.integration.trainer.publishing import end_offsets, publish_events, publish_items, small_model
 from tests.pki import tls_for, tls_section
@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900
 MODEL = "recommender"
 
 
-class ShufflingPublisher(VersionPublisher):
+class ShufflingPublisher(VersionExporter):
     """Exports as usual, then breaks the artifact: item vectors shuffled (what the gate must stop)."""
 
     def export(self, *args, **kwargs):
@@ -56,8 +56,8 @@ class RunningTrainer:
     def __init__(self, config: TrainerConfig, publisher_class=None) -> None:
         self.service = TrainerService(config, TrainerMetrics(CollectorRegistry()), AlwaysLeader())
         if publisher_class is not None:
-            old = self.service.publisher
-            self.service.publisher = publisher_class(
+            old = self.service.exporter
+            self.service.exporter = publisher_class(
                 old.client, model_name=old.model_name, trainer_id=old.trainer_id, auto_promote=old.auto_promote,
                 exports_dir=old.exports_dir, keep_exports=old.keep_exports)
         self.stop = threading.Event()

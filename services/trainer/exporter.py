@@ -12,7 +12,7 @@ from services.common.registry_client import RegistryClient
 logger = logging.getLogger(__name__)
 
 
-class VersionPublisher:
+class VersionExporter:
     """``publish(trainer, offsets, metrics)`` -> registered version number."""
 
     def __init__(self, client: RegistryClient, *, model_name: str, trainer_id: str, auto_promote: bool,

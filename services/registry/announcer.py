@@ -1,4 +1,4 @@
-"""OutboxPublisher: announces committed changes on the compacted model-versions topic, in order.
+"""OutboxAnnouncer: announces committed changes on the compacted model-versions topic, in order.
 
 Rows are read in id order, sent one batch at a time (key = model name), and each is deleted once
 the broker acknowledged it. While Kafka is unreachable the thread keeps retrying, so a change is
@@ -29,7 +29,7 @@ from streamrec_proto.v1 import registry_pb2
 logger = logging.getLogger(__name__)
 
 
-class OutboxPublisher:
+class OutboxAnnouncer:
     def __init__(self, db: Database, kafka: KafkaConfig, metrics: RegistryMetrics | None = None,
                  retry_s: float = 1.0, timeout_s: float = 10.0, batch: int = 100,
                  max_bytes: int = 512 * 1024) -> None:
@@ -48,10 +48,10 @@ class OutboxPublisher:
         self._inflight: list[tuple[int, str, bytes, object]] | None = None
         self._solo_until: int | None = None  # send rows up to this id one at a time
         self._topic_ready = False
-        self._thread = threading.Thread(target=self._run, name="outbox-publisher", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="outbox-announcer", daemon=True)
         self.published = 0
 
-    def start(self) -> "OutboxPublisher":
+    def start(self) -> "OutboxAnnouncer":
         self._thread.start()
         return self
 
