@@ -51,7 +51,7 @@ def _go(args: list[str], cwd: Path) -> str:
 
 
 def _build(workdir: Path, name: str, module: str, package: str, version: str,
-           replaces: dict[str, str] | None = None) -> Path:
+           replaces: dict[str, str] | None = None, stamps: dict[str, str] | None = None) -> Path:
     binary = workdir / name
     if binary.exists():
         return binary
@@ -63,7 +63,8 @@ def _build(workdir: Path, name: str, module: str, package: str, version: str,
         _go(["mod", "edit", f"-replace={mod}={mod}@{ver}"], workdir)
     _go(["get", f"{package}@{version}"], workdir)
     tmp = workdir / f"{name}.tmp"
-    _go(["build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp), package], workdir)
+    ldflags = " ".join(["-s", "-w", *(f"-X {var}={value}" for var, value in (stamps or {}).items())])
+    _go(["build", "-trimpath", f"-ldflags={ldflags}", "-o", str(tmp), package], workdir)
     tmp.replace(binary)
     return binary
 
@@ -87,8 +88,14 @@ def build_kube_apiserver(cache_dir: Path | None = None, version: str = KUBERNETE
         return workdir / "kube-apiserver"
     staging_version = "v0." + version.split(".", 1)[1]
     replaces = {mod: staging_version for mod in staging_modules(version, workdir)}
+    # What `make` in the Kubernetes tree stamps in; clients (kubectl version) parse gitVersion.
+    major, minor = version.lstrip("v").split(".")[:2]
+    stamps = {}
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        stamps |= {f"{pkg}.gitVersion": version, f"{pkg}.gitMajor": major, f"{pkg}.gitMinor": minor,
+                   f"{pkg}.gitTreeState": "clean"}
     return _build(workdir, "kube-apiserver", "k8s.io/kubernetes",
-                  "k8s.io/kubernetes/cmd/kube-apiserver", version, replaces)
+                  "k8s.io/kubernetes/cmd/kube-apiserver", version, replaces, stamps)
 
 
 def build_all(cache_dir: Path | None = None) -> tuple[Path, Path]:

@@ -124,6 +124,8 @@ class LocalKubeCluster:
                 "--service-account-key-file", str(sa_key), "--service-account-signing-key-file", str(sa_key),
                 # Addresses are only allocated, never routed: no kubelet or proxy runs.
                 "--service-cluster-ip-range", "10.96.0.0/16",
+                # The `kubernetes` Service's endpoints may not be a loopback address; nothing routes to it here.
+                "--endpoint-reconciler-type", "none",
                 "--profiling=false", "--v", "1",
             ])
             self.write_kubeconfig(self.kubeconfig)
