@@ -37,10 +37,8 @@ class OutboxAnnouncer:
         self.kafka = kafka
         self.topic = kafka.topics.name("model_versions")
         self.metrics = metrics
-        self.retry_s = retry_s
-        self.timeout_s = timeout_s
-        self.batch = batch
-        self.max_bytes = max_bytes
+        self.retry_s, self.timeout_s = retry_s, timeout_s
+        self.batch, self.max_bytes = batch, max_bytes  # rows per send; the largest announcement Kafka is sent
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._producer = None

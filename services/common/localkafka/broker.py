@@ -86,7 +86,29 @@ def _wait_for_port(host: str, port: int, deadline: float, proc: subprocess.Popen
     raise KafkaBrokerError(f"broker did not accept connections on {host}:{port} in time")
 
 
-class LocalKafka:
+class KafkaProcesses:
+    """What a broker and a cluster share: ``cleanup`` (stop, then remove a data dir made for the run) and ``with``."""
+
+    data_dir: Path
+    _own_dir: bool
+
+    def start(self): ...
+
+    def stop(self) -> None: ...
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+class LocalKafka(KafkaProcesses):
     """One KRaft broker+controller process with its data in ``data_dir``.
 
     Alone by default (its own single-voter quorum, replication factor 1). ``LocalKafkaCluster`` runs
@@ -261,13 +283,3 @@ class LocalKafka:
             proc.kill()
             proc.wait()
 
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "LocalKafka":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.cleanup()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from services.common.localkafka.broker import KafkaBrokerError, LocalKafka, free_port
+from services.common.localkafka.broker import KafkaBrokerError, KafkaProcesses, LocalKafka, free_port
 
-class LocalKafkaCluster:
+class LocalKafkaCluster(KafkaProcesses):
     """``size`` KRaft nodes (each broker and controller) on loopback, for broker-failure tests.
 
     Replication factor ``size`` (at most 3) and ``min.insync.replicas`` one less, so a topic stays
@@ -127,13 +126,3 @@ class LocalKafkaCluster:
         for node in self.nodes.values():
             node.stop()
 
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "LocalKafkaCluster":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.cleanup()
