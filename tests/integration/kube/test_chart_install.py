@@ -42,6 +42,8 @@ def crds(kube_cluster, kube_api, tmp_path_factory):
 
     for name in names:
         wait_for(lambda: established(name), timeout_s=120, what=f"CRD {name} Established", interval_s=0.5)
+    # What the NVIDIA GPU operator installs on a GPU cluster; the gpu-trainer values name it.
+    client.NodeV1Api(kube_api).create_runtime_class({"metadata": {"name": "nvidia"}, "handler": "nvidia"})
     return names
 
 
