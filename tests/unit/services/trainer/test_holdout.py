@@ -20,13 +20,22 @@ from services.trainer.metrics import TrainerMetrics
 
 
 def shuffle_item_vectors(artifact_dir, seed: int = 0) -> None:
-    """Break an artifact on purpose: every item gets another item's vector (the manifest is re-hashed)."""
+    """Break an artifact on purpose: every item gets another item's vector, and the transition table
+    leads to other items than the trained ones (the manifest is re-hashed)."""
     path = artifact_dir / "items.npz"
     with np.load(path, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    arrays["vectors"] = arrays["vectors"][np.random.default_rng(seed).permutation(len(arrays["vectors"]))]
+    perm = np.random.default_rng(seed).permutation(len(arrays["vectors"]))
+    arrays["vectors"] = arrays["vectors"][perm]
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
+    transitions = artifact_dir / "transitions.npz"
+    if transitions.exists():
+        with np.load(transitions, allow_pickle=False) as npz:
+            table = {k: npz[k] for k in npz.files}
+        table["indices"] = perm[table["indices"]].astype(table["indices"].dtype)
+        with open(transitions, "wb") as fh:
+            np.savez(fh, **table)
     write_manifest(artifact_dir, read_manifest(artifact_dir))
 
 
