@@ -102,9 +102,13 @@ class UserEncoder(nn.Module):
 
 
 class ItemTower(nn.Module):
-    def __init__(self, *, capacity: int, dim: int, text_dim: int, use_text: bool) -> None:
+    def __init__(self, *, capacity: int, dim: int, text_dim: int, use_text: bool, id_dropout: float = 0.0) -> None:
         super().__init__()
         self.use_text = use_text
+        # While training, this fraction of item lookups uses the text projection alone (gate 0), as a
+        # brand-new item does: the text tower keeps learning to stand in for the ID row of warm items,
+        # which it otherwise hardly would once their gates are near 1.
+        self.id_dropout = id_dropout
         self.id_emb = nn.Embedding(capacity + 1, dim)
         nn.init.normal_(self.id_emb.weight, std=0.01)
         self.register_buffer("text_table", torch.zeros(capacity + 1, text_dim))
@@ -121,6 +125,8 @@ class ItemTower(nn.Module):
         vec = self.id_emb(slots)
         if self.text_proj is not None:
             gate = self.id_gate[slots].unsqueeze(-1)
+            if self.training and self.id_dropout > 0:
+                gate = gate * (torch.rand(gate.shape, device=gate.device) >= self.id_dropout).to(gate.dtype)
             vec = vec * gate + self.text_proj(self.text_table[slots]) * (1.0 - gate)
         return F.normalize(vec, dim=-1)
 
@@ -141,6 +147,7 @@ class SequentialRecommender(nn.Module):
         dropout: float = 0.0,
         temperature: float = 0.1,
         seed: int = 0,
+        id_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.capacity = capacity
@@ -153,9 +160,10 @@ class SequentialRecommender(nn.Module):
         self.dropout = dropout
         self.temperature = temperature
         self.seed = seed
+        self.id_dropout = id_dropout
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.items = ItemTower(capacity=capacity, dim=dim, text_dim=text_dim, use_text=use_text)
+            self.items = ItemTower(capacity=capacity, dim=dim, text_dim=text_dim, use_text=use_text, id_dropout=id_dropout)
             self.user_encoder = UserEncoder(
                 dim=dim, max_len=max_len, n_heads=n_heads, n_layers=n_layers, dropout=dropout
             )
@@ -163,7 +171,7 @@ class SequentialRecommender(nn.Module):
     def hyperparameters(self) -> dict:
         return {
             k: getattr(self, k)
-            for k in ("capacity", "dim", "max_len", "text_dim", "use_text", "n_heads", "n_layers", "dropout", "temperature", "seed")
+            for k in ("capacity", "dim", "max_len", "text_dim", "use_text", "n_heads", "n_layers", "dropout", "temperature", "seed", "id_dropout")
         }
 
     def encode(self, slots: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

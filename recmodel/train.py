@@ -82,6 +82,7 @@ class IncrementalTrainer:
         temperature: float = RECIPE["temperature"],
         steps_per_batch: int = 1,
         id_gate_prior: float = RECIPE["id_gate_prior"],
+        id_dropout: float = RECIPE["id_dropout"],
         holdout_fraction: float = 0.0,
         full_softmax_items: int = RECIPE["full_softmax_items"],
         transition_weight: float = RECIPE["transition_weight"],
@@ -107,6 +108,7 @@ class IncrementalTrainer:
         self.temperature = temperature
         self.steps_per_batch = steps_per_batch
         self.id_gate_prior = id_gate_prior
+        self.id_dropout = id_dropout
         self.holdout_fraction = holdout_fraction
         self.full_softmax_items = full_softmax_items
         self.transition_weight = transition_weight
@@ -120,6 +122,7 @@ class IncrementalTrainer:
         self.model = SequentialRecommender(
             capacity=capacity, dim=dim, max_len=max_len, text_dim=text_dim, use_text=use_text,
             n_heads=n_heads, n_layers=n_layers, dropout=dropout, temperature=temperature, seed=seed,
+            id_dropout=id_dropout,
         ).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.vocab = ItemVocabulary(capacity)
@@ -145,7 +148,7 @@ class IncrementalTrainer:
             "replay_batch": self.replay_batch, "n_random_negatives": self.n_random_negatives,
             "replay_size": self.replay_size, "use_text": self.use_text, "n_heads": self.n_heads,
             "n_layers": self.n_layers, "dropout": self.dropout, "temperature": self.temperature,
-            "steps_per_batch": self.steps_per_batch, "id_gate_prior": self.id_gate_prior,
+            "steps_per_batch": self.steps_per_batch, "id_gate_prior": self.id_gate_prior, "id_dropout": self.id_dropout,
             "holdout_fraction": self.holdout_fraction, "full_softmax_items": self.full_softmax_items,
             "transition_weight": self.transition_weight, "transition_window": self.transitions.window,
             "transition_decay": self.transitions.decay, "transition_max_next": self.transitions.max_next,

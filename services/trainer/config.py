@@ -35,6 +35,8 @@ class ModelSection(Section):
     dropout: float = Field(RECIPE["dropout"], ge=0, lt=1)
     temperature: float = Field(RECIPE["temperature"], gt=0)
     id_gate_prior: float = Field(RECIPE["id_gate_prior"], ge=0)
+    id_dropout: float = Field(RECIPE["id_dropout"], ge=0, lt=1,
+                              description="share of item lookups trained on the text tower alone")
     transition_weight: float = Field(RECIPE["transition_weight"], ge=0,
                                      description="weight of the item-to-item transition bonus in the score (0: off)")
     transition_window: int = Field(RECIPE["transition_window"], ge=1)

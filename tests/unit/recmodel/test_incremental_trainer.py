@@ -147,3 +147,20 @@ def test_the_standing_holdout_is_input_but_never_a_target(small_stream):
     assert not trainer.is_target(e.user_id, entry)
     tokens = trainer._tokens([entry], e.user_id)
     assert tokens and tokens[0][3] is False
+
+
+def test_id_dropout_trains_warm_items_through_their_text_alone_and_never_serves_so():
+    trainer = make_trainer(id_dropout=0.999999)
+    trainer.upsert_items([Item(f"i{n}", title=f"item {n}") for n in range(4)])
+    slots = torch.tensor([trainer.vocab.slot(f"i{n}") for n in range(4)])
+    trainer._counts[slots.numpy()] = 1000.0
+    trainer._update_id_gate(slots.numpy())
+    items = trainer.model.items
+    with torch.no_grad():
+        text_only = torch.nn.functional.normalize(items.text_proj(items.text_table[slots]), dim=-1)
+        id_only = torch.nn.functional.normalize(items.id_emb(slots), dim=-1)
+        items.train()
+        torch.testing.assert_close(items(slots), text_only)
+        items.eval()
+        served = items(slots)
+    assert torch.allclose(served, id_only, atol=0.02) and not torch.allclose(served, text_only, atol=0.1)
