@@ -202,7 +202,7 @@ def _rank_main(rank: int, config_json: str, world: int) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # rank 0 decides when everyone stops
             worker_loop(config, device)
             return
-        from services.trainer.__main__ import build_elector
+        from services.trainer.elector import build_elector
 
         registry = CollectorRegistry()
         metrics = TrainerMetrics(registry)
