@@ -69,17 +69,16 @@ class ArtifactModel:
         providers: list | None = None,
         *,
         encoder_file: str = "user_encoder.onnx",
-        verify: bool = True,
+        manifest: Manifest | None = None,
         session_options=None,
     ) -> "ArtifactModel":
+        """Load ``directory``; ``manifest``, when given, is its manifest as already verified (e.g. by the
+        registry download, whose archive digest covers every file): nothing is hashed or parsed again."""
         import onnxruntime as ort
 
         directory = Path(directory)
-        manifest = verify_artifact(directory) if verify else None
         if manifest is None:
-            from recmodel.artifact import read_manifest
-
-            manifest = read_manifest(directory)
+            manifest = verify_artifact(directory)
         if encoder_file not in manifest.files:
             raise ArtifactError(f"{encoder_file}: not in this artifact")
         self = cls()

@@ -120,7 +120,7 @@ class ServedModel:
         """Load the artifact directory that ``manifest`` was verified for, with ONNX Runtime on ``providers``."""
         from recmodel.serving import ArtifactModel
 
-        runtime = ArtifactModel.load(artifact_dir, providers=providers, verify=False)
+        runtime = ArtifactModel.load(artifact_dir, providers=providers, manifest=manifest)
         cache_path = None
         items_sha = manifest.files.get("items.npz")
         if index_cache_dir is not None and items_sha:
@@ -171,7 +171,7 @@ class ServedModel:
             return rows, scores
 
         def allowed(cand: np.ndarray) -> np.ndarray:
-            ok = self.available[cand].copy()
+            ok = self.available[cand]  # a new array (fancy indexing)
             if len(banned):
                 ok &= ~np.isin(cand, banned)
             if subset is not None:

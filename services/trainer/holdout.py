@@ -235,9 +235,9 @@ class ChampionChallenger:
             parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="production-", dir=parent))
         try:
-            self.client.download(self.model_name, version, tmp / "artifact")  # digest checked: no second hashing
+            manifest = self.client.download(self.model_name, version, tmp / "artifact")  # digest checked
             # ONNX Runtime holds the model in memory once loaded, so the files can go.
-            model = ArtifactModel.load(tmp / "artifact", providers=SCORING_PROVIDERS, verify=False)
+            model = ArtifactModel.load(tmp / "artifact", providers=SCORING_PROVIDERS, manifest=manifest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         logger.info("downloaded the production version for the gate", extra={"model_version": version})

@@ -60,7 +60,7 @@ class FakeRegistry:
     def download(self, model_name, version, dest):
         self.downloads.append(version)
         shutil.copytree(self.dirs[version], dest)
-        return dest
+        return verify_artifact(dest)  # as RegistryClient.download: the checked manifest
 
 
 def _stub_trainer(fraction: float, histories: dict | None = None):
