@@ -185,7 +185,8 @@ class ArtifactModel:
         history = list(history)
         now = now_ms if now_ms is not None else (history[-1][2] if history else 0)
         scores = (self.encode([history], now)[0] @ self.item_vectors.T).astype(np.float64)
-        scores += self.transition_bonus(history)
+        if self.transitions is not None:
+            scores += self.transition_bonus(history)
         scores[~self.available] = -np.inf
         banned = set(exclude) | ({h[0] for h in history} if exclude_seen else set())
         for item_id in banned:

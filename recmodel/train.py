@@ -224,11 +224,8 @@ class IncrementalTrainer:
         return self.is_positive(etype) and not is_holdout(user_id, item_id, ts, self.holdout_fraction)
 
     def _count_transitions(self, user_id: str, old: Sequence[HistoryEntry], new: Sequence[HistoryEntry]) -> None:
-        previous = old[-1][0] if old else None
-        for entry in new:
-            if previous is not None and self.is_target(user_id, entry):
-                self.transitions.observe(previous, entry[0])
-            previous = entry[0]
+        self.transitions.observe_sequence(old[-1][0] if old else None,
+                                          ((e[0], self.is_target(user_id, e)) for e in new))
 
     # ------------------------------------------------------------------ batches
     def _tokens(self, entries: Sequence[HistoryEntry], user_id: str = "") -> list[tuple[int, int, int, bool]]:

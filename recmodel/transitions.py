@@ -17,7 +17,7 @@ artifact's item rows (``transitions.npz``), which serving reads with :class:`Tra
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -49,6 +49,15 @@ class TransitionTable:
         if len(row) > 2 * self.max_next:
             kept = sorted(row.items(), key=lambda kv: -kv[1])[: self.max_next]
             self._next[previous] = dict(kept)  # the total keeps the pruned counts: kept P stay calibrated
+
+    def observe_sequence(self, previous: str | None, steps: Iterable[tuple[str, bool]]) -> str | None:
+        """Count every ``(item, counted)`` step whose flag is set, from the item before it (``previous`` for
+        the first); returns the last item, the ``previous`` of the sequence's continuation."""
+        for item, counted in steps:
+            if counted and previous is not None:
+                self.observe(previous, item)
+            previous = item
+        return previous
 
     def forget(self, item: str) -> None:
         """Drop an evicted item's row (steps into it are skipped at scoring while it is unknown)."""

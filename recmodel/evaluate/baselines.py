@@ -41,11 +41,10 @@ class TransitionBaseline:
         self.table = TransitionTable(max_next=max_next, window=window, decay=decay)
 
     def fit(self, events: Sequence[Event]) -> "TransitionBaseline":
-        previous: dict[str, str] = {}
+        previous: dict[str, str | None] = {}
         for e in events:
-            if e.user_id in previous and self.event_weights.get(e.type, 0.0) > 0:
-                self.table.observe(previous[e.user_id], e.item_id)
-            previous[e.user_id] = e.item_id
+            positive = self.event_weights.get(e.type, 0.0) > 0
+            previous[e.user_id] = self.table.observe_sequence(previous.get(e.user_id), [(e.item_id, positive)])
         return self
 
     def score(self, histories, now_ms, item_ids: Sequence[str]) -> np.ndarray:

@@ -101,3 +101,15 @@ def test_the_trainer_ranks_the_next_item_of_a_chain_first_and_a_checkpoint_keeps
     cosine = off.user_vectors([history], [2_000_002]) @ off.item_vectors(["i4", "i5"]).T
     np.testing.assert_allclose(off.score([history], [2_000_002], ["i4", "i5"]), cosine, rtol=1e-6)
     assert trainer.score([history], [2_000_002], ["i4"])[0, 0] > 0.5 + trainer.score([history], [2_000_002], ["i5"])[0, 0]
+
+
+def test_the_transition_baseline_counts_positive_steps_only_and_scores_the_next_item():
+    from recmodel.evaluate import TransitionBaseline
+
+    events = _sequence_stream()
+    dislike = Event("d", "u0", "i7", "dislike", 1.0, 1_000_000 + 99)  # not a step anyone should take
+    baseline = TransitionBaseline().fit(events + [dislike])
+    ids = [f"i{n}" for n in range(8)]
+    scores = baseline.score([[("i2", "click", 0), ("i3", "click", 1)]], [2], ids)[0]
+    assert ids[int(np.argmax(scores))] == "i4" and scores[ids.index("i4")] == pytest.approx(1.0)
+    assert "i7" not in baseline.table.bonus(["i5"])  # u0 walked i0..i5 and then only disliked i7
