@@ -91,7 +91,7 @@ def test_checkpoint_restore_continue_is_bit_exact(tmp_path, small_stream):
     path = first.save_checkpoint(tmp_path / "ckpt.pt", extra={"offsets": {"streamrec.events": {"0": 700}}})
     del first
     torch.manual_seed(12345)  # global RNG noise must not matter
-    resumed, extra = IncrementalTrainer.load_checkpoint(path)
+    resumed, extra = IncrementalTrainer.load_checkpoint(path, device="cpu")
     assert extra == {"offsets": {"streamrec.events": {"0": 700}}}
     assert resumed.events_trained == 700
     resumed.train_events(events[700:])
