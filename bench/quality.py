@@ -41,6 +41,10 @@ from recmodel.text import HashingTextEncoder, TextEncoder
 from recmodel.train import IncrementalTrainer
 
 RECIPE = {k: p.default for k, p in inspect.signature(IncrementalTrainer).parameters.items() if p.default is not p.empty}
+# Recipe hyperparameters the bench can override (--dim 128, --full-softmax-items 20000, ...).
+KNOBS = ("dim", "max_len", "batch_size", "replay_batch", "n_layers", "n_heads", "n_random_negatives",
+         "full_softmax_items", "lr", "dropout", "temperature", "id_gate_prior", "id_dropout", "transition_weight",
+         "transition_window", "transition_decay")
 ALS_GRID = {"factors": (64, 128), "regularization": (0.01, 0.1), "alpha": (1.0, 10.0)}
 
 
@@ -55,10 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=40, help="epochs for the offline model")
     p.add_argument("--replay-epochs", type=float, default=RECIPE_DEFAULTS["idle_replay_epochs"],
                    help="idle replay after the streaming pass, in passes over the replay buffer")
-    for name in ("dim", "max_len", "batch_size", "replay_batch", "n_layers", "n_heads"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=RECIPE[name])
-    for name in ("lr", "dropout", "temperature", "id_gate_prior", "transition_weight"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=RECIPE[name])
+    for name in KNOBS:
+        p.add_argument("--" + name.replace("_", "-"), type=type(RECIPE[name]), default=RECIPE[name])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-encoder", choices=("minilm", "hashing"), default="minilm")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
@@ -89,12 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return out, round(time.perf_counter() - t0, 1)
 
     text_encoder = TextEncoder() if args.text_encoder == "minilm" else HashingTextEncoder(128)
-    config = dict(
-        dim=args.dim, max_len=args.max_len, capacity=len(item_list) + 16, batch_size=args.batch_size,
-        replay_batch=args.replay_batch, n_layers=args.n_layers, n_heads=args.n_heads, lr=args.lr,
-        dropout=args.dropout, temperature=args.temperature, id_gate_prior=args.id_gate_prior,
-        transition_weight=args.transition_weight, seed=args.seed, text_encoder=text_encoder,
-    )
+    config = {name: getattr(args, name) for name in KNOBS}
+    config.update(capacity=len(item_list) + 16, seed=args.seed, text_encoder=text_encoder)
 
     def new_trainer(use_text: bool) -> IncrementalTrainer:
         trainer = IncrementalTrainer(**config, use_text=use_text)
