@@ -14,13 +14,12 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from recmodel.artifact import ArtifactError, Manifest, verify_artifact
+from recmodel.data.types import HistoryEntry
 from recmodel.features import N_GAP_BUCKETS, gap_buckets
 from recmodel.transitions import TransitionRows
 
 log = logging.getLogger(__name__)
 _logged_choice: tuple | None = None
-
-HistoryEntry = tuple[str, str, int]
 
 
 def select_providers(

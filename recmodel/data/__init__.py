@@ -12,7 +12,7 @@ from recmodel.data.loaders import (
     write_jsonl,
 )
 from recmodel.data.synthetic import SyntheticStream
-from recmodel.data.types import DEFAULT_EVENT_WEIGHTS, EVENT_TYPES, Event, Item
+from recmodel.data.types import DEFAULT_EVENT_WEIGHTS, EVENT_TYPES, Event, HistoryEntry, Item
 
 __all__ = [
     "DEFAULT_EVENT_WEIGHTS",
@@ -21,6 +21,7 @@ __all__ = [
     "DataFormatError",
     "Dataset",
     "Event",
+    "HistoryEntry",
     "Item",
     "SyntheticStream",
     "load_dataset",

@@ -20,6 +20,10 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "rating": 1.0,
 }
 
+# One interaction in a user's history, as the encoder reads it: (item_id, event_type, timestamp_ms),
+# oldest first.
+HistoryEntry = tuple[str, str, int]
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 

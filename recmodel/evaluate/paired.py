@@ -21,8 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
+from recmodel.data import HistoryEntry
 from recmodel.evaluate.metrics import target_rank
-from recmodel.evaluate.protocol import HistoryEntry, Scorer
+from recmodel.evaluate.protocol import Scorer
 
 
 @dataclass(frozen=True)

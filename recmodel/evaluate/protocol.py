@@ -6,7 +6,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-HistoryEntry = tuple[str, str, int]  # (item_id, event_type, timestamp_ms), oldest first
+from recmodel.data.types import HistoryEntry
 
 
 class Scorer(Protocol):

@@ -22,8 +22,7 @@ from typing import Callable, Mapping, Sequence
 
 from kafka.errors import KafkaError
 
-from recmodel.data import DEFAULT_EVENT_WEIGHTS
-from recmodel.serving import HistoryEntry
+from recmodel.data import DEFAULT_EVENT_WEIGHTS, HistoryEntry
 from services.common.config import KafkaConfig
 from services.common.kafka import PartitionReader
 from services.common.supervision import SupervisedThread

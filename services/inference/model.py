@@ -18,8 +18,8 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 
 from recmodel.artifact import Manifest
+from recmodel.data import HistoryEntry
 from recmodel.transitions import TransitionRows
-from recmodel.serving import HistoryEntry
 from services.inference.config import IndexConfig
 from services.inference.retrieval import ItemRetriever
 
