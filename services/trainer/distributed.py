@@ -18,40 +18,40 @@ import os
 import signal
 import threading
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from recmodel.data import Event, Item
 from recmodel.train import IncrementalTrainer
+from recmodel.windows import Window, has_target
 from services.trainer.config import TrainerConfig
 
 logger = logging.getLogger(__name__)
 
 
-def _has_target(window, max_len: int) -> bool:
-    """Mirror of IncrementalTrainer._training_batch's loss mask: does this window train anything?"""
-    tokens, first_target = window
-    tok = tokens[-(max_len + 1):]
-    first = max(1, first_target - (len(tokens) - len(tok)))
-    return any(t[3] for t in tok[first:])
-
-
 class DataParallelTrainer(IncrementalTrainer):
-    """An IncrementalTrainer replica that splits each step's windows over the process group."""
+    """An IncrementalTrainer replica that splits each step's windows over the process group.
+
+    Every rank sees the same windows; each computes the step on its share, gradients are averaged
+    before the optimiser steps, and target counts are summed, so replicas stay identical.
+    """
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
-        step = self.optimizer.step
+        self._sharded = False
 
-        def synced_step(*args, **kw):
-            self._all_reduce_grads()
-            return step(*args, **kw)
+    def local_windows(self, windows: list[Window]) -> list[Window]:
+        shard = windows[self.rank::self.world]
+        ok = torch.tensor([1 if any(has_target(w, self.max_len) for w in shard) else 0], device=self._comm_device())
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        # When some rank would have nothing to learn, everyone takes the whole step (identical on every rank).
+        self._sharded = bool(int(ok.item()))
+        return shard if self._sharded else windows
 
-        self.optimizer.step = synced_step
-
-    def _all_reduce_grads(self) -> None:
+    def sync_gradients(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -63,21 +63,13 @@ class DataParallelTrainer(IncrementalTrainer):
             p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
 
-    def _step(self, windows) -> float:
-        shard = windows[self.rank::self.world]
-        ok = torch.tensor([1 if any(_has_target(w, self.max_len) for w in shard) else 0], device=self._comm_device())
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        if not int(ok.item()):
-            shard = windows  # some rank would have nothing to learn: everyone takes the whole step
-            if not any(_has_target(w, self.max_len) for w in shard):
-                return float("nan")  # identical on every rank
-        before = self._counts.copy()
-        loss = super()._step(shard)
-        if shard is not windows:
-            delta = torch.from_numpy(self._counts - before).to(self._comm_device())
-            dist.all_reduce(delta)
-            self._counts = before + delta.cpu().numpy()
-        return loss
+    def record_targets(self, slots: np.ndarray) -> None:
+        if self._sharded:  # every rank counts the targets of every shard
+            counts = torch.bincount(torch.from_numpy(slots), minlength=self.capacity + 1).to(self._comm_device())
+            dist.all_reduce(counts)
+            counts = counts.cpu().numpy()
+            slots = np.repeat(np.nonzero(counts)[0], counts[counts > 0])
+        super().record_targets(slots)
 
     def _comm_device(self) -> torch.device:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")

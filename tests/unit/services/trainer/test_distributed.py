@@ -29,14 +29,15 @@ def _replica(rank: int, port: int, world: int, out) -> None:
         flat = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
         gathered = [torch.zeros_like(flat) for _ in range(world)]
         dist.all_gather(gathered, flat)
-        counts = torch.from_numpy(trainer._counts)
+        # Target counts and the ID gates they drive (a buffer, not a parameter) must agree too.
+        counts = torch.cat([torch.from_numpy(trainer._counts), trainer.model.items.id_gate.double()])
         counts_all = [torch.zeros_like(counts) for _ in range(world)]
         dist.all_gather(counts_all, counts)
         if rank == 0:
             out.put({
                 "params_equal": all(torch.equal(gathered[0], g) for g in gathered[1:]),
                 "counts_equal": all(torch.equal(counts_all[0], c) for c in counts_all[1:]),
-                "counts_total": float(counts.sum()),
+                "counts_total": float(trainer._counts.sum()),
                 "events": trainer.events_trained, "steps": stats.steps, "loss": stats.loss,
             })
         # Rank 0 hosts the rendezvous store: it must not tear down while rank 1 still uses it.
