@@ -8,7 +8,7 @@ from recmodel.evaluate.leave_last_out import (
     leave_last_out_split,
 )
 from recmodel.evaluate.metrics import hit_rate, ndcg, target_rank
-from recmodel.evaluate.prequential import prequential_evaluate
+from recmodel.evaluate.prequential import PrequentialEvaluator, prequential_evaluate
 from recmodel.evaluate.protocol import Scorer
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "leave_last_out_ranks",
     "leave_last_out_split",
     "ndcg",
+    "PrequentialEvaluator",
     "prequential_evaluate",
     "target_rank",
 ]

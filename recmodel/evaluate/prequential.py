@@ -1,17 +1,21 @@
-"""Prequential (test-then-train) evaluation over a stream.
+"""Prequential (test-then-train) evaluation over a stream: the one incremental evaluator.
 
-The stream is cut into windows; every positive event of a window is first predicted from the user's
-history so far (ranked among all items the model knows, the user's past items excluded), then the
-model trains on the window. Items the model does not know yet count as misses.
+Before the model trains on a batch of events, each positive event of the batch is predicted from the
+user's history so far, ranked among every item the model knows with the user's past items excluded;
+items the model does not know yet count as misses. :class:`PrequentialEvaluator` does this for one
+batch at a time: the trainer service runs it on every micro-batch (sampled, over a sliding window of
+recent predictions, with a bounded set of users), and :func:`prequential_evaluate` runs it on every
+event of a whole stream.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict, deque
 from typing import Protocol, Sequence
 
 import numpy as np
 
-from recmodel.data.types import DEFAULT_EVENT_WEIGHTS, Event
+from recmodel.data.types import DEFAULT_EVENT_WEIGHTS, Event, HistoryEntry
 from recmodel.evaluate.metrics import hit_rate, ndcg, target_rank
 
 
@@ -21,6 +25,77 @@ class StreamingModel(Protocol):
     def score(self, histories, now_ms, item_ids) -> np.ndarray: ...
 
     def train_events(self, events: Sequence[Event]) -> object: ...
+
+
+class PrequentialEvaluator:
+    """HR@k / NDCG@k of predictions made before training.
+
+    ``window``: how many of the latest predictions the metrics cover (None: all). ``per_batch``: at most
+    this many predictions per batch, spread evenly over it (None: every positive event). ``max_users``:
+    histories kept for this many recently active users (None: all). ``max_history``: items per history
+    excluded from the ranking (the encoder reads at most ``max_len`` of them).
+    """
+
+    def __init__(self, *, ks: Sequence[int] = (10,), window: int | None = 2000, per_batch: int | None = 256,
+                 max_users: int | None = 200_000, max_history: int = 50, exclude_seen: bool = True,
+                 event_weights: dict[str, float] | None = None) -> None:
+        self.ks = tuple(ks)
+        self.enabled = window is None or window > 0
+        self.ranks: deque[float] = deque(maxlen=None if window is None else max(window, 1))
+        self.per_batch = per_batch
+        self.max_users = max_users
+        self.max_history = max_history
+        self.exclude_seen = exclude_seen
+        self.event_weights = event_weights
+        self._hist: OrderedDict[str, list[HistoryEntry]] = OrderedDict()
+
+    def observe_and_test(self, model, events: Sequence[Event]) -> None:
+        """Rank the batch's positive events with ``model`` as it is *before* training on them."""
+        queries = self._observe(events, self.event_weights or getattr(model, "event_weights", None)
+                                or DEFAULT_EVENT_WEIGHTS)
+        if queries:
+            self._rank(model, queries)
+
+    def _observe(self, events: Sequence[Event], weights: dict[str, float]) -> list[tuple[list, int, str]]:
+        queries = []
+        stride = max(1, len(events) // self.per_batch) if self.per_batch else 1
+        for n, e in enumerate(events):
+            hist = self._hist.get(e.user_id)
+            if hist is None:
+                hist = self._hist[e.user_id] = []
+            else:
+                self._hist.move_to_end(e.user_id)
+            if self.enabled and n % stride == 0 and weights.get(e.type, 0.0) > 0 and hist:
+                queries.append((list(hist), e.timestamp_ms, e.item_id))
+            hist.append((e.item_id, e.type, int(e.timestamp_ms)))
+            del hist[: -self.max_history]
+        while self.max_users is not None and len(self._hist) > self.max_users:
+            self._hist.popitem(last=False)
+        return queries[: self.per_batch] if self.per_batch else queries
+
+    def _rank(self, model, queries: list[tuple[list, int, str]]) -> None:
+        item_ids = list(model.item_ids)
+        index = {iid: j for j, iid in enumerate(item_ids)}
+        answerable = [q for q in queries if q[2] in index]
+        self.ranks.extend([float("inf")] * (len(queries) - len(answerable)))  # unknown items are misses
+        if not answerable:
+            return
+        scores = np.asarray(model.score([q[0] for q in answerable], [q[1] for q in answerable], item_ids),
+                            dtype=np.float64)
+        for row, (hist, _, target) in enumerate(answerable):
+            s = scores[row]
+            seen = [index[h[0]] for h in hist if h[0] in index and h[0] != target] if self.exclude_seen else []
+            if seen:
+                s = s.copy()
+                s[seen] = -np.inf
+            self.ranks.append(target_rank(s, index[target]))
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {"prequential_predictions": float(len(self.ranks))}
+        for k in self.ks:
+            out[f"hr@{k}"] = hit_rate(self.ranks, k)
+            out[f"ndcg@{k}"] = ndcg(self.ranks, k)
+        return out
 
 
 def prequential_evaluate(
@@ -33,32 +108,12 @@ def prequential_evaluate(
     exclude_seen: bool = True,
     event_weights: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    weights = event_weights or getattr(model, "event_weights", None) or DEFAULT_EVENT_WEIGHTS
-    histories: dict[str, list[tuple[str, str, int]]] = {}
-    ranks: list[float] = []
+    """Test-then-train over the whole of ``events`` in windows of ``window`` events; every positive counts."""
+    evaluator = PrequentialEvaluator(ks=(k,), window=None, per_batch=None, max_users=None, max_history=max_history,
+                                     exclude_seen=exclude_seen, event_weights=event_weights)
     for lo in range(0, len(events), window):
         chunk = events[lo : lo + window]
-        queries = []
-        for e in chunk:
-            hist = histories.setdefault(e.user_id, [])
-            if weights.get(e.type, 0.0) > 0:
-                queries.append((list(hist[-max_history:]), e.timestamp_ms, e.item_id))
-            hist.append((e.item_id, e.type, e.timestamp_ms))
-            if len(hist) > 4 * max_history:
-                del hist[: -max_history]
-        item_ids = list(model.item_ids)
-        index = {iid: j for j, iid in enumerate(item_ids)}
-        answerable = [q for q in queries if q[2] in index]
-        ranks.extend([float("inf")] * (len(queries) - len(answerable)))
-        if answerable and item_ids:
-            scores = np.asarray(model.score([q[0] for q in answerable], [q[1] for q in answerable], item_ids), dtype=np.float64)
-            for row, (hist, _, target) in enumerate(answerable):
-                s = scores[row]
-                t = index[target]
-                if exclude_seen:
-                    seen = [index[h[0]] for h in hist if h[0] in index and h[0] != target]
-                    s = s.copy()
-                    s[seen] = -np.inf
-                ranks.append(target_rank(s, t))
+        evaluator.observe_and_test(model, chunk)
         model.train_events(chunk)
-    return {f"hr@{k}": hit_rate(ranks, k), f"ndcg@{k}": ndcg(ranks, k), "predictions": len(ranks)}
+    m = evaluator.metrics()
+    return {f"hr@{k}": m[f"hr@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"], "predictions": len(evaluator.ranks)}

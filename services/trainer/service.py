@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry
 
+from recmodel.evaluate.prequential import PrequentialEvaluator
 from services.common.entrypoint import ServiceThread
 from services.common.kafka import ensure_topics
 from services.common.metrics import MetricsServer
@@ -27,7 +28,6 @@ from services.trainer.backend import LocalBackend, make_text_encoder, resolve_de
 from services.trainer.checkpoint import CheckpointStore, Registration, StreamPosition
 from services.trainer.config import TrainerConfig
 from services.trainer.elector import build_elector
-from services.trainer.evaluation import PrequentialMonitor
 from services.trainer.holdout import ChampionChallenger, HoldoutBuffer
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.exporter import VersionExporter
@@ -156,7 +156,7 @@ class TrainerService:
 
         self._warn_if_behind_registry(position)
 
-        monitor = PrequentialMonitor(window=cfg.eval_window, ks=cfg.eval_k, max_len=trainer.max_len)
+        monitor = PrequentialEvaluator(window=cfg.eval_window, ks=cfg.eval_k, max_history=max(50, trainer.max_len))
         events = EventReader(self.config.kafka, self.events_topic, group_id=cfg.consumer_group,
                              max_poll_records=cfg.poll_max_records)
         items = ItemReader(self.config.kafka, self.items_topic, max_poll_records=5000)
@@ -319,7 +319,7 @@ class TrainerService:
         return (reg is None or reg.events_offsets != position.events_offsets
                 or reg.items_offsets != position.items_offsets or self._replayed_unexported > 0)
 
-    def _export(self, trainer, position: StreamPosition, monitor: PrequentialMonitor) -> None:
+    def _export(self, trainer, position: StreamPosition, monitor: PrequentialEvaluator) -> None:
         start = time.perf_counter()
         metrics = monitor.metrics()
         for k in self.cfg.eval_k:

@@ -50,13 +50,13 @@ def _stream_with_hot_items(n_hot: int = 5):
 def _untrained_prequential(config, stream, events) -> dict:
     """The trainer's prequential metrics over ``events`` from a model built like its own that never trains."""
     from recmodel.train import IncrementalTrainer
-    from services.trainer.evaluation import PrequentialMonitor
+    from recmodel.evaluate.prequential import PrequentialEvaluator
     from services.trainer.service import make_text_encoder
 
     cfg = config.trainer
     trainer = IncrementalTrainer(**cfg.model.trainer_kwargs(), text_encoder=make_text_encoder(cfg.model), device="cpu")
     trainer.upsert_items(stream.items())
-    monitor = PrequentialMonitor(window=cfg.eval_window, ks=cfg.eval_k, max_len=trainer.max_len)
+    monitor = PrequentialEvaluator(window=cfg.eval_window, ks=cfg.eval_k, max_history=max(50, trainer.max_len))
     for lo in range(0, len(events), cfg.poll_max_records):
         monitor.observe_and_test(trainer, events[lo:lo + cfg.poll_max_records])
     return monitor.metrics()

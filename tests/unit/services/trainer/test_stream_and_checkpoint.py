@@ -11,7 +11,7 @@ from services.common.config import load_config
 from services.common.errors import ConfigError
 from services.trainer.checkpoint import CheckpointStore, Registration, StreamPosition
 from services.trainer.config import TrainerConfig
-from services.trainer.evaluation import PrequentialMonitor
+from recmodel.evaluate.prequential import PrequentialEvaluator
 from services.trainer.stream import decode_event, decode_item
 from streamrec_proto.v1 import event_pb2
 
@@ -54,7 +54,7 @@ def _prequential(stream, train: bool) -> dict:
     trainer = IncrementalTrainer(dim=32, max_len=10, capacity=400, text_encoder=HashingTextEncoder(32),
                                  device="cpu", batch_size=128, replay_batch=32, n_random_negatives=64)
     trainer.upsert_items(stream.items())
-    monitor = PrequentialMonitor(window=1000, ks=(10, 50), max_len=10, per_batch=100)
+    monitor = PrequentialEvaluator(window=1000, ks=(10, 50), per_batch=100)
     for lo in range(0, len(events), 250):
         monitor.observe_and_test(trainer, events[lo:lo + 250])  # test first ...
         if train:
