@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from services.trainer.checkpoint import CheckpointStore
+from services.trainer.checkpoint_store import CheckpointStore
 from services.trainer.config import TrainerConfig
 
 

@@ -137,7 +137,7 @@ class DistributedBackend:
         return self.replica.apply(cmd)
 
     def restore(self, store):
-        from services.trainer.checkpoint import StreamPosition
+        from services.trainer.checkpoint_store import StreamPosition
 
         path = str(store.path) if store.exists() else None
         extra = self._run(("restore", path))  # the checkpoint is on a volume every rank of the pod mounts

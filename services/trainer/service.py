@@ -25,7 +25,7 @@ from services.common.kafka import ensure_topics
 from services.common.metrics import MetricsServer
 from services.common.registry_client import RegistryClient
 from services.trainer.backend import LocalBackend, make_text_encoder, resolve_device
-from services.trainer.checkpoint import CheckpointStore, Registration, StreamPosition
+from services.trainer.checkpoint_store import CheckpointStore, Registration, StreamPosition
 from services.trainer.config import TrainerConfig
 from services.trainer.elector import build_elector
 from services.trainer.holdout import ChampionChallenger, HoldoutBuffer

@@ -9,7 +9,7 @@ from recmodel.text import HashingTextEncoder
 from recmodel.train import IncrementalTrainer
 from services.common.config import load_config
 from services.common.errors import ConfigError
-from services.trainer.checkpoint import CheckpointStore, Registration, StreamPosition
+from services.trainer.checkpoint_store import CheckpointStore, Registration, StreamPosition
 from services.trainer.config import TrainerConfig
 from recmodel.evaluate.prequential import PrequentialEvaluator
 from services.trainer.stream import decode_event, decode_item
