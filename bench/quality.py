@@ -67,95 +67,121 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    dataset = load_dataset(args.data, args.format)
-    items = {it.item_id: it for it in dataset.items}
-    for e in dataset.events:  # items without catalog metadata still take part (no text)
-        items.setdefault(e.item_id, Item(e.item_id))
-    item_list = list(items.values())
-    item_ids = [it.item_id for it in item_list]
-    split = leave_last_out_split(dataset.events, seed=args.seed)
-    k = args.k
+def _timed(fn):
+    """``fn()`` and the seconds it took, rounded to a tenth."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, round(time.perf_counter() - t0, 1)
 
-    def evaluate(model, stage: str = args.stage, **kw) -> dict:
-        r = evaluate_leave_last_out(model, split, item_ids, k=k, stage=stage, **kw)
+
+class _Scorer:
+    """Ranks models on the held-out events of the split and keeps one result per model name."""
+
+    def __init__(self, split, item_ids: list[str], k: int, stage: str) -> None:
+        self.split = split
+        self.item_ids = item_ids
+        self.k = k
+        self.stage = stage
+        self.results: dict[str, dict] = {}
+
+    def evaluate(self, model, stage: str | None = None, **kw) -> dict:
+        k, stage = self.k, self.stage if stage is None else stage
+        r = evaluate_leave_last_out(model, self.split, self.item_ids, k=k, stage=stage, **kw)
         return {f"hr@{k}": round(r[f"hr@{k}"], 4), f"ndcg@{k}": round(r[f"ndcg@{k}"], 4), "users": r["users"]}
 
-    def timed(fn):
-        t0 = time.perf_counter()
-        out = fn()
-        return out, round(time.perf_counter() - t0, 1)
-
-    text_encoder = TextEncoder() if args.text_encoder == "minilm" else HashingTextEncoder(128)
-    config = {name: getattr(args, name) for name in KNOBS}
-    config.update(capacity=len(item_list) + 16, seed=args.seed, text_encoder=text_encoder)
-
-    def new_trainer(use_text: bool) -> IncrementalTrainer:
-        trainer = IncrementalTrainer(**config, use_text=use_text)
-        trainer.upsert_items(item_list)
-        return trainer
-
-    results: dict[str, dict] = {}
-
-    def record(name: str, model, seconds: float, **extra) -> None:
-        results[name] = {**evaluate(model), "seconds": seconds, **extra}
+    def record(self, name: str, model, seconds: float, **extra) -> None:
+        self.results[name] = {**self.evaluate(model), "seconds": seconds, **extra}
         if isinstance(model, IncrementalTrainer) and model.transition_weight > 0:
             weight, model.transition_weight = model.transition_weight, 0.0
-            results[name]["two_tower_alone"] = evaluate(model)  # the same model without the transition bonus
+            self.results[name]["two_tower_alone"] = self.evaluate(model)  # the same model without the transition bonus
             model.transition_weight = weight
 
-    model, s = timed(lambda: PopularityBaseline().fit(split.train))
-    record("popularity", model, s)
-    model, s = timed(lambda: ItemKNNBaseline().fit(split.train))
-    record("item_knn", model, s)
-    model, s = timed(lambda: TransitionBaseline(window=RECIPE["transition_window"], decay=RECIPE["transition_decay"],
-                                                max_next=RECIPE["transition_max_next"]).fit(split.train))
-    record("transitions", model, s)
 
-    def tuned_als():
-        best = None
-        for values in itertools.product(*ALS_GRID.values()):
-            params = dict(zip(ALS_GRID, values))
-            als = ALSBaseline(**params, seed=args.seed).fit(split.train)
-            score = evaluate(als, stage="validation")[f"hr@{k}"]
-            if best is None or score > best[0]:
-                best = (score, params, als)
-        return best
-
-    (val_hr, als_params, als), s = timed(tuned_als)
-    record("als", als, s, params=als_params, validation_hr=val_hr)
-
-    first_seen: dict[str, int] = {}
+def _load_catalog(data: str, fmt: str):
+    """The dataset and every item it mentions; items without catalog metadata still take part (no text)."""
+    dataset = load_dataset(data, fmt)
+    items = {it.item_id: it for it in dataset.items}
     for e in dataset.events:
+        items.setdefault(e.item_id, Item(e.item_id))
+    return dataset, list(items.values())
+
+
+def _trainer_config(args: argparse.Namespace, n_items: int, text_encoder) -> dict:
+    config = {name: getattr(args, name) for name in KNOBS}
+    config.update(capacity=n_items + 16, seed=args.seed, text_encoder=text_encoder)
+    return config
+
+
+def _new_trainer(config: dict, item_list: list[Item], *, use_text: bool) -> IncrementalTrainer:
+    trainer = IncrementalTrainer(**config, use_text=use_text)
+    trainer.upsert_items(item_list)
+    return trainer
+
+
+def _tuned_als(scorer: _Scorer, train, seed: int):
+    """ALS with the grid settings that score best on the validation events: (validation HR, params, model)."""
+    best = None
+    for values in itertools.product(*ALS_GRID.values()):
+        params = dict(zip(ALS_GRID, values))
+        als = ALSBaseline(**params, seed=seed).fit(train)
+        score = scorer.evaluate(als, stage="validation")[f"hr@{scorer.k}"]
+        if best is None or score > best[0]:
+            best = (score, params, als)
+    return best
+
+
+def _run_baselines(scorer: _Scorer, train, seed: int) -> None:
+    model, s = _timed(lambda: PopularityBaseline().fit(train))
+    scorer.record("popularity", model, s)
+    model, s = _timed(lambda: ItemKNNBaseline().fit(train))
+    scorer.record("item_knn", model, s)
+    model, s = _timed(lambda: TransitionBaseline(window=RECIPE["transition_window"], decay=RECIPE["transition_decay"],
+                                                 max_next=RECIPE["transition_max_next"]).fit(train))
+    scorer.record("transitions", model, s)
+    (val_hr, als_params, als), s = _timed(lambda: _tuned_als(scorer, train, seed))
+    scorer.record("als", als, s, params=als_params, validation_hr=val_hr)
+
+
+def _cold_item_filter(events):
+    """Items first seen in the last 10% of the time span: the cutoff time and a filter for held-out events."""
+    first_seen: dict[str, int] = {}
+    for e in events:
         first_seen[e.item_id] = min(first_seen.get(e.item_id, e.timestamp_ms), e.timestamp_ms)
-    t_min = min(e.timestamp_ms for e in dataset.events)
-    cutoff = t_min + 0.9 * (max(e.timestamp_ms for e in dataset.events) - t_min)
-    is_cold = lambda user, event: first_seen[event.item_id] >= cutoff  # noqa: E731
+    t_min = min(e.timestamp_ms for e in events)
+    cutoff = t_min + 0.9 * (max(e.timestamp_ms for e in events) - t_min)
 
-    streaming = new_trainer(use_text=True)
-    _, s = timed(lambda: streaming.train_events(split.train))
-    record("streaming", streaming, s)
-    cold_with_text = evaluate(streaming, users=is_cold) if args.cold_start else None
+    def is_cold(user, event) -> bool:
+        return first_seen[event.item_id] >= cutoff
+
+    return cutoff, is_cold
+
+
+def _run_streaming(scorer: _Scorer, streaming: IncrementalTrainer, train, args: argparse.Namespace, is_cold):
+    """One pass in time order, then the idle replay; returns the cold-start score of the one-pass model (or None)."""
+    _, s = _timed(lambda: streaming.train_events(train))
+    scorer.record("streaming", streaming, s)
+    cold_with_text = scorer.evaluate(streaming, users=is_cold) if args.cold_start else None
     replay_steps = int(round(args.replay_epochs * streaming.replay_epoch_steps()))
-    _, s = timed(lambda: streaming.replay(replay_steps))
-    record("streaming_replay", streaming, round(results["streaming"]["seconds"] + s, 1),
-           replay={"epochs": args.replay_epochs, "steps": replay_steps, "seconds": s,
-                   "windows_per_step": args.replay_batch})
-    offline = new_trainer(use_text=True)
-    _, s = timed(lambda: offline.fit_offline(split.train, epochs=args.epochs))
-    record("offline", offline, s, epochs=args.epochs)
+    _, s = _timed(lambda: streaming.replay(replay_steps))
+    scorer.record("streaming_replay", streaming, round(scorer.results["streaming"]["seconds"] + s, 1),
+                  replay={"epochs": args.replay_epochs, "steps": replay_steps, "seconds": s,
+                          "windows_per_step": args.replay_batch})
+    return cold_with_text
 
-    hr = f"hr@{k}"
-    out: dict = {
+
+def _run_offline(scorer: _Scorer, offline: IncrementalTrainer, train, epochs: int) -> None:
+    _, s = _timed(lambda: offline.fit_offline(train, epochs=epochs))
+    scorer.record("offline", offline, s, epochs=epochs)
+
+
+def _summary(args: argparse.Namespace, dataset, item_list: list[Item], split, config: dict, results: dict) -> dict:
+    hr = f"hr@{args.k}"
+    return {
         "bench": "quality",
         "format": args.format,
         "data": args.data,
         "stage": args.stage,
-        "k": k,
+        "k": args.k,
         "users": len(dataset.users),
         "items": len(item_list),
         "events": len(dataset.events),
@@ -166,16 +192,34 @@ def main(argv: list[str] | None = None) -> int:
         "streaming_over_als_hr": round(results["streaming"][hr] / max(results["als"][hr], 1e-12), 3),
         "streaming_over_offline_hr": round(results["streaming"][hr] / max(results["offline"][hr], 1e-12), 3),
         "streaming_replay_over_offline_hr": round(results["streaming_replay"][hr] / max(results["offline"][hr], 1e-12), 3),
-        "text_encoder": text_encoder.name,
+        "text_encoder": config["text_encoder"].name,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    dataset, item_list = _load_catalog(args.data, args.format)
+    split = leave_last_out_split(dataset.events, seed=args.seed)
+    scorer = _Scorer(split, [it.item_id for it in item_list], args.k, args.stage)
+    text_encoder = TextEncoder() if args.text_encoder == "minilm" else HashingTextEncoder(128)
+    config = _trainer_config(args, len(item_list), text_encoder)
+    _run_baselines(scorer, split.train, args.seed)
+    cutoff, is_cold = _cold_item_filter(dataset.events)
+    streaming = _new_trainer(config, item_list, use_text=True)
+    cold_with_text = _run_streaming(scorer, streaming, split.train, args, is_cold)
+    _run_offline(scorer, _new_trainer(config, item_list, use_text=True), split.train, args.epochs)
+    out = _summary(args, dataset, item_list, split, config, scorer.results)
     if args.cold_start:
-        no_text = new_trainer(use_text=False)
+        no_text = _new_trainer(config, item_list, use_text=False)
         no_text.train_events(split.train)
         out["cold_start"] = {
             "first_seen_after_ms": int(cutoff),
             "model": "streaming (one pass)",
             "with_text": cold_with_text,
-            "without_text": evaluate(no_text, users=is_cold),
+            "without_text": scorer.evaluate(no_text, users=is_cold),
         }
     out["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(out, sort_keys=True))

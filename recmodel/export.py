@@ -88,18 +88,37 @@ def export_artifact(
     artifact stays bounded however many users the stream has seen (servers rebuild the rest from
     the ``events`` topic), and fewer people's histories travel with every download.
     """
+    out = _empty_dir(out_dir)
+    _write_encoders(trainer, out, int8=int8)
+    table = trainer.item_table()
+    _write_item_table(out / "items.npz", table)
+    with open(out / "transitions.npz", "wb") as fh:
+        np.savez(fh, **trainer.transitions.to_csr(table["ids"]))
+    _write_recent_histories(out / "histories.json", trainer.user_histories(), max_history_users)
+    manifest = _manifest(trainer, model_name, training_offsets, metrics, extra)
+    return write_manifest(out, manifest)
+
+
+def _empty_dir(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty")
+    return out
+
+
+def _write_encoders(trainer, out: Path, *, int8: bool) -> None:
+    """``user_encoder.onnx`` (and its int8 twin); the trainer's model and RNG state are left as they were."""
     model = trainer.model
     with torch.random.fork_rng(devices=[]):
         export_user_encoder(model.user_encoder, out / "user_encoder.onnx", dim=trainer.dim, max_len=trainer.max_len)
     model.to(trainer.device)  # export moved the encoder to the CPU
     if int8:
         quantize_int8(out / "user_encoder.onnx", out / "user_encoder.int8.onnx")
-    table = trainer.item_table()
-    with open(out / "items.npz", "wb") as fh:
+
+
+def _write_item_table(path: Path, table: Mapping) -> None:
+    with open(path, "wb") as fh:
         np.savez(
             fh,
             ids=np.array(table["ids"], dtype=np.str_),
@@ -108,14 +127,18 @@ def export_artifact(
             titles=np.array(table["titles"], dtype=np.str_),
             categories=np.array(table["categories"], dtype=np.str_),
         )
-    with open(out / "transitions.npz", "wb") as fh:
-        np.savez(fh, **trainer.transitions.to_csr(table["ids"]))
-    all_histories = trainer.user_histories()
+
+
+def _write_recent_histories(path: Path, all_histories: Mapping[str, list], max_users: int) -> None:
+    """The histories of the ``max_users`` users with the newest last event, by user id."""
     recent = sorted(((h[-1][2] if h else 0, u) for u, h in all_histories.items()), reverse=True)
-    keep = {u for _, u in recent[:max_history_users]}
+    keep = {u for _, u in recent[:max_users]}
     histories = {u: [list(e) for e in h] for u, h in sorted(all_histories.items()) if u in keep}
-    (out / "histories.json").write_text(json.dumps(histories, separators=(",", ":")), encoding="utf-8")
-    manifest = Manifest(
+    path.write_text(json.dumps(histories, separators=(",", ":")), encoding="utf-8")
+
+
+def _manifest(trainer, model_name: str, training_offsets, metrics, extra) -> Manifest:
+    return Manifest(
         model_name=model_name,
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         training_offsets={str(t): {str(p): int(o) for p, o in parts.items()} for t, parts in (training_offsets or {}).items()},
@@ -134,4 +157,3 @@ def export_artifact(
             **dict(extra or {}),
         },
     )
-    return write_manifest(out, manifest)

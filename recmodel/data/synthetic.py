@@ -15,6 +15,7 @@ Everything is drawn from one ``numpy`` generator seeded with ``seed``, so a seed
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -51,6 +52,19 @@ _FEATURE_WORDS: list[tuple[str, str]] = [
 ]
 
 _FILLER = ["guide", "story", "collection", "series", "edition", "notes", "tales", "handbook"]
+
+# Event kinds and how often each is drawn.
+_EVENT_KINDS = np.array(["view", "click", "cart", "purchase", "like", "rating"])
+_EVENT_KIND_P = [0.55, 0.2, 0.08, 0.05, 0.07, 0.05]
+
+
+@dataclass
+class _UserState:
+    """What the simulation tracks per user: liked categories (they drift), items consumed, the last item."""
+
+    taste: list[int]
+    consumed: set[int] = field(default_factory=set)
+    last_item: int = -1
 
 
 class SyntheticStream:
@@ -198,68 +212,88 @@ class SyntheticStream:
 
     def _simulate(self) -> list[Event]:
         rng = np.random.default_rng([self.seed, 2])
-        n_feat = self._item_feat.shape[1]
         times = np.sort(rng.integers(0, self.duration_ms, self.n_events)) + self.start_ms
         by_cat = [np.flatnonzero(self._item_cat == c) for c in range(self.n_categories)]
-        taste = [list(t) for t in self._user_taste0]
-        consumed = [set() for _ in range(self.n_users)]
-        last_item = np.full(self.n_users, -1, dtype=np.int64)
+        users = [_UserState(taste=list(t)) for t in self._user_taste0]
         user_order = np.argsort(self._user_arrival, kind="stable")
         user_arr_sorted = self._user_arrival[user_order]
-        affinity_scale = 1.0 / np.sqrt(n_feat)
-        type_names = np.array(["view", "click", "cart", "purchase", "like", "rating"])
         events: list[Event] = []
         for n, t in enumerate(times):
-            n_active = int(np.searchsorted(user_arr_sorted, t, side="right"))
-            active = user_order[:n_active]
-            w = self._user_activity[active]
-            u = int(active[rng.choice(n_active, p=w / w.sum())])
+            u = self._pick_active_user(rng, t, user_order, user_arr_sorted)
+            state = users[u]
             if rng.random() < self.drift_prob:
-                # Drift: swap one liked category for one the user does not like yet.
-                others = [c for c in range(self.n_categories) if c not in taste[u]]
-                if others:
-                    taste[u][rng.integers(len(taste[u]))] = int(rng.choice(others))
-            j = -1
-            prev = int(last_item[u])
-            if prev >= 0 and rng.random() < self.series_prob:
-                nxt = int(self._successor[prev])
-                if nxt >= 0 and nxt not in consumed[u] and self._item_arrival[nxt] <= t:
-                    j = nxt
+                self._drift_taste(rng, state.taste)
+            j = self._pick_item(rng, t, u, state, by_cat)
             if j < 0:
-                if prev >= 0 and rng.random() < self.same_category_prob and int(self._item_cat[prev]) in taste[u]:
-                    c = int(self._item_cat[prev])
-                else:
-                    c = int(taste[u][rng.integers(len(taste[u]))])
-                cand = by_cat[c]
-                cand = cand[self._item_arrival[cand] <= t]
-                if consumed[u]:
-                    cand = cand[[k not in consumed[u] for k in cand]]
-                if len(cand) == 0:
-                    # The user has exhausted this category: explore anything not yet consumed.
-                    cand = np.flatnonzero(self._item_arrival <= t)
-                    cand = cand[[k not in consumed[u] for k in cand]]
-                    if len(cand) == 0:
-                        continue
-                age_days = (t - self._item_arrival[cand]) / 86_400_000.0
-                fresh = 1.0 + self.new_item_boost * np.exp(-age_days / 2.0) * (self._item_arrival[cand] > self.start_ms)
-                aff = np.exp(1.5 * affinity_scale * (self._item_feat[cand] @ self._user_feat[u]))
-                # Later series parts are mostly reached through part 1 (sequential habit).
-                first_part = np.where(self._series_part[cand] == 1, 1.0, 0.25)
-                p = self._item_appeal[cand] * fresh * aff * first_part
-                j = int(cand[rng.choice(len(cand), p=p / p.sum())])
-            consumed[u].add(j)
-            last_item[u] = j
-            kind = type_names[rng.choice(6, p=[0.55, 0.2, 0.08, 0.05, 0.07, 0.05])]
-            value = float(rng.integers(1, 6)) if kind == "rating" else 1.0
-            events.append(
-                Event(
-                    event_id=f"s{self.seed}-e{n}",
-                    user_id=self._user_ids[u],
-                    item_id=self._item_ids[j],
-                    type=str(kind),
-                    value=value,
-                    timestamp_ms=int(t),
-                )
-            )
-        self._final_taste = {self._user_ids[u]: {self.categories[c] for c in taste[u]} for u in range(self.n_users)}
+                continue  # nothing left that this user has not consumed
+            state.consumed.add(j)
+            state.last_item = j
+            events.append(self._make_event(rng, n, u, j, t))
+        self._final_taste = {
+            self._user_ids[u]: {self.categories[c] for c in users[u].taste} for u in range(self.n_users)
+        }
         return events
+
+    def _pick_active_user(self, rng: np.random.Generator, t, user_order, user_arr_sorted) -> int:
+        """A user who has arrived by ``t``, drawn in proportion to activity."""
+        n_active = int(np.searchsorted(user_arr_sorted, t, side="right"))
+        active = user_order[:n_active]
+        w = self._user_activity[active]
+        return int(active[rng.choice(n_active, p=w / w.sum())])
+
+    def _drift_taste(self, rng: np.random.Generator, taste: list[int]) -> None:
+        """Swap one liked category for one the user does not like yet."""
+        others = [c for c in range(self.n_categories) if c not in taste]
+        if others:
+            # The right-hand side draws first, then the index: keep one statement so the draw order stays.
+            taste[rng.integers(len(taste))] = int(rng.choice(others))
+
+    def _pick_item(self, rng: np.random.Generator, t, u: int, state: _UserState, by_cat) -> int:
+        """The item user ``u`` takes at ``t``: the next series part, or a draw from a liked category (-1: none left)."""
+        prev = state.last_item
+        if prev >= 0 and rng.random() < self.series_prob:
+            nxt = int(self._successor[prev])
+            if nxt >= 0 and nxt not in state.consumed and self._item_arrival[nxt] <= t:
+                return nxt
+        if prev >= 0 and rng.random() < self.same_category_prob and int(self._item_cat[prev]) in state.taste:
+            c = int(self._item_cat[prev])
+        else:
+            c = int(state.taste[rng.integers(len(state.taste))])
+        cand = self._unconsumed_candidates(by_cat[c], t, state.consumed)
+        if len(cand) == 0:
+            return -1
+        p = self._item_weights(cand, t, u)
+        return int(cand[rng.choice(len(cand), p=p / p.sum())])
+
+    def _unconsumed_candidates(self, in_category: np.ndarray, t, consumed: set[int]) -> np.ndarray:
+        """Items of the category that have arrived and the user has not consumed; else any such item."""
+        cand = in_category[self._item_arrival[in_category] <= t]
+        if consumed:
+            cand = cand[[k not in consumed for k in cand]]
+        if len(cand) == 0:
+            # The user has exhausted this category: explore anything not yet consumed.
+            cand = np.flatnonzero(self._item_arrival <= t)
+            cand = cand[[k not in consumed for k in cand]]
+        return cand
+
+    def _item_weights(self, cand: np.ndarray, t, u: int) -> np.ndarray:
+        """Unnormalised choice weights: appeal, freshness of new arrivals, user affinity, series habit."""
+        age_days = (t - self._item_arrival[cand]) / 86_400_000.0
+        fresh = 1.0 + self.new_item_boost * np.exp(-age_days / 2.0) * (self._item_arrival[cand] > self.start_ms)
+        affinity_scale = 1.0 / np.sqrt(self._item_feat.shape[1])
+        aff = np.exp(1.5 * affinity_scale * (self._item_feat[cand] @ self._user_feat[u]))
+        # Later series parts are mostly reached through part 1 (sequential habit).
+        first_part = np.where(self._series_part[cand] == 1, 1.0, 0.25)
+        return self._item_appeal[cand] * fresh * aff * first_part
+
+    def _make_event(self, rng: np.random.Generator, n: int, u: int, j: int, t) -> Event:
+        kind = _EVENT_KINDS[rng.choice(len(_EVENT_KINDS), p=_EVENT_KIND_P)]
+        value = float(rng.integers(1, 6)) if kind == "rating" else 1.0
+        return Event(
+            event_id=f"s{self.seed}-e{n}",
+            user_id=self._user_ids[u],
+            item_id=self._item_ids[j],
+            type=str(kind),
+            value=value,
+            timestamp_ms=int(t),
+        )
