@@ -78,23 +78,17 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        wrap_unary, wrap_stream = self._wrap_unary, self._wrap_stream_response
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary, method, False), handler.request_deserializer,
-                handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(handler.stream_unary, method, True), handler.request_deserializer,
-                handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream(handler.unary_stream, method, False), handler.request_deserializer,
-                handler.response_serializer)
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                wrap_stream(handler.stream_stream, method, True), handler.request_deserializer,
-                handler.response_serializer)
+        kinds = (  # (handler attribute, handler factory, wrapper, whether the request is a stream)
+            ("unary_unary", grpc.unary_unary_rpc_method_handler, self._wrap_unary, False),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler, self._wrap_unary, True),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler, self._wrap_stream_response, False),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler, self._wrap_stream_response, True),
+        )
+        for attr, make, wrap, streaming_request in kinds:
+            behaviour = getattr(handler, attr)
+            if behaviour:
+                return make(wrap(behaviour, method, streaming_request), handler.request_deserializer,
+                            handler.response_serializer)
         return handler
 
     def _wrap_unary(self, fn, full_method: str, streaming_request: bool):
