@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from services.publish import EventPublisher
+from services.cli.publish import EventPublisher
 from streamrec_proto.v1 import event_pb2
 from tests.integration.ingester.helpers import header_map, read_topic
 

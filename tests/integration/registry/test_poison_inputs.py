@@ -40,7 +40,7 @@ def database_url(request, tmp_path):
 
 def test_an_announcement_kafka_refuses_is_parked_and_later_ones_still_go_out(registry_factory, kafka_config,
                                                                             read_topic, tmp_path, capsys):
-    from services import models_cli
+    from services.cli import models as models_cli
     from tests.pki import local_ca
 
     topic = kafka_config.topics.name("model_versions")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services import models_cli
+from services.cli import models as models_cli
 from tests.pki import local_ca, registry_client
 from tests.unit.services.registry.builders import make_artifact_dir, paired_evidence, start_registry
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import filecmp
 from pathlib import Path
 
-from services import protogen
+from services.cli import protogen
 
 
 def test_generated_code_is_up_to_date(tmp_path):

@@ -1,4 +1,4 @@
-"""The ``streamrec`` command.
+"""The ``streamrec`` command: the table of subcommands and the dispatch to them.
 
 Each subcommand lives in its own module and is imported only when used, so ``streamrec models``
 does not load torch and ``streamrec recommend`` starts fast.
@@ -22,9 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trainer": ("services.trainer.__main__", "run the trainer service"),
     "registry": ("services.registry.__main__", "run the model registry service"),
     "inference": ("services.inference.__main__", "run the inference (Recommender) service"),
-    "publish": ("services.publish", "publish events or items from a JSONL/CSV file or stdin"),
-    "recommend": ("services.recommend", "ask the inference service for a user's recommendations"),
-    "models": ("services.models_cli", "list, show, promote, roll back or archive model versions"),
+    "publish": ("services.cli.publish", "publish events or items from a JSONL/CSV file or stdin"),
+    "recommend": ("services.cli.recommend", "ask the inference service for a user's recommendations"),
+    "models": ("services.cli.models", "list, show, promote, roll back or archive model versions"),
     "kafka": ("services.common.localkafka.__main__", "fetch or run the local Kafka broker"),
 }
 
@@ -40,7 +40,7 @@ BENCHES: dict[str, tuple[str, str]] = {
 }
 
 DEV: dict[str, tuple[str, str]] = {
-    "gen-proto": ("services.protogen", "regenerate streamrec_proto/ from proto/"),
+    "gen-proto": ("services.cli.protogen", "regenerate streamrec_proto/ from proto/"),
     "cluster": ("services.devcluster.__main__", "run etcd + kube-apiserver on loopback (built from Go sources)"),
 }
 
@@ -77,6 +77,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     return _dispatch(COMMANDS, argv, "streamrec", "commands:")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

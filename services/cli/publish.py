@@ -6,7 +6,7 @@
 
 and from Python, without any other tool::
 
-    from services.publish import EventPublisher
+    from services.cli.publish import EventPublisher
     with EventPublisher("127.0.0.1:9092") as pub:
         pub.publish_event({"event_id": "e1", "user_id": "u1", "item_id": "i9", "type": "click",
                            "timestamp_ms": 1700000000000})

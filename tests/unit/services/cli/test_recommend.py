@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services import recommend
+from services.cli import recommend
 from services.common.grpc import GrpcServer
 from services.inference.dataplane import RecommenderDataPlane
 from services.inference.histories import UserHistoryStore

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from services import publish
-from services.publish import EventPublisher, read_records
+from services.cli import publish
+from services.cli.publish import EventPublisher, read_records
 from streamrec_proto.v1 import event_pb2
 
 
