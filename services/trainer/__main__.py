@@ -6,9 +6,6 @@ import sys
 
 from services.common.entrypoint import load_service_config, run_service
 from services.trainer.config import TrainerConfig
-from services.trainer.elector import build_elector
-
-__all__ = ["build_elector", "main"]  # build_elector: the distributed ranks still take it from here
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from services.trainer.checkpoint_store import CheckpointStore
@@ -22,6 +24,26 @@ def make_text_encoder(model_cfg):
 
         return HashingTextEncoder(model_cfg.hashing_dim)
     return None
+
+
+class TrainingBackend(Protocol):
+    """Where TrainerService's trainer lives; every call is made from the service's training thread."""
+
+    device: torch.device
+
+    @property
+    def trainer(self): ...  # the IncrementalTrainer after restore(), None before and after close()
+
+    def restore(self, store: CheckpointStore):  # -> the checkpoint's StreamPosition, or None for a new trainer
+        ...
+
+    def upsert_items(self, items) -> None: ...
+
+    def train_events(self, events): ...  # -> TrainStats
+
+    def replay(self, steps: int): ...  # -> TrainStats
+
+    def close(self) -> None: ...
 
 
 class LocalBackend:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 
 import numpy as np
 import torch
@@ -123,10 +122,11 @@ class _Replica:
 
 
 class DistributedBackend:
-    """Rank 0's backend for TrainerService: broadcast each command, then apply it here too."""
+    """Rank 0's TrainingBackend (services.trainer.backend): broadcast each command, then apply it here too."""
 
     def __init__(self, config: TrainerConfig, device: torch.device) -> None:
         self.replica = _Replica(config, device)
+        self.device = device
 
     @property
     def trainer(self):
@@ -177,11 +177,8 @@ def _device_for(rank: int, config: TrainerConfig) -> torch.device:
 
 
 def _rank_main(rank: int, config_json: str, world: int) -> None:
-    from prometheus_client import CollectorRegistry
-
+    from services.common.entrypoint import run_service
     from services.common.logging import configure_logging
-    from services.common.metrics import MetricsServer
-    from services.trainer.metrics import TrainerMetrics
     from services.trainer.service import TrainerService
 
     config = TrainerConfig.model_validate_json(config_json)
@@ -191,28 +188,18 @@ def _rank_main(rank: int, config_json: str, world: int) -> None:
     try:
         device = _device_for(rank, config)
         if rank != 0:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # rank 0 decides when everyone stops
+            for signum in (signal.SIGTERM, signal.SIGINT):  # rank 0 decides when everyone stops
+                signal.signal(signum, signal.SIG_IGN)
             worker_loop(config, device)
             return
-        from services.trainer.elector import build_elector
-
-        registry = CollectorRegistry()
-        metrics = TrainerMetrics(registry)
+        # Rank 0 is the trainer service as `streamrec trainer` runs it, with the data-parallel backend.
         backend = DistributedBackend(config, device)
-        service = TrainerService(config, metrics, build_elector(config), backend=backend)
-        service.device = device
-        server = None
-        if config.metrics.enabled:
-            server = MetricsServer(registry, config.metrics.host, config.metrics.port, ready=service.ready).start()
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:
-            service.run(stop)
+            code = run_service(TrainerService.from_config(config, backend=backend), name="trainer")
         finally:
             backend.shutdown()
-            if server:
-                server.stop()
+        if code:
+            raise SystemExit(code)  # torch.multiprocessing.spawn reports the failed rank
     finally:
         dist.destroy_process_group()
 
@@ -226,7 +213,19 @@ def run_distributed(config: TrainerConfig) -> int:
         return 2
     logger.info("starting data-parallel training", extra={"world_size": world, "backend": d.backend})
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.multiprocessing.spawn(_rank_main, args=(config.model_dump_json(), world), nprocs=world, join=True)
+    ranks = torch.multiprocessing.spawn(_rank_main, args=(config.model_dump_json(), world), nprocs=world, join=False)
+
+    def stop_rank0(signum, _frame) -> None:
+        # Kubernetes signals this process (PID 1 of the container); rank 0 drains, checkpoints and tells the
+        # other ranks to exit, as a single-process trainer would.
+        logger.info("stopping data-parallel training", extra={"signal": signal.Signals(signum).name})
+        if ranks.processes[0].is_alive():
+            os.kill(ranks.processes[0].pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_rank0)
+    signal.signal(signal.SIGINT, stop_rank0)
+    while not ranks.join():  # raises when a rank fails
+        pass
     return 0
 
 

@@ -24,7 +24,7 @@ from services.common.entrypoint import ServiceThread
 from services.common.kafka import ensure_topics
 from services.common.metrics import MetricsServer
 from services.common.registry_client import RegistryClient
-from services.trainer.backend import LocalBackend, make_text_encoder, resolve_device
+from services.trainer.backend import LocalBackend, TrainingBackend, make_text_encoder, resolve_device
 from services.trainer.checkpoint_store import CheckpointStore, Registration, StreamPosition
 from services.trainer.config import TrainerConfig
 from services.trainer.elector import build_elector
@@ -48,13 +48,13 @@ class LostLeadership(Exception):
 
 class TrainerService:
     def __init__(self, config: TrainerConfig, metrics: TrainerMetrics, elector, *,
-                 registry_client: RegistryClient | None = None, backend=None) -> None:
+                 registry_client: RegistryClient | None = None, backend: TrainingBackend | None = None) -> None:
         self.config = config
         self.cfg = config.trainer
         self.metrics = metrics
         self.elector = elector
-        self.device = resolve_device(self.cfg.device)
-        self.backend = backend or LocalBackend(config, self.device)
+        self.backend = backend or LocalBackend(config, resolve_device(self.cfg.device))
+        self.device = self.backend.device
         self.store = CheckpointStore(self.cfg.checkpoint_dir)
         self.client = registry_client or RegistryClient(self.cfg.registry_target, timeout_s=self.cfg.registry_timeout_s,
                                                         tls=config.tls)
@@ -77,10 +77,11 @@ class TrainerService:
         self._thread = ServiceThread("trainer", self._run_until_stopped)
 
     @classmethod
-    def from_config(cls, config: TrainerConfig) -> "TrainerService":
-        """The service as the ``streamrec trainer`` process runs it: its own metrics, elector and metrics server."""
+    def from_config(cls, config: TrainerConfig, *, backend: TrainingBackend | None = None) -> "TrainerService":
+        """The service as the ``streamrec trainer`` process (or rank 0 of a data-parallel trainer) runs it:
+        its own metrics, elector and metrics server; ``backend`` defaults to training in this process."""
         metrics = TrainerMetrics(CollectorRegistry())
-        service = cls(config, metrics, build_elector(config, metrics))
+        service = cls(config, metrics, build_elector(config, metrics), backend=backend)
         if config.metrics.enabled:
             service._thread.metrics_server = MetricsServer(metrics.registry, config.metrics.host, config.metrics.port,
                                                            ready=service.ready)
