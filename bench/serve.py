@@ -119,7 +119,7 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
     from services.inference.config import IndexConfig, InferenceSection
     from services.inference.dataplane import RecommenderDataPlane
     from services.inference.histories import UserHistoryStore
-    from services.inference.model import ItemTableModel, ServedModel
+    from services.inference.served_model import ItemTableModel, ServedModel
     from services.inference.repository import PRODUCTION, ModelRepository
     from services.inference.servicer import RecommenderServicer
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from services.common.supervision import SupervisedThread
-from services.inference.model import HistoryEntry, ServedModel
+from services.inference.served_model import HistoryEntry, ServedModel
 
 
 class EncoderBatcher:

@@ -16,7 +16,7 @@ from services.common.errors import InvalidInput, NotFound, NotReady, StreamrecEr
 from services.inference.batcher import EncoderBatcher
 from services.inference.config import InferenceSection
 from services.inference.histories import UserHistoryStore
-from services.inference.model import ServedModel
+from services.inference.served_model import ServedModel
 from services.inference.repository import ModelRepository
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 from services.inference.config import IndexConfig
-from services.inference.model import ServedModel
+from services.inference.served_model import ServedModel
 
 if TYPE_CHECKING:
     from recmodel.artifact import Manifest

@@ -11,7 +11,7 @@ import threading
 from typing import Callable
 
 from services.common.aliases import CANARY, PRODUCTION
-from services.inference.model import ServedModel
+from services.inference.served_model import ServedModel
 
 
 

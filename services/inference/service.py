@@ -17,7 +17,7 @@ from services.inference.dataplane import RecommenderDataPlane
 from services.inference.histories import HistoryFollower, PopularityTracker, UserHistoryStore, freshness_seconds
 from services.inference.loader import DirectorySource, ModelLoader, RegistrySource
 from services.inference.metrics import InferenceMetrics
-from services.inference.model import ServedModel
+from services.inference.served_model import ServedModel
 from services.inference.repository import PRODUCTION, ModelRepository
 from services.inference.servicer import RecommenderServicer
 from services.inference.watcher import ModelVersionWatcher

@@ -21,7 +21,7 @@ from services.common.config import KafkaConfig
 from services.common.kafka import PartitionReader
 from services.common.supervision import SupervisedThread
 from services.inference.loader import ModelLoader
-from services.inference.model import ServedModel
+from services.inference.served_model import ServedModel
 from services.inference.repository import CANARY, PRODUCTION, ModelRepository
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from services.cli import recommend
 from services.common.grpc import GrpcServer
 from services.inference.dataplane import RecommenderDataPlane
 from services.inference.histories import UserHistoryStore
-from services.inference.model import ItemTableModel, ServedModel
+from services.inference.served_model import ItemTableModel, ServedModel
 from services.inference.repository import PRODUCTION, ModelRepository
 from services.inference.servicer import RecommenderServicer
 from tests.pki import local_ca, tls_for

@@ -20,7 +20,7 @@ from services.inference.dataplane import (
     SimilarQuery,
 )
 from services.inference.histories import UserHistoryStore
-from services.inference.model import ItemTableModel, ServedModel
+from services.inference.served_model import ItemTableModel, ServedModel
 from services.inference.repository import (
     CANARY,
     PRODUCTION,
