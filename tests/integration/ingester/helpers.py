@@ -1,36 +1,15 @@
-"""Shared by the ingester's integration tests: an in-process ingester and topic readers."""
+"""Shared by the ingester's integration tests: an in-process ingester and record headers."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 from prometheus_client import CollectorRegistry
 
-from services.common.kafka import make_consumer, partitions_for
 from services.ingester.config import IngesterConfig, IngesterSection
 from services.ingester.metrics import IngesterMetrics
 from services.ingester.pipeline import Ingester
 from tests.waiting import wait_for
-
-
-def read_topic(kafka_config, topic: str, timeout_s: float = 30.0) -> list:
-    """Every record now in ``topic`` (all partitions, from the beginning to the current end)."""
-    consumer = make_consumer(kafka_config, None, None)
-    try:
-        parts = partitions_for(consumer, topic)
-        consumer.assign(parts)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(parts)
-        out = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in parts):
-            assert time.monotonic() < deadline, f"reading {topic} timed out"
-            for records in consumer.poll(200).values():
-                out.extend(records)
-        return out
-    finally:
-        consumer.close(autocommit=False)
 
 
 def header_map(record) -> dict[str, bytes]:

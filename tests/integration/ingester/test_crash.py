@@ -24,7 +24,8 @@ from services.common.kafka import ensure_topics, make_consumer, partitions_for
 from services.common.localkafka.broker import free_port
 from services.cli.publish import EventPublisher
 from streamrec_proto.v1 import event_pb2
-from tests.integration.ingester.helpers import header_map, read_topic, wait_for
+from tests.integration.ingester.helpers import header_map, wait_for
+from tests.integration.topics import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

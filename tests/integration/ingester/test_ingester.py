@@ -11,7 +11,8 @@ import pytest
 
 from services.cli.publish import EventPublisher
 from streamrec_proto.v1 import event_pb2
-from tests.integration.ingester.helpers import header_map, read_topic
+from tests.integration.ingester.helpers import header_map
+from tests.integration.topics import read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -19,15 +19,15 @@ from collections import Counter
 
 import grpc
 import pytest
-from kafka import TopicPartition
 
 from recmodel.data import Event, SyntheticStream
-from services.common.kafka import CONTENT_TYPE_HEADER, JSON, make_consumer, make_producer
+from services.common.kafka import CONTENT_TYPE_HEADER, JSON, make_producer
 from services.common.registry_client import RegistryClient
 from services.stack.demo import DemoPublisher, event_record
 from services.stack.stack import LocalStack, StackOptions, StackPorts
 from services.stack.status import scrape, total
 from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc, registry_pb2
+from tests.integration.topics import read_topic
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -124,22 +124,7 @@ class RecommendCaller:
 
 def _read_all(stack: LocalStack, key: str) -> list:
     """Every record now on topic ``key``, from the beginning to the end offsets of this moment."""
-    topic = stack.kafka_config.topics.name(key)
-    consumer = make_consumer(stack.kafka_config, None, None, max_poll_records=5000)
-    try:
-        parts = [TopicPartition(topic, p) for p in range(stack.options.partitions)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(parts)
-        out = []
-        deadline = time.monotonic() + 120
-        while any(consumer.position(tp) < ends[tp] for tp in parts):
-            assert time.monotonic() < deadline, f"reading {topic} took over 120 s"
-            for records in consumer.poll(500).values():
-                out.extend(records)
-        return out
-    finally:
-        consumer.close(autocommit=False)
+    return read_topic(stack.kafka_config, stack.kafka_config.topics.name(key), timeout_s=120)
 
 
 def _endless_events(world: SyntheticStream, prefix: str):

@@ -28,6 +28,7 @@ from services.stack.demo import DemoPublisher
 from services.stack.stack import LocalStack, StackOptions, StackPorts
 from services.stack.status import maximum, scrape, total
 from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
+from tests.integration.topics import read_topic
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -210,20 +211,8 @@ def test_every_dashboard_and_alert_query_returns_data_from_the_running_services(
 
 
 def _events_on_output(stack) -> list[event_pb2.Event]:
-    topic = stack.kafka_config.topics.name("events")
-    consumer = make_consumer(stack.kafka_config, None, None)
-    try:
-        parts = [TopicPartition(topic, p) for p in range(stack.options.partitions)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(parts)
-        out = []
-        while any(consumer.position(tp) < ends[tp] for tp in parts):
-            for records in consumer.poll(500).values():
-                out.extend(event_pb2.Event.FromString(r.value) for r in records)
-        return out
-    finally:
-        consumer.close()
+    records = read_topic(stack.kafka_config, stack.kafka_config.topics.name("events"), timeout_s=120)
+    return [event_pb2.Event.FromString(r.value) for r in records]
 
 
 def test_killing_each_service_in_turn_loses_nothing_and_recommend_keeps_answering(stack, recommender, world):

@@ -1,8 +1,12 @@
-"""Write Items and Events to the normalised topics exactly as the ingester would."""
+"""Write Items and Events to the normalised topics exactly as the ingester would; run and watch a
+trainer process."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -88,6 +92,24 @@ def read_checkpoint(checkpoint_dir: Path) -> dict | None:
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {"events_trained": state["events_trained"], **state["extra"]}
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def start_trainer(config: Path, log: Path, **popen) -> subprocess.Popen:
+    """``python -m services.trainer --config CONFIG``, its output appended to ``log``."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "services.trainer", "--config", str(config)], cwd=ROOT, env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, **popen)
+
+
+def scrape_or_none(port: int) -> str | None:
+    """The metrics page, or None while the server is not listening yet."""
+    try:
+        return scrape(port)
+    except OSError:
+        return None
 
 
 def scrape(port: int) -> str:

@@ -3,11 +3,8 @@ has been trained exactly once (checked from the checkpoint's counters and offset
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,21 +18,13 @@ from tests.integration.trainer.publishing import (
     publish_events,
     publish_items,
     read_checkpoint,
-    scrape,
+    scrape_or_none,
+    start_trainer,
     write_config,
 )
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _start(config: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "services.trainer", "--config", str(config)], cwd=ROOT, env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
 
 def _trained(ckpt_dir: Path) -> int:
     state = read_checkpoint(ckpt_dir)
@@ -58,7 +47,7 @@ def test_sigkill_restarts_train_every_event_exactly_once(kafka_config, tmp_path)
     for chunk in chunks[:3]:
         publish_events(kafka_config, chunk)
         published += len(chunk)
-        proc = _start(cfg, log)
+        proc = start_trainer(cfg, log)
         try:
             before = _trained(ckpt)
             # Let it checkpoint some progress, then kill it at a random moment while it trains.
@@ -80,12 +69,12 @@ def test_sigkill_restarts_train_every_event_exactly_once(kafka_config, tmp_path)
     port = free_port()
     cfg = write_config(tmp_path / "trainer.yaml", kafka_config, checkpoint_dir=ckpt, checkpoint_interval_s=0.3,
                        poll_max_records=250, export_interval_s=3600, metrics_port=port)
-    proc = _start(cfg, log)
+    proc = start_trainer(cfg, log)
     try:
         ends = end_offsets(kafka_config)
         wait_for(lambda: (read_checkpoint(ckpt) or {}).get("events_offsets") == ends, 180,
                  "the checkpoint to reach the end offsets")
-        text = wait_for(lambda: _scrape_or_none(port), 30, "metrics")
+        text = wait_for(lambda: scrape_or_none(port), 30, "metrics")
         assert metric_value(text, "streamrec_trainer_events_trained_total") == published
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -98,9 +87,3 @@ def test_sigkill_restarts_train_every_event_exactly_once(kafka_config, tmp_path)
     assert state["events_trained"] == published == state["records_consumed"]
     assert state["events_skipped"] == 0
 
-
-def _scrape_or_none(port: int) -> str | None:
-    try:
-        return scrape(port)
-    except OSError:
-        return None

@@ -30,7 +30,7 @@ def test_bad_jsonl_lines_are_reported_with_their_line_number():
 
 
 def _read(kafka_config, key: str) -> list:
-    from tests.integration.ingester.helpers import read_topic
+    from tests.integration.topics import read_topic
 
     return read_topic(kafka_config, kafka_config.topics.name(key))
 
