@@ -2,10 +2,14 @@
 
 ``streamrec bench index [--items 10000 1000000] [--dim 64] [--k 10] [--queries 200]`` prints one JSON
 line with, per catalog size and backend: build seconds, p50/p99 query latency (one query at a time, as
-Recommend issues them) and recall@k against exact search. Vectors are a Gaussian mixture (clustered,
-like learned item embeddings), unit-norm like recmodel's item and user vectors (``--random-norms``
-keeps norms between 0.5 and 1.5, where inner-product HNSW does much worse); queries are drawn from
-the same mixture.
+Recommend issues them) and recall@k against exact search.
+
+By default (``--queries-from model``) the catalog and queries are a trained model's (``bench.catalog``):
+the item vectors of a small real artifact grown to each size by drawing new items near trained ones,
+searched with the user vectors its encoder produces for its users' histories (``--dim`` gives way
+to the artifact's, which is reported). ``--queries-from mixture`` uses a unit-norm Gaussian mixture
+for items and queries (``--random-norms`` keeps item norms between 0.5 and 1.5, where inner-product
+HNSW does much worse).
 Backends: numpy exact (matmul + argpartition), usearch HNSW, hnswlib HNSW, faiss IVF-Flat and
 faiss HNSW (the last three only when installed: ``pip install hnswlib faiss-cpu``).
 """
@@ -17,6 +21,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -112,9 +117,19 @@ def backends(vectors: np.ndarray, args) -> dict:
     return out
 
 
+def catalog_and_queries(n: int, args) -> tuple[np.ndarray, np.ndarray]:
+    if args.queries_from == "mixture":
+        return (clustered_vectors(n, args.dim, seed=1, unit_norm=not args.random_norms),
+                clustered_vectors(args.queries, args.dim, seed=2, unit_norm=not args.random_norms))
+    from bench.catalog import grow_catalog, trained_artifact, user_queries
+    from recmodel.serving import ArtifactModel
+
+    model = ArtifactModel.load(trained_artifact(args.artifact), providers=["CPUExecutionProvider"])
+    return grow_catalog(model.item_vectors, n), user_queries(model, args.queries)
+
+
 def run(n: int, args) -> dict:
-    vectors = clustered_vectors(n, args.dim, seed=1, unit_norm=not args.random_norms)
-    queries = clustered_vectors(args.queries, args.dim, seed=2, unit_norm=not args.random_norms)
+    vectors, queries = catalog_and_queries(n, args)
     result = {}
     truth = None
     for name, build in backends(vectors, args).items():
@@ -150,14 +165,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ef-construction", type=int, default=128)
     p.add_argument("--ef", type=int, default=128, help="HNSW search breadth")
     p.add_argument("--ivf-probe-div", type=int, default=10, help="faiss IVF: nprobe = nlist / this")
-    p.add_argument("--random-norms", action="store_true", help="item norms in [0.5, 1.5] instead of 1")
+    p.add_argument("--queries-from", choices=("model", "mixture"), default="model",
+                   help="a trained model's items and user vectors (default), or a Gaussian mixture")
+    p.add_argument("--artifact", type=Path, default=None, help="the trained artifact (built when missing)")
+    p.add_argument("--random-norms", action="store_true", help="mixture: item norms in [0.5, 1.5] instead of 1")
     p.add_argument("--only", nargs="*", default=None, help="backends to run (exact_numpy always first)")
     args = p.parse_args(argv)
     if args.only:
         args.only = set(args.only) | {"exact_numpy"}
-    out = {"bench": "index", "dim": args.dim, "k": args.k, "queries": args.queries, "cpus": os.cpu_count(),
+    if args.queries_from == "model":
+        from bench.catalog import DEFAULT_ARTIFACT, trained_artifact
+        from recmodel.artifact import read_manifest
+
+        args.artifact = args.artifact or DEFAULT_ARTIFACT
+        args.dim = read_manifest(trained_artifact(args.artifact)).dim
+    results = {str(n): run(n, args) for n in args.items}
+    out = {"bench": "index", "queries_from": args.queries_from, "dim": args.dim, "k": args.k, "queries": args.queries, "cpus": os.cpu_count(),
            "hnsw": {"m": args.m, "ef_construction": args.ef_construction, "ef": args.ef},
-           "results": {str(n): run(n, args) for n in args.items}}
+           "results": results}
     print(json.dumps(out))
     return 0
 

@@ -2,7 +2,7 @@
 
 ``streamrec bench serve --items N --concurrency C --duration S`` builds a small real artifact with
 recmodel (synthetic stream, HashingTextEncoder, ONNX user encoder), starts an inference server in a
-child process whose catalog is the artifact's items plus N-minus-those synthetic item vectors, and
+child process whose catalog is the artifact's items grown to N (``bench.catalog``: new items near trained ones), and
 drives it from this process with C concurrent asyncio gRPC calls for S seconds per method. The
 server runs the same data plane, batcher, retrieval and gRPC stack as ``streamrec inference``; only
 the Kafka watcher is left out (the model is loaded once at start).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import multiprocessing
 import os
@@ -29,28 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_ARTIFACT = Path(os.environ.get("STREAMREC_BENCH_ARTIFACT", "/tmp/streamrec-bench/artifact"))
-
-
-def build_artifact(out_dir: Path, dim: int = 32, seed: int = 0) -> Path:
-    """A small real artifact: a few thousand synthetic events trained on CPU, exported with recmodel."""
-    if (out_dir / "manifest.json").exists():
-        return out_dir
-    from recmodel.data import SyntheticStream
-    from recmodel.export import export_artifact
-    from recmodel.text import HashingTextEncoder
-    from recmodel.train import IncrementalTrainer
-
-    stream = SyntheticStream(seed=seed, n_users=300, n_items=600, n_events=6000)
-    trainer = IncrementalTrainer(dim=dim, max_len=20, capacity=2000, text_encoder=HashingTextEncoder(32),
-                                 device="cpu", seed=seed, batch_size=256, n_random_negatives=64)
-    trainer.upsert_items(stream.items())
-    trainer.train_events(list(stream.events()))
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    export_artifact(trainer, tmp, model_name="recommender", training_offsets={}, metrics={})
-    tmp.rename(out_dir)
-    return out_dir
-
+from bench.catalog import DEFAULT_ARTIFACT, grow_catalog, trained_artifact
 
 class TinyOnnxEncoder:
     """Fallback when recmodel.serving is not importable: masked mean of history item vectors + a linear
@@ -125,13 +105,13 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
 
     runtime, ids, vecs, histories, max_len, source = _load_runtime(artifact)
     extra = max(0, n_items - len(ids))
-    if extra:
-        rng = np.random.default_rng(1)
-        scale = float(np.linalg.norm(vecs, axis=1).mean() / np.sqrt(vecs.shape[1]))
-        vecs = np.concatenate([vecs, (rng.standard_normal((extra, vecs.shape[1])) * scale).astype(np.float32)])
+    if extra:  # new items drawn near the trained ones (bench.catalog), as a large catalog of such items would be
+        vecs = grow_catalog(vecs, n_items)
         ids += [f"synthetic-{j}" for j in range(extra)]
     t = time.perf_counter()
-    cache = Path("/tmp/streamrec-bench") / f"index-{n_items}-{index_threshold}.usearch"
+    # Keyed by the vectors' content, as the service keys its cache by the artifact's items.npz digest.
+    digest = hashlib.sha256(np.ascontiguousarray(vecs).tobytes()).hexdigest()[:24]
+    cache = Path("/tmp/streamrec-bench") / f"index-{digest}-{index_threshold}.faiss"
     table = ItemTableModel(name="recommender", encoder=runtime, item_ids=ids, item_vectors=vecs, histories=histories,
                            max_len=max_len)
     model = ServedModel(table, version=1, index_config=IndexConfig(ann_threshold=index_threshold), index_cache_path=cache)
@@ -216,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     threshold = IndexConfig().ann_threshold if args.index_threshold is None else args.index_threshold
     args.artifact.parent.mkdir(parents=True, exist_ok=True)
     try:
-        artifact = str(build_artifact(args.artifact))
+        artifact = str(trained_artifact(args.artifact))
     except ImportError as exc:  # recmodel.export / serving not available: use the tiny ONNX encoder
         print(f"# recmodel artifact unavailable ({exc}); using the tiny ONNX encoder", file=sys.stderr)
         artifact = None
