@@ -56,6 +56,9 @@ class ItemRetriever:
     def __len__(self) -> int:
         return len(self.vectors)
 
+    def _nprobe(self, nlist: int) -> int:
+        return max(1, int(round(nlist * self.config.nprobe_fraction)))
+
     def _build_ann(self, cache_path: str | Path | None):
         import faiss
 
@@ -64,6 +67,7 @@ class ItemRetriever:
                 index = faiss.read_index(str(cache_path))
                 if index.ntotal == len(self._available_rows):
                     logger.info("loaded ANN index from cache", extra={"path": str(cache_path), "items": index.ntotal})
+                    index.nprobe = self._nprobe(index.nlist)  # a search setting: the config's, not the file's
                     return index
             except Exception:  # noqa: BLE001 - a bad cache file is rebuilt, never fatal
                 logger.warning("ANN index cache unreadable; rebuilding", extra={"path": str(cache_path)})
@@ -76,7 +80,7 @@ class ItemRetriever:
         sample = np.random.default_rng(0).choice(len(rows), min(len(rows), 50 * nlist), replace=False)
         index.train(self.vectors[rows[np.sort(sample)]])
         index.add_with_ids(self.vectors[rows], rows.astype(np.int64))
-        index.nprobe = max(1, int(round(nlist * c.nprobe_fraction)))
+        index.nprobe = self._nprobe(nlist)
         if cache_path is not None:
             tmp = f"{cache_path}.tmp{os.getpid()}"
             faiss.write_index(index, tmp)

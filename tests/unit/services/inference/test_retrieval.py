@@ -59,3 +59,11 @@ def test_subset_search_is_exact_within_the_subset():
     rows, _ = r.search(queries[0], 5, subset=subset)
     sub = subset[avail[subset]]
     assert rows.tolist() == sub[np.argsort(-(v[sub] @ queries[0]))[:5]].tolist()
+
+
+def test_a_cached_index_searches_with_the_configured_nprobe(tmp_path):
+    v, avail, _ = _data()
+    cache = tmp_path / "ix.faiss"
+    built = ItemRetriever(v, avail, IndexConfig(ann_threshold=100, nprobe_fraction=0.05), cache_path=cache)
+    loaded = ItemRetriever(v, avail, IndexConfig(ann_threshold=100, nprobe_fraction=1.0), cache_path=cache)
+    assert built._ann.nprobe < loaded._ann.nprobe == loaded._ann.nlist  # nprobe is a search setting, not the file's
