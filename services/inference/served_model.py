@@ -124,8 +124,8 @@ class ServedModel:
         cache_path = None
         items_sha = manifest.files.get("items.npz")
         if index_cache_dir is not None and items_sha:
-            c = index_config
-            cache_path = Path(index_cache_dir) / f"ivf-{items_sha[:24]}-n{c.nlist}-p{c.nprobe_fraction}.faiss"
+            # nprobe is a search setting the retriever applies to a loaded index, so it is not part of the key.
+            cache_path = Path(index_cache_dir) / f"ivf-{items_sha[:24]}-n{index_config.nlist}.faiss"
         return cls(runtime, version=version, index_config=index_config, index_cache_path=cache_path)
 
     # ------------------------------------------------------------------ what the runtime holds
