@@ -17,6 +17,20 @@ class BatchingConfig(Section):
     max_wait_ms: float = Field(1.0, ge=0.0, le=100.0)
 
 
+class CacheConfig(Section):
+    """Recommend caches keyed by the user's history version and the model version (services/inference/cache.py).
+
+    A new event of the user or a model swap is never answered from them; entries also expire after
+    ``ttl_s`` (the encoder reads the time since the last interaction). 0 entries turns a cache off.
+    """
+
+    # Whole answers, per (user, history, model, k, excluded items, categories); ~3 KB each at k = 10.
+    max_results: int = Field(20_000, ge=0)
+    # User vectors, per (user, history, model): a new k or filter reuses the encoder run; ~0.5 KB each.
+    max_user_vectors: int = Field(100_000, ge=0)
+    ttl_s: float = Field(30.0, gt=0.0, le=86_400.0)
+
+
 class IndexConfig(Section):
     """Retrieval: exact dot product below ``ann_threshold`` items, a faiss IVF-Flat index above.
 
@@ -29,8 +43,9 @@ class IndexConfig(Section):
 
     # Exact search costs ~5 ms at 200k items on 2 cores, and needs no build.
     ann_threshold: int = Field(200_000, ge=0)
-    # Inverted lists: 0 = 4 * sqrt(items). Each query scans nprobe of them.
+    # Inverted lists: 0 = lists_per_sqrt * sqrt(items). Each query scans nprobe_fraction of them.
     nlist: int = Field(0, ge=0)
+    lists_per_sqrt: float = Field(4.0, gt=0.0, le=64.0)
     nprobe_fraction: float = Field(0.05, gt=0.0, le=1.0)
     # ANN candidates fetched per wanted item, so filtering (seen/excluded/unavailable) still leaves k.
     oversample: float = Field(2.0, ge=1.0)
@@ -66,6 +81,7 @@ class InferenceSection(Section):
     processes: int = Field(1, ge=1, le=256)
     batching: BatchingConfig = BatchingConfig()
     index: IndexConfig = IndexConfig()
+    cache: CacheConfig = CacheConfig()
 
 
 class InferenceConfig(ServiceConfig):

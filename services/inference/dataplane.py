@@ -14,6 +14,7 @@ import numpy as np
 
 from services.common.errors import InvalidInput, NotFound, NotReady, StreamrecError
 from services.inference.batcher import EncoderBatcher
+from services.inference.cache import TtlLruCache
 from services.inference.config import InferenceSection
 from services.inference.histories import UserHistoryStore
 from services.inference.served_model import ServedModel
@@ -65,12 +66,17 @@ class RecommenderDataPlane:
         settings: InferenceSection = InferenceSection(),
         batcher: EncoderBatcher | None = None,
         on_cold_start=None,
+        on_cache_lookup=None,
     ) -> None:
         self.repository = repository
         self.histories = histories
         self.settings = settings
         self.batcher = batcher
         self._on_cold_start = on_cold_start
+        c = settings.cache
+        lookup = (lambda name: (lambda hit: on_cache_lookup(name, hit))) if on_cache_lookup else (lambda name: None)
+        self.result_cache: TtlLruCache[Recommendation] = TtlLruCache(c.max_results, c.ttl_s, lookup("results"))
+        self.vector_cache: TtlLruCache[np.ndarray] = TtlLruCache(c.max_user_vectors, c.ttl_s, lookup("user_vectors"))
 
     # ------------------------------------------------------------------ validation
     def _check_ids(self, what: str, ids: Sequence[str], limit: int) -> None:
@@ -105,7 +111,14 @@ class RecommenderDataPlane:
 
         model = self.repository.for_user(q.user_id)
         now_ms = int(time.time() * 1000)
-        history = self.histories.get(q.user_id)
+        history, history_version = self.histories.get_versioned(q.user_id)
+        # Context items are this request's alone: such answers are neither cached nor taken from the cache.
+        user_key = (q.user_id, history_version, model.name, model.version) if model and not q.context_item_ids else None
+        result_key = (user_key, q.k, frozenset(q.exclude_item_ids), tuple(q.categories)) if user_key else None
+        if result_key is not None and self.result_cache.enabled:
+            cached = self.result_cache.get(result_key)
+            if cached is not None:
+                return cached
         if q.context_item_ids:
             history = history + [(i, "view", now_ms) for i in q.context_item_ids]
         seen = {h[0] for h in history}
@@ -115,20 +128,29 @@ class RecommenderDataPlane:
         if not known:
             return self._popularity(model, q, seen)
 
-        if self.batcher is not None:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                user_vec = self.batcher.encode(model, known, now_ms, timeout_s=timeout)
-            except TimeoutError as exc:
-                raise DeadlineExceeded("deadline exceeded while encoding the user") from exc
-        else:
-            user_vec = model.encode([known], [now_ms])[0]
+        user_vec = self.vector_cache.get(user_key) if user_key is not None and self.vector_cache.enabled else None
+        if user_vec is None:
+            user_vec = self._encode(model, known, now_ms, deadline)
+            if user_key is not None:
+                self.vector_cache.put(user_key, user_vec)
         self._check_deadline(deadline)
         banned = self._rows(model, seen | set(q.exclude_item_ids))
         subset = model.category_rows(q.categories) if q.categories else None
         rows, scores = model.retriever.search(user_vec, q.k, banned, subset)
         rows, scores = model.rerank_with_transitions(known, user_vec, rows, scores, q.k, banned, subset)
-        return Recommendation(self._items(model, rows, scores), model.name, model.version, "model")
+        answer = Recommendation(self._items(model, rows, scores), model.name, model.version, "model")
+        if result_key is not None:
+            self.result_cache.put(result_key, answer)
+        return answer
+
+    def _encode(self, model: ServedModel, known: list, now_ms: int, deadline: float | None) -> np.ndarray:
+        if self.batcher is None:
+            return model.encode([known], [now_ms])[0]
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return self.batcher.encode(model, known, now_ms, timeout_s=timeout)
+        except TimeoutError as exc:
+            raise DeadlineExceeded("deadline exceeded while encoding the user") from exc
 
     @staticmethod
     def _rows(model: ServedModel, ids) -> np.ndarray:

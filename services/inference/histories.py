@@ -14,6 +14,7 @@ each user and seeking those partitions to the snapshot's offsets.
 from __future__ import annotations
 
 import logging
+import itertools
 import math
 import threading
 import time
@@ -85,6 +86,10 @@ class UserHistoryStore:
         self.max_users = max_users
         self.popularity = popularity or PopularityTracker()
         self._users: OrderedDict[str, deque[HistoryEntry]] = OrderedDict()
+        # Per user, a number that changes whenever the history does (never reused, even after an
+        # eviction), so caches keyed by it are invalidated by any new event.
+        self._versions: dict[str, int] = {}
+        self._next_version = itertools.count(1)
         self._lock = threading.Lock()
         self.newest_event_ms = 0
         self.events_applied = 0
@@ -93,9 +98,17 @@ class UserHistoryStore:
         return len(self._users)
 
     def get(self, user_id: str) -> list[HistoryEntry]:
+        return self.get_versioned(user_id)[0]
+
+    def get_versioned(self, user_id: str) -> tuple[list[HistoryEntry], int]:
+        """The user's history and its version (0 for a user with none)."""
         with self._lock:
             hist = self._users.get(user_id)
-            return list(hist) if hist else []
+            return (list(hist), self._versions.get(user_id, 0)) if hist else ([], 0)
+
+    def _evict_oldest(self) -> None:
+        user_id, _ = self._users.popitem(last=False)
+        self._versions.pop(user_id, None)
 
     def append(self, user_id: str, item_id: str, event_type: str, timestamp_ms: int) -> None:
         with self._lock:
@@ -103,10 +116,11 @@ class UserHistoryStore:
             if hist is None:
                 hist = self._users[user_id] = deque(maxlen=self.max_len)
                 if len(self._users) > self.max_users:
-                    self._users.popitem(last=False)
+                    self._evict_oldest()
             else:
                 self._users.move_to_end(user_id)
             hist.append((item_id, event_type, int(timestamp_ms)))
+            self._versions[user_id] = next(self._next_version)
             if timestamp_ms > self.newest_event_ms:
                 self.newest_event_ms = int(timestamp_ms)
             self.events_applied += 1
@@ -124,10 +138,11 @@ class UserHistoryStore:
                 if only_newer and mine and mine[-1][2] >= entries[-1][2]:
                     continue
                 self._users[user_id] = deque(entries, maxlen=self.max_len)
+                self._versions[user_id] = next(self._next_version)
                 taken += 1
                 self.newest_event_ms = max(self.newest_event_ms, entries[-1][2])
             while len(self._users) > self.max_users:
-                self._users.popitem(last=False)
+                self._evict_oldest()
         return taken
 
     def seed_popularity(self, snapshot: Mapping[str, Sequence[Sequence]]) -> None:

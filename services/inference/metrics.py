@@ -48,6 +48,9 @@ class InferenceMetrics:
             "streamrec_inference_history_events_total", "events applied to user histories", registry=registry)
         self.cold_start = Counter(
             "streamrec_inference_cold_start_total", "Recommend answers served from popularity", registry=registry)
+        self.cache_lookups = Counter(
+            "streamrec_inference_cache_lookups_total", "Recommend cache lookups (results, user_vectors) by outcome",
+            ["cache", "outcome"], registry=registry)
         self.loop_restarts = Counter(
             "streamrec_inference_loop_restarts_total", "background loops (model watcher, history follower) restarted "
             "after dying", ["loop"], registry=registry)

@@ -47,7 +47,8 @@ class InferenceService(GrpcEndpoint):
                                        on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health)
                         if s.batching.max_batch > 1 else None)
         self.dataplane = RecommenderDataPlane(self.repository, self.histories, s, self.batcher,
-                                              on_cold_start=self.metrics.cold_start.inc)
+                                              on_cold_start=self.metrics.cold_start.inc,
+                                              on_cache_lookup=self._count_cache_lookup)
         self.watcher = ModelVersionWatcher(
             config.kafka, s.model_name, self.loader, self.repository, follow_canary=s.canary_share > 0,
             on_loaded=self._before_swap, on_failure=lambda *_: self.metrics.model_load_failures.inc(),
@@ -72,6 +73,9 @@ class InferenceService(GrpcEndpoint):
             self.metrics.loop_restarts.labels(loop)  # present (at 0) before the first restart
             self.metrics.loop_healthy.labels(loop).set(1)
         self._stopping = False
+
+    def _count_cache_lookup(self, cache: str, hit: bool) -> None:
+        self.metrics.cache_lookups.labels(cache, "hit" if hit else "miss").inc()
 
     # ------------------------------------------------------------------ model swaps
     def _before_swap(self, alias: str, model: ServedModel) -> None:
