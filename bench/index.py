@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from services.inference.config import IndexConfig
+from services.inference.retrieval import auto_nlist, build_ivf
+
 
 def clustered_vectors(n: int, dim: int, seed: int, n_clusters: int = 512, unit_norm: bool = True) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -94,14 +97,9 @@ def backends(vectors: np.ndarray, args) -> dict:
     try:
         import faiss
 
-        def faiss_ivf():
-            nlist = max(16, int(4 * np.sqrt(len(vectors))))
-            quant = faiss.IndexFlatIP(vectors.shape[1])
-            ix = faiss.IndexIVFFlat(quant, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = vectors[np.random.default_rng(0).choice(len(vectors), min(len(vectors), 50 * nlist), replace=False)]
-            ix.train(sample)
-            ix.add(vectors)
-            ix.nprobe = max(1, nlist // args.ivf_probe_div)
+        def faiss_ivf():  # what the inference service builds (services.inference.retrieval)
+            nlist = auto_nlist(len(vectors), args.ivf_lists_per_sqrt)
+            ix = build_ivf(vectors, np.arange(len(vectors), dtype=np.int64), nlist, args.ivf_nprobe_fraction)
             return lambda q, k: ix.search(q[None, :], k)[1][0]
         out["faiss_ivf_flat"] = faiss_ivf
 
@@ -164,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--m", type=int, default=16, help="HNSW connectivity")
     p.add_argument("--ef-construction", type=int, default=128)
     p.add_argument("--ef", type=int, default=128, help="HNSW search breadth")
-    p.add_argument("--ivf-probe-div", type=int, default=10, help="faiss IVF: nprobe = nlist / this")
+    p.add_argument("--ivf-lists-per-sqrt", type=float, default=IndexConfig().lists_per_sqrt,
+                   help="faiss IVF: nlist = this * sqrt(items)")
+    p.add_argument("--ivf-nprobe-fraction", type=float, default=IndexConfig().nprobe_fraction,
+                   help="faiss IVF: share of the lists scanned per query")
     p.add_argument("--queries-from", choices=("model", "mixture"), default="model",
                    help="a trained model's items and user vectors (default), or a Gaussian mixture")
     p.add_argument("--artifact", type=Path, default=None, help="the trained artifact (built when missing)")
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {str(n): run(n, args) for n in args.items}
     out = {"bench": "index", "queries_from": args.queries_from, "dim": args.dim, "k": args.k, "queries": args.queries, "cpus": os.cpu_count(),
            "hnsw": {"m": args.m, "ef_construction": args.ef_construction, "ef": args.ef},
+           "ivf": {"lists_per_sqrt": args.ivf_lists_per_sqrt, "nprobe_fraction": args.ivf_nprobe_fraction},
            "results": results}
     print(json.dumps(out))
     return 0

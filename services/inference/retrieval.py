@@ -33,6 +33,25 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-scores[part], kind="stable")]
 
 
+def auto_nlist(n: int, lists_per_sqrt: float) -> int:
+    """Inverted lists for ``n`` vectors: ``lists_per_sqrt * sqrt(n)``, at least 16."""
+    return max(16, int(lists_per_sqrt * np.sqrt(n)))
+
+
+def build_ivf(vectors: np.ndarray, ids: np.ndarray, nlist: int, nprobe_fraction: float):
+    """A faiss IVF-Flat inner-product index over ``vectors`` (labelled ``ids``) scanning ``nprobe_fraction`` of
+    its lists per query. The centroids are trained on 50 points per list (more only slows the build)."""
+    import faiss
+
+    dim = vectors.shape[1]
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 50 * nlist), replace=False)
+    index.train(np.ascontiguousarray(vectors[np.sort(sample)]))
+    index.add_with_ids(np.ascontiguousarray(vectors), ids)
+    index.nprobe = max(1, int(round(nlist * nprobe_fraction)))
+    return index
+
+
 class ItemRetriever:
     """Inner-product top-k over ``vectors`` honouring availability, bans and category subsets."""
 
@@ -62,25 +81,19 @@ class ItemRetriever:
     def _build_ann(self, cache_path: str | Path | None):
         import faiss
 
+        c = self.config
+        rows = self._available_rows
+        nlist = c.nlist or auto_nlist(len(rows), c.lists_per_sqrt)
         if cache_path is not None and Path(cache_path).exists():
             try:
                 index = faiss.read_index(str(cache_path))
-                if index.ntotal == len(self._available_rows):
+                if index.ntotal == len(rows) and index.nlist == nlist:
                     logger.info("loaded ANN index from cache", extra={"path": str(cache_path), "items": index.ntotal})
                     index.nprobe = self._nprobe(index.nlist)  # a search setting: the config's, not the file's
                     return index
             except Exception:  # noqa: BLE001 - a bad cache file is rebuilt, never fatal
                 logger.warning("ANN index cache unreadable; rebuilding", extra={"path": str(cache_path)})
-        c = self.config
-        rows = self._available_rows
-        dim = self.vectors.shape[1]
-        nlist = c.nlist or max(16, int(4 * np.sqrt(len(rows))))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        # 50 points per list train the centroids well; more only slows the build.
-        sample = np.random.default_rng(0).choice(len(rows), min(len(rows), 50 * nlist), replace=False)
-        index.train(self.vectors[rows[np.sort(sample)]])
-        index.add_with_ids(self.vectors[rows], rows.astype(np.int64))
-        index.nprobe = self._nprobe(nlist)
+        index = build_ivf(self.vectors[rows], rows.astype(np.int64), nlist, c.nprobe_fraction)
         if cache_path is not None:
             tmp = f"{cache_path}.tmp{os.getpid()}"
             faiss.write_index(index, tmp)
@@ -93,8 +106,11 @@ class ItemRetriever:
         k: int,
         banned: Iterable[int] = (),
         subset: np.ndarray | None = None,
+        *,
+        exact: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of the best ``k`` available rows not in ``banned`` (within ``subset`` if given)."""
+        """(rows, scores) of the best ``k`` available rows not in ``banned`` (within ``subset`` if given);
+        ``exact`` skips the ANN index (the reference its recall is measured against)."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         banned = np.fromiter(banned, dtype=np.int64) if not isinstance(banned, np.ndarray) else banned
         if subset is not None:
@@ -104,7 +120,7 @@ class ItemRetriever:
             scores = self.vectors[subset] @ query
             top = _top(scores, k)
             return subset[top], scores[top]
-        if self._ann is not None:
+        if self._ann is not None and not exact:
             found = self._search_ann(query, k, banned)
             if found is not None:
                 return found

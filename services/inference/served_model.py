@@ -125,7 +125,8 @@ class ServedModel:
         items_sha = manifest.files.get("items.npz")
         if index_cache_dir is not None and items_sha:
             # nprobe is a search setting the retriever applies to a loaded index, so it is not part of the key.
-            cache_path = Path(index_cache_dir) / f"ivf-{items_sha[:24]}-n{index_config.nlist}.faiss"
+            shape = f"n{index_config.nlist}" if index_config.nlist else f"l{index_config.lists_per_sqrt:g}"
+            cache_path = Path(index_cache_dir) / f"ivf-{items_sha[:24]}-{shape}.faiss"
         return cls(runtime, version=version, index_config=index_config, index_cache_path=cache_path)
 
     # ------------------------------------------------------------------ what the runtime holds
