@@ -44,7 +44,7 @@ RECIPE = {k: p.default for k, p in inspect.signature(IncrementalTrainer).paramet
 # Recipe hyperparameters the bench can override (--dim 128, --full-softmax-items 20000, ...).
 KNOBS = ("dim", "max_len", "batch_size", "replay_batch", "n_layers", "n_heads", "n_random_negatives",
          "full_softmax_items", "lr", "dropout", "temperature", "id_gate_prior", "id_dropout", "transition_weight",
-         "transition_window", "transition_decay")
+         "transition_window", "transition_decay", "replay_history")
 ALS_GRID = {"factors": (64, 128), "regularization": (0.01, 0.1), "alpha": (1.0, 10.0)}
 
 

@@ -68,7 +68,7 @@ class TrainerScoring:
         exclude_seen: bool = True,
     ) -> list[tuple[str, float]]:
         """Top-``k`` available items for a user id (its tracked history) or an explicit history."""
-        history = self._histories.get(user, []) if isinstance(user, str) else list(user)
+        history = self._histories.get(user, [])[-self.max_len:] if isinstance(user, str) else list(user)
         now = now_ms if now_ms is not None else (history[-1][2] if history else self.clock_ms)
         ids = [iid for iid, slot in self.vocab.items() if self._available[slot]]
         scores = self.score([history], [now], ids)[0]

@@ -38,10 +38,12 @@ from recmodel.windows import Token, Window, new_target_windows, sequence_windows
 
 log = logging.getLogger(__name__)
 
+_DROPPED = -1e9  # logit correction of a candidate column left out of the softmax (finite: no NaN gradients)
+
 # Keyword arguments of IncrementalTrainer stored under their names and saved with every checkpoint.
 HYPERPARAMETERS = (
     "dim", "max_len", "capacity", "seed", "lr", "weight_decay", "batch_size", "replay_batch", "n_random_negatives",
-    "replay_size", "use_text", "n_heads", "n_layers", "dropout", "temperature", "steps_per_batch", "id_gate_prior",
+    "replay_size", "replay_history", "use_text", "n_heads", "n_layers", "dropout", "temperature", "steps_per_batch", "id_gate_prior",
     "id_dropout", "holdout_fraction", "full_softmax_items", "transition_weight", "transition_window",
     "transition_decay", "transition_max_next",
 )
@@ -87,6 +89,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         replay_batch: int = RECIPE["replay_batch"],
         n_random_negatives: int = RECIPE["n_random_negatives"],
         replay_size: int = 20_000,
+        replay_history: int = RECIPE["replay_history"],
         use_text: bool = True,
         n_heads: int = RECIPE["n_heads"],
         n_layers: int = RECIPE["n_layers"],
@@ -200,7 +203,8 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
 
     # ------------------------------------------------------------------ histories
     def user_histories(self) -> dict[str, list[HistoryEntry]]:
-        return {u: list(h) for u, h in self._histories.items()}
+        """Each user's most recent ``max_len`` interactions (what the model reads)."""
+        return {u: h[-self.max_len:] for u, h in self._histories.items()}
 
     def is_positive(self, event_type: str) -> bool:
         return self.event_weights.get(event_type, 0.0) > 0
@@ -225,7 +229,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         return out
 
     def _candidates(self, pos_targets: torch.Tensor):
-        """(candidate slots, label of each target among them, logit correction or None).
+        """(candidate slots, label of each target among them, logit correction per candidate or None).
 
         Full softmax over every slot while the catalog is small enough; above that, the batch's targets
         (in-batch negatives) plus ``n_random_negatives`` uniform draws, with the logQ correction for how
@@ -233,7 +237,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         """
         n_items = self.vocab.high_water
         if n_items <= self.full_softmax_items:
-            return torch.arange(1, n_items + 1, device=self.device), pos_targets - 1, None, None
+            return torch.arange(1, n_items + 1, device=self.device), pos_targets - 1, None
         uniq, label = torch.unique(pos_targets, return_inverse=True)
         negatives = torch.randint(1, n_items + 1, (self.n_random_negatives,), generator=self._gen).to(self.device)
         cand = torch.cat([uniq, negatives])
@@ -241,10 +245,10 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         total = float(self._counts.sum())
         p_batch = len(pos_targets) * (counts + 1.0) / (total + n_items)
         correction = -torch.log(torch.clamp(p_batch + self.n_random_negatives / n_items, max=1.0))
-        # A random draw that happens to be the row's own target is not a negative.
-        accidental = torch.zeros(len(pos_targets), len(cand), dtype=torch.bool, device=self.device)
-        accidental[:, len(uniq):] = negatives.unsqueeze(0) == pos_targets.unsqueeze(1)
-        return cand, label, correction, accidental
+        # A random draw that is one of the batch's targets is already a candidate: its duplicate column is
+        # dropped (for the row whose target it is, it would be an accidental hit, not a negative).
+        correction[len(uniq):] = correction[len(uniq):].masked_fill(torch.isin(negatives, uniq), _DROPPED)
+        return cand, label, correction
 
     # ------------------------------------------------------------------ one optimisation step
     # Public seams for data-parallel replicas (services.trainer.distributed): which windows this replica
@@ -268,7 +272,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         if not bool(loss_mask.any()):
             return float("nan")
         pos_targets = targets[loss_mask]
-        cand, label, correction, accidental = self._candidates(pos_targets)
+        cand, label, correction = self._candidates(pos_targets)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.set_rng_state(self._torch_rng)
@@ -276,10 +280,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
                 torch.cuda.set_rng_state(self._cuda_rng, self.device)
             self.model.train()
             out = self.model.user_encoder.sequence(self.model.items(slots), types, gaps, mask)[loss_mask]
-            logits = out @ self.model.items(cand).T / self.temperature
-            if correction is not None:
-                logits = (logits + correction).masked_fill(accidental, float("-inf"))
-            loss = F.cross_entropy(logits, label)
+            loss = F.cross_entropy(self._logits(out, cand, correction), label)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.sync_gradients()
@@ -292,16 +293,37 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         self.steps += 1
         return float(loss.detach())
 
+    def _logits(self, out: torch.Tensor, cand: torch.Tensor, correction: torch.Tensor | None) -> torch.Tensor:
+        """[targets, candidates] logits: cosine / temperature plus the candidate's logit correction, added by
+        the matrix product itself (no second pass over the step's largest tensor)."""
+        query = out * (1.0 / self.temperature)
+        keys = self.model.items(cand)
+        return query @ keys.T if correction is None else torch.addmm(correction, query, keys.T)
+
+    def _replay_segments(self) -> tuple[list[str], np.ndarray]:
+        """Users of the replay buffer and the cumulative count of their kept histories' windows."""
+        users = list(self._replay)
+        sizes = np.fromiter((len(self._histories.get(u, ())) for u in users), dtype=np.int64, count=len(users))
+        return users, np.cumsum(-(-np.maximum(sizes - 1, 0) // self.max_len))
+
     def _replay_windows(self, n: int):
+        """``n`` windows drawn uniformly from the replay buffer's kept histories (as an offline epoch would
+        cut them, aligned on the most recent interaction), without replacement within the draw."""
         if n <= 0 or not self._replay:
             return []
-        users = list(self._replay)
-        picks = torch.randint(0, len(users), (min(n, len(users)),), generator=self._gen).tolist()
+        users, ends = self._replay_segments()
+        total = int(ends[-1]) if len(ends) else 0
+        if total == 0:
+            return []
+        picks = torch.randperm(total, generator=self._gen)[:n].numpy() if n < total else np.arange(total)
         out = []
-        for i in picks:
-            tokens = self._tokens(self._histories.get(users[i], []), users[i])
-            if len(tokens) >= 2:
-                out.append((tokens, 1))
+        for pick in picks:
+            i = int(np.searchsorted(ends, pick, side="right"))
+            back = int(ends[i] - 1 - pick)  # 0: the most recent window
+            tokens = self._tokens(self._histories[users[i]], users[i])
+            end = len(tokens) - back * self.max_len
+            if end >= 2:
+                out.append((tokens[max(0, end - self.max_len - 1):end], 1))
         return out
 
     # ------------------------------------------------------------------ training
@@ -330,7 +352,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
             old = self._histories.get(user, [])
             self._count_transitions(user, old, new)
             out.append((user, old, new))
-            self._histories[user] = (old + new)[-self.max_len :]
+            self._histories[user] = (old + new)[-max(self.max_len, self.replay_history) :]
             self._replay[user] = None
             self._replay.move_to_end(user)
         while len(self._replay) > self.replay_size:
@@ -362,8 +384,9 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         return TrainStats.of(losses, 0, self.steps - steps0, time.perf_counter() - start)
 
     def replay_epoch_steps(self) -> int:
-        """Replay steps that draw, on average, every user in the replay buffer once."""
-        return -(-len(self._replay) // max(self.replay_batch, 1))
+        """Replay steps that draw, on average, every window of the replay buffer's histories once."""
+        _, ends = self._replay_segments()
+        return -(-int(ends[-1] if len(ends) else 0) // max(self.replay_batch, 1))
 
     def fit_offline(self, events: Sequence[Event], epochs: int = 10) -> list[float]:
         """Classic offline training: several shuffled epochs over every user's full sequence.

@@ -1,3 +1,5 @@
+from collections import Counter
+
 import numpy as np
 import torch
 from conftest import make_trainer
@@ -123,7 +125,11 @@ def test_idle_replay_keeps_learning_what_the_stream_showed(small_stream):
     trainer.upsert_items(small_stream.items())
     trainer.train_events(events)
     epoch = trainer.replay_epoch_steps()
-    assert epoch == -(-len(trainer.user_histories()) // trainer.replay_batch)
+    per_user = Counter(e.user_id for e in events)
+    kept = [min(n, max(trainer.max_len, trainer.replay_history)) for n in per_user.values()]
+    windows = sum(-(-(n - 1) // trainer.max_len) for n in kept)  # each kept history cut as offline cuts it
+    assert windows > len(per_user)  # the stream's users have more than one window each
+    assert epoch == -(-windows // trainer.replay_batch)
     first = trainer.replay(epoch)
     later = trainer.replay(8 * epoch)
     assert first.steps == epoch and later.steps == 8 * epoch and first.events == 0
@@ -164,3 +170,17 @@ def test_id_dropout_trains_warm_items_through_their_text_alone_and_never_serves_
         items.eval()
         served = items(slots)
     assert torch.allclose(served, id_only, atol=0.02) and not torch.allclose(served, text_only, atol=0.1)
+
+
+def test_replay_draws_older_windows_of_the_kept_history_and_served_histories_stay_max_len(small_stream):
+    events = list(small_stream.events())
+    trainer = make_trainer(replay_history=10_000)
+    trainer.upsert_items(small_stream.items())
+    trainer.train_events(events)
+    user, n = Counter(e.user_id for e in events).most_common(1)[0]
+    assert n > 2 * trainer.max_len + 1
+    assert all(len(h) <= trainer.max_len for h in trainer.user_histories().values())
+    first_slot = trainer.vocab.slot(next(e.item_id for e in events if e.user_id == user))
+    drawn = [w for _ in range(40) for w in trainer._replay_windows(trainer.replay_batch)]
+    assert any(tokens[0][0] == first_slot for tokens, _ in drawn)  # a window starting at the user's first event
+    assert all(2 <= len(tokens) <= trainer.max_len + 1 for tokens, _ in drawn)
