@@ -30,6 +30,8 @@ class ModelSection(Section):
     full_softmax_items: int = Field(RECIPE["full_softmax_items"], ge=0,
                                     description="full softmax while the catalog has at most this many items")
     replay_size: int = Field(20_000, ge=0)
+    replay_history: int = Field(RECIPE["replay_history"], ge=1, le=100_000,
+                                description="interactions kept per replayed user (replay windows are cut from them)")
     n_heads: int = Field(RECIPE["n_heads"], ge=1)
     n_layers: int = Field(RECIPE["n_layers"], ge=1)
     dropout: float = Field(RECIPE["dropout"], ge=0, lt=1)
