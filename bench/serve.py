@@ -10,7 +10,14 @@ the Kafka watcher is left out (the model is loaded once at start).
 The data plane is served twice, on two ports: with mutual TLS (certificates from a throwaway local
 CA, as ``streamrec up`` makes them) and in plaintext, so ``tls_cost`` compares the two on the same
 model and machine. ``recommend``/``ping`` are the TLS numbers (what a deployment runs); ``--tls on``
-skips the plaintext run. Prints one JSON line.
+skips the plaintext run.
+
+Recommend traffic is a realistic mix: ``--fresh-share`` (20 %) of the calls follow a new event of the same
+user, applied to the server's history store before the call, so the answer caches are invalidated as in
+production. The JSON also has the server's CPU milliseconds per call, the answer cache's hit ratio,
+recall@k of the served top-k against the same pipeline over exact search, and a model swap: version 2
+(a changed item table, its index built from scratch) is announced while Recommend calls continue, timed
+to its first answer, with the calls that failed meanwhile. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -22,10 +29,13 @@ import json
 import multiprocessing
 import os
 import random
+import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +114,7 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
     from services.inference.servicer import RecommenderServicer
 
     runtime, ids, vecs, histories, max_len, source = _load_runtime(artifact)
+    n_trained = len(ids)
     extra = max(0, n_items - len(ids))
     if extra:  # new items drawn near the trained ones (bench.catalog), as a large catalog of such items would be
         vecs = grow_catalog(vecs, n_items)
@@ -131,14 +142,99 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
         server.set_serving(True)
         servers[mode] = server
     conn.send({"ports": {mode: server.port for mode, server in servers.items()}, "users": list(histories)[:1000],
-               "encoder": source, "index": model.index_kind,
+               "items": ids[:5000], "encoder": source, "index": model.index_kind,
                "index_build_s": round(index_s, 2), "providers": list(getattr(runtime, "providers", []))})
-    conn.recv()  # stop
+    # The next version's item table, made now: the swap below times what serving does with it, not this.
+    next_vectors = grow_catalog(vecs[:n_trained], len(ids), seed=2) if extra else vecs + 0.0
+    _control(conn, store, plane, model, lambda: _next_version(table, next_vectors, repo, index_threshold))
     for server in servers.values():
         server.stop(1)
 
 
-async def _drive(target: str, tls, method: str, make_request, concurrency: int, duration: float) -> dict:
+def _next_version(table, vectors: np.ndarray, repo, index_threshold: int) -> float:
+    """Model version 2 beside the live one, as the model watcher makes it once the artifact is loaded: a
+    changed item table (the grown part redrawn), its index built from scratch (no cache), warmed up, then
+    swapped in. Its seconds."""
+    from services.inference.config import IndexConfig
+    from services.inference.repository import PRODUCTION
+    from services.inference.served_model import ItemTableModel, ServedModel
+
+    t = time.perf_counter()
+    runtime = ItemTableModel(name=table.name, encoder=table.encoder, item_ids=table.item_ids, item_vectors=vectors,
+                             histories=table.histories, max_len=table.max_len)
+    model = ServedModel(runtime, version=2, index_config=IndexConfig(ann_threshold=index_threshold))
+    model.warm_up(8)
+    repo.swap(PRODUCTION, model)
+    return time.perf_counter() - t
+
+
+def _control(conn, store, plane, model, next_version) -> None:
+    """The driver's side channel until "stop": fresh events (applied as the history follower applies a
+    consumed one, then acknowledged), counters, the recall check and a model swap."""
+    swap: dict = {}
+    while True:
+        msg = conn.recv()
+        if msg[0] == "event":
+            store.append(*msg[1:])
+            conn.send(True)
+        elif msg[0] == "counters":
+            cpu = resource.getrusage(resource.RUSAGE_SELF)
+            conn.send({"cpu_s": cpu.ru_utime + cpu.ru_stime, "hits": plane.result_cache.hits,
+                       "misses": plane.result_cache.misses})
+        elif msg[0] == "recall":
+            conn.send(_served_recall(store, model, msg[1], msg[2]))
+        elif msg[0] == "swap":
+            threading.Thread(target=lambda: swap.update(seconds=next_version()), daemon=True).start()
+            conn.send(True)
+        elif msg[0] == "swap_seconds":
+            conn.send(swap.get("seconds"))
+        else:
+            return
+
+
+def _served_recall(store, model, users, k: int) -> float | None:
+    """Mean recall@k of what Recommend serves (ANN retrieval, then the transition re-rank) against the same
+    pipeline over exact search, for ``users`` with their current histories."""
+    now = int(time.time() * 1000)
+    recalls = []
+    for user in users:
+        known = [h for h in store.get(user) if h[0] in model.row_of]
+        if not known:
+            continue
+        vec = model.encode([known], [now])[0]
+        banned = np.array(sorted({model.row_of[h[0]] for h in known}), dtype=np.int64)
+        found = []
+        for exact in (False, True):
+            rows, scores = model.retriever.search(vec, k, banned, exact=exact)
+            found.append(set(model.rerank_with_transitions(known, vec, rows, scores, k, banned, None)[0].tolist()))
+        recalls.append(len(found[0] & found[1]) / k)
+    return round(float(np.mean(recalls)), 4) if recalls else None
+
+
+class FreshEvents:
+    """Before a share of Recommend calls, the user gets a new event (applied and acknowledged by the server
+    before the timed call), so caches see the invalidations production traffic brings."""
+
+    def __init__(self, conn, items: list[str], share: float, seed: int = 0) -> None:
+        self.conn = conn
+        self.items = items
+        self.share = share
+        self.rnd = random.Random(seed)
+        self.sent = 0
+        self._pool = ThreadPoolExecutor(max_workers=1)  # one user of the pipe at a time
+
+    def _send(self, user: str) -> None:
+        self.conn.send(("event", user, self.rnd.choice(self.items), "click", int(time.time() * 1000)))
+        self.conn.recv()
+        self.sent += 1
+
+    async def before(self, user: str) -> None:
+        if self.share > 0 and self.rnd.random() < self.share:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._send, user)
+
+
+async def _drive(target: str, tls, method: str, make_request, concurrency: int, duration: float,
+                 before=None) -> dict:
     import grpc
 
     from services.common.grpc import open_channel
@@ -156,9 +252,12 @@ async def _drive(target: str, tls, method: str, make_request, concurrency: int, 
         async def worker():
             nonlocal errors
             while time.perf_counter() < stop_at:
+                request = make_request()
+                if before is not None:
+                    await before(request.user_id)
                 t = time.perf_counter()
                 try:
-                    await call(make_request(), timeout=10)
+                    await call(request, timeout=10)
                     latencies.append(time.perf_counter() - t)
                 except grpc.RpcError:
                     errors += 1
@@ -172,6 +271,42 @@ async def _drive(target: str, tls, method: str, make_request, concurrency: int, 
             "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None}
 
 
+async def _swap_phase(conn, target: str, tls, users: list[str], args: argparse.Namespace) -> dict:
+    """Announce version 2 to the server and keep calling Recommend until it answers with it: the seconds
+    from the announcement to the first answer of the new version, and the calls that failed meanwhile."""
+    import grpc
+
+    from services.common.grpc import open_channel
+    from streamrec_proto.v1 import recommender_pb2, recommender_pb2_grpc
+
+    rnd = random.Random(1)
+    counts = {"requests": 0, "errors": 0}
+    served_at: list[float] = []
+    async with open_channel(target, tls, aio=True) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        conn.send(("swap",))
+        conn.recv()
+        t0 = time.perf_counter()
+        give_up = t0 + 600
+
+        async def worker():
+            while not served_at and time.perf_counter() < give_up:
+                try:
+                    reply = await stub.Recommend(recommender_pb2.RecommendRequest(user_id=rnd.choice(users), k=args.k),
+                                                 timeout=10)
+                    counts["requests"] += 1
+                    if reply.model_version == 2:
+                        served_at.append(time.perf_counter())
+                except grpc.RpcError:
+                    counts["errors"] += 1
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    conn.send(("swap_seconds",))
+    build_s = conn.recv()
+    return {"announce_to_serving_s": round(served_at[0] - t0, 2) if served_at else None,
+            "build_index_warm_up_s": round(build_s, 2) if build_s is not None else None, **counts}
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="streamrec bench serve", description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=10_000)
@@ -183,6 +318,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=32, help="encoder micro-batch size (1 = off)")
     p.add_argument("--workers", type=int, default=16, help="gRPC server threads")
     p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
+    p.add_argument("--fresh-share", type=float, default=0.2,
+                   help="share of Recommend calls that follow a new event of the same user (invalidates its caches)")
+    p.add_argument("--recall-users", type=int, default=200, help="users whose served top-k is checked against exact search")
     p.add_argument("--tls", choices=["both", "on"], default="both",
                    help="both: measure mutual TLS and plaintext (default); on: TLS only")
     return p.parse_args(argv)
@@ -214,18 +352,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = parent.recv()
         users = info["users"] or ["nobody"]
+        fresh = FreshEvents(parent, info["items"], args.fresh_share)
         for mode in modes:
             target = f"127.0.0.1:{info['ports'][mode]}"
             rnd = random.Random(0)
+            start = _counters(parent)
             ping = asyncio.run(_drive(target, client_tls[mode], "Ping", recommender_pb2.PingRequest,
                                       args.concurrency, args.duration))
+            ping["server_cpu_ms_per_request"] = _delta(start, _counters(parent), ping["requests"] + 20)["server_cpu_ms_per_request"]
+            start = _counters(parent)
             rec = asyncio.run(_drive(
                 target, client_tls[mode], "Recommend",
                 lambda: recommender_pb2.RecommendRequest(user_id=rnd.choice(users), k=args.k),
-                args.concurrency, args.duration))
+                args.concurrency, args.duration, before=fresh.before))
+            rec.update(_delta(start, _counters(parent), rec["requests"] + 20))  # 20 warm-up calls
             results[mode] = {"recommend": rec, "ping": ping}
+        parent.send(("recall", users[:args.recall_users], args.k))
+        recall = parent.recv()
+        swap = asyncio.run(_swap_phase(parent, f"127.0.0.1:{info['ports']['tls']}", client_tls["tls"], users, args))
     finally:
-        parent.send("stop")
+        parent.send(("stop",))
         proc.join(30)
         shutil.rmtree(tls_dir, ignore_errors=True)
     out = {
@@ -233,12 +379,37 @@ def main(argv: list[str] | None = None) -> int:
         "k": args.k, "index": info["index"], "index_build_s": info["index_build_s"], "max_batch": args.max_batch,
         "providers": info["providers"], "encoder": info["encoder"], "cpus": os.cpu_count(), "transport": "mtls",
         "recommend": results["tls"]["recommend"], "ping": results["tls"]["ping"],
+        "fresh_share": args.fresh_share, "recall_at_k_vs_exact": recall,
+        "model_swap": swap,
+        "recommend_qps_over_ping": round(results["tls"]["recommend"]["qps"] / max(results["tls"]["ping"]["qps"], 1e-9), 3),
+        "recommend_p99_over_ping": _ratio(results["tls"]["recommend"]["p99_ms"], results["tls"]["ping"]["p99_ms"]),
+        "recommend_p50_minus_ping_ms": _diff(results["tls"]["recommend"]["p50_ms"], results["tls"]["ping"]["p50_ms"]),
     }
     if "plaintext" in results:
         out["plaintext"] = results["plaintext"]
         out["tls_cost"] = _tls_cost(results["tls"], results["plaintext"])
     print(json.dumps(out))
     return 0
+
+
+def _counters(conn) -> dict:
+    conn.send(("counters",))
+    return conn.recv()
+
+
+def _delta(before: dict, after: dict, requests: int) -> dict:
+    """Server CPU seconds per Recommend and the answer cache's hit ratio over one run."""
+    hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
+    return {"server_cpu_ms_per_request": round(1e3 * (after["cpu_s"] - before["cpu_s"]) / max(requests, 1), 3),
+            "cache_hit_ratio": round(hits / (hits + misses), 3) if hits + misses else None}
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def _diff(a, b):
+    return round(a - b, 3) if a is not None and b is not None else None
 
 
 def _tls_cost(tls: dict, plain: dict) -> dict:

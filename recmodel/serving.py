@@ -47,6 +47,23 @@ def select_providers(
     return chosen
 
 
+def serving_session_options(threads: int = 1):
+    """ONNX Runtime options for serving: ``threads`` intra-op threads that sleep between runs.
+
+    The user encoder is small (a few sequence positions per request); by default ONNX Runtime starts a
+    thread per core whose workers spin after every run, which on a busy serving process takes the CPU
+    the gRPC threads need.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
 class ArtifactModel:
     """A loaded, verified artifact: item table, histories snapshot and an ONNX user encoder."""
 
@@ -107,6 +124,8 @@ class ArtifactModel:
         except (OSError, ValueError, TypeError, IndexError) as exc:
             raise ArtifactError(f"histories.json: cannot read ({exc})") from None
         chosen = providers if providers is not None else select_providers()
+        if session_options is None:
+            session_options = serving_session_options()
         try:
             self.session = ort.InferenceSession(str(directory / encoder_file), sess_options=session_options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own exception types

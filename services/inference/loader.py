@@ -58,8 +58,9 @@ class ModelLoader:
     """Fetch -> load with the chosen execution providers -> index -> warm up. Raises on any failure."""
 
     def __init__(self, source: ArtifactSource, cache_dir: str | Path, *, index_config: IndexConfig = IndexConfig(),
-                 providers: Sequence[str] | None = None, warmup_requests: int = 8) -> None:
+                 providers: Sequence[str] | None = None, warmup_requests: int = 8, encoder_threads: int = 1) -> None:
         self.source = source
+        self.encoder_threads = encoder_threads
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.index_config = index_config
@@ -85,7 +86,8 @@ class ModelLoader:
         try:
             path, manifest = self.source.fetch(model_name, version, dest)
             model = ServedModel.from_artifact(path, manifest, version=version, providers=self.providers,
-                                              index_config=self.index_config, index_cache_dir=self.cache_dir)
+                                              index_config=self.index_config, index_cache_dir=self.cache_dir,
+                                              encoder_threads=self.encoder_threads)
             model.warm_up(self.warmup_requests)
         finally:
             # Everything is in memory now (or the load failed): the unpacked files are not needed.

@@ -116,11 +116,13 @@ class ServedModel:
         providers: Sequence[str] | None = None,
         index_config: IndexConfig = IndexConfig(),
         index_cache_dir: str | Path | None = None,
+        encoder_threads: int = 1,
     ) -> "ServedModel":
         """Load the artifact directory that ``manifest`` was verified for, with ONNX Runtime on ``providers``."""
-        from recmodel.serving import ArtifactModel
+        from recmodel.serving import ArtifactModel, serving_session_options
 
-        runtime = ArtifactModel.load(artifact_dir, providers=providers, manifest=manifest)
+        runtime = ArtifactModel.load(artifact_dir, providers=providers, manifest=manifest,
+                                     session_options=serving_session_options(encoder_threads))
         cache_path = None
         items_sha = manifest.files.get("items.npz")
         if index_cache_dir is not None and items_sha:

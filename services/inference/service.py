@@ -42,7 +42,8 @@ class InferenceService(GrpcEndpoint):
                                         on_loop_health=self._on_loop_health) if s.follow_events else None
         source = DirectorySource(s.artifact_source) if s.artifact_source else RegistrySource(s.registry_target, s.registry_timeout_s, tls=config.tls)
         self.source = source
-        self.loader = ModelLoader(source, s.cache_dir, index_config=s.index, warmup_requests=s.warmup_requests)
+        self.loader = ModelLoader(source, s.cache_dir, index_config=s.index, warmup_requests=s.warmup_requests,
+                                  encoder_threads=s.encoder_threads)
         self.batcher = (EncoderBatcher(s.batching.max_batch, s.batching.max_wait_ms / 1000.0, self.metrics.batch_size.observe,
                                        on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health)
                         if s.batching.max_batch > 1 else None)
