@@ -96,13 +96,26 @@ class ServedModel:
         self.training_offsets = {t: {int(p): int(o) for p, o in parts.items()}
                                  for t, parts in manifest.training_offsets.items()}
         self.item_vectors = np.ascontiguousarray(runtime.item_vectors, dtype=np.float32)
-        self.row_of = {str(iid): i for i, iid in enumerate(self.item_ids)}
-        self.categories = [_split_categories(c) for c in runtime.categories]
-        by_cat: dict[str, list[int]] = {}
-        for row, cats in enumerate(self.categories):
+        # Per-item Python work is what a model swap at a million items waits for: the artifact's own id index
+        # is reused, and category strings (a few distinct combinations) are split once each.
+        index = getattr(runtime, "item_index", None)
+        self.row_of = index if isinstance(index, dict) else dict(zip(map(str, self.item_ids), range(len(self.item_ids))))
+        split: dict = {}
+        rows_of_value: dict[tuple[str, ...], list[int]] = {}
+        self.categories = []
+        for row, value in enumerate(runtime.categories):
+            key = value if isinstance(value, (str, tuple)) else tuple(value or ())
+            cats = split.get(key)
+            if cats is None:
+                cats = split[key] = _split_categories(value)
+            self.categories.append(cats)
+            if cats:
+                rows_of_value.setdefault(cats, []).append(row)
+        by_cat: dict[str, list[np.ndarray]] = {}
+        for cats, rows in rows_of_value.items():
             for c in cats:
-                by_cat.setdefault(c, []).append(row)
-        self._category_rows = {c: np.array(rows, dtype=np.int64) for c, rows in by_cat.items()}
+                by_cat.setdefault(c, []).append(np.array(rows, dtype=np.int64))
+        self._category_rows = {c: np.sort(np.concatenate(parts)) for c, parts in by_cat.items()}
         self.retriever = ItemRetriever(self.item_vectors, self.available, index_config, index_cache_path)
         self.ready = False
 
