@@ -38,7 +38,6 @@ from recmodel.windows import Token, Window, new_target_windows, sequence_windows
 
 log = logging.getLogger(__name__)
 
-_DROPPED = -1e9  # logit correction of a candidate column left out of the softmax (finite: no NaN gradients)
 
 # Keyword arguments of IncrementalTrainer stored under their names and saved with every checkpoint.
 HYPERPARAMETERS = (
@@ -229,7 +228,8 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         return out
 
     def _candidates(self, pos_targets: torch.Tensor):
-        """(candidate slots, label of each target among them, logit correction per candidate or None).
+        """(candidate slots, label of each target among them, and for sampled softmax (logit correction per
+        candidate, number of in-batch candidates, accidental hits [targets, random negatives]); else None).
 
         Full softmax over every slot while the catalog is small enough; above that, the batch's targets
         (in-batch negatives) plus ``n_random_negatives`` uniform draws, with the logQ correction for how
@@ -245,10 +245,9 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         total = float(self._counts.sum())
         p_batch = len(pos_targets) * (counts + 1.0) / (total + n_items)
         correction = -torch.log(torch.clamp(p_batch + self.n_random_negatives / n_items, max=1.0))
-        # A random draw that is one of the batch's targets is already a candidate: its duplicate column is
-        # dropped (for the row whose target it is, it would be an accidental hit, not a negative).
-        correction[len(uniq):] = correction[len(uniq):].masked_fill(torch.isin(negatives, uniq), _DROPPED)
-        return cand, label, correction
+        # A random draw that happens to be the row's own target is not a negative (an accidental hit).
+        accidental = negatives.unsqueeze(0) == pos_targets.unsqueeze(1)
+        return cand, label, (correction, len(uniq), accidental)
 
     # ------------------------------------------------------------------ one optimisation step
     # Public seams for data-parallel replicas (services.trainer.distributed): which windows this replica
@@ -272,7 +271,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         if not bool(loss_mask.any()):
             return float("nan")
         pos_targets = targets[loss_mask]
-        cand, label, correction = self._candidates(pos_targets)
+        cand, label, sampled = self._candidates(pos_targets)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.set_rng_state(self._torch_rng)
@@ -280,7 +279,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
                 torch.cuda.set_rng_state(self._cuda_rng, self.device)
             self.model.train()
             out = self.model.user_encoder.sequence(self.model.items(slots), types, gaps, mask)[loss_mask]
-            loss = F.cross_entropy(self._logits(out, cand, correction), label)
+            loss = F.cross_entropy(self._logits(out, cand, sampled), label)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.sync_gradients()
@@ -293,12 +292,18 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         self.steps += 1
         return float(loss.detach())
 
-    def _logits(self, out: torch.Tensor, cand: torch.Tensor, correction: torch.Tensor | None) -> torch.Tensor:
+    def _logits(self, out: torch.Tensor, cand: torch.Tensor, sampled) -> torch.Tensor:
         """[targets, candidates] logits: cosine / temperature plus the candidate's logit correction, added by
-        the matrix product itself (no second pass over the step's largest tensor)."""
+        the matrix product itself (no second pass over the step's largest tensor), with accidental hits among
+        the random negatives at -inf (in place, on those columns only)."""
         query = out * (1.0 / self.temperature)
         keys = self.model.items(cand)
-        return query @ keys.T if correction is None else torch.addmm(correction, query, keys.T)
+        if sampled is None:
+            return query @ keys.T
+        correction, n_batch_targets, accidental = sampled
+        logits = torch.addmm(correction, query, keys.T)
+        logits[:, n_batch_targets:].masked_fill_(accidental, float("-inf"))
+        return logits
 
     def _replay_segments(self) -> tuple[list[str], np.ndarray]:
         """Users of the replay buffer and the cumulative count of their kept histories' windows."""
