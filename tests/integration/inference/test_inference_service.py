@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -99,7 +100,9 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(artifacts, reg
         resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=5), timeout=5)
     assert resp.model_version == v1 and len(resp.items) == 5
     assert health(server) == health_pb2.HealthCheckResponse.SERVING
-    assert "streamrec_inference_model_load_failures_total 1.0" in _metrics(server)
+    # Exported; a slow machine may see the periodic resync try the bad version again, so at least one.
+    failures = re.search(r"^streamrec_inference_model_load_failures_total (\S+)$", _metrics(server), re.M)
+    assert failures and float(failures.group(1)) >= 1
     # A good version after the bad one is still picked up.
     v3 = register(registry_client, artifacts["versions"][1])
     wait_for(lambda: server.repository.get().version == v3, 60, "the next good version")
