@@ -38,7 +38,6 @@ from recmodel.windows import Token, Window, new_target_windows, sequence_windows
 
 log = logging.getLogger(__name__)
 
-
 # Keyword arguments of IncrementalTrainer stored under their names and saved with every checkpoint.
 HYPERPARAMETERS = (
     "dim", "max_len", "capacity", "seed", "lr", "weight_decay", "batch_size", "replay_batch", "n_random_negatives",
@@ -324,11 +323,11 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         out = []
         for pick in picks:
             i = int(np.searchsorted(ends, pick, side="right"))
-            back = int(ends[i] - 1 - pick)  # 0: the most recent window
-            tokens = self._tokens(self._histories[users[i]], users[i])
-            end = len(tokens) - back * self.max_len
-            if end >= 2:
-                out.append((tokens[max(0, end - self.max_len - 1):end], 1))
+            history = self._histories[users[i]]
+            end = len(history) - int(ends[i] - 1 - pick) * self.max_len  # ends[i] - 1: the most recent window
+            tokens = self._tokens(history[max(0, end - self.max_len - 1):end], users[i])
+            if len(tokens) >= 2:
+                out.append((tokens, 1))
         return out
 
     # ------------------------------------------------------------------ training
