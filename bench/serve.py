@@ -145,7 +145,7 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
                "items": ids[:5000], "encoder": source, "index": model.index_kind,
                "index_build_s": round(index_s, 2), "providers": list(getattr(runtime, "providers", []))})
     # The next version's item table, made now: the swap below times what serving does with it, not this.
-    next_vectors = grow_catalog(vecs[:n_trained], len(ids), seed=2) if extra else vecs + 0.0
+    next_vectors = grow_catalog(vecs[:n_trained], len(ids), seed=2) if extra else vecs.copy()
     _control(conn, store, plane, model, lambda: _next_version(table, next_vectors, repo, index_threshold))
     for server in servers.values():
         server.stop(1)

@@ -26,14 +26,13 @@ class TtlLruCache(Generic[V]):
         self.hits = 0
         self.misses = 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.max_entries > 0
-
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: Hashable) -> V | None:
+        """The live entry under ``key``, or None (always None, and not counted, when the cache is off)."""
+        if self.max_entries <= 0:
+            return None
         now = time.monotonic()
         with self._lock:
             found = self._entries.get(key)

@@ -5,6 +5,7 @@ The gRPC servicer only converts messages; everything a client can observe is dec
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -74,9 +75,12 @@ class RecommenderDataPlane:
         self.batcher = batcher
         self._on_cold_start = on_cold_start
         c = settings.cache
-        lookup = (lambda name: (lambda hit: on_cache_lookup(name, hit))) if on_cache_lookup else (lambda name: None)
-        self.result_cache: TtlLruCache[Recommendation] = TtlLruCache(c.max_results, c.ttl_s, lookup("results"))
-        self.vector_cache: TtlLruCache[np.ndarray] = TtlLruCache(c.max_user_vectors, c.ttl_s, lookup("user_vectors"))
+
+        def counter(name: str):
+            return functools.partial(on_cache_lookup, name) if on_cache_lookup else None
+
+        self.result_cache: TtlLruCache[Recommendation] = TtlLruCache(c.max_results, c.ttl_s, counter("results"))
+        self.vector_cache: TtlLruCache[np.ndarray] = TtlLruCache(c.max_user_vectors, c.ttl_s, counter("user_vectors"))
 
     # ------------------------------------------------------------------ validation
     def _check_ids(self, what: str, ids: Sequence[str], limit: int) -> None:
@@ -110,15 +114,15 @@ class RecommenderDataPlane:
         self._check_deadline(deadline)
 
         model = self.repository.for_user(q.user_id)
-        now_ms = int(time.time() * 1000)
-        history, history_version = self.histories.get_versioned(q.user_id)
         # Context items are this request's alone: such answers are neither cached nor taken from the cache.
-        user_key = (q.user_id, history_version, model.name, model.version) if model and not q.context_item_ids else None
-        result_key = (user_key, q.k, frozenset(q.exclude_item_ids), tuple(q.categories)) if user_key else None
-        if result_key is not None and self.result_cache.enabled:
-            cached = self.result_cache.get(result_key)
+        cacheable = model is not None and not q.context_item_ids
+        if cacheable:
+            cached = self.result_cache.get(self._result_key(q, model, self.histories.version(q.user_id)))
             if cached is not None:
                 return cached
+        now_ms = int(time.time() * 1000)
+        history, history_version = self.histories.get_versioned(q.user_id)
+        user_key = (q.user_id, history_version, model.name, model.version) if cacheable else None
         if q.context_item_ids:
             history = history + [(i, "view", now_ms) for i in q.context_item_ids]
         seen = {h[0] for h in history}
@@ -128,7 +132,7 @@ class RecommenderDataPlane:
         if not known:
             return self._popularity(model, q, seen)
 
-        user_vec = self.vector_cache.get(user_key) if user_key is not None and self.vector_cache.enabled else None
+        user_vec = self.vector_cache.get(user_key) if user_key is not None else None
         if user_vec is None:
             user_vec = self._encode(model, known, now_ms, deadline)
             if user_key is not None:
@@ -139,9 +143,14 @@ class RecommenderDataPlane:
         rows, scores = model.retriever.search(user_vec, q.k, banned, subset)
         rows, scores = model.rerank_with_transitions(known, user_vec, rows, scores, q.k, banned, subset)
         answer = Recommendation(self._items(model, rows, scores), model.name, model.version, "model")
-        if result_key is not None:
-            self.result_cache.put(result_key, answer)
+        if cacheable:
+            self.result_cache.put(self._result_key(q, model, history_version), answer)
         return answer
+
+    @staticmethod
+    def _result_key(q: RecommendQuery, model: ServedModel, history_version: int) -> tuple:
+        return (q.user_id, history_version, model.name, model.version, q.k, frozenset(q.exclude_item_ids),
+                tuple(q.categories))
 
     def _encode(self, model: ServedModel, known: list, now_ms: int, deadline: float | None) -> np.ndarray:
         if self.batcher is None:

@@ -13,8 +13,8 @@ each user and seeking those partitions to the snapshot's offsets.
 
 from __future__ import annotations
 
-import logging
 import itertools
+import logging
 import math
 import threading
 import time
@@ -99,6 +99,10 @@ class UserHistoryStore:
 
     def get(self, user_id: str) -> list[HistoryEntry]:
         return self.get_versioned(user_id)[0]
+
+    def version(self, user_id: str) -> int:
+        """The user's history version (0 for a user with none), without copying the history."""
+        return self._versions.get(user_id, 0)  # one dict read: atomic, no lock needed
 
     def get_versioned(self, user_id: str) -> tuple[list[HistoryEntry], int]:
         """The user's history and its version (0 for a user with none)."""

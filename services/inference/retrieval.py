@@ -38,6 +38,11 @@ def auto_nlist(n: int, lists_per_sqrt: float) -> int:
     return max(16, int(lists_per_sqrt * np.sqrt(n)))
 
 
+def nprobe_for(nlist: int, nprobe_fraction: float) -> int:
+    """Inverted lists one query scans."""
+    return max(1, int(round(nlist * nprobe_fraction)))
+
+
 def build_ivf(vectors: np.ndarray, ids: np.ndarray, nlist: int, nprobe_fraction: float):
     """A faiss IVF-Flat inner-product index over ``vectors`` (labelled ``ids``) scanning ``nprobe_fraction`` of
     its lists per query. The centroids are trained on 50 points per list (more only slows the build)."""
@@ -48,7 +53,7 @@ def build_ivf(vectors: np.ndarray, ids: np.ndarray, nlist: int, nprobe_fraction:
     sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 50 * nlist), replace=False)
     index.train(np.ascontiguousarray(vectors[np.sort(sample)]))
     index.add_with_ids(np.ascontiguousarray(vectors), ids)
-    index.nprobe = max(1, int(round(nlist * nprobe_fraction)))
+    index.nprobe = nprobe_for(nlist, nprobe_fraction)
     return index
 
 
@@ -75,9 +80,6 @@ class ItemRetriever:
     def __len__(self) -> int:
         return len(self.vectors)
 
-    def _nprobe(self, nlist: int) -> int:
-        return max(1, int(round(nlist * self.config.nprobe_fraction)))
-
     def _build_ann(self, cache_path: str | Path | None):
         import faiss
 
@@ -89,7 +91,7 @@ class ItemRetriever:
                 index = faiss.read_index(str(cache_path))
                 if index.ntotal == len(rows) and index.nlist == nlist:
                     logger.info("loaded ANN index from cache", extra={"path": str(cache_path), "items": index.ntotal})
-                    index.nprobe = self._nprobe(index.nlist)  # a search setting: the config's, not the file's
+                    index.nprobe = nprobe_for(index.nlist, c.nprobe_fraction)  # a search setting: the config's, not the file's
                     return index
             except Exception:  # noqa: BLE001 - a bad cache file is rebuilt, never fatal
                 logger.warning("ANN index cache unreadable; rebuilding", extra={"path": str(cache_path)})

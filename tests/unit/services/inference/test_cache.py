@@ -125,7 +125,9 @@ def test_ttl_lru_cache_is_bounded_and_expires():
     assert len(cache) == 2 and cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
     wait_for(lambda: cache.get("a") is None, timeout_s=30, what="the entry to expire")
     assert cache.hits >= 3 and cache.misses >= 2
-    assert TtlLruCache(0, 1.0).enabled is False
+    off = TtlLruCache(0, 1.0)
+    off.put("a", 1)
+    assert off.get("a") is None and len(off) == 0 and off.hits == off.misses == 0
 
 
 def test_cache_config_rejects_nonsense():
