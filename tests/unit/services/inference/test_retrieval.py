@@ -67,3 +67,14 @@ def test_a_cached_index_searches_with_the_configured_nprobe(tmp_path):
     built = ItemRetriever(v, avail, IndexConfig(ann_threshold=100, nprobe_fraction=0.05), cache_path=cache)
     loaded = ItemRetriever(v, avail, IndexConfig(ann_threshold=100, nprobe_fraction=1.0), cache_path=cache)
     assert built._ann.nprobe < loaded._ann.nprobe == loaded._ann.nlist  # nprobe is a search setting, not the file's
+
+
+def test_a_cached_index_of_another_shape_is_rebuilt_not_reused(tmp_path):
+    v, avail, queries = _data()
+    cache = tmp_path / "ix.faiss"
+    coarse = ItemRetriever(v, avail, IndexConfig(ann_threshold=100, nlist=16), cache_path=cache)
+    finer = ItemRetriever(v, avail, IndexConfig(ann_threshold=100, nlist=32, nprobe_fraction=1.0), cache_path=cache)
+    assert coarse._ann.nlist == 16 and finer._ann.nlist == 32
+    assert ItemRetriever(v, avail, IndexConfig(ann_threshold=100, nlist=32), cache_path=cache)._ann.nlist == 32
+    exact = ItemRetriever(v, avail, IndexConfig(ann_threshold=10**9))
+    assert finer.search(queries[0], 5)[0].tolist() == exact.search(queries[0], 5)[0].tolist()
