@@ -1,9 +1,18 @@
-"""``streamrec bench ingest --events N``: ingester events/s vs a plain consume-and-produce copier.
+"""``streamrec bench ingest --events N``: ingester events/s with 1 and 2 processes, next to copier baselines.
 
-Both read the same N JSON events from `events.raw` on the same broker with the same client
-(kafka-python), in batches of the same size, and commit after the produced records are acknowledged;
-the copier forwards bytes untouched, the ingester validates, normalises, dedups and re-encodes as
-protobuf. Throughput is timed from the first batch to the last commit (group joins excluded).
+Every measurement reads N JSON events from its own fresh `events.raw` (same partitions, same broker)
+and must account for all of them:
+
+- ``kcat``: librdkafka's kcat consuming the topic and piping each record (key and value) into a
+  second kcat producing to a copy topic (acks=all, idempotent): the native-client ceiling.
+- ``copier``: a kafka-python consume -> produce -> commit loop, forwarding bytes untouched, with the
+  ingester's own producer and consumer settings (the Python client's ceiling).
+- ``ingester``: ``streamrec ingester`` run as P separate OS processes in one consumer group (P from
+  ``--processes``), validating, deduplicating and re-encoding as protobuf. The processes are started
+  and have joined the group before the events are published, and throughput is the rate at which
+  the group's committed offsets climb from 10 % to 90 % of N (start-up and the last partial batches
+  excluded); ``total_s`` is first to last commit.
+
 Prints one JSON line. Without --bootstrap-servers a local broker is started for the run.
 """
 
@@ -11,30 +20,82 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
 import sys
-import threading
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+import yaml
 
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.kafka import commit_processed, ensure_topics, make_consumer, make_producer
+from services.common.process import die_with_parent
 
 
-def _preload(config: KafkaConfig, n: int) -> float:
-    topic = config.topics.name("events_raw")
-    now = int(time.time() * 1000)
-    producer = make_producer(config, linger_ms=20)
-    started = time.perf_counter()
-    headers = [("content-type", b"application/json")]
+def _events(n: int, now: int):
     for i in range(n):
         doc = {"event_id": f"ev-{i}", "user_id": f"u{i % 997}", "item_id": f"i{i % 5003}", "type": "click",
                "value": 1, "timestamp_ms": now + i, "context": {"page": "home"}}
-        producer.send(topic, key=doc["user_id"].encode(), value=json.dumps(doc).encode(), headers=headers)
-    producer.flush()
-    producer.close()
+        yield doc["user_id"], json.dumps(doc)
+
+
+def _publish(config: KafkaConfig, n: int) -> float:
+    """Publish N events to `events.raw` (with kcat when installed: the publisher should not be the limit)."""
+    topic = config.topics.name("events_raw")
+    now = int(time.time() * 1000)
+    started = time.perf_counter()
+    if shutil.which("kcat") and config.security_protocol == "PLAINTEXT":
+        proc = subprocess.Popen(["kcat", "-P", "-b", config.bootstrap_servers, "-t", topic, "-K", "\t",
+                                 "-H", "content-type=application/json", "-X", "linger.ms=20"],
+                                stdin=subprocess.PIPE, preexec_fn=die_with_parent)
+        proc.stdin.write("".join(f"{key}\t{value}\n" for key, value in _events(n, now)).encode())
+        proc.stdin.close()
+        if proc.wait(300) != 0:
+            raise RuntimeError(f"kcat could not publish the events (exit {proc.returncode})")
+    else:
+        producer = make_producer(config, linger_ms=20)
+        headers = [("content-type", b"application/json")]
+        for key, value in _events(n, now):
+            producer.send(topic, key=key.encode(), value=value.encode(), headers=headers)
+        producer.flush()
+        producer.close()
     return time.perf_counter() - started
+
+
+def _end_offsets(config: KafkaConfig, topic: str) -> int:
+    consumer = make_consumer(config, None, None)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        from kafka import TopicPartition
+
+        return sum(consumer.end_offsets([TopicPartition(topic, p) for p in partitions]).values())
+    finally:
+        consumer.close()
+
+
+def _run_kcat_copier(config: KafkaConfig, n: int) -> float:
+    """kcat -C | kcat -P: consume every record of `events.raw` and produce it (key and value) to a copy topic."""
+    source = config.topics.name("events_raw")
+    target = config.topics.prefix + "kcat-copy"
+    ensure_topics(config, [target])
+    started = time.perf_counter()
+    consume = subprocess.Popen(["kcat", "-C", "-b", config.bootstrap_servers, "-t", source, "-o", "beginning", "-e",
+                                "-q", "-K", "\t", "-c", str(n)], stdout=subprocess.PIPE, preexec_fn=die_with_parent)
+    produce = subprocess.Popen(["kcat", "-P", "-b", config.bootstrap_servers, "-t", target, "-K", "\t",
+                                "-X", "acks=all", "-X", "enable.idempotence=true"],
+                               stdin=consume.stdout, preexec_fn=die_with_parent)
+    consume.stdout.close()
+    if consume.wait(600) != 0 or produce.wait(600) != 0:
+        raise RuntimeError("the kcat copier failed")
+    elapsed = time.perf_counter() - started
+    copied = _end_offsets(config, target)
+    if copied != n:
+        raise RuntimeError(f"the kcat copier copied {copied} of {n} records")
+    return elapsed
 
 
 def _run_copier(config: KafkaConfig, n: int, batch: int) -> float:
@@ -69,50 +130,101 @@ def _run_copier(config: KafkaConfig, n: int, batch: int) -> float:
         producer.close()
 
 
-def _run_ingester(config: KafkaConfig, n: int, batch: int) -> tuple[float, dict]:
-    from services.ingester.config import IngesterConfig, IngesterSection
-    from services.ingester.metrics import IngesterMetrics
-    from services.ingester.pipeline import Ingester
+class _Group:
+    """The ingester group's members and committed offsets on `events.raw`, read with the admin client."""
 
-    registry = CollectorRegistry()
-    ingester = Ingester(
-        IngesterConfig(kafka=config, ingester=IngesterSection(group_id=config.topics.prefix + "ingester",
-                                                              batch_max_records=batch)),
-        IngesterMetrics(registry),
-    ).start()
-    first: list[float] = []
-    process = ingester.process_batch
+    def __init__(self, config: KafkaConfig, group_id: str) -> None:
+        from kafka import KafkaAdminClient
 
-    def timed(batch_records):  # note when the first batch starts; group joins are not the ingester's speed
-        if not first:
-            first.append(time.perf_counter())
-        return process(batch_records)
+        self.admin = KafkaAdminClient(**config.client_options())
+        self.group_id = group_id
+        self.topic = config.topics.name("events_raw")
 
-    ingester.process_batch = timed
-    thread = threading.Thread(target=ingester.run, daemon=True)
-    thread.start()
+    def members(self) -> int:
+        info = self.admin.describe_groups([self.group_id]).get(self.group_id) or {}
+        if str(info.get("group_state", info.get("state", ""))).lower() != "stable":
+            return 0
+        return len(info.get("members") or ())
+
+    def committed(self) -> int:
+        offsets = self.admin.list_group_offsets({self.group_id: None}).get(self.group_id) or {}
+        return sum(om.offset for tp, om in offsets.items() if tp.topic == self.topic and om.offset > 0)
+
+    def close(self) -> None:
+        self.admin.close()
+
+
+def _run_ingesters(config: KafkaConfig, n: int, batch: int, processes: int, workdir: Path) -> dict:
+    group_id = config.topics.prefix + "ingester"
+    path = workdir / f"ingester-{processes}.yaml"
+    path.write_text(yaml.safe_dump({
+        "kafka": config.model_dump(mode="json"),
+        "metrics": {"enabled": False},
+        "logging": {"level": "WARNING"},
+        "ingester": {"group_id": group_id, "batch_max_records": batch},
+    }))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    logs = [open(workdir / f"ingester-{processes}-{i}.log", "wb") for i in range(processes)]
+    procs = [subprocess.Popen([sys.executable, "-m", "services.ingester", "--config", str(path)], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+             for log in logs]
+    group = _Group(config, group_id)
     try:
-        deadline = time.monotonic() + 600
-        while ingester.records_committed < n:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("ingester stopped before consuming every event")
-            time.sleep(0.002)
-        elapsed = time.perf_counter() - first[0]
+        deadline = time.monotonic() + 300
+        while group.members() != processes:
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                raise RuntimeError(f"the ingester processes did not form a group of {processes}; see {workdir}")
+            time.sleep(0.2)
+        published = time.perf_counter()
+        _publish(config, n)
+        samples: list[tuple[float, int]] = []
+        deadline = time.monotonic() + 900
+        while not samples or samples[-1][1] < n:
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                raise RuntimeError(f"the ingesters stopped before committing every event; see {workdir}")
+            samples.append((time.perf_counter(), group.committed()))
+            time.sleep(0.05)
     finally:
-        ingester.stop()
-        thread.join(30)
-        ingester.close()
-    out = registry.get_sample_value("streamrec_ingester_records_out_total", {"topic": config.topics.name("events")}) or 0
-    return elapsed, {"ingester_events_out": int(out)}
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in logs:
+            log.close()
+        group.close()
+    t10 = next((t, c) for t, c in samples if c >= 0.1 * n)
+    t90 = next((t, c) for t, c in samples if c >= 0.9 * n)
+    first = next(t for t, c in samples if c > 0)
+    if t90[0] > t10[0]:
+        rate = (t90[1] - t10[1]) / (t90[0] - t10[0])
+    else:  # a run too short for the window (one commit took it past 90 %): count from the first publish
+        rate = n / (samples[-1][0] - published)
+    return {"events_per_s": round(rate, 1), "total_s": round(samples[-1][0] - first, 3)}
+
+
+def _measure(servers: str, partitions: int, n: int, what) -> object:
+    """Run one measurement on fresh topics of its own (so no run sees another's events or offsets)."""
+    config = KafkaConfig(bootstrap_servers=servers,
+                         topics=TopicsConfig(prefix=f"bench-{uuid.uuid4().hex[:8]}.", partitions=partitions))
+    ensure_topics(config)
+    return what(config)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamrec bench ingest", description=__doc__)
-    parser.add_argument("--events", type=int, default=20000)
-    parser.add_argument("--batch", type=int, default=2000, help="records per poll/commit for both")
-    parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--bootstrap-servers", help="an existing broker (default: start a local one)")
+    parser.add_argument("--events", type=int, default=100000)
+    parser.add_argument("--batch", type=int, default=2000, help="records per poll/commit for the copier and the ingester")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--processes", default="1,2", help="ingester process counts to measure, comma separated")
+    parser.add_argument("--bootstrap-servers", help="an existing PLAINTEXT broker (default: start a local one)")
     args = parser.parse_args(argv)
+    counts = [int(p) for p in args.processes.split(",") if p.strip()]
+    if not counts or min(counts) < 1:
+        parser.error("--processes: one or more counts >= 1")
 
     broker = None
     if args.bootstrap_servers:
@@ -122,33 +234,40 @@ def main(argv: list[str] | None = None) -> int:
 
         broker = LocalKafka(heap="768m").start()
         servers = broker.bootstrap_servers
+    n = args.events
+    result: dict = {"bench": "ingest", "events": n, "batch": args.batch, "partitions": args.partitions,
+                    "client": "kafka-python", "crc32c_native": _crc32c_native()}
     try:
-        config = KafkaConfig(bootstrap_servers=servers,
-                             topics=TopicsConfig(prefix=f"bench-{uuid.uuid4().hex[:8]}.", partitions=args.partitions))
-        ensure_topics(config)
-        preload_s = _preload(config, args.events)
-        copier_s = _run_copier(config, args.events, args.batch)
-        ingester_s, extra = _run_ingester(config, args.events, args.batch)
+        with tempfile.TemporaryDirectory(prefix="streamrec-bench-ingest-") as tmp:
+            if shutil.which("kcat"):
+                kcat_s = _measure(servers, args.partitions, n, lambda c: (_publish(c, n), _run_kcat_copier(c, n))[1])
+                result["kcat_copier_events_per_s"] = round(n / kcat_s, 1)
+            copier_s = _measure(servers, args.partitions, n, lambda c: (_publish(c, n), _run_copier(c, n, args.batch))[1])
+            result["copier_events_per_s"] = round(n / copier_s, 1)
+            ingesters = {}
+            for count in counts:
+                ingesters[str(count)] = _measure(servers, args.partitions, n,
+                                                 lambda c, k=count: _run_ingesters(c, n, args.batch, k, Path(tmp)))
+            result["ingester"] = ingesters
     finally:
         if broker is not None:
             broker.cleanup()
-    ingester_rate = args.events / ingester_s
-    copier_rate = args.events / copier_s
-    print(json.dumps({
-        "bench": "ingest",
-        "events": args.events,
-        "batch": args.batch,
-        "partitions": args.partitions,
-        "ingester_events_per_s": round(ingester_rate, 1),
-        "copier_events_per_s": round(copier_rate, 1),
-        "ingester_vs_copier": round(ingester_rate / copier_rate, 3),
-        "ingester_s": round(ingester_s, 3),
-        "copier_s": round(copier_s, 3),
-        "preload_events_per_s": round(args.events / preload_s, 1),
-        "client": "kafka-python",
-        **extra,
-    }))
+    rates = {k: v["events_per_s"] for k, v in result["ingester"].items()}
+    if "1" in rates:
+        result["ingester_events_per_s"] = rates["1"]
+        result["ingester_vs_copier"] = round(rates["1"] / result["copier_events_per_s"], 3)
+        for k, rate in rates.items():
+            if k != "1":
+                result[f"ingester_{k}_processes_over_1"] = round(rate / rates["1"], 3)
+    print(json.dumps(result))
     return 0
+
+
+def _crc32c_native() -> bool:
+    """Whether kafka-python checks record batches with the C crc32c (its pure-Python fallback is slow)."""
+    from kafka.record import util
+
+    return getattr(util, "crc32c_c", None) is not None
 
 
 if __name__ == "__main__":
