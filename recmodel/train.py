@@ -331,13 +331,16 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         return out
 
     # ------------------------------------------------------------------ training
-    def train_events(self, events: Sequence[Event]) -> TrainStats:
-        """Train on ``events`` (in the given order) in micro-batches of ``batch_size`` events."""
+    def train_events(self, events: Sequence[Event], batch_size: int | None = None) -> TrainStats:
+        """Train on ``events`` (in the given order) in micro-batches of ``batch_size`` events (default: the
+        trainer's own). A step trains one window per user of its micro-batch, holding all of that user's
+        new targets, so a larger micro-batch costs about as much as its distinct users, not its events."""
         start = time.perf_counter()
         losses: list[float] = []
         steps0 = self.steps
-        for lo in range(0, len(events), self.batch_size):
-            losses.extend(self._train_chunk(events[lo : lo + self.batch_size]))
+        size = max(1, batch_size or self.batch_size)
+        for lo in range(0, len(events), size):
+            losses.extend(self._train_chunk(events[lo : lo + size]))
         return TrainStats.of(losses, len(events), self.steps - steps0, time.perf_counter() - start)
 
     def _observe(self, events: Sequence[Event]) -> list[tuple[str, list[HistoryEntry], list[HistoryEntry]]]:

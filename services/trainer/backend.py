@@ -39,7 +39,7 @@ class TrainingBackend(Protocol):
 
     def upsert_items(self, items) -> None: ...
 
-    def train_events(self, events): ...  # -> TrainStats
+    def train_events(self, events, batch_size: int | None = None): ...  # -> TrainStats; events per step
 
     def replay(self, steps: int): ...  # -> TrainStats
 
@@ -69,8 +69,8 @@ class LocalBackend:
     def upsert_items(self, items) -> None:
         self.trainer.upsert_items(items)
 
-    def train_events(self, events):
-        return self.trainer.train_events(events)
+    def train_events(self, events, batch_size: int | None = None):
+        return self.trainer.train_events(events, batch_size)
 
     def replay(self, steps: int):
         return self.trainer.replay(steps)

@@ -118,6 +118,12 @@ class TrainerSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     consumer_group: str = "streamrec-trainer"  # offsets are committed only for lag visibility
     poll_max_records: int = Field(2000, ge=1, description="events per micro-batch at most")
+    # Behind the end of `events` by more than catch_up_lag records (summed over partitions, refreshed
+    # every 2 s): train catch_up_batch_size events per step instead of model.batch_size, so a step's
+    # cost spreads over more events (one window per user carries all of that user's new targets)
+    # until the trainer has caught up. 0 turns it off.
+    catch_up_lag: int = Field(4000, ge=1)
+    catch_up_batch_size: int = Field(2048, ge=0)
     poll_timeout_ms: int = Field(200, ge=0)
     export_interval_s: float = Field(30.0, gt=0)
     export_every_events: int = Field(0, ge=0, description="also export after this many new events (0: off)")

@@ -32,6 +32,10 @@ class TrainerMetrics:
         self.consumer_lag = Gauge(
             "streamrec_trainer_consumer_lag_records", "Records between the trained offset and the partition end",
             ["topic", "partition"], registry=registry)
+        self.catching_up = Gauge(
+            "streamrec_trainer_catching_up",
+            "1 while the trainer is behind by more than trainer.catch_up_lag and trains larger micro-batches",
+            registry=registry)
         self.freshness = Gauge(
             "streamrec_trainer_freshness_seconds", "Age of the newest event the model has trained on", registry=registry)
         self.gpu_memory = Gauge(

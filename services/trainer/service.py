@@ -60,6 +60,7 @@ class TrainerService:
                                                         tls=config.tls)
         self.trainer_id = self.cfg.trainer_id or getattr(elector, "identity", "trainer")
         self._replayed_unexported = 0  # idle replay steps the registered version does not have yet
+        self._catching_up = False  # behind the end of `events` by more than catch_up_lag (see _refresh_lag)
         self.exporter = VersionExporter(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
                                           auto_promote=self.cfg.auto_promote, exports_dir=self.store.exports_dir,
                                           keep_exports=self.cfg.keep_exports)
@@ -210,6 +211,10 @@ class TrainerService:
         idle_budget = 0  # replay steps left until new events arrive
         while not stop.is_set():
             self._check_leader()
+            now = time.monotonic()
+            if now - last_lag >= LAG_REFRESH_S:
+                self._refresh_lag(events, position)
+                last_lag = now
             self._upsert(items.read_available(0), items)
             batch = events.next_batch(cfg.poll_timeout_ms)
             if batch is not None:
@@ -219,9 +224,6 @@ class TrainerService:
             if (batch is None or not batch.events) and idle_budget > 0:
                 idle_budget -= self._replay_idle(min(cfg.idle_replay_steps, idle_budget))
             now = time.monotonic()
-            if now - last_lag >= LAG_REFRESH_S:
-                self._refresh_lag(events, position)
-                last_lag = now
             if now - last_partitions >= PARTITION_REFRESH_S:
                 events.refresh_partitions()
                 items.refresh_partitions()
@@ -255,7 +257,8 @@ class TrainerService:
         if batch.events:
             self.champion.observe(trainer, batch.events)
             monitor.observe_and_test(trainer, batch.events)
-            loss = self.backend.train_events(batch.events).loss
+            size = self.cfg.catch_up_batch_size if self._catching_up and self.cfg.catch_up_batch_size else None
+            loss = self.backend.train_events(batch.events, size).loss
         events.advance_past(batch)
         position.events_offsets = dict(events.positions)
         position.records_consumed += batch.records
@@ -288,11 +291,21 @@ class TrainerService:
             m.gpu_memory.set(torch.cuda.memory_allocated(self.device))
 
     def _refresh_lag(self, events: EventReader, position: StreamPosition) -> None:
+        """Lag per partition for the metrics, and whether the trainer is far enough behind to catch up."""
         try:
-            for p, lag in events.lag().items():
-                self.metrics.consumer_lag.labels(topic=self.events_topic, partition=str(p)).set(lag)
-        except Exception as exc:  # noqa: BLE001 - lag is for display; never stop training for it
+            lags = events.lag()
+        except Exception as exc:  # noqa: BLE001 - lag is for display and batch sizing; never stop training for it
             logger.debug("lag refresh failed", extra={"error": str(exc)})
+        else:
+            for p, lag in lags.items():
+                self.metrics.consumer_lag.labels(topic=self.events_topic, partition=str(p)).set(lag)
+            behind = sum(lags.values()) > self.cfg.catch_up_lag
+            if behind != self._catching_up:
+                logger.info("catching up: larger micro-batches" if behind else "caught up: usual micro-batches",
+                            extra={"lag": sum(lags.values()), "events_per_step": self.cfg.catch_up_batch_size
+                                   if behind else self.cfg.model.batch_size})
+            self._catching_up = behind
+            self.metrics.catching_up.set(1 if behind and self.cfg.catch_up_batch_size else 0)
         if position.newest_event_ms:
             self.metrics.freshness.set(max(0.0, time.time() - position.newest_event_ms / 1000.0))
 

@@ -138,3 +138,48 @@ def test_events_in_version_registered_with_consumed_offsets(kafka_config, regist
     # (a model that ignored the stream would put them at the 50th percentile on average).
     assert percentiles and float(np.mean(percentiles)) < 0.2, np.mean(percentiles)
     client.close()
+
+
+def test_a_trainer_far_behind_trains_larger_micro_batches_until_it_has_caught_up(kafka_config, registry, tmp_path):
+    """Behind the end of `events` by more than catch_up_lag, a step takes catch_up_batch_size events (one
+    window per user), so a backlog costs fewer steps; caught up, the usual batch_size is back."""
+    ensure_topics(kafka_config, [kafka_config.topics.name("events"), kafka_config.topics.name("items")])
+    stream = SyntheticStream(seed=3, n_users=100, n_items=200, n_events=6000)
+    events = list(stream.events())
+    publish_items(kafka_config, stream.items())
+    publish_events(kafka_config, events)
+    batch_size = small_model()["batch_size"]
+    config = TrainerConfig.model_validate({
+        "kafka": kafka_config.model_dump(),
+        "tls": tls_section("trainer"),
+        "metrics": {"enabled": False},
+        "trainer": {"registry_target": registry.target, "checkpoint_dir": str(tmp_path / "ckpt"), "device": "cpu",
+                    "export_interval_s": 3600, "poll_max_records": 2000, "idle_replay_epochs": 0,
+                    "catch_up_lag": 1000, "catch_up_batch_size": 2000, "model": small_model()},
+    })
+    metrics = TrainerMetrics(CollectorRegistry())
+    service = TrainerService(config, metrics, AlwaysLeader())
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(service.ready, 60, "the trainer to restore and assign partitions")
+        trainer = service.backend.trainer
+        wait_for(lambda: trainer.events_trained == len(events), 240, "the backlog to be trained", interval_s=0.2)
+        backlog_steps = trainer.steps
+        # One step per 256 events would be at least 24; polls of up to 2,000 events, one step each, take far fewer.
+        assert backlog_steps < len(events) / batch_size / 2, backlog_steps
+        wait_for(lambda: metrics.catching_up._value.get() == 0, 60, "the trainer to see that it caught up")
+
+        more = [Event(f"late-{n}", e.user_id, e.item_id, e.type, e.value, e.timestamp_ms + 10**7)
+                for n, e in enumerate(events[:600])]
+        publish_events(kafka_config, more)
+        wait_for(lambda: trainer.events_trained == len(events) + len(more), 120, "the new events to be trained",
+                 interval_s=0.2)
+        # Caught up, 600 new events are trained batch_size at a time again (however the polls split them).
+        assert trainer.steps - backlog_steps >= -(-len(more) // batch_size)
+        assert metrics.catching_up._value.get() == 0
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
