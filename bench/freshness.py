@@ -43,31 +43,43 @@ def _summary(seconds: list[float | None]) -> dict:
             "max": round(max(done), 1) if done else None, "n": len(done)}
 
 
-def _publish_click(stack, user_id: str, item_id: str) -> str:
+def _publish_click(stack, producer, user_id: str, item_id: str) -> str:
+    """Publish a click with the run's producer, connected beforehand as an app's would be (the timings
+    start before this call, so a fresh producer's connection and idempotence handshake would count)."""
     from services.stack.demo import _JSON_HEADERS
 
     event_id = f"probe-{uuid.uuid4().hex}"
     body = json.dumps({"event_id": event_id, "user_id": user_id, "item_id": item_id, "type": "click",
                        "timestamp_ms": int(time.time() * 1000)}).encode()
-    producer = make_producer(stack.kafka_config, linger_ms=0)
     producer.send(stack.kafka_config.topics.name("events_raw"), key=user_id.encode(), value=body,
                   headers=_JSON_HEADERS).get(timeout=10)
-    producer.close()
     return event_id
 
 
-def _history_probe(stub, stack, user_id: str, timeout_s: float) -> float | None:
+def _history_probe(stub, stack, producer, user_id: str, timeout_s: float) -> float | None:
     top = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=10), timeout=5)
     if not top.items:
         return None
     item = top.items[0].item_id
     start = time.perf_counter()
-    _publish_click(stack, user_id, item)
+    _publish_click(stack, producer, user_id, item)
     while time.perf_counter() - start < timeout_s:
         resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=10), timeout=5)
         if item not in {it.item_id for it in resp.items}:
             return (time.perf_counter() - start) * 1000
         time.sleep(0.01)
+    return None
+
+
+def _top_item(stub, user_id: str, timeout_s: float) -> str | None:
+    """The user's top recommendation, waiting while the served model has nothing to offer them (an early
+    version that knows only items they have taken); None if that lasts ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        items = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=1), timeout=5).items
+        if items:
+            return items[0].item_id
+        time.sleep(0.5)
     return None
 
 
@@ -104,7 +116,7 @@ class ModelProbe:
         return bool(self.first_version) and self.gate != "promoted"
 
 
-def _model_probe(stub, stack, registry, user_id: str, item_id: str, timeout_s: float) -> ModelProbe:
+def _model_probe(stub, stack, registry, producer, user_id: str, item_id: str, timeout_s: float) -> ModelProbe:
     topic = stack.kafka_config.topics.name("events")
     model = stack.options.model_name
     consumer = make_consumer(stack.kafka_config, None, None)
@@ -113,7 +125,7 @@ def _model_probe(stub, stack, registry, user_id: str, item_id: str, timeout_s: f
     consumer.close()
     probe = ModelProbe()
     start = time.perf_counter()
-    event_id = _publish_click(stack, user_id, item_id)
+    event_id = _publish_click(stack, producer, user_id, item_id)
     found = _find_offset(stack, event_id, ends)
     if found is None:
         return probe
@@ -172,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic()
     with stack:
         publisher = DemoPublisher(stack.kafka_config, stream.items(), stream.events(), rate=args.rate).start()
+        producer = make_producer(stack.kafka_config, linger_ms=0)
+        producer.partitions_for(stack.kafka_config.topics.name("events_raw"))  # connected, metadata known
         try:
             stack.wait_serving(600)
             users = sorted({e.user_id for e in stream.events()})[: args.probes]
@@ -179,24 +193,27 @@ def main(argv: list[str] | None = None) -> int:
                     RegistryClient(stack.services["registry"].grpc_target, tls=stack.tls_for("operator")) as registry:
                 stub = recommender_pb2_grpc.RecommenderStub(channel)
                 for user in users:
-                    ms = _history_probe(stub, stack, user, timeout_s=10)
+                    ms = _history_probe(stub, stack, producer, user, timeout_s=10)
                     if ms is not None:
                         history_ms.append(ms)
+                # Long enough for a held version to be promoted on staleness (registry default 120 s).
+                timeout_s = 10 * args.export_interval + 240
                 for user in users[: args.model_probes]:
-                    item = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=1), timeout=5).items[0].item_id
-                    # Long enough for a held version to be promoted on staleness (registry default 120 s).
-                    probes.append(_model_probe(stub, stack, registry, user, item,
-                                               timeout_s=10 * args.export_interval + 240))
+                    item = _top_item(stub, user, timeout_s)
+                    probes.append(ModelProbe() if item is None else
+                                  _model_probe(stub, stack, registry, producer, user, item, timeout_s=timeout_s))
         except grpc.RpcError as exc:
             print(f"streamrec bench freshness: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
         finally:
+            producer.close()
             publisher.stop()
     result = {
         "bench": "freshness",
         "history_visible_ms": {
             "p50": round(statistics.median(history_ms), 1) if history_ms else None,
             "p99": round(_percentile(history_ms, 0.99), 1) if history_ms else None,
+            "max": round(max(history_ms), 1) if history_ms else None,
             "n": len(history_ms), "probes": len(users),
         },
         "model_trained_and_served_s": _summary([p.served_s for p in probes]) | {

@@ -51,7 +51,7 @@ def _run(monkeypatch, versions, served, timeout_s=30.0):
     clock = iter(range(0, 10_000))
     monkeypatch.setattr(freshness.time, "perf_counter", lambda: float(next(clock)))
     registry = FakeRegistry(versions)
-    return freshness._model_probe(FakeInference(registry, served), stack, registry, "u", "i", timeout_s)
+    return freshness._model_probe(FakeInference(registry, served), stack, registry, None, "u", "i", timeout_s)
 
 
 def test_a_probe_whose_first_version_was_held_counts_as_held_back_and_as_served_later(monkeypatch):
