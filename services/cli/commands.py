@@ -31,7 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BENCHES: dict[str, tuple[str, str]] = {
     "quality": ("bench.quality", "HR@K/NDCG@K of the streaming and offline models vs baselines"),
     "model": ("bench.model_speed", "training throughput and ONNX user-encoder latency"),
-    "ingest": ("bench.ingest", "ingester events/s vs a plain consume-and-produce copier"),
+    "ingest": ("bench.ingest", "ingester events/s with 1 and 2 processes vs kafka-python and kcat copiers"),
+    "pipeline": ("bench.pipeline", "the highest event rate the whole local stack sustains, per-stage events/s and lag"),
     "train": ("bench.train", "trainer events/s and publish -> registered version latency"),
     "serve": ("bench.serve", "Recommend p50/p99 and QPS vs a no-op gRPC call"),
     "index": ("bench.index", "exact vs ANN retrieval: recall and latency"),
