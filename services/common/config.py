@@ -69,6 +69,9 @@ class KafkaConfig(Section):
             "security_protocol": self.security_protocol,
             "client_id": self.client_id,
             "request_timeout_ms": self.request_timeout_ms,
+            # kafka-python backs off exponentially up to 30 s between reconnects: after a broker outage every
+            # service would then stay away for up to that long. Retry a broker at least every 2 s instead.
+            "reconnect_backoff_max_ms": 2000,
         }
         if self.sasl_mechanism:
             opts["sasl_mechanism"] = self.sasl_mechanism
