@@ -79,6 +79,28 @@ def _split_categories(value) -> tuple[str, ...]:
     return tuple(str(c) for c in (value or ()))
 
 
+def _code_categories(values) -> tuple[list[tuple[str, ...]], dict[str, np.ndarray]]:
+    """Per-row category tuples, and each category's sorted rows, from per-row category values ("a|b"
+    strings, tuples or lists), with one pass of Python over the rows."""
+    values = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    code_of: dict = {}
+    try:
+        codes = [code_of.setdefault(v, len(code_of)) for v in values]
+    except TypeError:  # unhashable values (lists): the same, as tuples
+        code_of = {}
+        codes = [code_of.setdefault(v if isinstance(v, (str, tuple)) else tuple(v or ()), len(code_of)) for v in values]
+    distinct = [_split_categories(v) for v in code_of]  # in code order (dicts keep insertion order)
+    per_row = [distinct[c] for c in codes]
+    codes_arr = np.asarray(codes, dtype=np.int64)
+    order = np.argsort(codes_arr, kind="stable")
+    bounds = np.searchsorted(codes_arr[order], np.arange(len(distinct) + 1))
+    by_cat: dict[str, list[np.ndarray]] = {}
+    for code, cats in enumerate(distinct):
+        for c in cats:
+            by_cat.setdefault(c, []).append(order[bounds[code]:bounds[code + 1]])
+    return per_row, {c: np.sort(np.concatenate(parts)) for c, parts in by_cat.items()}
+
+
 class ServedModel:
     def __init__(
         self,
@@ -96,26 +118,15 @@ class ServedModel:
         self.training_offsets = {t: {int(p): int(o) for p, o in parts.items()}
                                  for t, parts in manifest.training_offsets.items()}
         self.item_vectors = np.ascontiguousarray(runtime.item_vectors, dtype=np.float32)
-        # Per-item Python work is what a model swap at a million items waits for: the artifact's own id index
-        # is reused, and category strings (a few distinct combinations) are split once each.
+        # Per-item Python work is what a model swap at a million items waits for (and, holding the GIL, what
+        # the requests being served wait for meanwhile): the artifact's own id index is reused, and the
+        # category strings (a few distinct combinations) are coded in one pass and split once each.
         index = getattr(runtime, "item_index", None)
-        self.row_of = index if isinstance(index, dict) else dict(zip(map(str, self.item_ids), range(len(self.item_ids))))
-        split: dict = {}
-        rows_of_value: dict[tuple[str, ...], list[int]] = {}
-        self.categories = []
-        for row, value in enumerate(runtime.categories):
-            key = value if isinstance(value, (str, tuple)) else tuple(value or ())
-            cats = split.get(key)
-            if cats is None:
-                cats = split[key] = _split_categories(value)
-            self.categories.append(cats)
-            if cats:
-                rows_of_value.setdefault(cats, []).append(row)
-        by_cat: dict[str, list[np.ndarray]] = {}
-        for cats, rows in rows_of_value.items():
-            for c in cats:
-                by_cat.setdefault(c, []).append(np.array(rows, dtype=np.int64))
-        self._category_rows = {c: np.sort(np.concatenate(parts)) for c, parts in by_cat.items()}
+        if not isinstance(index, dict):
+            ids = self.item_ids.tolist() if isinstance(self.item_ids, np.ndarray) else self.item_ids
+            index = dict(zip(map(str, ids), range(len(ids))))
+        self.row_of = index
+        self.categories, self._category_rows = _code_categories(runtime.categories)
         self.retriever = ItemRetriever(self.item_vectors, self.available, index_config, index_cache_path)
         self.ready = False
 
