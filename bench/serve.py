@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.catalog import DEFAULT_ARTIFACT, grow_catalog, trained_artifact
+from recmodel.ivf import quantize_items
+
 
 class TinyOnnxEncoder:
     """Fallback when recmodel.serving is not importable: masked mean of history item vectors + a linear
@@ -144,24 +146,27 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
     conn.send({"ports": {mode: server.port for mode, server in servers.items()}, "users": list(histories)[:1000],
                "items": ids[:5000], "encoder": source, "index": model.index_kind,
                "index_build_s": round(index_s, 2), "providers": list(getattr(runtime, "providers", []))})
-    # The next version's item table, made now: the swap below times what serving does with it, not this.
+    # The next version's item table and the IVF quantizer the trainer ships with it (recmodel.ivf), made now:
+    # the swap below times what serving does with them, not this.
     next_vectors = grow_catalog(vecs[:n_trained], len(ids), seed=2) if extra else vecs.copy()
-    _control(conn, store, plane, model, lambda: _next_version(table, next_vectors, repo, index_threshold))
+    next_ivf = quantize_items(next_vectors, np.ones(len(next_vectors), dtype=bool)) \
+        if len(next_vectors) >= index_threshold else None
+    _control(conn, store, plane, model, lambda: _next_version(table, next_vectors, next_ivf, repo, index_threshold))
     for server in servers.values():
         server.stop(1)
 
 
-def _next_version(table, vectors: np.ndarray, repo, index_threshold: int) -> float:
+def _next_version(table, vectors: np.ndarray, ivf, repo, index_threshold: int) -> float:
     """Model version 2 beside the live one, as the model watcher makes it once the artifact is loaded: a
-    changed item table (the grown part redrawn), its index built from scratch (no cache), warmed up, then
-    swapped in. Its seconds."""
+    changed item table (the grown part redrawn), its index built from scratch with the shipped quantizer
+    (no cache), warmed up, then swapped in. Its seconds."""
     from services.inference.config import IndexConfig
     from services.inference.repository import PRODUCTION
     from services.inference.served_model import ItemTableModel, ServedModel
 
     t = time.perf_counter()
     runtime = ItemTableModel(name=table.name, encoder=table.encoder, item_ids=table.item_ids, item_vectors=vectors,
-                             histories=table.histories, max_len=table.max_len)
+                             histories=table.histories, max_len=table.max_len, ivf=ivf)
     model = ServedModel(runtime, version=2, index_config=IndexConfig(ann_threshold=index_threshold))
     model.warm_up(8)
     repo.swap(PRODUCTION, model)

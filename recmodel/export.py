@@ -8,6 +8,8 @@ Files (see :mod:`recmodel.artifact` for the manifest):
 * ``user_encoder.int8.onnx`` (optional, ``int8=True``) - dynamically quantised weights.
 * ``items.npz`` - ``ids`` (str), ``vectors`` float32 [N,D] (unit norm), ``available`` bool,
   ``titles`` (str), ``categories`` (str, ``|``-joined).
+* ``ivf.npz`` (catalogs of ``ivf_min_items`` available items or more) - ``centroids`` float32 [nlist,D] and
+  ``assign`` int32 [N], the IVF quantizer servers index the items with (see :mod:`recmodel.ivf`).
 * ``histories.json`` - {user_id: [[item_id, event_type, timestamp_ms], ...]} at the training offsets.
 """
 
@@ -26,6 +28,7 @@ import torch
 from recmodel.artifact import Manifest, write_manifest
 from recmodel.data.types import EVENT_TYPES
 from recmodel.features import N_GAP_BUCKETS
+from recmodel.ivf import SHIP_MIN_ITEMS, quantize_items
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ def export_artifact(
     extra: Mapping | None = None,
     int8: bool = False,
     max_history_users: int = 100_000,
+    ivf_min_items: int = SHIP_MIN_ITEMS,
 ) -> Manifest:
     """Write the artifact directory ``out_dir`` (created; must be empty) and return its manifest.
 
@@ -92,6 +96,11 @@ def export_artifact(
     _write_encoders(trainer, out, int8=int8)
     table = trainer.item_table()
     _write_item_table(out / "items.npz", table)
+    available = np.asarray(table["available"], dtype=bool)
+    if int(available.sum()) >= ivf_min_items:
+        centroids, lists = quantize_items(np.asarray(table["vectors"], dtype=np.float32), available)
+        with open(out / "ivf.npz", "wb") as fh:
+            np.savez(fh, centroids=centroids, assign=lists)
     with open(out / "transitions.npz", "wb") as fh:
         np.savez(fh, **trainer.transitions.to_csr(table["ids"]))
     _write_recent_histories(out / "histories.json", trainer.user_histories(), max_history_users)

@@ -64,6 +64,22 @@ def serving_session_options(threads: int = 1):
     return options
 
 
+def _load_ivf(directory: Path, manifest: Manifest, n_items: int, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The shipped IVF quantizer (``recmodel.ivf``), or None: artifacts of small catalogs have none."""
+    if "ivf.npz" not in manifest.files:
+        return None
+    try:
+        with np.load(directory / "ivf.npz", allow_pickle=False) as npz:
+            centroids = np.ascontiguousarray(npz["centroids"], dtype=np.float32)
+            lists = np.asarray(npz["assign"], dtype=np.int32)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ArtifactError(f"ivf.npz: cannot read ({exc})") from None
+    if centroids.ndim != 2 or centroids.shape[1] != dim or lists.shape != (n_items,):
+        raise ArtifactError(f"ivf.npz: centroids {centroids.shape} and assign {lists.shape} do not fit "
+                            f"{n_items} items of dimension {dim}")
+    return centroids, lists
+
+
 class ArtifactModel:
     """A loaded, verified artifact: item table, histories snapshot and an ONNX user encoder."""
 
@@ -77,6 +93,7 @@ class ArtifactModel:
     histories: dict[str, list[HistoryEntry]]
     max_len: int
     providers: list[str]
+    ivf: tuple[np.ndarray, np.ndarray] | None  # the shipped IVF quantizer (recmodel.ivf), when the catalog is large
 
     @classmethod
     def load(
@@ -117,6 +134,7 @@ class ArtifactModel:
         if self.item_vectors.shape != (len(self.item_ids), self.dim):
             raise ArtifactError(f"items.npz: vectors shape {self.item_vectors.shape} != ({len(self.item_ids)}, {self.dim})")
         self.item_index = {str(i): n for n, i in enumerate(self.item_ids.tolist())}
+        self.ivf = _load_ivf(directory, manifest, len(self.item_ids), self.dim)
         self.transitions, self.transition_weight = _load_transitions(directory, manifest, len(self.item_ids))
         try:
             raw = json.loads((directory / "histories.json").read_text(encoding="utf-8"))

@@ -16,6 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
+from recmodel.ivf import auto_nlist  # noqa: F401 - re-exported for bench.index
 from services.inference.config import IndexConfig
 
 logger = logging.getLogger(__name__)
@@ -33,26 +34,38 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-scores[part], kind="stable")]
 
 
-def auto_nlist(n: int, lists_per_sqrt: float) -> int:
-    """Inverted lists for ``n`` vectors: ``lists_per_sqrt * sqrt(n)``, at least 16."""
-    return max(16, int(lists_per_sqrt * np.sqrt(n)))
-
-
 def nprobe_for(nlist: int, nprobe_fraction: float) -> int:
     """Inverted lists one query scans."""
     return max(1, int(round(nlist * nprobe_fraction)))
 
 
-def build_ivf(vectors: np.ndarray, ids: np.ndarray, nlist: int, nprobe_fraction: float):
+def build_ivf(vectors: np.ndarray, ids: np.ndarray, nlist: int, nprobe_fraction: float,
+              quantizer: tuple[np.ndarray, np.ndarray] | None = None):
     """A faiss IVF-Flat inner-product index over ``vectors`` (labelled ``ids``) scanning ``nprobe_fraction`` of
-    its lists per query. The centroids are trained on 50 points per list (more only slows the build)."""
+    its lists per query. The centroids are trained on 50 points per list (more only slows the build).
+
+    ``quantizer``: (centroids, list of each vector) shipped in the artifact (``recmodel.ivf``). Nothing is
+    then trained or searched: the vectors are only filed into their lists, for the same index."""
     import faiss
 
+    from recmodel.ivf import train_centroids
+
     dim = vectors.shape[1]
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 50 * nlist), replace=False)
-    index.train(np.ascontiguousarray(vectors[np.sort(sample)]))
-    index.add_with_ids(np.ascontiguousarray(vectors), ids)
+    if quantizer is None:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        centroids = train_centroids(vectors, nlist)
+        index.quantizer.add(centroids)
+        index.is_trained = True
+        index.add_with_ids(np.ascontiguousarray(vectors), ids)
+    else:
+        centroids, lists = quantizer
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        index.is_trained = True
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        labels = np.ascontiguousarray(ids, dtype=np.int64)
+        lists = np.ascontiguousarray(lists, dtype=np.int64)
+        index.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(labels), faiss.swig_ptr(lists))
     index.nprobe = nprobe_for(nlist, nprobe_fraction)
     return index
 
@@ -66,6 +79,7 @@ class ItemRetriever:
         available: np.ndarray,
         config: IndexConfig = IndexConfig(),
         cache_path: str | Path | None = None,
+        quantizer: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.available = np.asarray(available, dtype=bool)
@@ -74,13 +88,13 @@ class ItemRetriever:
         self._available_rows = np.flatnonzero(self.available)
         self._ann = None
         if len(self._available_rows) >= config.ann_threshold and len(self._available_rows) > 0:
-            self._ann = self._build_ann(cache_path)
+            self._ann = self._build_ann(cache_path, quantizer)
         self.kind = "ivf" if self._ann is not None else "exact"
 
     def __len__(self) -> int:
         return len(self.vectors)
 
-    def _build_ann(self, cache_path: str | Path | None):
+    def _build_ann(self, cache_path: str | Path | None, quantizer: tuple[np.ndarray, np.ndarray] | None):
         import faiss
 
         c = self.config
@@ -95,12 +109,29 @@ class ItemRetriever:
                     return index
             except Exception:  # noqa: BLE001 - a bad cache file is rebuilt, never fatal
                 logger.warning("ANN index cache unreadable; rebuilding", extra={"path": str(cache_path)})
+        shipped = self._shipped(quantizer, nlist)
+        if shipped is not None:  # filing the vectors into the shipped lists is cheaper than reading a cache
+            return build_ivf(self.vectors[rows], rows.astype(np.int64), nlist, c.nprobe_fraction,
+                             (shipped[0], shipped[1][rows]))
         index = build_ivf(self.vectors[rows], rows.astype(np.int64), nlist, c.nprobe_fraction)
         if cache_path is not None:
             tmp = f"{cache_path}.tmp{os.getpid()}"
             faiss.write_index(index, tmp)
             os.replace(tmp, cache_path)
         return index
+
+    def _shipped(self, quantizer, nlist: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The artifact's quantizer when it fits this catalog and this server's index settings, else None."""
+        if quantizer is None:
+            return None
+        centroids, lists = quantizer
+        fits = (centroids.shape == (nlist, self.vectors.shape[1]) and lists.shape == (len(self.vectors),)
+                and (len(lists) == 0 or (int(lists.min()) >= 0 and int(lists.max()) < nlist)))
+        if not fits:
+            logger.info("the artifact's IVF quantizer does not fit this server's index settings; building one",
+                        extra={"shipped_lists": int(centroids.shape[0]), "lists": nlist})
+            return None
+        return centroids, lists
 
     def search(
         self,

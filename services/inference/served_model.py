@@ -59,6 +59,7 @@ class ItemTableModel:
     histories: Mapping[str, Sequence[HistoryEntry]] = field(default_factory=dict)
     max_len: int = 50
     providers: list = field(default_factory=list)
+    ivf: tuple[np.ndarray, np.ndarray] | None = None  # (centroids, list of each row), as an artifact ships them
     transitions: TransitionRows | None = None
     transition_weight: float = 0.0
 
@@ -127,7 +128,8 @@ class ServedModel:
             index = dict(zip(map(str, ids), range(len(ids))))
         self.row_of = index
         self.categories, self._category_rows = _code_categories(runtime.categories)
-        self.retriever = ItemRetriever(self.item_vectors, self.available, index_config, index_cache_path)
+        self.retriever = ItemRetriever(self.item_vectors, self.available, index_config, index_cache_path,
+                                       quantizer=getattr(runtime, "ivf", None))
         self.ready = False
 
     @classmethod

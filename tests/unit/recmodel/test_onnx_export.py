@@ -104,3 +104,25 @@ def test_the_artifact_keeps_only_the_most_recently_active_users_histories(traine
     last = {u: h[-1][2] if h else 0 for u, h in histories.items()}
     assert len(histories) > 5 and len(kept) == 5
     assert min(last[u] for u in kept) >= max(last[u] for u in histories if u not in kept)
+
+
+def test_a_large_catalog_ships_its_ivf_quantizer_and_a_served_model_indexes_with_it(trained, tmp_path):
+    from recmodel.ivf import auto_nlist
+    from recmodel.serving import ArtifactModel
+    from services.inference.config import IndexConfig
+    from services.inference.served_model import ServedModel
+
+    small = export_artifact(trained, tmp_path / "small", model_name="demo")
+    assert "ivf.npz" not in small.files  # below ivf_min_items servers search exactly: nothing to ship
+
+    manifest = export_artifact(trained, tmp_path / "big", model_name="demo", ivf_min_items=10)
+    assert "ivf.npz" in manifest.files
+    runtime = ArtifactModel.load(tmp_path / "big", providers=["CPUExecutionProvider"])
+    centroids, lists = runtime.ivf
+    n_available = int(runtime.available.sum())
+    assert centroids.shape == (auto_nlist(n_available), runtime.dim) and lists.shape == (len(runtime.item_ids),)
+    served = ServedModel(runtime, index_config=IndexConfig(ann_threshold=10, nprobe_fraction=1.0))
+    assert served.index_kind == "ivf"
+    query = runtime.item_vectors[0]
+    exact = ServedModel(runtime, index_config=IndexConfig(ann_threshold=10**9))
+    assert served.retriever.search(query, 5)[0].tolist() == exact.retriever.search(query, 5)[0].tolist()

@@ -78,3 +78,23 @@ def test_a_cached_index_of_another_shape_is_rebuilt_not_reused(tmp_path):
     assert ItemRetriever(v, avail, IndexConfig(ann_threshold=100, nlist=32), cache_path=cache)._ann.nlist == 32
     exact = ItemRetriever(v, avail, IndexConfig(ann_threshold=10**9))
     assert finer.search(queries[0], 5)[0].tolist() == exact.search(queries[0], 5)[0].tolist()
+
+
+def test_a_shipped_quantizer_gives_the_index_a_server_would_build(caplog):
+    from recmodel.ivf import quantize_items
+
+    v, avail, queries = _data()
+    config = IndexConfig(ann_threshold=100, nprobe_fraction=0.2)
+    centroids, lists = quantize_items(v, avail, config.lists_per_sqrt)
+    built = ItemRetriever(v, avail, config)
+    shipped = ItemRetriever(v, avail, config, quantizer=(centroids, lists))
+    assert shipped.kind == "ivf" and shipped._ann.nlist == built._ann.nlist
+    for q in queries:
+        assert built.search(q, 10, banned=[3, 4])[0].tolist() == shipped.search(q, 10, banned=[3, 4])[0].tolist()
+
+    # One for other index settings (or another catalog) is not used: the server builds its own.
+    with caplog.at_level("INFO"):
+        other = ItemRetriever(v, avail, IndexConfig(ann_threshold=100, nlist=16), quantizer=(centroids, lists))
+    assert other._ann.nlist == 16 and "does not fit" in caplog.text
+    bad = ItemRetriever(v, avail, config, quantizer=(centroids, np.full(len(v), len(centroids), dtype=np.int32)))
+    assert bad.search(queries[0], 10)[0].tolist() == built.search(queries[0], 10)[0].tolist()
