@@ -7,6 +7,8 @@ Pure stdlib + numpy, shared by the trainer (export), the registry (verify, pack)
                        and {file name: sha256} for every other file
     user_encoder.onnx  the user encoder (see recmodel.export)
     items.npz          item ids, vectors, availability, titles, categories
+    transitions.npz    the item-to-item transition table (see recmodel.transitions)
+    ivf.npz            large catalogs only: the IVF quantizer servers index the items with (recmodel.ivf)
     histories.json     recent user histories at the training offsets
 
 ``pack_artifact`` writes a deterministic POSIX tar (sorted names, zero mtimes/owners), so the same
