@@ -135,6 +135,9 @@ class ChampionChallenger:
         self.download_dir = Path(download_dir) if download_dir else None
         self.metrics = metrics
         self._cache: OrderedDict[int, object] = OrderedDict()  # version -> loaded ArtifactModel
+        # Production's hit per holdout query, for the production version they were scored with: between two
+        # exports the version rarely changes and most queries are still in the buffer, so only new ones are scored.
+        self._production_hits: tuple[int, dict[HoldoutQuery, float]] = (0, {})
 
     def observe(self, trainer, events: Sequence[Event]) -> None:
         self.buffer.observe(trainer, events)
@@ -178,7 +181,7 @@ class ChampionChallenger:
             self.metrics.holdout_hit_rate.labels(role="candidate").set(float(cand_hits.mean()))
         if production is None:
             return candidate  # the first version: nothing to compare with
-        prod_hits = holdout_hits(production, queries, self.k)
+        prod_hits = self._hits_of_production(production_version, production, queries)
         result = paired_difference(cand_hits, prod_hits, self.confidence)
         if self.metrics is not None:
             self.metrics.holdout_hit_rate.labels(role="production").set(result.production_rate)
@@ -189,6 +192,17 @@ class ChampionChallenger:
             "diff_lower": round(result.lower, 4), "diff_upper": round(result.upper, 4),
             "seconds": round(time.perf_counter() - start, 2)})
         return candidate
+
+    def _hits_of_production(self, version: int, production, queries: Sequence[HoldoutQuery]) -> np.ndarray:
+        scored_version, known = self._production_hits
+        if scored_version != version:
+            known = {}
+        new = [q for q in dict.fromkeys(queries) if q not in known]
+        if new:
+            known.update(zip(new, holdout_hits(production, new, self.k).tolist()))
+        hits = np.array([known[q] for q in queries], dtype=bool)
+        self._production_hits = (version, {q: known[q] for q in queries})  # only what the buffer still holds
+        return hits
 
     def gate_metrics(self, production_version: int, result: PairedDifference) -> dict[str, float]:
         metric = f"hr@{self.k}"

@@ -170,3 +170,38 @@ def test_without_a_reachable_registry_the_artifact_is_registered_without_evidenc
     export_artifact(trainer, out, model_name="m")
     assert ChampionChallenger(Down(), "m", buffer=buffer).judge(out) is not None
     assert not any(k.startswith("gate.") for k in verify_artifact(out).metrics)
+
+
+def test_production_is_scored_once_per_holdout_query_until_another_version_is_production(trained_with_holdout,
+                                                                                         tmp_path):
+    trainer, buffer = trained_with_holdout
+    registry = FakeRegistry()
+    judge = ChampionChallenger(registry, "m", buffer=buffer)
+    v1 = tmp_path / "v1"
+    export_artifact(trainer, v1, model_name="m")
+    judge.remember(1, judge.judge(v1))
+    registry.dirs[1], registry.production = v1, 1
+    production = judge._cache[1]
+    scored: list[int] = []
+    score = production.score
+    production.score = lambda histories, *a, **kw: scored.append(len(histories)) or score(histories, *a, **kw)
+
+    first, second = tmp_path / "c1", tmp_path / "c2"
+    export_artifact(trainer, first, model_name="m")
+    shuffle_item_vectors(first)
+    shutil.copytree(first, second)
+    judge.judge(first)
+    assert sum(scored) == len(buffer)
+    judge.judge(second)  # the same holdout queries against the same production: nothing to score again
+    assert sum(scored) == len(buffer)
+    for key in ("gate.production_hr@10", "gate.candidate_hr@10", "gate.diff_lower", "gate.diff_upper", "gate.n"):
+        assert read_manifest(second).metrics[key] == read_manifest(first).metrics[key]
+
+    # Another production version: its hits are its own, scored afresh.
+    judge.remember(2, judge._cache[1])
+    registry.production = 2
+    third = tmp_path / "c3"
+    shutil.copytree(first, third)
+    judge.judge(third)
+    assert sum(scored) == 2 * len(buffer)
+    assert read_manifest(third).metrics["gate.production_version"] == 2
