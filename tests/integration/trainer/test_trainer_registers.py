@@ -47,6 +47,17 @@ def _stream_with_hot_items(n_hot: int = 5):
     return stream, events, hot
 
 
+def _trainer_config(kafka_config, registry, tmp_path, **trainer) -> TrainerConfig:
+    """The in-process trainer of these tests: the small model on the CPU, no metrics server."""
+    return TrainerConfig.model_validate({
+        "kafka": kafka_config.model_dump(),
+        "tls": tls_section("trainer"),
+        "metrics": {"enabled": False},
+        "trainer": {"registry_target": registry.target, "checkpoint_dir": str(tmp_path / "ckpt"), "device": "cpu",
+                    "model": small_model(), **trainer},
+    })
+
+
 def _untrained_prequential(config, stream, events) -> dict:
     """The trainer's prequential metrics over ``events`` from a model built like its own that never trains."""
     from recmodel.train import IncrementalTrainer
@@ -70,14 +81,8 @@ def test_events_in_version_registered_with_consumed_offsets(kafka_config, regist
     ends = end_offsets(kafka_config)
     assert sum(ends.values()) == len(events)
 
-    config = TrainerConfig.model_validate({
-        "kafka": kafka_config.model_dump(),
-        "tls": tls_section("trainer"),
-        "metrics": {"enabled": False},
-        "trainer": {"registry_target": registry.target, "checkpoint_dir": str(tmp_path / "ckpt"), "device": "cpu",
-                    "export_interval_s": 2, "checkpoint_interval_s": 1, "poll_max_records": 500,
-                    "model": small_model()},
-    })
+    config = _trainer_config(kafka_config, registry, tmp_path, export_interval_s=2, checkpoint_interval_s=1,
+                             poll_max_records=500)
     metrics = TrainerMetrics(CollectorRegistry())
     service = TrainerService(config, metrics, AlwaysLeader())
     stop = threading.Event()
@@ -149,14 +154,8 @@ def test_a_trainer_far_behind_trains_larger_micro_batches_until_it_has_caught_up
     publish_items(kafka_config, stream.items())
     publish_events(kafka_config, events)
     batch_size = small_model()["batch_size"]
-    config = TrainerConfig.model_validate({
-        "kafka": kafka_config.model_dump(),
-        "tls": tls_section("trainer"),
-        "metrics": {"enabled": False},
-        "trainer": {"registry_target": registry.target, "checkpoint_dir": str(tmp_path / "ckpt"), "device": "cpu",
-                    "export_interval_s": 3600, "poll_max_records": 2000, "idle_replay_epochs": 0,
-                    "catch_up_lag": 1000, "catch_up_batch_size": 2000, "model": small_model()},
-    })
+    config = _trainer_config(kafka_config, registry, tmp_path, export_interval_s=3600, poll_max_records=2000,
+                             idle_replay_epochs=0, catch_up_lag=1000, catch_up_batch_size=2000)
     metrics = TrainerMetrics(CollectorRegistry())
     service = TrainerService(config, metrics, AlwaysLeader())
     stop = threading.Event()
