@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from services.inference.config import IndexConfig
-from services.inference.retrieval import auto_nlist, build_ivf
+from recmodel.ivf import auto_nlist
+from services.inference.retrieval import build_ivf
 
 
 def clustered_vectors(n: int, dim: int, seed: int, n_clusters: int = 512, unit_norm: bool = True) -> np.ndarray:

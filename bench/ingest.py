@@ -206,6 +206,12 @@ def _run_ingesters(config: KafkaConfig, n: int, batch: int, processes: int, work
     return {"events_per_s": round(rate, 1), "total_s": round(samples[-1][0] - first, 3)}
 
 
+def _published_then(config: KafkaConfig, n: int, copy) -> float:
+    """Publish the N events, then time ``copy(config, n)`` over them."""
+    _publish(config, n)
+    return copy(config, n)
+
+
 def _measure(servers: str, partitions: int, n: int, what) -> object:
     """Run one measurement on fresh topics of its own (so no run sees another's events or offsets)."""
     config = KafkaConfig(bootstrap_servers=servers,
@@ -240,9 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="streamrec-bench-ingest-") as tmp:
             if shutil.which("kcat"):
-                kcat_s = _measure(servers, args.partitions, n, lambda c: (_publish(c, n), _run_kcat_copier(c, n))[1])
+                kcat_s = _measure(servers, args.partitions, n, lambda c: _published_then(c, n, _run_kcat_copier))
                 result["kcat_copier_events_per_s"] = round(n / kcat_s, 1)
-            copier_s = _measure(servers, args.partitions, n, lambda c: (_publish(c, n), _run_copier(c, n, args.batch))[1])
+            copier_s = _measure(servers, args.partitions, n,
+                                lambda c: _published_then(c, n, lambda c2, m: _run_copier(c2, m, args.batch)))
             result["copier_events_per_s"] = round(n / copier_s, 1)
             ingesters = {}
             for count in counts:

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-from recmodel.ivf import auto_nlist  # noqa: F401 - re-exported for bench.index
+from recmodel.ivf import auto_nlist
 from services.inference.config import IndexConfig
 
 logger = logging.getLogger(__name__)
@@ -51,19 +51,15 @@ def build_ivf(vectors: np.ndarray, ids: np.ndarray, nlist: int, nprobe_fraction:
     from recmodel.ivf import train_centroids
 
     dim = vectors.shape[1]
-    if quantizer is None:
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        centroids = train_centroids(vectors, nlist)
-        index.quantizer.add(centroids)
-        index.is_trained = True
-        index.add_with_ids(np.ascontiguousarray(vectors), ids)
+    centroids, lists = quantizer if quantizer is not None else (train_centroids(vectors, nlist), None)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    index.is_trained = True
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    labels = np.ascontiguousarray(ids, dtype=np.int64)
+    if lists is None:
+        index.add_with_ids(x, labels)
     else:
-        centroids, lists = quantizer
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-        index.is_trained = True
-        x = np.ascontiguousarray(vectors, dtype=np.float32)
-        labels = np.ascontiguousarray(ids, dtype=np.int64)
         lists = np.ascontiguousarray(lists, dtype=np.int64)
         index.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(labels), faiss.swig_ptr(lists))
     index.nprobe = nprobe_for(nlist, nprobe_fraction)

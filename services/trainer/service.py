@@ -60,7 +60,7 @@ class TrainerService:
                                                         tls=config.tls)
         self.trainer_id = self.cfg.trainer_id or getattr(elector, "identity", "trainer")
         self._replayed_unexported = 0  # idle replay steps the registered version does not have yet
-        self._catching_up = False  # behind the end of `events` by more than catch_up_lag (see _refresh_lag)
+        self._step_events: int | None = None  # catch_up_batch_size while far behind (see _refresh_lag), else None
         self.exporter = VersionExporter(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
                                           auto_promote=self.cfg.auto_promote, exports_dir=self.store.exports_dir,
                                           keep_exports=self.cfg.keep_exports)
@@ -257,8 +257,7 @@ class TrainerService:
         if batch.events:
             self.champion.observe(trainer, batch.events)
             monitor.observe_and_test(trainer, batch.events)
-            size = self.cfg.catch_up_batch_size if self._catching_up and self.cfg.catch_up_batch_size else None
-            loss = self.backend.train_events(batch.events, size).loss
+            loss = self.backend.train_events(batch.events, self._step_events).loss
         events.advance_past(batch)
         position.events_offsets = dict(events.positions)
         position.records_consumed += batch.records
@@ -299,13 +298,13 @@ class TrainerService:
         else:
             for p, lag in lags.items():
                 self.metrics.consumer_lag.labels(topic=self.events_topic, partition=str(p)).set(lag)
-            behind = sum(lags.values()) > self.cfg.catch_up_lag
-            if behind != self._catching_up:
-                logger.info("catching up: larger micro-batches" if behind else "caught up: usual micro-batches",
-                            extra={"lag": sum(lags.values()), "events_per_step": self.cfg.catch_up_batch_size
-                                   if behind else self.cfg.model.batch_size})
-            self._catching_up = behind
-            self.metrics.catching_up.set(1 if behind and self.cfg.catch_up_batch_size else 0)
+            lag = sum(lags.values())
+            step_events = (self.cfg.catch_up_batch_size or None) if lag > self.cfg.catch_up_lag else None
+            if step_events != self._step_events:
+                logger.info("catching up: larger micro-batches" if step_events else "caught up: usual micro-batches",
+                            extra={"lag": lag, "events_per_step": step_events or self.cfg.model.batch_size})
+            self._step_events = step_events
+            self.metrics.catching_up.set(1 if step_events else 0)
         if position.newest_event_ms:
             self.metrics.freshness.set(max(0.0, time.time() - position.newest_event_ms / 1000.0))
 
