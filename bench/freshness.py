@@ -8,6 +8,8 @@
     also notes when the first version trained on the event was registered and what the promotion gate
     decided about it. Every probe is counted: ``held_back`` says how many first versions the gate did
     not promote (held or rejected), ``not_served`` how many probes timed out unserved.
+    ``trainer_publish_times`` has the trainer's mean seconds per checkpoint and per stage of publishing a
+    version (evaluate, write, judge, register), read from its /metrics: where (b)'s time goes.
 
 Starts its own stack (on free ports, in a temporary directory) with a steady demo stream.
 """
@@ -81,6 +83,31 @@ def _top_item(stub, user_id: str, timeout_s: float) -> str | None:
             return items[0].item_id
         time.sleep(0.5)
     return None
+
+
+def _trainer_times(metrics_url: str) -> dict:
+    """Mean seconds of the trainer's checkpoint and of each stage of publishing a version, from its /metrics
+    (where the time between training on an event and serving a version of it goes)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("streamrec_trainer_checkpoint_duration_seconds",
+                               "streamrec_trainer_export_stage_duration_seconds"):
+            continue
+        for sample in family.samples:
+            name = sample.labels.get("stage", "checkpoint")
+            if sample.name.endswith("_sum"):
+                sums[name] = sample.value
+            elif sample.name.endswith("_count"):
+                counts[name] = sample.value
+    means = {name: round(sums[name] / counts[name], 3) for name in sums if counts.get(name)}
+    return {"mean_s": means, "exports": int(counts.get("register", 0))}
 
 
 def _find_offset(stack, event_id: str, since: dict, timeout_s: float = 30.0) -> tuple[int, int] | None:
@@ -181,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     stream = SyntheticStream(seed=11)
     history_ms: list[float] = []
     probes: list[ModelProbe] = []
+    trainer_times: dict = {}
     wall = time.monotonic()
     with stack:
         publisher = DemoPublisher(stack.kafka_config, stream.items(), stream.events(), rate=args.rate).start()
@@ -202,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                     item = _top_item(stub, user, timeout_s)
                     probes.append(ModelProbe() if item is None else
                                   _model_probe(stub, stack, registry, producer, user, item, timeout_s=timeout_s))
+            trainer_times = _trainer_times(stack.services["trainer"].metrics_url)
         except grpc.RpcError as exc:
             print(f"streamrec bench freshness: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
@@ -224,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_trained_and_registered_s": _summary([p.registered_s for p in probes]),
         "model_probes": [asdict(p) | {"held_back": p.held_back} for p in probes],
         "export_interval_s": args.export_interval,
+        "trainer_publish_times": trainer_times,
         "background_rate_eps": args.rate,
         "seconds": round(time.monotonic() - wall, 1),
     }

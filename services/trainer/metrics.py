@@ -25,6 +25,10 @@ class TrainerMetrics:
         self.export_duration = Histogram(
             "streamrec_trainer_export_duration_seconds", "Evaluate + export + register one version",
             buckets=EXPORT_BUCKETS, registry=registry)
+        self.export_stage_duration = Histogram(
+            "streamrec_trainer_export_stage_duration_seconds",
+            "One stage of publishing a version: evaluate, write (the artifact), judge (the gate's evidence), register",
+            ["stage"], buckets=EXPORT_BUCKETS, registry=registry)
         self.versions_registered = Counter(
             "streamrec_trainer_versions_registered", "Model versions registered", registry=registry)
         self.registered_version = Gauge(
@@ -51,7 +55,7 @@ class TrainerMetrics:
         self.holdout_events = Gauge(
             "streamrec_trainer_holdout_events", "Holdout events the last gate comparison was scored on",
             registry=registry)
-        # Beyond the contract (told to the lead):
+        # Beyond the contract:
         self.checkpoints = Counter(
             "streamrec_trainer_checkpoints", "Checkpoints written", registry=registry)
         self.checkpoint_duration = Histogram(

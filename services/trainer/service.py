@@ -332,20 +332,36 @@ class TrainerService:
         return (reg is None or reg.events_offsets != position.events_offsets
                 or reg.items_offsets != position.items_offsets or self._replayed_unexported > 0)
 
+    def _stage_timer(self):
+        """A function that records the time since its last call (or its creation) under the stage it names."""
+        last = [time.perf_counter()]
+
+        def stage(name: str) -> None:
+            now = time.perf_counter()
+            self.metrics.export_stage_duration.labels(stage=name).observe(now - last[0])
+            last[0] = now
+
+        return stage
+
     def _export(self, trainer, position: StreamPosition, monitor: PrequentialEvaluator) -> None:
         start = time.perf_counter()
+        stage = self._stage_timer()
         metrics = monitor.metrics()
         for k in self.cfg.eval_k:
             self.metrics.prequential_hit_rate.labels(k=str(k)).set(metrics[f"hr@{k}"])
         metrics.update(events_trained=float(trainer.events_trained),
                        newest_event_ms=float(position.newest_event_ms))
         offsets = dict(position.events_offsets)
+        stage("evaluate")
         try:
             artifact = self.exporter.export(trainer, self.events_topic, offsets, metrics)
+            stage("write")
             candidate = self.champion.judge(artifact)  # adds the gate's paired evidence to the manifest
+            stage("judge")
             self._check_leader()
             parent = self.registration.version if self.registration else 0
             version = self.exporter.register(artifact, parent_version=parent)
+            stage("register")
             self.champion.remember(version, candidate)
         except LostLeadership:
             raise

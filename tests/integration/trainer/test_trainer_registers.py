@@ -116,6 +116,10 @@ def test_events_in_version_registered_with_consumed_offsets(kafka_config, regist
     assert version.metrics["hr@10"] > max(2 * untrained["hr@10"], untrained["hr@10"] + 0.1), untrained
     assert metrics.versions_registered._value.get() >= 1
     assert metrics.registered_version._value.get() >= version.version
+    stages = {s.labels["stage"]: s.value for s in metrics.export_stage_duration.collect()[0].samples
+              if s.name.endswith("_count")}
+    assert set(stages) == {"evaluate", "write", "judge", "register"}
+    assert stages["register"] >= 1 and stages["evaluate"] >= stages["register"]
 
     # Serve the registered artifact the way inference does and look at what it recommends.
     from recmodel.serving import ArtifactModel

@@ -75,3 +75,23 @@ def test_summary_counts_every_probe():
               freshness.ModelProbe(None, 0, "", None)]
     assert freshness._summary([p.served_s for p in probes]) == {"p50": 66.5, "max": 130.0, "n": 2}
     assert sum(p.held_back for p in probes) == 1
+
+
+def test_trainer_times_are_the_mean_of_each_stage_read_from_the_trainers_metrics_endpoint():
+    from prometheus_client import CollectorRegistry
+
+    from services.common.metrics import MetricsServer
+    from services.trainer.metrics import TrainerMetrics
+
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics(registry)
+    for seconds in (0.2, 0.4):
+        metrics.export_stage_duration.labels(stage="write").observe(seconds)
+        metrics.export_stage_duration.labels(stage="register").observe(seconds / 2)
+    metrics.checkpoint_duration.observe(1.5)
+    server = MetricsServer(registry, host="127.0.0.1", port=0).start()
+    try:
+        times = freshness._trainer_times(f"http://127.0.0.1:{server.port}/metrics")
+    finally:
+        server.stop()
+    assert times == {"mean_s": {"write": 0.3, "register": 0.15, "checkpoint": 1.5}, "exports": 2}
