@@ -186,3 +186,45 @@ def test_a_trainer_far_behind_trains_larger_micro_batches_until_it_has_caught_up
         stop.set()
         thread.join(timeout=60)
     assert not thread.is_alive()
+
+
+def test_every_version_is_registered_after_a_checkpoint_that_covers_it(kafka_config, registry, tmp_path):
+    """An export's checkpoint is durable before the registry hears of the version: a new leader never restores
+    a state behind a registered version."""
+    from recmodel.artifact import read_manifest
+    from recmodel.checkpoint import read_checkpoint
+    from services.trainer.checkpoint_store import StreamPosition
+
+    ensure_topics(kafka_config, [kafka_config.topics.name("events"), kafka_config.topics.name("items")])
+    stream = SyntheticStream(seed=3, n_users=80, n_items=120, n_events=3000)
+    publish_items(kafka_config, stream.items())
+    publish_events(kafka_config, list(stream.events()))
+    ends = end_offsets(kafka_config)
+    # Checkpoints only come with exports here.
+    config = _trainer_config(kafka_config, registry, tmp_path, export_interval_s=0.5, checkpoint_interval_s=3600,
+                             poll_max_records=300)
+    service = TrainerService(config, TrainerMetrics(CollectorRegistry()), AlwaysLeader())
+    events_topic = kafka_config.topics.name("events")
+    registered: list[tuple[dict, dict]] = []  # (the version's offsets, the checkpoint's) at each registration
+    register = service.exporter.register
+
+    def register_after_checking(artifact_dir, parent_version):
+        offsets = {int(p): o for p, o in read_manifest(artifact_dir).training_offsets[events_topic].items()}
+        _, extra = read_checkpoint(service.store.path)
+        registered.append((offsets, StreamPosition.from_extra(extra).events_offsets))
+        return register(artifact_dir, parent_version=parent_version)
+
+    service.exporter.register = register_after_checking
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: registered and {str(p): o for p, o in registered[-1][0].items()} == ends, 240,
+                 "a version trained up to the end offsets", interval_s=0.5)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert len(registered) >= 2
+    for version, checkpoint in registered:
+        assert all(checkpoint.get(p, 0) >= o for p, o in version.items()), (version, checkpoint)
