@@ -88,26 +88,15 @@ def _top_item(stub, user_id: str, timeout_s: float) -> str | None:
 def _trainer_times(metrics_url: str) -> dict:
     """Mean seconds of the trainer's checkpoint and of each stage of publishing a version, from its /metrics
     (where the time between training on an event and serving a version of it goes)."""
-    import urllib.request
+    from services.stack.status import scrape, total
 
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
-        text = resp.read().decode()
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name not in ("streamrec_trainer_checkpoint_duration_seconds",
-                               "streamrec_trainer_export_stage_duration_seconds"):
-            continue
-        for sample in family.samples:
-            name = sample.labels.get("stage", "checkpoint")
-            if sample.name.endswith("_sum"):
-                sums[name] = sample.value
-            elif sample.name.endswith("_count"):
-                counts[name] = sample.value
-    means = {name: round(sums[name] / counts[name], 3) for name in sums if counts.get(name)}
-    return {"mean_s": means, "exports": int(counts.get("register", 0))}
+    samples = scrape(metrics_url, timeout_s=10)
+    stage, checkpoint = "streamrec_trainer_export_stage_duration_seconds", "streamrec_trainer_checkpoint_duration_seconds"
+    parts = {lbl["stage"]: (total(samples, stage + "_sum", stage=lbl["stage"]), n)
+             for lbl, n in samples.get(stage + "_count", ())}
+    parts["checkpoint"] = (total(samples, checkpoint + "_sum"), total(samples, checkpoint + "_count"))
+    return {"mean_s": {name: round(s / n, 3) for name, (s, n) in parts.items() if n},
+            "exports": int(parts.get("register", (0, 0))[1])}
 
 
 def _find_offset(stack, event_id: str, since: dict, timeout_s: float = 30.0) -> tuple[int, int] | None:

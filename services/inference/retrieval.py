@@ -16,7 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-from recmodel.ivf import auto_nlist
+from recmodel.ivf import auto_nlist, train_centroids
 from services.inference.config import IndexConfig
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ def build_ivf(vectors: np.ndarray, ids: np.ndarray, nlist: int, nprobe_fraction:
     ``quantizer``: (centroids, list of each vector) shipped in the artifact (``recmodel.ivf``). Nothing is
     then trained or searched: the vectors are only filed into their lists, for the same index."""
     import faiss
-
-    from recmodel.ivf import train_centroids
 
     dim = vectors.shape[1]
     centroids, lists = quantizer if quantizer is not None else (train_centroids(vectors, nlist), None)

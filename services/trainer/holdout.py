@@ -137,7 +137,7 @@ class ChampionChallenger:
         self._cache: OrderedDict[int, object] = OrderedDict()  # version -> loaded ArtifactModel
         # Production's hit per holdout query, for the production version they were scored with: between two
         # exports the version rarely changes and most queries are still in the buffer, so only new ones are scored.
-        self._production_hits: tuple[int, dict[HoldoutQuery, float]] = (0, {})
+        self._production_hits: tuple[int, dict[HoldoutQuery, bool]] = (0, {})
 
     def observe(self, trainer, events: Sequence[Event]) -> None:
         self.buffer.observe(trainer, events)
