@@ -11,7 +11,8 @@ event of a whole stream.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Protocol, Sequence
+import time
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -33,13 +34,17 @@ class PrequentialEvaluator:
     ``window``: how many of the latest predictions the metrics cover (None: all). ``per_batch``: at most
     this many predictions per batch, spread evenly over it (None: every positive event). ``max_users``:
     histories kept for this many recently active users (None: all). ``max_history``: items per history
-    excluded from the ranking (the encoder reads at most ``max_len`` of them).
+    excluded from the ranking (the encoder reads at most ``max_len`` of them). ``where``: only events it
+    accepts are predicted (all events still extend the histories); ``seconds`` is the time spent ranking.
     """
 
     def __init__(self, *, ks: Sequence[int] = (10,), window: int | None = 2000, per_batch: int | None = 256,
                  max_users: int | None = 200_000, max_history: int = 50, exclude_seen: bool = True,
-                 event_weights: dict[str, float] | None = None) -> None:
+                 event_weights: dict[str, float] | None = None,
+                 where: Callable[[Event], bool] | None = None) -> None:
         self.ks = tuple(ks)
+        self.where = where
+        self.seconds = 0.0
         self.enabled = window is None or window > 0
         self.ranks: deque[float] = deque(maxlen=None if window is None else max(window, 1))
         self.per_batch = per_batch
@@ -54,7 +59,9 @@ class PrequentialEvaluator:
         queries = self._observe(events, self.event_weights or getattr(model, "event_weights", None)
                                 or DEFAULT_EVENT_WEIGHTS)
         if queries:
+            start = time.perf_counter()
             self._rank(model, queries)
+            self.seconds += time.perf_counter() - start
 
     def _observe(self, events: Sequence[Event], weights: dict[str, float]) -> list[tuple[list, int, str]]:
         queries = []
@@ -65,7 +72,8 @@ class PrequentialEvaluator:
                 hist = self._hist[e.user_id] = []
             else:
                 self._hist.move_to_end(e.user_id)
-            if self.enabled and n % stride == 0 and weights.get(e.type, 0.0) > 0 and hist:
+            if (self.enabled and n % stride == 0 and weights.get(e.type, 0.0) > 0 and hist
+                    and (self.where is None or self.where(e))):
                 queries.append((list(hist), e.timestamp_ms, e.item_id))
             hist.append((e.item_id, e.type, int(e.timestamp_ms)))
             del hist[: -self.max_history]
@@ -107,13 +115,16 @@ def prequential_evaluate(
     max_history: int = 50,
     exclude_seen: bool = True,
     event_weights: dict[str, float] | None = None,
+    where: Callable[[Event], bool] | None = None,
 ) -> dict[str, float]:
-    """Test-then-train over the whole of ``events`` in windows of ``window`` events; every positive counts."""
+    """Test-then-train over the whole of ``events`` in windows of ``window`` events; every positive counts
+    (or every positive that ``where`` accepts). ``seconds``: the time spent ranking, not training."""
     evaluator = PrequentialEvaluator(ks=(k,), window=None, per_batch=None, max_users=None, max_history=max_history,
-                                     exclude_seen=exclude_seen, event_weights=event_weights)
+                                     exclude_seen=exclude_seen, event_weights=event_weights, where=where)
     for lo in range(0, len(events), window):
         chunk = events[lo : lo + window]
         evaluator.observe_and_test(model, chunk)
         model.train_events(chunk)
     m = evaluator.metrics()
-    return {f"hr@{k}": m[f"hr@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"], "predictions": len(evaluator.ranks)}
+    return {f"hr@{k}": m[f"hr@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"], "predictions": len(evaluator.ranks),
+            "seconds": evaluator.seconds}

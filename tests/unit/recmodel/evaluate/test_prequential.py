@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from recmodel.data import Event
+from recmodel.evaluate import prequential_evaluate
+
+
+class CountingModel:
+    """Scores an item by how often it has been trained on (plus a fixed tie-break): it learns only from
+    ``train_events``, so a prediction made after training on its own event would be visibly better."""
+
+    item_ids = ["a", "b", "c", "d"]
+    base = {"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.1}
+
+    def __init__(self):
+        self.counts = dict.fromkeys(self.item_ids, 0)
+
+    def score(self, histories, now_ms, item_ids):
+        return np.array([[self.counts[i] + self.base[i] for i in item_ids] for _ in histories])
+
+    def train_events(self, events):
+        for e in events:
+            self.counts[e.item_id] += 1
+
+
+def ev(n, user, item, ts):
+    return Event(f"e{n}", user, item, "click", 1.0, ts)
+
+
+EVENTS = [ev(0, "u", "a", 1), ev(1, "v", "a", 2), ev(2, "u", "c", 3), ev(3, "v", "c", 4), ev(4, "u", "b", 5)]
+
+
+def test_each_event_is_predicted_before_the_model_trains_on_it():
+    r = prequential_evaluate(CountingModel(), EVENTS, k=1, window=1)
+    # u->c: c was never trained on, b outranks it (a is seen) -> miss; v->c: trained once -> hit;
+    # u->b: a and c are seen, b beats d -> hit. First events of a user have no history to predict from.
+    assert r["predictions"] == 3
+    assert r["hr@1"] == pytest.approx(2 / 3)
+    assert r["seconds"] >= 0.0
+
+
+def test_where_limits_the_predictions_but_every_event_still_trains_and_extends_histories():
+    only_c = prequential_evaluate(CountingModel(), EVENTS, k=1, window=1, where=lambda e: e.item_id == "c")
+    assert only_c["predictions"] == 2 and only_c["hr@1"] == pytest.approx(1 / 2)
+    # u's last prediction excludes a and c (seen in events the filter skipped) and ranks b first.
+    only_b = prequential_evaluate(CountingModel(), EVENTS, k=1, window=1, where=lambda e: e.item_id == "b")
+    assert only_b["predictions"] == 1 and only_b["hr@1"] == 1.0
+    none = prequential_evaluate(CountingModel(), EVENTS, k=1, window=1, where=lambda e: False)
+    assert none["predictions"] == 0 and none["hr@1"] == 0.0
