@@ -8,7 +8,7 @@ from recmodel.evaluate.leave_last_out import (
     leave_last_out_split,
 )
 from recmodel.evaluate.metrics import hit_rate, ndcg, target_rank
-from recmodel.evaluate.prequential import PrequentialEvaluator, prequential_evaluate
+from recmodel.evaluate.prequential import PrequentialEvaluator, prequential_evaluate, prequential_evaluate_many
 from recmodel.evaluate.protocol import Scorer
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "ndcg",
     "PrequentialEvaluator",
     "prequential_evaluate",
+    "prequential_evaluate_many",
     "target_rank",
 ]

@@ -5,14 +5,14 @@ user's history so far, ranked among every item the model knows with the user's p
 items the model does not know yet count as misses. :class:`PrequentialEvaluator` does this for one
 batch at a time: the trainer service runs it on every micro-batch (sampled, over a sliding window of
 recent predictions, with a bounded set of users), and :func:`prequential_evaluate` runs it on every
-event of a whole stream.
+event of a whole stream (:func:`prequential_evaluate_many`: several filtered views of one pass).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
 import time
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Collection, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -35,15 +35,17 @@ class PrequentialEvaluator:
     this many predictions per batch, spread evenly over it (None: every positive event). ``max_users``:
     histories kept for this many recently active users (None: all). ``max_history``: items per history
     excluded from the ranking (the encoder reads at most ``max_len`` of them). ``where``: only events it
-    accepts are predicted (all events still extend the histories); ``seconds`` is the time spent ranking.
+    accepts are predicted (all events still extend the histories); ``candidates``: rank among these items
+    only (default: every item the model knows); ``seconds`` is the time spent ranking.
     """
 
     def __init__(self, *, ks: Sequence[int] = (10,), window: int | None = 2000, per_batch: int | None = 256,
                  max_users: int | None = 200_000, max_history: int = 50, exclude_seen: bool = True,
                  event_weights: dict[str, float] | None = None,
-                 where: Callable[[Event], bool] | None = None) -> None:
+                 where: Callable[[Event], bool] | None = None, candidates: Collection[str] | None = None) -> None:
         self.ks = tuple(ks)
         self.where = where
+        self.candidates = None if candidates is None else frozenset(candidates)
         self.seconds = 0.0
         self.enabled = window is None or window > 0
         self.ranks: deque[float] = deque(maxlen=None if window is None else max(window, 1))
@@ -83,6 +85,8 @@ class PrequentialEvaluator:
 
     def _rank(self, model, queries: list[tuple[list, int, str]]) -> None:
         item_ids = list(model.item_ids)
+        if self.candidates is not None:
+            item_ids = [i for i in item_ids if i in self.candidates]
         index = {iid: j for j, iid in enumerate(item_ids)}
         answerable = [q for q in queries if q[2] in index]
         self.ranks.extend([float("inf")] * (len(queries) - len(answerable)))  # unknown items are misses
@@ -116,15 +120,41 @@ def prequential_evaluate(
     exclude_seen: bool = True,
     event_weights: dict[str, float] | None = None,
     where: Callable[[Event], bool] | None = None,
+    candidates: Collection[str] | None = None,
 ) -> dict[str, float]:
     """Test-then-train over the whole of ``events`` in windows of ``window`` events; every positive counts
-    (or every positive that ``where`` accepts). ``seconds``: the time spent ranking, not training."""
-    evaluator = PrequentialEvaluator(ks=(k,), window=None, per_batch=None, max_users=None, max_history=max_history,
-                                     exclude_seen=exclude_seen, event_weights=event_weights, where=where)
+    (or every positive that ``where`` accepts), ranked among ``candidates`` (default: every item the model
+    knows). ``seconds``: the time spent ranking, not training."""
+    return prequential_evaluate_many(model, events, {"": {"where": where, "candidates": candidates}}, k=k,
+                                     window=window, max_history=max_history, exclude_seen=exclude_seen,
+                                     event_weights=event_weights)[""]
+
+
+def prequential_evaluate_many(
+    model: StreamingModel,
+    events: Sequence[Event],
+    views: Mapping[str, Mapping[str, object]],
+    *,
+    k: int = 10,
+    window: int = 256,
+    max_history: int = 50,
+    exclude_seen: bool = True,
+    event_weights: dict[str, float] | None = None,
+) -> dict[str, dict[str, float]]:
+    """:func:`prequential_evaluate` for several views of one pass (each view's ``where`` and ``candidates``),
+    so the model trains once; one result per view name."""
+    evaluators = {name: PrequentialEvaluator(ks=(k,), window=None, per_batch=None, max_users=None,
+                                             max_history=max_history, exclude_seen=exclude_seen,
+                                             event_weights=event_weights, **view)
+                  for name, view in views.items()}
     for lo in range(0, len(events), window):
         chunk = events[lo : lo + window]
-        evaluator.observe_and_test(model, chunk)
+        for evaluator in evaluators.values():
+            evaluator.observe_and_test(model, chunk)
         model.train_events(chunk)
-    m = evaluator.metrics()
-    return {f"hr@{k}": m[f"hr@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"], "predictions": len(evaluator.ranks),
-            "seconds": evaluator.seconds}
+    out = {}
+    for name, evaluator in evaluators.items():
+        m = evaluator.metrics()
+        out[name] = {f"hr@{k}": m[f"hr@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"], "predictions": len(evaluator.ranks),
+                     "seconds": evaluator.seconds}
+    return out

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from recmodel.data import Event
-from recmodel.evaluate import prequential_evaluate
+from recmodel.evaluate import prequential_evaluate, prequential_evaluate_many
 
 
 class CountingModel:
@@ -47,3 +47,22 @@ def test_where_limits_the_predictions_but_every_event_still_trains_and_extends_h
     assert only_b["predictions"] == 1 and only_b["hr@1"] == 1.0
     none = prequential_evaluate(CountingModel(), EVENTS, k=1, window=1, where=lambda e: False)
     assert none["predictions"] == 0 and none["hr@1"] == 0.0
+
+
+def test_candidates_restrict_the_ranking_to_a_set_of_items():
+    # u->c loses to b among all items, but wins among {c, d}; b is not a candidate, so u->b is a miss.
+    r = prequential_evaluate(CountingModel(), EVENTS, k=1, window=1, candidates={"c", "d"})
+    assert r["predictions"] == 3
+    assert r["hr@1"] == pytest.approx(2 / 3)
+    only_c = prequential_evaluate(CountingModel(), EVENTS, k=1, window=1, where=lambda e: e.item_id == "c",
+                                  candidates={"c", "d"})
+    assert only_c["hr@1"] == 1.0
+
+
+def test_several_views_of_one_pass_match_separate_passes():
+    views = {"all": {}, "c": {"where": lambda e: e.item_id == "c"}, "cd": {"candidates": {"c", "d"}}}
+    many = prequential_evaluate_many(CountingModel(), EVENTS, views, k=1, window=1)
+    for name, view in views.items():
+        alone = prequential_evaluate(CountingModel(), EVENTS, k=1, window=1, **view)
+        assert {key: many[name][key] for key in ("hr@1", "ndcg@1", "predictions")} == \
+            {key: alone[key] for key in ("hr@1", "ndcg@1", "predictions")}
