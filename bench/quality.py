@@ -162,21 +162,21 @@ def _cold_item_filter(events):
     return cutoff, cold_items, is_cold
 
 
-def _cold_views(train, cold_items: frozenset) -> dict:
+def _cold_views(train, cold_items: frozenset, is_cold) -> dict:
     """The prequential cold-start views: events of new items ranked among every item and among the new items
     only (a "new arrivals" shelf), and an item's very first event (no interaction yet) among the new items."""
     first: dict[str, str] = {}
     for e in train:
         first.setdefault(e.item_id, e.event_id)
 
-    def is_cold(e) -> bool:
-        return e.item_id in cold_items
+    def is_new(e) -> bool:
+        return is_cold(e.user_id, e)
 
     def is_first(e) -> bool:
-        return e.item_id in cold_items and first[e.item_id] == e.event_id
+        return is_new(e) and first[e.item_id] == e.event_id
 
-    return {"all_items": {"where": is_cold},
-            "among_new_items": {"where": is_cold, "candidates": cold_items},
+    return {"all_items": {"where": is_new},
+            "among_new_items": {"where": is_new, "candidates": cold_items},
             "first_event_among_new_items": {"where": is_first, "candidates": cold_items}}
 
 
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     config = _trainer_config(args, len(item_list), text_encoder)
     _run_baselines(scorer, split.train, args.seed)
     cutoff, cold_items, is_cold = _cold_item_filter(dataset.events)
-    cold_views = _cold_views(split.train, cold_items) if args.cold_start else None
+    cold_views = _cold_views(split.train, cold_items, is_cold) if args.cold_start else None
     streaming = _new_trainer(config, item_list, use_text=True)
     cold_with_text = _run_streaming(scorer, streaming, split.train, args, is_cold, cold_views)
     _run_offline(scorer, _new_trainer(config, item_list, use_text=True), split.train, args.epochs)
