@@ -5,7 +5,10 @@ recmodel (synthetic stream, HashingTextEncoder, ONNX user encoder), starts an in
 child process whose catalog is the artifact's items grown to N (``bench.catalog``: new items near trained ones), and
 drives it from this process with C concurrent asyncio gRPC calls for S seconds per method. The
 server runs the same data plane, batcher, retrieval and gRPC stack as ``streamrec inference``; only
-the Kafka watcher is left out (the model is loaded once at start).
+the Kafka watcher is left out (the model is loaded once at start). Like ``streamrec inference``, it runs
+one server process per core by default (``--processes``), sharing the ports with SO_REUSEPORT; the kernel
+spreads connections, not calls, over them, so with several processes each caller has a connection of its
+own (``--connections``). Each process has its own model, history store and caches, as in production.
 
 The data plane is served twice, on two ports: with mutual TLS (certificates from a throwaway local
 CA, as ``streamrec up`` makes them) and in plaintext, so ``tls_cost`` compares the two on the same
@@ -103,8 +106,9 @@ def _load_runtime(artifact: str | None):
 
 
 def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: int, workers: int, tls_dir: str,
-           conn) -> None:
-    """Child process: load the artifact, grow the catalog to n_items, serve until told to stop."""
+           conn, ports: dict[str, int] | None = None, reuse_port: bool = False) -> None:
+    """Child process: load the artifact, grow the catalog to n_items, serve until told to stop. ``ports``: bind
+    these (shared with the first server process, SO_REUSEPORT) instead of new ones."""
     from services.common.grpc import GrpcServer
     from services.common.tls import LocalCA, TlsConfig
     from services.inference.batcher import EncoderBatcher
@@ -138,7 +142,7 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
     plane = RecommenderDataPlane(repo, store, InferenceSection(), batcher)
     servers = {}
     for mode, tls in (("tls", LocalCA(tls_dir).tls_config("inference")), ("plaintext", TlsConfig(plaintext=True))):
-        server = GrpcServer("127.0.0.1", 0, max_workers=workers, tls=tls)
+        server = GrpcServer("127.0.0.1", (ports or {}).get(mode, 0), max_workers=workers, tls=tls, reuse_port=reuse_port)
         RecommenderServicer(plane).register(server)
         server.start()
         server.set_serving(True)
@@ -177,6 +181,7 @@ def _control(conn, store, plane, model, next_version) -> None:
     """The driver's side channel until "stop": fresh events (applied as the history follower applies a
     consumed one, then acknowledged), counters, the recall check and a model swap."""
     swap: dict = {}
+    swapper: threading.Thread | None = None
     while True:
         msg = conn.recv()
         if msg[0] == "event":
@@ -189,12 +194,58 @@ def _control(conn, store, plane, model, next_version) -> None:
         elif msg[0] == "recall":
             conn.send(_served_recall(store, model, msg[1], msg[2]))
         elif msg[0] == "swap":
-            threading.Thread(target=lambda: swap.update(seconds=next_version()), daemon=True).start()
+            def run() -> None:
+                swap["seconds"] = next_version()
+                swap["done_at"] = time.monotonic()  # CLOCK_MONOTONIC: comparable with the driver's
+
+            swapper = threading.Thread(target=run, daemon=True)
+            swapper.start()
             conn.send(True)
-        elif msg[0] == "swap_seconds":
-            conn.send(swap.get("seconds"))
+        elif msg[0] == "swap_wait":
+            if swapper is not None:
+                swapper.join()
+            conn.send((swap.get("seconds"), swap.get("done_at")))
         else:
             return
+
+
+class ServerProcesses:
+    """The server processes of the bench: one, or several sharing its ports (SO_REUSEPORT), as
+    ``inference.processes`` runs them. Each has its own model and history store, so fresh events and the
+    model swap go to every one of them (as every worker follows the events and the announcements)."""
+
+    def __init__(self, n: int, serve_args: tuple) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.procs, self.conns = [], []
+        self.info: dict = {}
+        for i in range(n):
+            parent, child = ctx.Pipe()
+            ports = self.info["ports"] if i else None
+            proc = ctx.Process(target=_serve, args=(*serve_args, child, ports, n > 1))
+            proc.start()
+            self.procs.append(proc)
+            self.conns.append(parent)
+            info = parent.recv()  # the first one's ports are bound before the next one starts
+            self.info = self.info or info
+
+    def ask(self, msg: tuple) -> list:
+        """Send ``msg`` to every process; their answers, in order."""
+        for conn in self.conns:
+            conn.send(msg)
+        return [conn.recv() for conn in self.conns]
+
+    def ask_first(self, msg: tuple):
+        self.conns[0].send(msg)
+        return self.conns[0].recv()
+
+    def stop(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(("stop",))
+            except OSError:
+                pass
+        for proc in self.procs:
+            proc.join(30)
 
 
 def _served_recall(store, model, users, k: int) -> float | None:
@@ -220,8 +271,8 @@ class FreshEvents:
     """Before a share of Recommend calls, the user gets a new event (applied and acknowledged by the server
     before the timed call), so caches see the invalidations production traffic brings."""
 
-    def __init__(self, conn, items: list[str], share: float, seed: int = 0) -> None:
-        self.conn = conn
+    def __init__(self, servers: ServerProcesses, items: list[str], share: float, seed: int = 0) -> None:
+        self.servers = servers
         self.items = items
         self.share = share
         self.rnd = random.Random(seed)
@@ -229,8 +280,7 @@ class FreshEvents:
         self._pool = ThreadPoolExecutor(max_workers=1)  # one user of the pipe at a time
 
     def _send(self, user: str) -> None:
-        self.conn.send(("event", user, self.rnd.choice(self.items), "click", int(time.time() * 1000)))
-        self.conn.recv()
+        self.servers.ask(("event", user, self.rnd.choice(self.items), "click", int(time.time() * 1000)))
         self.sent += 1
 
     async def before(self, user: str) -> None:
@@ -238,23 +288,36 @@ class FreshEvents:
             await asyncio.get_running_loop().run_in_executor(self._pool, self._send, user)
 
 
+# Separate connections even to one target (gRPC shares a subchannel between like channels otherwise): the
+# kernel spreads connections, not calls, over server processes sharing a port.
+_OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def _channels(target: str, tls, n: int) -> list:
+    from services.common.grpc import open_channel
+
+    return [open_channel(target, tls, aio=True, options=_OWN_CONNECTION) for _ in range(n)]
+
+
 async def _drive(target: str, tls, method: str, make_request, concurrency: int, duration: float,
-                 before=None) -> dict:
+                 before=None, connections: int = 1) -> dict:
+    """``concurrency`` callers over ``connections`` connections for ``duration`` seconds, after a warm-up
+    call on each connection (20 at least); ``warm_up`` in the result counts those calls."""
     import grpc
 
-    from services.common.grpc import open_channel
     from streamrec_proto.v1 import recommender_pb2_grpc
 
     latencies: list[float] = []
     errors = 0
-    async with open_channel(target, tls, aio=True) as channel:
-        stub = recommender_pb2_grpc.RecommenderStub(channel)
-        call = getattr(stub, method)
-        for _ in range(20):
-            await call(make_request(), timeout=30)
+    channels = _channels(target, tls, connections)
+    try:
+        calls = [getattr(recommender_pb2_grpc.RecommenderStub(c), method) for c in channels]
+        warm_up = max(20, len(calls))
+        for i in range(warm_up):
+            await calls[i % len(calls)](make_request(), timeout=30)
         stop_at = time.perf_counter() + duration
 
-        async def worker():
+        async def worker(call):
             nonlocal errors
             while time.perf_counter() < stop_at:
                 request = make_request()
@@ -268,48 +331,57 @@ async def _drive(target: str, tls, method: str, make_request, concurrency: int, 
                     errors += 1
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(calls[i % len(calls)]) for i in range(concurrency)))
         elapsed = time.perf_counter() - start
+    finally:
+        for c in channels:
+            await c.close()
     lat = np.array(latencies) * 1e3
     return {"requests": len(latencies), "errors": errors, "qps": round(len(latencies) / elapsed, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None}
+            "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None, "warm_up": warm_up}
 
 
-async def _swap_phase(conn, target: str, tls, users: list[str], args: argparse.Namespace) -> dict:
-    """Announce version 2 to the server and keep calling Recommend until it answers with it: the seconds
-    from the announcement to the first answer of the new version, and the calls that failed meanwhile."""
+async def _swap_phase(servers: ServerProcesses, target: str, tls, users: list[str], args: argparse.Namespace) -> dict:
+    """Announce version 2 to every server process and keep calling Recommend until each has swapped and an
+    answer of version 2 came back: the seconds from the announcement until every process serves it (the
+    later of that answer and the last process's swap), and the calls that failed meanwhile."""
     import grpc
 
-    from services.common.grpc import open_channel
     from streamrec_proto.v1 import recommender_pb2, recommender_pb2_grpc
 
     rnd = random.Random(1)
     counts = {"requests": 0, "errors": 0}
     served_at: list[float] = []
-    async with open_channel(target, tls, aio=True) as channel:
-        stub = recommender_pb2_grpc.RecommenderStub(channel)
-        conn.send(("swap",))
-        conn.recv()
-        t0 = time.perf_counter()
+    channels = _channels(target, tls, args.connections)
+    try:
+        stubs = [recommender_pb2_grpc.RecommenderStub(c) for c in channels]
+        servers.ask(("swap",))
+        t0 = time.monotonic()
         give_up = t0 + 600
+        swapped = asyncio.get_running_loop().run_in_executor(None, servers.ask, ("swap_wait",))
 
-        async def worker():
-            while not served_at and time.perf_counter() < give_up:
+        async def worker(stub):
+            while (not served_at or not swapped.done()) and time.monotonic() < give_up:
                 try:
                     reply = await stub.Recommend(recommender_pb2.RecommendRequest(user_id=rnd.choice(users), k=args.k),
                                                  timeout=10)
                     counts["requests"] += 1
-                    if reply.model_version == 2:
-                        served_at.append(time.perf_counter())
+                    if reply.model_version == 2 and not served_at:
+                        served_at.append(time.monotonic())
                 except grpc.RpcError:
                     counts["errors"] += 1
 
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    conn.send(("swap_seconds",))
-    build_s = conn.recv()
-    return {"announce_to_serving_s": round(served_at[0] - t0, 2) if served_at else None,
-            "build_index_warm_up_s": round(build_s, 2) if build_s is not None else None, **counts}
+        await asyncio.gather(*(worker(stubs[i % len(stubs)]) for i in range(args.concurrency)))
+        done = await swapped
+    finally:
+        for c in channels:
+            await c.close()
+    seconds = [d[0] for d in done]
+    done_at = [d[1] for d in done]
+    ready = served_at and None not in done_at
+    return {"announce_to_serving_s": round(max(served_at[0], *done_at) - t0, 2) if ready else None,
+            "build_index_warm_up_s": round(max(seconds), 2) if None not in seconds else None, **counts}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -322,6 +394,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="ANN above this many items (default: the service default)")
     p.add_argument("--max-batch", type=int, default=32, help="encoder micro-batch size (1 = off)")
     p.add_argument("--workers", type=int, default=16, help="gRPC server threads")
+    p.add_argument("--processes", type=int, default=0,
+                   help="server processes sharing the port (default: as inference.processes, one per core)")
+    p.add_argument("--connections", type=int, default=0,
+                   help="client connections (default: one per caller with several processes, else one)")
     p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
     p.add_argument("--fresh-share", type=float, default=0.2,
                    help="share of Recommend calls that follow a new event of the same user (invalidates its caches)")
@@ -333,7 +409,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    from services.inference.config import IndexConfig
+    from services.inference.config import IndexConfig, InferenceSection
     from streamrec_proto.v1 import recommender_pb2
 
     threshold = IndexConfig().ann_threshold if args.index_threshold is None else args.index_threshold
@@ -348,41 +424,39 @@ def main(argv: list[str] | None = None) -> int:
     tls_dir = tempfile.mkdtemp(prefix="streamrec-bench-tls-")
     client_tls = {"tls": LocalCA(tls_dir).tls_config("app"), "plaintext": TlsConfig(plaintext=True)}
     modes = ["tls", "plaintext"] if args.tls == "both" else ["tls"]
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(artifact, args.items, threshold, args.max_batch, args.workers, tls_dir,
-                                            child))
-    proc.start()
+    processes = args.processes or InferenceSection().worker_processes()
+    args.connections = args.connections or (1 if processes == 1 else args.concurrency)
+    servers = ServerProcesses(processes, (artifact, args.items, threshold, args.max_batch, args.workers, tls_dir))
     results: dict[str, dict] = {}
     try:
-        info = parent.recv()
+        info = servers.info
         users = info["users"] or ["nobody"]
-        fresh = FreshEvents(parent, info["items"], args.fresh_share)
+        fresh = FreshEvents(servers, info["items"], args.fresh_share)
         for mode in modes:
             target = f"127.0.0.1:{info['ports'][mode]}"
             rnd = random.Random(0)
-            start = _counters(parent)
+            start = _counters(servers)
             ping = asyncio.run(_drive(target, client_tls[mode], "Ping", recommender_pb2.PingRequest,
-                                      args.concurrency, args.duration))
-            ping["server_cpu_ms_per_request"] = _delta(start, _counters(parent), ping["requests"] + 20)["server_cpu_ms_per_request"]
-            start = _counters(parent)
+                                      args.concurrency, args.duration, connections=args.connections))
+            ping["server_cpu_ms_per_request"] = _delta(start, _counters(servers),
+                                                       ping["requests"] + ping.pop("warm_up"))["server_cpu_ms_per_request"]
+            start = _counters(servers)
             rec = asyncio.run(_drive(
                 target, client_tls[mode], "Recommend",
                 lambda: recommender_pb2.RecommendRequest(user_id=rnd.choice(users), k=args.k),
-                args.concurrency, args.duration, before=fresh.before))
-            rec.update(_delta(start, _counters(parent), rec["requests"] + 20))  # 20 warm-up calls
+                args.concurrency, args.duration, before=fresh.before, connections=args.connections))
+            rec.update(_delta(start, _counters(servers), rec["requests"] + rec.pop("warm_up")))
             results[mode] = {"recommend": rec, "ping": ping}
-        parent.send(("recall", users[:args.recall_users], args.k))
-        recall = parent.recv()
-        swap = asyncio.run(_swap_phase(parent, f"127.0.0.1:{info['ports']['tls']}", client_tls["tls"], users, args))
+        recall = servers.ask_first(("recall", users[:args.recall_users], args.k))
+        swap = asyncio.run(_swap_phase(servers, f"127.0.0.1:{info['ports']['tls']}", client_tls["tls"], users, args))
     finally:
-        parent.send(("stop",))
-        proc.join(30)
+        servers.stop()
         shutil.rmtree(tls_dir, ignore_errors=True)
     out = {
         "bench": "serve", "items": args.items, "concurrency": args.concurrency, "duration_s": args.duration,
         "k": args.k, "index": info["index"], "index_build_s": info["index_build_s"], "max_batch": args.max_batch,
         "providers": info["providers"], "encoder": info["encoder"], "cpus": os.cpu_count(), "transport": "mtls",
+        "server_processes": processes, "connections": args.connections,
         "recommend": results["tls"]["recommend"], "ping": results["tls"]["ping"],
         "fresh_share": args.fresh_share, "recall_at_k_vs_exact": recall,
         "model_swap": swap,
@@ -397,16 +471,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _counters(conn) -> dict:
-    conn.send(("counters",))
-    return conn.recv()
+def _counters(servers: ServerProcesses) -> dict:
+    """CPU seconds and answer-cache counts, summed over the server processes, and the Recommend calls
+    (cache lookups) each process has answered."""
+    answers = servers.ask(("counters",))
+    out = {key: sum(a[key] for a in answers) for key in answers[0]}
+    out["calls"] = [a["hits"] + a["misses"] for a in answers]
+    return out
 
 
 def _delta(before: dict, after: dict, requests: int) -> dict:
     """Server CPU seconds per Recommend and the answer cache's hit ratio over one run."""
     hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
     return {"server_cpu_ms_per_request": round(1e3 * (after["cpu_s"] - before["cpu_s"]) / max(requests, 1), 3),
-            "cache_hit_ratio": round(hits / (hits + misses), 3) if hits + misses else None}
+            "cache_hit_ratio": round(hits / (hits + misses), 3) if hits + misses else None,
+            "calls_per_process": [b - a for a, b in zip(before["calls"], after["calls"])]}
 
 
 def _ratio(a, b):

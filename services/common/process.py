@@ -1,10 +1,13 @@
-"""Child processes that do not outlive the process that started them."""
+"""Child processes that do not outlive the process that started them, and how many cores they may use."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
+import os
 import signal
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 # Resolved here, in the parent: between fork and exec the child of a threaded process may only
@@ -22,3 +25,30 @@ def die_with_parent() -> None:
     """
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def available_cpus(cgroup_root: str | Path = "/sys/fs/cgroup") -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a Kubernetes CPU limit,
+    rounded up), at least 1. ``os.cpu_count()`` counts the node's cores, which a pod may not have."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    root = Path(cgroup_root)
+    quota = _read_quota(root / "cpu.max") or _read_quota(root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us")
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def _read_quota(path: Path, period_path: Path | None = None) -> float | None:
+    """Cores a cgroup quota allows: cgroup v2 ``cpu.max`` ("<quota> <period>" or "max <period>"), or v1's
+    quota and period files. None when there is no limit or the files are missing or unreadable."""
+    try:
+        text = path.read_text().split()
+        if period_path is not None:
+            text.append(period_path.read_text().strip())
+        quota, period = int(text[0]), int(text[1])
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        return None  # "max" (no limit), a missing file or garbage
+    return quota / period if quota > 0 and period > 0 else None

@@ -1,4 +1,4 @@
-"""``streamrec inference``: serve the Recommender gRPC service (``inference.processes`` processes)."""
+"""``streamrec inference``: serve the Recommender gRPC service (``inference.processes`` processes, default one per core)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.inference.service import InferenceService
     from services.inference.workers import InferenceWorkers
 
-    service = InferenceService(config) if config.inference.processes == 1 else InferenceWorkers(config)
+    service = InferenceService(config) if config.worker_processes() == 1 else InferenceWorkers(config)
     return run_service(service, name="inference")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from services.common.config import GrpcConfig, KafkaConfig, MetricsConfig, Section, ServiceConfig
+from services.common.process import available_cpus
 from services.common.tls import TlsConfig
 
 
@@ -83,11 +84,17 @@ class InferenceSection(Section):
     # concurrency 32, 2 cores: 1 thread 664 QPS, 2 threads 691 (ONNX Runtime's default, a spinning thread per
     # core, 518 QPS at 2.9 ms server CPU per request instead of 1.7).
     encoder_threads: int = Field(1, ge=1, le=64)
-    # Server processes sharing the port (SO_REUSEPORT); each loads its own models.
-    processes: int = Field(1, ge=1, le=256)
+    # Server processes sharing the port (SO_REUSEPORT); each loads its own models and follows the events
+    # itself. 0: one per core this pod may use (services.common.process.available_cpus). A Python process
+    # serves on one core at a time, so one process leaves the others idle.
+    processes: int = Field(0, ge=0, le=256)
     batching: BatchingConfig = BatchingConfig()
     index: IndexConfig = IndexConfig()
     cache: CacheConfig = CacheConfig()
+
+    def worker_processes(self) -> int:
+        """``processes``, or one per available core when it is 0."""
+        return self.processes or available_cpus()
 
 
 class InferenceConfig(ServiceConfig):
@@ -108,3 +115,10 @@ class InferenceConfig(ServiceConfig):
         if self.inference.processes > 1 and self.grpc.port == 0:
             raise ValueError("inference.processes > 1 needs a fixed grpc.port")
         return self
+
+    def worker_processes(self) -> int:
+        """Server processes to run: ``inference.processes``, or one per available core when it is 0; one on an
+        ephemeral port (grpc.port 0), which processes cannot share."""
+        if self.inference.processes == 0 and self.grpc.port == 0:
+            return 1
+        return self.inference.worker_processes()

@@ -1,4 +1,4 @@
-"""Several inference processes sharing one gRPC port (``inference.processes > 1``).
+"""Several inference processes sharing one gRPC port (by default one per core, ``inference.processes``).
 
 Each worker is a whole ``InferenceService`` (its own models and histories) bound with SO_REUSEPORT;
 worker i serves metrics on ``metrics.port + i``. ``InferenceWorkers`` is the parent: stopping it
@@ -35,7 +35,7 @@ class InferenceWorkers:
         self.config = config
         ctx = multiprocessing.get_context("spawn")
         self.processes = [ctx.Process(target=_worker, args=(config.model_dump_json(), i), name=f"inference-{i}")
-                          for i in range(config.inference.processes)]
+                          for i in range(config.worker_processes())]
 
     def ready(self) -> bool:
         return all(p.is_alive() for p in self.processes)

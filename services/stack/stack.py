@@ -162,6 +162,8 @@ class LocalStack:
                 "model_name": opts.model_name,
                 "registry_target": registry_target,
                 "cache_dir": str(data / "models"),
+                # One server process: on one machine the stack's cores are shared with Kafka and the trainer.
+                "processes": 1,
             }
         return config
 

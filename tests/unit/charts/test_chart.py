@@ -471,3 +471,11 @@ def _merge(base: dict, top: dict) -> dict:
     for key, value in top.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def test_inference_pods_run_one_server_process_unless_settings_say_otherwise():
+    # Without a CPU limit a pod sees every core of its node: the service's own default (one process per
+    # core) would load the model once per node core inside the pod's memory limit.
+    assert config_yaml(render(), "inference")["inference"]["processes"] == 1
+    docs = render({"inference": {"config": {"settings": {"processes": 3}}}})
+    assert config_yaml(docs, "inference")["inference"]["processes"] == 3

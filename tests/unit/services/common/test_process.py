@@ -1,0 +1,58 @@
+"""How many cores a service may use: CPU affinity capped by a cgroup quota, as a Kubernetes CPU limit sets it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from services.common.process import available_cpus
+from services.inference.config import InferenceConfig
+
+AFFINITY = len(os.sched_getaffinity(0))
+
+
+def cgroup_v2(tmp_path, text: str):
+    (tmp_path / "cpu.max").write_text(text)
+    return tmp_path
+
+
+def test_without_a_cgroup_quota_every_core_of_the_affinity_counts(tmp_path):
+    assert available_cpus(tmp_path) == AFFINITY
+    assert available_cpus(cgroup_v2(tmp_path, "max 100000\n")) == AFFINITY
+
+
+def test_a_cgroup_v2_quota_caps_the_cores_rounded_up(tmp_path):
+    assert available_cpus(cgroup_v2(tmp_path, "50000 100000\n")) == 1  # 500m: one process, not zero
+    assert available_cpus(cgroup_v2(tmp_path, "100000 100000\n")) == 1
+    assert available_cpus(cgroup_v2(tmp_path, f"{100000 * AFFINITY + 1} 100000\n")) == AFFINITY  # never above affinity
+
+
+def test_a_cgroup_v1_quota_caps_the_cores(tmp_path):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cpus(tmp_path) == min(2, AFFINITY)
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # no limit
+    assert available_cpus(tmp_path) == AFFINITY
+
+
+@pytest.mark.parametrize("garbage", ["", "max", "abc def", "100000 0", "-5 100000", "\x00\xff"])
+def test_unreadable_quota_files_fall_back_to_the_affinity(tmp_path, garbage):
+    assert 1 <= available_cpus(cgroup_v2(tmp_path, garbage)) <= AFFINITY
+
+
+def _config(port: int, processes: int | None = None) -> InferenceConfig:
+    inference = {"artifact_source": "/nonexistent"} | ({"processes": processes} if processes is not None else {})
+    return InferenceConfig.model_validate({"grpc": {"port": port}, "inference": inference})
+
+
+def test_inference_runs_one_process_per_core_by_default_on_a_fixed_port():
+    assert _config(50052).worker_processes() == available_cpus()
+    assert _config(50052, processes=3).worker_processes() == 3
+
+
+def test_an_ephemeral_port_runs_one_process_since_processes_cannot_share_it():
+    assert _config(0).worker_processes() == 1
+    with pytest.raises(ValueError, match="inference.processes > 1 needs a fixed grpc.port"):
+        _config(0, processes=2)
