@@ -119,6 +119,9 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
     from services.inference.repository import PRODUCTION, ModelRepository
     from services.inference.servicer import RecommenderServicer
 
+    from services.inference.retrieval import set_search_threads
+
+    set_search_threads(IndexConfig().search_threads)
     runtime, ids, vecs, histories, max_len, source = _load_runtime(artifact)
     n_trained = len(ids)
     extra = max(0, n_items - len(ids))

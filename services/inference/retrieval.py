@@ -34,6 +34,13 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-scores[part], kind="stable")]
 
 
+def set_search_threads(n: int) -> None:
+    """faiss's OpenMP threads for this process (``inference.index.search_threads``)."""
+    import faiss
+
+    faiss.omp_set_num_threads(n)
+
+
 def nprobe_for(nlist: int, nprobe_fraction: float) -> int:
     """Inverted lists one query scans."""
     return max(1, int(round(nlist * nprobe_fraction)))

@@ -19,6 +19,7 @@ from services.inference.loader import DirectorySource, ModelLoader, RegistrySour
 from services.inference.metrics import InferenceMetrics
 from services.inference.served_model import ServedModel
 from services.inference.repository import PRODUCTION, ModelRepository
+from services.inference.retrieval import set_search_threads
 from services.inference.servicer import RecommenderServicer
 from services.inference.watcher import ModelVersionWatcher
 
@@ -32,6 +33,7 @@ class InferenceService(GrpcEndpoint):
         s = config.inference
         self.registry = registry or CollectorRegistry()
         self.metrics = InferenceMetrics(self.registry)
+        set_search_threads(s.index.search_threads)
         self.repository = ModelRepository(canary_share=s.canary_share)
         self.histories = UserHistoryStore(s.history_length, s.max_users, PopularityTracker(s.popularity_half_life_s))
         # Background loops that keep failing make the server NOT_SERVING (names of those loops).

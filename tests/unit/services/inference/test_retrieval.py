@@ -98,3 +98,20 @@ def test_a_shipped_quantizer_gives_the_index_a_server_would_build(caplog):
     assert other._ann.nlist == 16 and "does not fit" in caplog.text
     bad = ItemRetriever(v, avail, config, quantizer=(centroids, np.full(len(v), len(centroids), dtype=np.int32)))
     assert bad.search(queries[0], 10)[0].tolist() == built.search(queries[0], 10)[0].tolist()
+
+
+def test_one_search_thread_finds_what_the_default_threads_find():
+    import faiss
+
+    from services.inference.retrieval import set_search_threads
+
+    v, avail, queries = _data()
+    r = ItemRetriever(v, avail, IndexConfig(ann_threshold=100))
+    before = faiss.omp_get_max_threads()
+    try:
+        found = [r.search(q, 10)[0].tolist() for q in queries]
+        set_search_threads(IndexConfig().search_threads)
+        assert faiss.omp_get_max_threads() == 1
+        assert [r.search(q, 10)[0].tolist() for q in queries] == found
+    finally:
+        set_search_threads(before)
