@@ -359,8 +359,8 @@ async def _swap_phase(servers: ServerProcesses, target: str, tls, users: list[st
     channels = _channels(target, tls, args.connections)
     try:
         stubs = [recommender_pb2_grpc.RecommenderStub(c) for c in channels]
-        servers.ask(("swap",))
         t0 = time.monotonic()
+        servers.ask(("swap",))
         give_up = t0 + 600
         swapped = asyncio.get_running_loop().run_in_executor(None, servers.ask, ("swap_wait",))
 

@@ -26,5 +26,5 @@ def test_bench_serve_spreads_calls_over_two_server_processes_and_swaps_both(caps
     assert out["recall_at_k_vs_exact"] == 1.0  # 3,000 items: exact search
     swap = out["model_swap"]
     assert swap["errors"] == 0 and swap["announce_to_serving_s"] is not None
-    assert swap["announce_to_serving_s"] >= swap["build_index_warm_up_s"] - 0.01, "every process swapped first"
+    assert swap["announce_to_serving_s"] >= swap["build_index_warm_up_s"], "timed until every process swapped"
     assert out["recommend_qps_over_ping"] == round(rec["qps"] / ping["qps"], 3)
