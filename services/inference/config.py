@@ -33,7 +33,8 @@ class CacheConfig(Section):
 
 
 class IndexConfig(Section):
-    """Retrieval: exact dot product below ``ann_threshold`` items, a faiss IVF-Flat index above.
+    """Retrieval: exact dot product below ``ann_threshold`` items, a faiss IVF index above (float16 codes,
+    candidates rescored exactly; ``services.inference.retrieval.build_ivf``).
 
     Chosen by ``streamrec bench index`` (2 cores): at 1M items exact search is 12-25 ms p50, while HNSW
     (usearch, M=16, ef=128) took 246 s to build and reached recall@10 0.34. The IVF shape was measured on

