@@ -117,9 +117,8 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
     from services.inference.histories import UserHistoryStore
     from services.inference.served_model import ItemTableModel, ServedModel
     from services.inference.repository import PRODUCTION, ModelRepository
-    from services.inference.servicer import RecommenderServicer
-
     from services.inference.retrieval import set_search_threads
+    from services.inference.servicer import RecommenderServicer
 
     set_search_threads(IndexConfig().search_threads)
     runtime, ids, vecs, histories, max_len, source = _load_runtime(artifact)
@@ -221,15 +220,19 @@ class ServerProcesses:
         ctx = multiprocessing.get_context("spawn")
         self.procs, self.conns = [], []
         self.info: dict = {}
-        for i in range(n):
-            parent, child = ctx.Pipe()
-            ports = self.info["ports"] if i else None
-            proc = ctx.Process(target=_serve, args=(*serve_args, child, ports, n > 1))
-            proc.start()
-            self.procs.append(proc)
-            self.conns.append(parent)
-            info = parent.recv()  # the first one's ports are bound before the next one starts
-            self.info = self.info or info
+        try:
+            for i in range(n):
+                parent, child = ctx.Pipe()
+                ports = self.info["ports"] if i else None
+                proc = ctx.Process(target=_serve, args=(*serve_args, child, ports, n > 1))
+                proc.start()
+                self.procs.append(proc)
+                self.conns.append(parent)
+                info = parent.recv()  # the first one's ports are bound before the next one starts
+                self.info = self.info or info
+        except BaseException:
+            self.stop()  # the ones already serving
+            raise
 
     def ask(self, msg: tuple) -> list:
         """Send ``msg`` to every process; their answers, in order."""
@@ -249,6 +252,8 @@ class ServerProcesses:
                 pass
         for proc in self.procs:
             proc.join(30)
+            if proc.is_alive():
+                proc.kill()
 
 
 def _served_recall(store, model, users, k: int) -> float | None:

@@ -2,8 +2,9 @@
 
 Exact search (one matmul + argpartition) below ``ann_threshold`` items; above it a faiss IVF index
 over the available items, its vectors stored as float16 (half the memory a query scans), queried with
-oversampling so that filtering seen/excluded items still leaves k, and the candidates rescored exactly. Category-filtered queries search exactly over the category's items (usually a small
-share of the catalog), so they never miss items an unfiltered ANN would have ranked too low.
+oversampling so that filtering seen/excluded items still leaves k, and the candidates rescored exactly.
+Category-filtered queries search exactly over the category's items (usually a small share of the
+catalog), so they never miss items an unfiltered ANN would have ranked too low.
 The threshold comes from ``streamrec bench index`` (see bench/index.py).
 """
 
