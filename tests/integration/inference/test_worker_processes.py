@@ -45,7 +45,7 @@ def _answer(target: str, user: str) -> int | None:
 def test_two_processes_share_the_port_serve_the_model_and_stop_on_sigterm(tmp_path, kafka_config, registry,
                                                                           registry_client, artifacts):
     grpc_port, metrics_port = free_port(), free_port()
-    while metrics_port + 1 == grpc_port:
+    while grpc_port in (metrics_port, metrics_port + 1):  # worker i serves metrics on metrics_port + i
         metrics_port = free_port()
     config = tmp_path / "inference.yaml"
     config.write_text(yaml.safe_dump({
