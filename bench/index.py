@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.process import available_cpus
 from services.inference.config import IndexConfig
 from recmodel.ivf import auto_nlist
 from services.inference.retrieval import build_ivf
@@ -63,7 +64,7 @@ def _recall(found: list[np.ndarray], truth: list[np.ndarray], k: int) -> float:
 
 def backends(vectors: np.ndarray, args) -> dict:
     """name -> builder returning a search(q, k) -> ids function."""
-    threads = os.cpu_count() or 1
+    threads = available_cpus()  # a pod's CPU limit, not the node's cores
     out = {}
 
     def exact():
