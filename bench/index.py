@@ -103,7 +103,7 @@ def backends(vectors: np.ndarray, args) -> dict:
             nlist = auto_nlist(len(vectors), args.ivf_lists_per_sqrt)
             ix = build_ivf(vectors, np.arange(len(vectors), dtype=np.int64), nlist, args.ivf_nprobe_fraction)
             return lambda q, k: ix.search(q[None, :], k)[1][0]
-        out["faiss_ivf_flat"] = faiss_ivf
+        out["faiss_ivf"] = faiss_ivf  # the served index: float16 lists (services.inference.retrieval.build_ivf)
 
         def faiss_hnsw():
             ix = faiss.IndexHNSWFlat(vectors.shape[1], args.m, faiss.METRIC_INNER_PRODUCT)
