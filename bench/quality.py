@@ -48,7 +48,8 @@ RECIPE = {k: p.default for k, p in inspect.signature(IncrementalTrainer).paramet
 # Recipe hyperparameters the bench can override (--dim 128, --full-softmax-items 20000, ...).
 KNOBS = ("dim", "max_len", "batch_size", "replay_batch", "n_layers", "n_heads", "n_random_negatives",
          "full_softmax_items", "lr", "dropout", "temperature", "id_gate_prior", "id_dropout", "transition_weight",
-         "transition_window", "transition_decay", "replay_history")
+         "transition_window", "transition_decay", "transition_span", "transition_span_decay", "transition_backward",
+         "transition_top", "replay_history")
 ALS_GRID = {"factors": (64, 128), "regularization": (0.01, 0.1), "alpha": (1.0, 10.0)}
 
 
@@ -139,8 +140,10 @@ def _run_baselines(scorer: _Scorer, train, seed: int) -> None:
     scorer.record("popularity", model, s)
     model, s = _timed(lambda: ItemKNNBaseline().fit(train))
     scorer.record("item_knn", model, s)
-    model, s = _timed(lambda: TransitionBaseline(window=RECIPE["transition_window"], decay=RECIPE["transition_decay"],
-                                                 max_next=RECIPE["transition_max_next"]).fit(train))
+    model, s = _timed(lambda: TransitionBaseline(
+        window=RECIPE["transition_window"], decay=RECIPE["transition_decay"], max_next=RECIPE["transition_max_next"],
+        span=RECIPE["transition_span"], span_decay=RECIPE["transition_span_decay"],
+        backward=RECIPE["transition_backward"]).fit(train))
     scorer.record("transitions", model, s)
     (val_hr, als_params, als), s = _timed(lambda: _tuned_als(scorer, train, seed))
     scorer.record("als", als, s, params=als_params, validation_hr=val_hr)

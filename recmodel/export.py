@@ -162,7 +162,7 @@ def _manifest(trainer, model_name: str, training_offsets, metrics, extra) -> Man
             "text_encoder": trainer.text_encoder_name,
             "hyperparameters": trainer.hyperparameters(),
             "transitions": {"weight": trainer.transition_weight, "window": trainer.transitions.window,
-                            "decay": trainer.transitions.decay},
+                            "decay": trainer.transitions.decay, "top": trainer.transitions.top},
             **dict(extra or {}),
         },
     )

@@ -8,7 +8,7 @@ model, vocabulary, availability flags, histories and transition table, and chang
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,16 +42,20 @@ class TrainerScoring:
         return self.model.items(slots).float().cpu().numpy()
 
     def score(
-        self, histories: Sequence[Sequence[HistoryEntry]], now_ms: Sequence[int], item_ids: Sequence[str]
+        self, histories: Sequence[Sequence[HistoryEntry]], now_ms: Sequence[int], item_ids: Sequence[str],
+        banned: Collection[str] | None = None,
     ) -> np.ndarray:
-        """Scores [B, len(item_ids)] (cosine plus the transition bonus); items outside the vocabulary get -inf."""
+        """Scores [B, len(item_ids)] (cosine plus the transition bonus); items outside the vocabulary get -inf.
+        The bonus goes to the table's best among ``item_ids`` less ``banned`` (default: each history's items)."""
         users = self.user_vectors(histories, now_ms)
         known = np.array([i in self.vocab for i in item_ids], dtype=bool)
         scores = users @ self.item_vectors(item_ids).T
         if self.transition_weight > 0 and len(self.transitions):
             column = {iid: j for j, iid in enumerate(item_ids)}
             for b, hist in enumerate(histories):
-                for iid, value in self.transitions.bonus([h[0] for h in hist]).items():
+                recent = [h[0] for h in hist]
+                never = set(recent) if banned is None else banned
+                for iid, value in self.transitions.bonus(recent, exclude=never, among=column).items():
                     j = column.get(iid)
                     if j is not None:
                         scores[b, j] += self.transition_weight * value
@@ -71,8 +75,8 @@ class TrainerScoring:
         history = self._histories.get(user, [])[-self.max_len:] if isinstance(user, str) else list(user)
         now = now_ms if now_ms is not None else (history[-1][2] if history else self.clock_ms)
         ids = [iid for iid, slot in self.vocab.items() if self._available[slot]]
-        scores = self.score([history], [now], ids)[0]
         banned = set(exclude) | ({h[0] for h in history} if exclude_seen else set())
+        scores = self.score([history], [now], ids, banned=banned)[0]
         order = np.argsort(-scores, kind="stable")
         out = []
         for j in order:

@@ -202,11 +202,13 @@ class ArtifactModel:
     def history_rows(self, history: Sequence[HistoryEntry]) -> list[int]:
         return [r for r in (self.item_index.get(h[0]) for h in history) if r is not None]
 
-    def transition_bonus(self, history: Sequence[HistoryEntry]) -> np.ndarray:
-        """The weighted transition bonus of every item row for this history (zeros without a table)."""
+    def transition_bonus(self, history: Sequence[HistoryEntry], banned: Sequence[int] | None = None) -> np.ndarray:
+        """The weighted transition bonus of every item row for this history (zeros without a table); ``banned``
+        rows (default: the history's) are never shown, so they take no place among the table's top items."""
         if self.transitions is None:
             return np.zeros(len(self.item_ids), dtype=np.float32)
-        return self.transition_weight * self.transitions.dense_bonus(self.history_rows(history), len(self.item_ids))
+        rows = self.history_rows(history)
+        return self.transition_weight * self.transitions.dense_bonus(rows, len(self.item_ids), banned)
 
     def recommend(
         self,
@@ -221,10 +223,12 @@ class ArtifactModel:
         history = list(history)
         now = now_ms if now_ms is not None else (history[-1][2] if history else 0)
         scores = (self.encode([history], now)[0] @ self.item_vectors.T).astype(np.float64)
-        if self.transitions is not None:
-            scores += self.transition_bonus(history)
-        scores[~self.available] = -np.inf
         banned = set(exclude) | ({h[0] for h in history} if exclude_seen else set())
+        if self.transitions is not None:
+            banned_rows = [self.item_index[i] for i in banned if i in self.item_index]
+            banned_rows += np.flatnonzero(~self.available).tolist()
+            scores += self.transition_bonus(history, banned_rows)
+        scores[~self.available] = -np.inf
         for item_id in banned:
             row = self.item_index.get(item_id)
             if row is not None:
@@ -240,8 +244,10 @@ def _load_transitions(directory: Path, manifest: Manifest, n_items: int) -> tupl
         return None, 0.0
     try:
         weight, window, decay = float(info["weight"]), int(info["window"]), float(info["decay"])
+        top = int(info.get("top", 0))  # artifacts from before the top cut give every item its bonus
         with np.load(directory / "transitions.npz", allow_pickle=False) as npz:
-            rows = TransitionRows(npz["indptr"], npz["indices"], npz["probs"], n_items=n_items, window=window, decay=decay)
+            rows = TransitionRows(npz["indptr"], npz["indices"], npz["probs"], n_items=n_items, window=window,
+                                  decay=decay, top=top)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise ArtifactError(f"transitions.npz: cannot read ({exc})") from None
     if not (weight >= 0 and np.isfinite(weight)):

@@ -43,7 +43,8 @@ HYPERPARAMETERS = (
     "dim", "max_len", "capacity", "seed", "lr", "weight_decay", "batch_size", "replay_batch", "n_random_negatives",
     "replay_size", "replay_history", "use_text", "n_heads", "n_layers", "dropout", "temperature", "steps_per_batch", "id_gate_prior",
     "id_dropout", "holdout_fraction", "full_softmax_items", "transition_weight", "transition_window",
-    "transition_decay", "transition_max_next",
+    "transition_decay", "transition_max_next", "transition_span", "transition_span_decay", "transition_backward",
+    "transition_top",
 )
 
 
@@ -102,6 +103,10 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         transition_window: int = RECIPE["transition_window"],
         transition_decay: float = RECIPE["transition_decay"],
         transition_max_next: int = RECIPE["transition_max_next"],
+        transition_span: int = RECIPE["transition_span"],
+        transition_span_decay: float = RECIPE["transition_span_decay"],
+        transition_backward: float = RECIPE["transition_backward"],
+        transition_top: int = RECIPE["transition_top"],
         event_weights: Mapping[str, float] | None = None,
     ) -> None:
         values = locals()
@@ -123,7 +128,9 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
     def _init_stream_state(self) -> None:
         """What the trainer learns from the stream besides weights; all of it is checkpointed."""
         self.transitions = TransitionTable(max_next=self.transition_max_next, window=self.transition_window,
-                                           decay=self.transition_decay)
+                                           decay=self.transition_decay, span=self.transition_span,
+                                           span_decay=self.transition_span_decay, backward=self.transition_backward,
+                                           top=self.transition_top)
         self.vocab = ItemVocabulary(self.capacity)
         self._counts = np.zeros(self.capacity + 1, dtype=np.float64)  # positive targets per slot (logQ)
         self._available = np.zeros(self.capacity + 1, dtype=bool)
@@ -213,7 +220,8 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         return self.is_positive(etype) and not is_holdout(user_id, item_id, ts, self.holdout_fraction)
 
     def _count_transitions(self, user_id: str, old: Sequence[HistoryEntry], new: Sequence[HistoryEntry]) -> None:
-        self.transitions.observe_sequence(old[-1][0] if old else None,
+        span = self.transitions.span
+        self.transitions.observe_sequence([(e[0], self.is_target(user_id, e)) for e in old[-span:]],
                                           ((e[0], self.is_target(user_id, e)) for e in new))
 
     # ------------------------------------------------------------------ batches

@@ -1,14 +1,20 @@
-"""Item-to-item transitions: which items users reach next from an item.
+"""Item-to-item transitions: which items users reach next from an item, and came from.
 
 The sequential signal that a 64-dimensional dot product represents only approximately ("after this
-film people watch that one") is counted exactly here, in one pass over the stream: every training target
-adds one count from the user's previous item to it. Scoring blends it into the two-tower score:
+film people watch that one") is counted exactly here, in one pass over the stream. Every training target
+adds a count to it from each of the user's last ``span`` items (``span_decay ** d`` from the item ``d``
+steps further back), and, with weight ``backward`` times the same, from it back to each of those items
+that was a target itself: users often rate or watch a batch of items in one sitting, in no meaningful
+order, so "seen together" carries as much as "seen next". Scoring blends it into the two-tower score:
 
     score(user, item) = cos(user vector, item vector) + weight * sum_d decay**d * P(item | history[-1-d])
 
-over the user's last ``window`` items, P being the counted next-item frequencies. Counting is exact after
-a single pass, so a streaming trainer has the same table as an offline one; it is what brings the
-one-pass model close to the offline one on real data (numbers in ``recmodel/recipe.py``).
+over the user's last ``window`` items, P being the counted frequencies normalised per row. Only the
+``top`` items with the largest bonus among those the user may be shown get it (0: every item): the table
+re-ranks the few items it is surest of and leaves the rest of the list to the two towers, so an item
+with no interactions yet (no counts, only its text) still reaches the users whose taste it matches. Counting is
+exact after a single pass, so a streaming trainer has the same table as an offline one; it is what brings
+the one-pass model close to the offline one on real data (numbers in ``recmodel/recipe.py``).
 
 Each row keeps at most ``max_next`` successors (the most frequent; pruned when a row doubles that), so
 the table stays bounded however long the stream runs. The trainer exports it as a CSR table over the
@@ -17,7 +23,7 @@ artifact's item rows (``transitions.npz``), which serving reads with :class:`Tra
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -27,45 +33,64 @@ __all__ = ["TransitionTable", "TransitionRows"]
 class TransitionTable:
     """Mutable counts, keyed by item id (the trainer's side)."""
 
-    def __init__(self, *, max_next: int = 64, window: int = 5, decay: float = 0.7) -> None:
-        if max_next < 1 or window < 1 or not 0.0 < decay <= 1.0:
-            raise ValueError("transitions: max_next and window must be >= 1 and decay in (0, 1]")
+    def __init__(self, *, max_next: int = 64, window: int = 5, decay: float = 0.7, span: int = 1,
+                 span_decay: float = 0.7, backward: float = 0.0, top: int = 0) -> None:
+        if max_next < 1 or window < 1 or span < 1 or not 0.0 < decay <= 1.0 or not 0.0 < span_decay <= 1.0:
+            raise ValueError("transitions: max_next, window and span must be >= 1; decay and span_decay in (0, 1]")
+        if not 0.0 <= backward <= 1.0 or top < 0:
+            raise ValueError("transitions: backward must be in [0, 1] and top >= 0")
         self.max_next = max_next
         self.window = window
         self.decay = decay
+        self.span = span
+        self.span_decay = span_decay
+        self.backward = backward
+        self.top = top
         self._next: dict[str, dict[str, float]] = {}
         self._total: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._next)
 
-    def observe(self, previous: str, item: str) -> None:
-        """Count one step from ``previous`` to ``item`` (a repeat of the same item is not a step)."""
+    def observe(self, previous: str, item: str, count: float = 1.0) -> None:
+        """Count a step from ``previous`` to ``item`` (a repeat of the same item is not a step)."""
         if previous == item:
             return
         row = self._next.setdefault(previous, {})
-        row[item] = row.get(item, 0.0) + 1.0
-        self._total[previous] = self._total.get(previous, 0.0) + 1.0
+        row[item] = row.get(item, 0.0) + count
+        self._total[previous] = self._total.get(previous, 0.0) + count
         if len(row) > 2 * self.max_next:
             kept = sorted(row.items(), key=lambda kv: -kv[1])[: self.max_next]
             self._next[previous] = dict(kept)  # the total keeps the pruned counts: kept P stay calibrated
 
-    def observe_sequence(self, previous: str | None, steps: Iterable[tuple[str, bool]]) -> str | None:
-        """Count every ``(item, counted)`` step whose flag is set, from the item before it (``previous`` for
-        the first); returns the last item, the ``previous`` of the sequence's continuation."""
+    def observe_sequence(self, recent: Sequence[tuple[str, bool]] | None,
+                         steps: Iterable[tuple[str, bool]]) -> list[tuple[str, bool]]:
+        """Count every ``(item, counted)`` step whose flag is set, from the ``span`` items before it (``recent``,
+        oldest first, for the first step) and, weighted by ``backward``, back to those of them that were
+        counted; returns the last ``span`` steps, the ``recent`` of the sequence's continuation."""
+        recent = list(recent or ())[-self.span :]
         for item, counted in steps:
-            if counted and previous is not None:
-                self.observe(previous, item)
-            previous = item
-        return previous
+            if counted:
+                for d, (previous, previous_counted) in enumerate(reversed(recent)):
+                    w = self.span_decay**d
+                    self.observe(previous, item, w)
+                    if self.backward > 0 and previous_counted:
+                        self.observe(item, previous, self.backward * w)
+            recent.append((item, bool(counted)))
+            if len(recent) > self.span:
+                del recent[0]
+        return recent
 
     def forget(self, item: str) -> None:
         """Drop an evicted item's row (steps into it are skipped at scoring while it is unknown)."""
         self._next.pop(item, None)
         self._total.pop(item, None)
 
-    def bonus(self, history: Sequence[str]) -> dict[str, float]:
-        """Decayed next-item probabilities from the last ``window`` items of ``history`` (oldest first)."""
+    def bonus(self, history: Sequence[str], exclude: Collection[str] = (),
+              among: Collection[str] | None = None) -> dict[str, float]:
+        """Decayed next-item probabilities from the last ``window`` items of ``history`` (oldest first), of
+        the ``top`` items with the largest among those the user may be shown: in ``among`` (default: any)
+        and not in ``exclude``."""
         out: dict[str, float] = {}
         for d, item in enumerate(reversed(history[-self.window :])):
             row = self._next.get(item)
@@ -74,6 +99,10 @@ class TransitionTable:
             w = self.decay**d / self._total[item]
             for nxt, count in row.items():
                 out[nxt] = out.get(nxt, 0.0) + w * count
+        if exclude or among is not None:
+            out = {i: v for i, v in out.items() if i not in exclude and (among is None or i in among)}
+        if self.top and len(out) > self.top:
+            out = dict(sorted(out.items(), key=lambda kv: -kv[1])[: self.top])
         return out
 
     def to_csr(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -99,12 +128,15 @@ class TransitionTable:
         }
 
     def state_dict(self) -> dict:
-        return {"max_next": self.max_next, "window": self.window, "decay": self.decay,
+        return {"max_next": self.max_next, "window": self.window, "decay": self.decay, "span": self.span,
+                "span_decay": self.span_decay, "backward": self.backward, "top": self.top,
                 "next": {k: dict(v) for k, v in self._next.items()}, "total": dict(self._total)}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "TransitionTable":
-        table = cls(max_next=int(state["max_next"]), window=int(state["window"]), decay=float(state["decay"]))
+        table = cls(max_next=int(state["max_next"]), window=int(state["window"]), decay=float(state["decay"]),
+                    span=int(state.get("span", 1)), span_decay=float(state.get("span_decay", 0.7)),
+                    backward=float(state.get("backward", 0.0)), top=int(state.get("top", 0)))  # older checkpoints
         table._next = {str(k): {str(j): float(c) for j, c in v.items()} for k, v in state["next"].items()}
         table._total = {str(k): float(v) for k, v in state["total"].items()}
         return table
@@ -114,7 +146,7 @@ class TransitionRows:
     """Read-only CSR table over item rows (the serving side); see :meth:`TransitionTable.to_csr`."""
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, probs: np.ndarray, *, n_items: int,
-                 window: int, decay: float) -> None:
+                 window: int, decay: float, top: int = 0) -> None:
         indptr = np.asarray(indptr, dtype=np.int64)
         indices = np.asarray(indices, dtype=np.int64)
         probs = np.asarray(probs, dtype=np.float32)
@@ -126,8 +158,11 @@ class TransitionRows:
         if not np.all(np.isfinite(probs)):
             raise ValueError("transitions: probabilities must be finite")
         self.indptr, self.indices, self.probs = indptr, indices, probs
+        if top < 0:
+            raise ValueError("transitions: top must be >= 0")
         self.window = window
         self.decay = decay
+        self.top = top
 
     def bonus(self, history_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(item rows, bonus) from the last ``window`` rows of a history (oldest first); rows may repeat."""
@@ -141,10 +176,27 @@ class TransitionRows:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         return np.concatenate(parts_rows), np.concatenate(parts_vals)
 
-    def dense_bonus(self, history_rows: Sequence[int], n_items: int) -> np.ndarray:
+    def _summed(self, history_rows: Sequence[int], allowed) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct item rows, summed bonus) of the ``top`` largest among the rows ``allowed(rows)`` keeps."""
+        b_rows, b_vals = self.bonus(history_rows)
+        if not len(b_rows):
+            return b_rows, b_vals
+        uniq, inverse = np.unique(b_rows, return_inverse=True)
+        summed = np.bincount(inverse, weights=b_vals)
+        keep = allowed(uniq)
+        uniq, summed = uniq[keep], summed[keep]
+        if self.top and len(uniq) > self.top:
+            best = np.sort(np.argsort(-summed, kind="stable")[: self.top])
+            uniq, summed = uniq[best], summed[best]
+        return uniq, summed
+
+    def dense_bonus(self, history_rows: Sequence[int], n_items: int, banned: Sequence[int] | None = None) -> np.ndarray:
+        """The bonus of every item row; ``banned`` rows (default: the history's) get none and leave their
+        place among the ``top`` to others."""
         out = np.zeros(n_items, dtype=np.float32)
-        rows, vals = self.bonus(history_rows)
-        np.add.at(out, rows, vals)
+        ban = np.asarray(list(history_rows) if banned is None else list(banned), dtype=np.int64)
+        rows, vals = self._summed(history_rows, lambda r: ~np.isin(r, ban))
+        out[rows] = vals
         return out
 
     def rerank(self, user_vector: np.ndarray, vectors: np.ndarray, rows: np.ndarray, scores: np.ndarray,
@@ -156,13 +208,12 @@ class TransitionRows:
         ``allowed(rows) -> bool mask`` filters the bonus rows the way retrieval filtered its own (available,
         not seen or excluded, in the requested categories).
         """
-        b_rows, b_vals = self.bonus(history_rows)
-        if weight <= 0 or not len(b_rows):
+        if weight <= 0:
             return rows[:k], scores[:k]
-        uniq, inverse = np.unique(b_rows, return_inverse=True)
-        bonus = (np.bincount(inverse, weights=b_vals) * weight).astype(np.float32)
-        keep = allowed(uniq)
-        uniq, bonus = uniq[keep], bonus[keep]
+        uniq, summed = self._summed(history_rows, allowed)
+        if not len(uniq):
+            return rows[:k], scores[:k]
+        bonus = (summed * weight).astype(np.float32)
         extra = np.setdiff1d(uniq, rows, assume_unique=False)
         cand = np.concatenate([np.asarray(rows, dtype=np.int64), extra])
         cand_scores = np.concatenate([np.asarray(scores, dtype=np.float32),

@@ -35,16 +35,18 @@ class TransitionBaseline:
     """The trainer's item-to-item transition table alone (:mod:`recmodel.transitions`): a user's score
     for an item is the decayed frequency with which it followed their last few items."""
 
-    def __init__(self, *, window: int = 5, decay: float = 0.7, max_next: int = 64,
+    def __init__(self, *, window: int = 5, decay: float = 0.7, max_next: int = 64, span: int = 1,
+                 span_decay: float = 0.7, backward: float = 0.0,
                  event_weights: Mapping[str, float] | None = None) -> None:
         self.event_weights = dict(event_weights or DEFAULT_EVENT_WEIGHTS)
-        self.table = TransitionTable(max_next=max_next, window=window, decay=decay)
+        self.table = TransitionTable(max_next=max_next, window=window, decay=decay, span=span,
+                                     span_decay=span_decay, backward=backward)
 
     def fit(self, events: Sequence[Event]) -> "TransitionBaseline":
-        previous: dict[str, str | None] = {}
+        recent: dict[str, list[tuple[str, bool]]] = {}
         for e in events:
             positive = self.event_weights.get(e.type, 0.0) > 0
-            previous[e.user_id] = self.table.observe_sequence(previous.get(e.user_id), [(e.item_id, positive)])
+            recent[e.user_id] = self.table.observe_sequence(recent.get(e.user_id), [(e.item_id, positive)])
         return self
 
     def score(self, histories, now_ms, item_ids: Sequence[str]) -> np.ndarray:

@@ -44,6 +44,13 @@ class ModelSection(Section):
     transition_window: int = Field(RECIPE["transition_window"], ge=1)
     transition_decay: float = Field(RECIPE["transition_decay"], gt=0, le=1)
     transition_max_next: int = Field(RECIPE["transition_max_next"], ge=1)
+    transition_span: int = Field(RECIPE["transition_span"], ge=1, le=64,
+                                 description="earlier items of a user each training target is counted from")
+    transition_span_decay: float = Field(RECIPE["transition_span_decay"], gt=0, le=1)
+    transition_backward: float = Field(RECIPE["transition_backward"], ge=0, le=1,
+                                       description="weight of the count back from a target to the items before it")
+    transition_top: int = Field(RECIPE["transition_top"], ge=0, le=10_000,
+                                description="items per user the table boosts, its best (0: every item it suggests)")
     use_text: bool = True
     # "minilm": the offline-packaged all-MiniLM-L6-v2 (production); "hashing": instant, for tests.
     text_encoder: Literal["minilm", "hashing"] = "minilm"

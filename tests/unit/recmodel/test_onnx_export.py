@@ -126,3 +126,20 @@ def test_a_large_catalog_ships_its_ivf_quantizer_and_a_served_model_indexes_with
     query = runtime.item_vectors[0]
     exact = ServedModel(runtime, index_config=IndexConfig(ann_threshold=10**9))
     assert served.retriever.search(query, 5)[0].tolist() == exact.retriever.search(query, 5)[0].tolist()
+
+
+def test_the_transition_top_travels_in_the_manifest_and_a_bad_one_is_refused(artifact_dir, served, trained, tmp_path):
+    import shutil
+
+    from recmodel.artifact import ArtifactError
+
+    assert trained.transition_top > 0
+    assert read_manifest(artifact_dir).extra["transitions"]["top"] == trained.transition_top == served.transitions.top
+    for bad in (-1, "many"):
+        copy = tmp_path / f"bad-{bad}"
+        shutil.copytree(artifact_dir, copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["extra"]["transitions"]["top"] = bad
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactError, match="transitions"):
+            ArtifactModel.load(copy, providers=["CPUExecutionProvider"])

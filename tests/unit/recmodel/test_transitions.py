@@ -76,7 +76,8 @@ def _sequence_stream(n_users=40, chain=8):
 
 def test_streaming_counts_equal_offline_counts_and_held_out_steps_are_not_counted():
     events = _sequence_stream()
-    streaming, offline = make_trainer(holdout_fraction=0.3), make_trainer(holdout_fraction=0.3)
+    one_step = dict(holdout_fraction=0.3, transition_span=1, transition_backward=0.0)  # a count per step
+    streaming, offline = make_trainer(**one_step), make_trainer(**one_step)
     streaming.train_events(events)
     offline.fit_offline(events, epochs=0)
     assert streaming.transitions.state_dict() == offline.transitions.state_dict()
@@ -86,7 +87,7 @@ def test_streaming_counts_equal_offline_counts_and_held_out_steps_are_not_counte
 
 
 def test_the_trainer_ranks_the_next_item_of_a_chain_first_and_a_checkpoint_keeps_the_table(tmp_path):
-    trainer = make_trainer(transition_weight=1.0)
+    trainer = make_trainer()  # the recipe's weight, span and backward counts
     trainer.upsert_items([Item(f"i{n}") for n in range(8)])
     trainer.train_events(_sequence_stream())
     history = [("i2", "click", 2_000_000), ("i3", "click", 2_000_001)]
@@ -113,3 +114,76 @@ def test_the_transition_baseline_counts_positive_steps_only_and_scores_the_next_
     scores = baseline.score([[("i2", "click", 0), ("i3", "click", 1)]], [2], ids)[0]
     assert ids[int(np.argmax(scores))] == "i4" and scores[ids.index("i4")] == pytest.approx(1.0)
     assert "i7" not in baseline.table.bonus(["i5"])  # u0 walked i0..i5 and then only disliked i7
+
+
+def test_span_counts_each_target_from_the_items_before_it_and_backward_to_the_counted_ones():
+    table = TransitionTable(span=2, span_decay=0.5, backward=0.5)
+    recent = table.observe_sequence(None, [("a", True), ("b", True)])
+    recent = table.observe_sequence(recent, [("x", False), ("c", True)])  # x: context, held out as a target
+    assert recent == [("x", False), ("c", True)]
+    assert table._next["a"] == pytest.approx({"b": 1.0})          # c is three steps after a: outside the span
+    assert table._next["b"] == pytest.approx({"a": 0.5, "c": 0.5})  # back to a; on to c across x
+    assert table._next["x"] == pytest.approx({"c": 1.0})
+    assert table._next["c"] == pytest.approx({"b": 0.25})         # nothing back to the held-out x
+    assert "x" not in table.bonus(["c", "b", "a"])                 # a held-out item is never suggested
+    # The bonus reads the normalised rows: b's row sums to 1.
+    assert table.bonus(["b"]) == pytest.approx({"a": 0.5, "c": 0.5})
+
+
+def test_span_counting_is_the_same_in_one_pass_or_in_pieces_and_survives_a_checkpoint():
+    rng = np.random.default_rng(1)
+    steps = [(f"i{n}", bool(rng.random() > 0.2)) for n in rng.integers(0, 30, 200)]
+    whole = TransitionTable(span=4, span_decay=0.6, backward=0.3)
+    whole.observe_sequence(None, steps)
+    pieces = TransitionTable(span=4, span_decay=0.6, backward=0.3)
+    recent = None
+    for lo in range(0, len(steps), 7):
+        recent = pieces.observe_sequence(recent, steps[lo : lo + 7])
+    assert pieces.state_dict() == whole.state_dict()  # the same additions in the same order
+    restored = TransitionTable.from_state_dict(whole.state_dict())
+    assert (restored.span, restored.span_decay, restored.backward) == (4, 0.6, 0.3)
+    old = {k: v for k, v in whole.state_dict().items() if k not in ("span", "span_decay", "backward")}
+    assert TransitionTable.from_state_dict(old).span == 1  # a checkpoint from before the span
+
+
+@pytest.mark.parametrize("bad", [dict(span=0), dict(span_decay=0.0), dict(span_decay=1.5), dict(backward=-0.1),
+                                 dict(backward=2.0)])
+def test_bad_span_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        TransitionTable(**bad)
+
+
+def test_the_trainer_counts_its_span_the_same_streaming_or_offline():
+    events = _sequence_stream()
+    kw = dict(holdout_fraction=0.3, transition_span=3, transition_backward=0.5)
+    streaming, offline = make_trainer(**kw), make_trainer(**kw)
+    for lo in range(0, len(events), 37):  # micro-batches that cut users' sequences apart
+        streaming.train_events(events[lo : lo + 37])
+    offline.fit_offline(events, epochs=0)
+    a, b = streaming.transitions.state_dict(), offline.transitions.state_dict()
+    assert a["next"].keys() == b["next"].keys() and a["total"] == pytest.approx(b["total"])
+    assert all(a["next"][k] == pytest.approx(b["next"][k]) for k in a["next"])  # users interleave differently
+    assert streaming.transitions.span == 3 and streaming.transitions.backward == 0.5
+
+
+def test_top_gives_the_bonus_to_the_best_items_the_user_may_be_shown_only():
+    rng = np.random.default_rng(2)
+    ids = [f"i{n}" for n in range(120)]
+    full, cut = TransitionTable(window=3, decay=0.7), TransitionTable(window=3, decay=0.7, top=5)
+    for _ in range(3000):
+        a, b = (int(x) for x in rng.integers(0, 120, 2))
+        count = float(rng.random())  # no ties at the cut
+        for table in (full, cut):
+            table.observe(ids[a], ids[min(119, a + b % 9)], count)
+    history = ["i10", "i11", "i12"]
+    everything = full.bonus(history, exclude=history)
+    best = dict(sorted(everything.items(), key=lambda kv: -kv[1])[:5])
+    assert len(everything) > 5 and cut.bonus(history, exclude=history) == pytest.approx(best)
+    assert not set(cut.bonus(history, exclude=history)) & set(history)  # seen items leave their place
+    # The serving side cuts the same way: the same five items and values.
+    rows = TransitionRows(**cut.to_csr(ids), n_items=len(ids), window=3, decay=0.7, top=5)
+    dense = rows.dense_bonus([10, 11, 12], len(ids))
+    assert {ids[j]: dense[j] for j in np.flatnonzero(dense)} == pytest.approx(best, rel=1e-5)
+    with pytest.raises(ValueError):
+        TransitionRows(**cut.to_csr(ids), n_items=len(ids), window=3, decay=0.7, top=-1)
+

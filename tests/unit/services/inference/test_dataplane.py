@@ -80,8 +80,9 @@ def test_recommends_nearest_items_and_filters_seen_excluded_unavailable(plane):
     assert rec.items[0].title.startswith("Item ") and rec.items[0].categories in (("even",), ("odd",))
 
 
+@pytest.mark.parametrize("top", [0, 4])
 @pytest.mark.parametrize("ann_threshold", [10**9, 50])
-def test_the_transition_bonus_reranks_exactly_with_every_filter(ann_threshold):
+def test_the_transition_bonus_reranks_exactly_with_every_filter(ann_threshold, top):
     from recmodel.transitions import TransitionRows, TransitionTable
 
     base = make_model()
@@ -91,7 +92,7 @@ def test_the_transition_bonus_reranks_exactly_with_every_filter(ann_threshold):
     for _ in range(4000):
         a = int(rng.integers(0, 200))
         table.observe(ids[a], ids[(a + int(rng.integers(1, 12))) % 200])
-    rows_table = TransitionRows(**table.to_csr(ids), n_items=200, window=3, decay=0.7)
+    rows_table = TransitionRows(**table.to_csr(ids), n_items=200, window=3, decay=0.7, top=top)
     runtime = base.runtime
     runtime.transitions, runtime.transition_weight = rows_table, 2.0
     model = ServedModel(runtime, version=1, index_config=IndexConfig(ann_threshold=ann_threshold, nprobe_fraction=1.0))
@@ -104,13 +105,16 @@ def test_the_transition_bonus_reranks_exactly_with_every_filter(ann_threshold):
     for categories in ([], ["even"]):
         rec = plane.recommend(RecommendQuery("u", k=10, exclude_item_ids=["i44"], categories=categories))
         query = model.item_vectors[[3, 40, 41]].mean(axis=0)
-        scores = model.item_vectors @ query + 2.0 * rows_table.dense_bonus([3, 40, 41], 200)
-        scores[[3, 40, 41, 44, 5]] = -np.inf  # seen, excluded, unavailable
-        if categories:
-            scores[1::2] = -np.inf
+        never = [3, 40, 41, 44, 5] + (list(range(1, 200, 2)) if categories else [])  # seen, excluded, unavailable
+        bonus = rows_table.dense_bonus([3, 40, 41], 200, banned=never)  # the top go to items that may be shown
+        scores = model.item_vectors @ query + 2.0 * bonus
+        scores[never] = -np.inf
         assert [i.item_id for i in rec.items] == [f"i{j}" for j in np.argsort(-scores, kind="stable")[:10]]
-        assert any(rows_table.dense_bonus([3, 40, 41], 200)[int(i.item_id[1:])] > 0 for i in rec.items)
+        boosted = sum(bonus[int(i.item_id[1:])] > 0 for i in rec.items)
+        assert boosted <= top if top else boosted > 0
         np.testing.assert_allclose([i.score for i in rec.items], np.sort(scores)[::-1][:10], rtol=1e-5)
+    if top:
+        assert np.count_nonzero(rows_table.dense_bonus([3, 40, 41], 200)) == top
 
 
 def test_category_filter_and_context_items(plane):

@@ -83,3 +83,16 @@ def test_config_defaults_and_leader_timing_rules():
         load_config(TrainerConfig, environ=env)
     with pytest.raises(ConfigError, match="trainer.bogus"):
         load_config(TrainerConfig, environ={}, overrides={"trainer": {"bogus": 1}})
+
+
+def test_config_carries_the_recipe_transition_span_and_refuses_bad_values_by_name():
+    from recmodel.recipe import RECIPE
+
+    cfg = load_config(TrainerConfig, environ={})
+    kwargs = cfg.trainer.model.trainer_kwargs()
+    assert (kwargs["transition_span"], kwargs["transition_backward"]) == (RECIPE["transition_span"],
+                                                                         RECIPE["transition_backward"])
+    for key, bad in (("transition_span", 0), ("transition_span", 10_000), ("transition_backward", 1.5),
+                     ("transition_span_decay", 0)):
+        with pytest.raises(ConfigError, match=key):
+            load_config(TrainerConfig, environ={}, overrides={"trainer": {"model": {key: bad}}})
