@@ -92,7 +92,8 @@ class _Scorer:
     def evaluate(self, model, stage: str | None = None, **kw) -> dict:
         k, stage = self.k, self.stage if stage is None else stage
         r = evaluate_leave_last_out(model, self.split, self.item_ids, k=k, stage=stage, **kw)
-        return {f"hr@{k}": round(r[f"hr@{k}"], 4), f"ndcg@{k}": round(r[f"ndcg@{k}"], 4), "users": r["users"]}
+        return {f"hr@{k}": round(r[f"hr@{k}"], 4), f"ndcg@{k}": round(r[f"ndcg@{k}"], 4), "users": r["users"],
+                "hits": int(round(r[f"hr@{k}"] * r["users"]))}
 
     def record(self, name: str, model, seconds: float, **extra) -> None:
         self.results[name] = {**self.evaluate(model), "seconds": seconds, **extra}
@@ -216,6 +217,10 @@ def _run_offline(scorer: _Scorer, offline: IncrementalTrainer, train, epochs: in
     scorer.record("offline", offline, s, epochs=epochs)
 
 
+def _ratio(a: dict, b: dict) -> float:
+    return round(a["hits"] / max(b["hits"], 1e-12), 3)
+
+
 def _summary(args: argparse.Namespace, dataset, item_list: list[Item], split, config: dict, results: dict) -> dict:
     hr = f"hr@{args.k}"
     return {
@@ -231,9 +236,10 @@ def _summary(args: argparse.Namespace, dataset, item_list: list[Item], split, co
         "test_users": len(split.test),
         "recipe": {key: value for key, value in config.items() if key not in ("text_encoder", "capacity")},
         "models": results,
-        "streaming_over_als_hr": round(results["streaming"][hr] / max(results["als"][hr], 1e-12), 3),
-        "streaming_over_offline_hr": round(results["streaming"][hr] / max(results["offline"][hr], 1e-12), 3),
-        "streaming_replay_over_offline_hr": round(results["streaming_replay"][hr] / max(results["offline"][hr], 1e-12), 3),
+        # Ratios of the hit counts (the same users for every model), not of the rounded HRs.
+        "streaming_over_als_hr": _ratio(results["streaming"], results["als"]),
+        "streaming_over_offline_hr": _ratio(results["streaming"], results["offline"]),
+        "streaming_replay_over_offline_hr": _ratio(results["streaming_replay"], results["offline"]),
         "text_encoder": config["text_encoder"].name,
     }
 
