@@ -217,12 +217,12 @@ def _run_offline(scorer: _Scorer, offline: IncrementalTrainer, train, epochs: in
     scorer.record("offline", offline, s, epochs=epochs)
 
 
-def _ratio(a: dict, b: dict) -> float:
-    return round(a["hits"] / max(b["hits"], 1e-12), 3)
+def _ratio(a: dict, b: dict) -> float | None:
+    """``a``'s hits over ``b``'s; None (JSON null) when ``b`` has none."""
+    return round(a["hits"] / b["hits"], 3) if b["hits"] else None
 
 
 def _summary(args: argparse.Namespace, dataset, item_list: list[Item], split, config: dict, results: dict) -> dict:
-    hr = f"hr@{args.k}"
     return {
         "bench": "quality",
         "format": args.format,
