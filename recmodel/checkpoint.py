@@ -99,7 +99,10 @@ class TrainerCheckpoint:
         self._histories = {u: [(e[0], e[1], int(e[2])) for e in h] for u, h in state["histories"].items()}
         self._replay = OrderedDict((u, None) for u in state["replay"])
         if "transitions" in state:
-            self.transitions = TransitionTable.from_state_dict(state["transitions"])
+            # A checkpoint from before span, backward counts and the top cut takes this trainer's settings.
+            self.transitions = TransitionTable.from_state_dict(
+                state["transitions"], span=self.transition_span, span_decay=self.transition_span_decay,
+                backward=self.transition_backward, top=self.transition_top)
         self._gen.set_state(state["gen"])
         self._torch_rng = state["torch_rng"]
         self._cuda_rng = state["cuda_rng"] if self.device.type == "cuda" else None

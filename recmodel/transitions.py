@@ -133,10 +133,13 @@ class TransitionTable:
                 "next": {k: dict(v) for k, v in self._next.items()}, "total": dict(self._total)}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "TransitionTable":
-        table = cls(max_next=int(state["max_next"]), window=int(state["window"]), decay=float(state["decay"]),
-                    span=int(state.get("span", 1)), span_decay=float(state.get("span_decay", 0.7)),
-                    backward=float(state.get("backward", 0.0)), top=int(state.get("top", 0)))  # older checkpoints
+    def from_state_dict(cls, state: dict, **missing) -> "TransitionTable":
+        """The table of :meth:`state_dict`; ``missing`` fills settings a state from an older version lacks
+        (span, span_decay, backward, top), else they are the constructor's defaults."""
+        settings = {"span": int, "span_decay": float, "backward": float, "top": int}
+        extra = {k: cast(state[k]) for k, cast in settings.items() if k in state}
+        extra.update({k: cast(missing[k]) for k, cast in settings.items() if k not in state and k in missing})
+        table = cls(max_next=int(state["max_next"]), window=int(state["window"]), decay=float(state["decay"]), **extra)
         table._next = {str(k): {str(j): float(c) for j, c in v.items()} for k, v in state["next"].items()}
         table._total = {str(k): float(v) for k, v in state["total"].items()}
         return table

@@ -142,8 +142,11 @@ def test_span_counting_is_the_same_in_one_pass_or_in_pieces_and_survives_a_check
     assert pieces.state_dict() == whole.state_dict()  # the same additions in the same order
     restored = TransitionTable.from_state_dict(whole.state_dict())
     assert (restored.span, restored.span_decay, restored.backward) == (4, 0.6, 0.3)
-    old = {k: v for k, v in whole.state_dict().items() if k not in ("span", "span_decay", "backward")}
+    old = {k: v for k, v in whole.state_dict().items() if k not in ("span", "span_decay", "backward", "top")}
     assert TransitionTable.from_state_dict(old).span == 1  # a checkpoint from before the span
+    taken = TransitionTable.from_state_dict(old, span=5, backward=0.5, top=20)
+    assert (taken.span, taken.backward, taken.top) == (5, 0.5, 20) and taken._next == whole._next
+    assert TransitionTable.from_state_dict(whole.state_dict(), span=9).span == 4  # a state's own settings win
 
 
 @pytest.mark.parametrize("bad", [dict(span=0), dict(span_decay=0.0), dict(span_decay=1.5), dict(backward=-0.1),
@@ -187,3 +190,23 @@ def test_top_gives_the_bonus_to_the_best_items_the_user_may_be_shown_only():
     with pytest.raises(ValueError):
         TransitionRows(**cut.to_csr(ids), n_items=len(ids), window=3, decay=0.7, top=-1)
 
+
+
+def test_a_trainer_restored_from_a_checkpoint_before_the_span_counts_with_its_own_settings(tmp_path):
+    import torch
+
+    from recmodel.recipe import RECIPE
+
+    trainer = make_trainer(transition_span=1, transition_backward=0.0, transition_top=0)
+    trainer.train_events(_sequence_stream())
+    path = trainer.save_checkpoint(tmp_path / "ckpt.pt")
+    state = torch.load(path, weights_only=True)
+    for key in ("span", "span_decay", "backward", "top"):  # as the version before them wrote it
+        del state["transitions"][key]
+        del state["hyperparameters"]["transition_" + key]
+    torch.save(state, path)
+    restored, _ = type(trainer).load_checkpoint(path, text_encoder=trainer.text_encoder, device="cpu")
+    table = restored.transitions
+    assert (table.span, table.backward, table.top) == (RECIPE["transition_span"], RECIPE["transition_backward"],
+                                                       RECIPE["transition_top"])
+    assert table._next == trainer.transitions._next  # the counts so far are kept
