@@ -134,6 +134,9 @@ class TrainerSection(Section):
     poll_timeout_ms: int = Field(200, ge=0)
     export_interval_s: float = Field(30.0, gt=0)
     export_every_events: int = Field(0, ge=0, description="also export after this many new events (0: off)")
+    # Judge and register each exported version on a thread of its own, so training goes on meanwhile and a
+    # version comes every export_interval_s rather than every interval plus the publish time.
+    publish_in_background: bool = True
     checkpoint_dir: str = "./data/trainer"
     checkpoint_interval_s: float = Field(10.0, gt=0)
     keep_exports: int = Field(2, ge=1, description="exported artifact directories kept on disk")

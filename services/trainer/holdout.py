@@ -125,8 +125,12 @@ class ChampionChallenger:
     """Scores candidate and production on the holdout and records the paired evidence in the manifest."""
 
     def __init__(self, client, model_name: str, *, buffer: HoldoutBuffer, k: int = 10, confidence: float = 0.95,
-                 cache_versions: int = 3, download_dir: str | Path | None = None, metrics=None) -> None:
+                 cache_versions: int = 3, download_dir: str | Path | None = None, metrics=None,
+                 scoring_threads: int = 0) -> None:
         self.client = client
+        # ONNX Runtime threads for scoring (0: one per core), which sleep between runs instead of spinning:
+        # the gate runs beside training, on the same cores.
+        self.scoring_threads = scoring_threads
         self.model_name = model_name
         self.buffer = buffer
         self.k = k
@@ -151,21 +155,24 @@ class ChampionChallenger:
         while len(self._cache) > self.cache_versions:
             self._cache.popitem(last=False)
 
-    def judge(self, artifact_dir: str | Path):
+    def judge(self, artifact_dir: str | Path, queries: Sequence[HoldoutQuery] | None = None):
         """Add ``gate.*`` metrics to the manifest of the (not yet registered) artifact in ``artifact_dir``.
 
-        Returns the loaded candidate (for ``remember``), or None when it could not be loaded. Never
-        raises for want of evidence: without it the registry holds the version and decides on staleness.
+        ``queries`` defaults to the buffer's; a caller judging off the training thread passes the ones it
+        took when it exported, since the buffer goes on changing with every micro-batch. Returns the loaded
+        candidate (for ``remember``), or None when it could not be loaded. Never raises for want of
+        evidence: without it the registry holds the version and decides on staleness.
         """
         from recmodel.serving import ArtifactModel
 
         start = time.perf_counter()
         try:
-            candidate = ArtifactModel.load(artifact_dir, providers=SCORING_PROVIDERS)
+            candidate = ArtifactModel.load(artifact_dir, providers=SCORING_PROVIDERS,
+                                           session_options=self._session_options())
         except Exception:  # noqa: BLE001 - registration goes on; the gate will hold it for want of evidence
             logger.warning("cannot load the exported artifact for the gate", exc_info=True)
             return None
-        queries = self.buffer.queries()
+        queries = self.buffer.queries() if queries is None else list(queries)
         if self.metrics is not None:
             self.metrics.holdout_events.set(len(queries))
         if not queries:
@@ -241,6 +248,11 @@ class ChampionChallenger:
             self._cache.move_to_end(version)
         return version, model
 
+    def _session_options(self):
+        from recmodel.serving import serving_session_options
+
+        return serving_session_options(self.scoring_threads)
+
     def _download(self, version: int):
         from recmodel.serving import ArtifactModel
 
@@ -251,7 +263,8 @@ class ChampionChallenger:
         try:
             manifest = self.client.download(self.model_name, version, tmp / "artifact")  # digest checked
             # ONNX Runtime holds the model in memory once loaded, so the files can go.
-            model = ArtifactModel.load(tmp / "artifact", providers=SCORING_PROVIDERS, manifest=manifest)
+            model = ArtifactModel.load(tmp / "artifact", providers=SCORING_PROVIDERS, manifest=manifest,
+                                       session_options=self._session_options())
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         logger.info("downloaded the production version for the gate", extra={"model_version": version})

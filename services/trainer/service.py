@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from services.trainer.elector import build_elector
 from services.trainer.holdout import ChampionChallenger, HoldoutBuffer
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.exporter import VersionExporter
+from services.trainer.publisher import Publisher
 from services.trainer.stream import EventReader, ItemReader
 
 logger = logging.getLogger(__name__)
@@ -67,13 +69,16 @@ class TrainerService:
         self.champion = ChampionChallenger(
             self.client, self.cfg.model_name, metrics=metrics, k=self.cfg.gate.k, confidence=self.cfg.gate.confidence,
             cache_versions=self.cfg.gate.cache_versions, download_dir=Path(self.cfg.checkpoint_dir) / "gate",
-            buffer=HoldoutBuffer(self.cfg.gate.holdout_events, max_history=max(50, self.cfg.model.max_len)))
+            buffer=HoldoutBuffer(self.cfg.gate.holdout_events, max_history=max(50, self.cfg.model.max_len)),
+            # Beside training (publish_in_background), one scoring thread leaves the other cores to training.
+            scoring_threads=1 if self.cfg.publish_in_background else 0)
         self.events_topic = config.kafka.topics.name("events")
         self.items_topic = config.kafka.topics.name("items")
         self._restored = threading.Event()
         self._standing_by = threading.Event()
         self.position: StreamPosition | None = None
         self.registration: Registration | None = None
+        self.publisher = Publisher(background=False)  # replaced by each lead's own (_lead)
         self._stop = threading.Event()
         self._thread = ServiceThread("trainer", self._run_until_stopped)
 
@@ -162,6 +167,7 @@ class TrainerService:
         events = EventReader(self.config.kafka, self.events_topic, group_id=cfg.consumer_group,
                              max_poll_records=cfg.poll_max_records)
         items = ItemReader(self.config.kafka, self.items_topic, max_poll_records=5000)
+        self.publisher = Publisher(background=cfg.publish_in_background)
         try:
             events.assign(position.events_offsets)
             items.assign(position.items_offsets)
@@ -171,6 +177,7 @@ class TrainerService:
             self._restored.set()
             self._loop(stop, trainer, position, monitor, events, items)
         finally:
+            self.publisher.close()  # a publication in flight when leadership is lost is not applied
             events.close()
             items.close()
             self.backend.close()
@@ -216,6 +223,7 @@ class TrainerService:
                 self._refresh_lag(events, position)
                 last_lag = now
             self._upsert(items.read_available(0), items)
+            self._collect_publication()
             batch = events.next_batch(cfg.poll_timeout_ms)
             if batch is not None:
                 loss = self._train_batch(trainer, position, monitor, events, items, batch, loss)
@@ -228,7 +236,7 @@ class TrainerService:
                 events.refresh_partitions()
                 items.refresh_partitions()
                 last_partitions = now
-            pending = self._pending_registration(trainer, position)
+            pending = not self.publisher.busy and self._pending_registration(trainer, position)
             export_due = pending and (
                 now - last_export >= cfg.export_interval_s
                 or (cfg.export_every_events and trainer.events_trained - exported_at_events >= cfg.export_every_events))
@@ -241,7 +249,8 @@ class TrainerService:
             elif now - last_checkpoint >= cfg.checkpoint_interval_s and self._dirty(trainer):
                 self._checkpoint(trainer, position, events)
                 last_checkpoint = time.monotonic()
-        # Graceful stop: keep what was trained.
+        # Graceful stop: let the publication in flight finish, and keep what was trained.
+        self._collect_publication(wait=True)
         if self.elector.is_leader() and self._dirty(trainer):
             self._checkpoint(trainer, position, events)
 
@@ -344,6 +353,8 @@ class TrainerService:
         return stage
 
     def _export(self, trainer, position: StreamPosition, monitor: PrequentialEvaluator) -> None:
+        """Write the artifact from the trainer's state (this thread), then judge and register it (the
+        publisher's thread, see services/trainer/publisher.py); ``_collect_publication`` applies the outcome."""
         start = time.perf_counter()
         stage = self._stage_timer()
         metrics = monitor.metrics()
@@ -355,27 +366,63 @@ class TrainerService:
         stage("evaluate")
         try:
             artifact = self.exporter.export(trainer, self.events_topic, offsets, metrics)
-            stage("write")
-            candidate = self.champion.judge(artifact)  # adds the gate's paired evidence to the manifest
-            stage("judge")
-            self._check_leader()
-            parent = self.registration.version if self.registration else 0
-            version = self.exporter.register(artifact, parent_version=parent)
-            stage("register")
-            self.champion.remember(version, candidate)
-        except LostLeadership:
-            raise
         except Exception as exc:
             self.metrics.registration_failures.inc()
-            logger.warning("export/register failed; will retry at the next interval", extra={"error": str(exc)},
-                           exc_info=not hasattr(exc, "code"))
+            logger.warning("export failed; will retry at the next interval", extra={"error": str(exc)}, exc_info=True)
             return
-        self.registration = Registration(version, offsets, trainer.events_trained, dict(position.items_offsets))
-        self._replayed_unexported = 0
+        stage("write")
+        # What the registration will record: the state as exported, whatever is trained meanwhile.
+        snapshot = _Published(version=0, offsets=offsets, events_trained=trainer.events_trained,
+                              items_offsets=dict(position.items_offsets), replayed=self._replayed_unexported,
+                              started=start)
+        parent = self.registration.version if self.registration else 0
+        queries = self.champion.buffer.queries()  # the holdout as of this export; the buffer moves on
+        self.publisher.submit(lambda: self._publish(artifact, parent, queries, snapshot, stage))
+
+    def _publish(self, artifact: Path, parent: int, queries, snapshot: "_Published", stage) -> "_Published":
+        """The publisher's thread: the gate's evidence, then registration. Reads nothing the training thread
+        changes (the artifact on disk, the holdout queries taken at export, the champion's own cache)."""
+        candidate = self.champion.judge(artifact, queries)  # adds the gate's paired evidence to the manifest
+        stage("judge")
+        self._check_leader()
+        version = self.exporter.register(artifact, parent_version=parent)
+        stage("register")
+        self.champion.remember(version, candidate)
+        return _Published(**{**snapshot.__dict__, "version": version})
+
+    def _collect_publication(self, wait: bool = False) -> None:
+        """Apply a finished publication: the registration, its record next to the checkpoint, the metrics."""
+        future = self.publisher.collect(wait=wait)
+        if future is None:
+            return
+        exc = future.exception()
+        if isinstance(exc, LostLeadership):
+            raise exc
+        if exc is not None:
+            self.metrics.registration_failures.inc()
+            logger.warning("export/register failed; will retry at the next interval", extra={"error": str(exc)},
+                           exc_info=(type(exc), exc, exc.__traceback__) if not hasattr(exc, "code") else None)
+            return
+        done: _Published = future.result()
+        self.registration = Registration(done.version, done.offsets, done.events_trained, done.items_offsets)
+        self._replayed_unexported = max(0, self._replayed_unexported - done.replayed)
         self.store.save_registration(self.registration)
         self.metrics.versions_registered.inc()
-        self.metrics.registered_version.set(version)
-        self.metrics.export_duration.observe(time.perf_counter() - start)
-        logger.info("registered model version", extra={"model_version": version, "offsets": offsets,
-                                                       "events_trained": trainer.events_trained,
-                                                       "seconds": round(time.perf_counter() - start, 2)})
+        self.metrics.registered_version.set(done.version)
+        seconds = time.perf_counter() - done.started
+        self.metrics.export_duration.observe(seconds)
+        logger.info("registered model version", extra={"model_version": done.version, "offsets": done.offsets,
+                                                       "events_trained": done.events_trained,
+                                                       "seconds": round(seconds, 2)})
+
+
+@dataclass(frozen=True)
+class _Published:
+    """A version being published: the state it was exported from, and (once registered) its number."""
+
+    version: int
+    offsets: dict[int, int]
+    events_trained: int
+    items_offsets: dict[int, int]
+    replayed: int  # idle replay steps the exported state includes
+    started: float  # perf_counter at the start of the export

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -228,3 +229,58 @@ def test_every_version_is_registered_after_a_checkpoint_that_covers_it(kafka_con
     assert len(registered) >= 2
     for version, checkpoint in registered:
         assert all(checkpoint.get(p, 0) >= o for p, o in version.items()), (version, checkpoint)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_training_goes_on_while_a_version_is_judged_and_registered(kafka_config, registry, tmp_path, background):
+    """With ``publish_in_background`` (the default) a slow registration does not stop training: events published
+    while the first version waits on the registry are trained meanwhile, no second publication starts, and the
+    registration then records the state the version was exported from. Without it, training waits."""
+    from recmodel.artifact import read_manifest
+
+    ensure_topics(kafka_config, [kafka_config.topics.name("events"), kafka_config.topics.name("items")])
+    stream = SyntheticStream(seed=5, n_users=60, n_items=100, n_events=2400)
+    events = list(stream.events())
+    publish_items(kafka_config, stream.items())
+    publish_events(kafka_config, events[:1200])
+    config = _trainer_config(kafka_config, registry, tmp_path, export_interval_s=0.5, poll_max_records=300,
+                             idle_replay_epochs=0, publish_in_background=background)
+    service = TrainerService(config, TrainerMetrics(CollectorRegistry()), AlwaysLeader())
+    register = service.exporter.register
+    release = threading.Event()
+    calls: list[int] = []  # events_trained in the manifest of each version handed to the registry
+
+    def slow_register(artifact_dir, parent_version):
+        calls.append(int(read_manifest(artifact_dir).metrics["events_trained"]))
+        release.wait(120)
+        return register(artifact_dir, parent_version=parent_version)
+
+    service.exporter.register = slow_register
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: calls, 240, "the first version to reach the registry", interval_s=0.2)
+        exported = calls[0]
+        publish_events(kafka_config, events[1200:])
+        trainer = service.backend.trainer
+        if background:
+            wait_for(lambda: trainer.events_trained == len(events), 240,
+                     "the events published meanwhile to be trained", interval_s=0.2)
+            assert calls == [exported]  # one publication at a time
+            assert service.registration is None  # not registered yet: nothing is recorded before the registry answers
+        else:
+            time.sleep(3)  # the training thread itself is in the registry call: nothing can be trained meanwhile
+            assert trainer.events_trained == exported
+        release.set()
+        wait_for(lambda: service.registration is not None, 240, "the first registration", interval_s=0.2)
+        first = service.registration
+        assert first.events_trained == exported  # the exported state, not what was trained since
+        wait_for(lambda: service.registration.events_trained == len(events), 240,
+                 "a version of everything published", interval_s=0.2)
+        assert service.registration.version > first.version
+    finally:
+        release.set()
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
