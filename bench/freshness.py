@@ -5,7 +5,8 @@
     filtered), so the time covers ingester, ``events`` topic, history follower and serving.
 (b) publish -> a served model version trained on the event (s): the probe finds the event's offset
     on ``events`` and polls until the version served by inference was trained past that offset. It
-    also notes when the first version trained on the event was registered and what the promotion gate
+    also notes when the first version trained on the event was exported (its manifest's time, which the
+    registry keeps) and what the promotion gate
     decided about it. Every probe is counted: ``held_back`` says how many first versions the gate did
     not promote (held or rejected), ``not_served`` how many probes timed out unserved.
     ``trainer_publish_times`` has the trainer's mean seconds per checkpoint and per stage of publishing a
@@ -121,7 +122,7 @@ def _find_offset(stack, event_id: str, since: dict, timeout_s: float = 30.0) -> 
 class ModelProbe:
     """One probe of (b): every probe is reported, served or not."""
 
-    registered_s: float | None = None  # until a version trained on the event was registered
+    exported_s: float | None = None  # until a version trained on the event was exported (later registered)
     first_version: int = 0  # that version
     gate: str = ""  # the gate's decision on it: promoted, held or rejected (as last seen)
     served_s: float | None = None  # until inference served a version trained on the event
@@ -140,7 +141,7 @@ def _model_probe(stub, stack, registry, producer, user_id: str, item_id: str, ti
     ends = consumer.end_offsets(parts)
     consumer.close()
     probe = ModelProbe()
-    start = time.perf_counter()
+    start, start_wall = time.perf_counter(), time.time()
     event_id = _publish_click(stack, producer, user_id, item_id)
     found = _find_offset(stack, event_id, ends)
     if found is None:
@@ -151,16 +152,7 @@ def _model_probe(stub, stack, registry, producer, user_id: str, item_id: str, ti
         return any(o.topic == topic and o.partition == partition and o.offset > offset for o in mv.training_offsets)
 
     checked: dict[int, bool] = {}
-    last_listed = 0.0
     while time.perf_counter() - start < timeout_s:
-        now = time.perf_counter()
-        if not probe.first_version and now - last_listed >= 1.0:
-            # The first version trained on the event, whatever the gate decided about it.
-            last_listed = now
-            trained = [v for v in registry.list_versions(model) if trained_on_it(v)]
-            if trained:
-                first = min(trained, key=lambda v: v.version)
-                probe.registered_s, probe.first_version = now - start, first.version
         version = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=1), timeout=5).model_version
         if version and version not in checked:
             checked[version] = trained_on_it(registry.get_version(model, version))
@@ -168,8 +160,14 @@ def _model_probe(stub, stack, registry, producer, user_id: str, item_id: str, ti
             probe.served_s = time.perf_counter() - start
             break
         time.sleep(0.2)
-    if probe.first_version:
-        probe.gate = registry.get_version(model, probe.first_version).gate_decision
+    # The first version trained on the event, whatever the gate decided about it, and when the trainer
+    # exported it (the manifest's time, kept by the registry; the same machine's clock). From there to
+    # served: the gate's evidence, registration, and inference's download and swap.
+    trained = [v for v in registry.list_versions(model) if trained_on_it(v)]
+    if trained:
+        first = min(trained, key=lambda v: v.version)
+        probe.first_version, probe.gate = first.version, first.gate_decision
+        probe.exported_s = max(0.0, first.created_at_ms / 1000.0 - start_wall)
     return probe
 
 
@@ -239,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             "held_back": sum(p.held_back for p in probes),
             "not_served": sum(p.served_s is None for p in probes),
         },
-        "model_trained_and_registered_s": _summary([p.registered_s for p in probes]),
+        "model_trained_and_exported_s": _summary([p.exported_s for p in probes]),
         "model_probes": [asdict(p) | {"held_back": p.held_back} for p in probes],
         "export_interval_s": args.export_interval,
         "trainer_publish_times": trainer_times,

@@ -28,13 +28,16 @@ class FakeRegistry:
 
 
 class FakeInference:
-    """Serves ``served[i]`` on the i-th call and registers one more version every call."""
+    """Serves ``served[i]`` on the i-th call and registers one more version every call (stamped with the
+    registry's clock, ``clock["t"]`` seconds)."""
 
-    def __init__(self, registry, served):
-        self.registry, self.served, self.calls = registry, served, 0
+    def __init__(self, registry, served, clock):
+        self.registry, self.served, self.calls, self.clock = registry, served, 0, clock
 
     def Recommend(self, request, timeout):
         self.registry.visible += 1
+        if self.registry.visible in self.registry.versions:
+            self.registry.versions[self.registry.visible].created_at_ms = int(self.clock["t"] * 1000)
         version = self.served[min(self.calls, len(self.served) - 1)]
         self.calls += 1
         return SimpleNamespace(model_version=version)
@@ -48,10 +51,16 @@ def _run(monkeypatch, versions, served, timeout_s=30.0):
     monkeypatch.setattr(freshness, "_publish_click", lambda *a: "probe-1")
     monkeypatch.setattr(freshness, "_find_offset", lambda *a: (0, 100))  # the probe event is at offset 100
     monkeypatch.setattr(freshness.time, "sleep", lambda s: None)
-    clock = iter(range(0, 10_000))
-    monkeypatch.setattr(freshness.time, "perf_counter", lambda: float(next(clock)))
+    clock = {"t": 1000.0}  # one second passes at each perf_counter() reading; time() reads the same clock
+
+    def tick():
+        clock["t"] += 1.0
+        return clock["t"]
+
+    monkeypatch.setattr(freshness.time, "perf_counter", tick)
+    monkeypatch.setattr(freshness.time, "time", lambda: clock["t"])
     registry = FakeRegistry(versions)
-    return freshness._model_probe(FakeInference(registry, served), stack, registry, None, "u", "i", timeout_s)
+    return freshness._model_probe(FakeInference(registry, served, clock), stack, registry, None, "u", "i", timeout_s)
 
 
 def test_a_probe_whose_first_version_was_held_counts_as_held_back_and_as_served_later(monkeypatch):
@@ -59,7 +68,8 @@ def test_a_probe_whose_first_version_was_held_counts_as_held_back_and_as_served_
     versions = [_version(1, 50, "promoted"), _version(2, 150, "held"), _version(3, 200, "promoted")]
     probe = _run(monkeypatch, versions, served=[1, 1, 1, 1, 3])
     assert probe.first_version == 2 and probe.gate == "held" and probe.held_back
-    assert probe.registered_s is not None and probe.served_s is not None and probe.served_s > probe.registered_s
+    # v2 was exported (its manifest's time) at the probe's second call; v3 was served at its fifth.
+    assert 0 < probe.exported_s < probe.served_s
 
 
 def test_a_probe_never_served_is_still_reported(monkeypatch):
