@@ -1,6 +1,7 @@
 """Trainer throughput and publish -> registered-version latency.
 
-``streamrec bench train [--events 20000] [--export-interval-s 5] [--rounds 3] [--bootstrap HOST:PORT]``
+``streamrec bench train [--events 20000] [--export-interval-s 5] [--rounds 3] [--publish-mode auto]
+[--bootstrap HOST:PORT]``
 starts (unless ``--bootstrap`` names one) a local Kafka broker, an in-process registry and the trainer
 service loop, publishes a synthetic stream to `items`/`events` as the ingester would, and prints ONE
 JSON line:
@@ -169,7 +170,7 @@ def run(args) -> dict:
         config = TrainerConfig.model_validate({
             "kafka": kafka_config.model_dump(), "metrics": {"enabled": False}, "tls": ca.tls_config("trainer").model_dump(),
             "trainer": {"registry_target": registry.target, "checkpoint_dir": str(tmp / "ckpt"), "device": args.device,
-                        "export_interval_s": args.export_interval_s, "model": model},
+                        "export_interval_s": args.export_interval_s, "publish_mode": args.publish_mode, "model": model},
         })
         metrics = TrainerMetrics(CollectorRegistry())
         service = TrainerService(config, metrics, AlwaysLeader()).start()
@@ -186,6 +187,7 @@ def run(args) -> dict:
             "events_per_s": round(events_per_s, 1),
             "train_seconds": round(seconds, 2),
             "export_interval_s": args.export_interval_s,
+            "publish": "background" if service.publish_in_background else "inline",
             "export_register_s_mean": _mean_seconds(metrics.export_duration),
             "versions_registered": int(metrics.versions_registered._value.get()),
             "publish_to_registered_s": {
@@ -210,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--burst", type=int, default=50, help="events per latency round")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--publish-mode", default="auto", choices=["auto", "inline", "background"],
+                        help="where versions are judged and registered (trainer.publish_mode)")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--text-encoder", default="hashing", choices=["hashing", "minilm"])

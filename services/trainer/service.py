@@ -57,6 +57,8 @@ class TrainerService:
         self.elector = elector
         self.backend = backend or LocalBackend(config, resolve_device(self.cfg.device))
         self.device = self.backend.device
+        mode = self.cfg.publish_mode
+        self.publish_in_background = mode == "background" or (mode == "auto" and self.device.type == "cuda")
         self.store = CheckpointStore(self.cfg.checkpoint_dir)
         self.client = registry_client or RegistryClient(self.cfg.registry_target, timeout_s=self.cfg.registry_timeout_s,
                                                         tls=config.tls)
@@ -70,8 +72,8 @@ class TrainerService:
             self.client, self.cfg.model_name, metrics=metrics, k=self.cfg.gate.k, confidence=self.cfg.gate.confidence,
             cache_versions=self.cfg.gate.cache_versions, download_dir=Path(self.cfg.checkpoint_dir) / "gate",
             buffer=HoldoutBuffer(self.cfg.gate.holdout_events, max_history=max(50, self.cfg.model.max_len)),
-            # Beside training (publish_in_background), one scoring thread leaves the other cores to training.
-            scoring_threads=1 if self.cfg.publish_in_background else 0)
+            # Beside training, one scoring thread leaves the other cores to it.
+            scoring_threads=1 if self.publish_in_background else 0)
         self.events_topic = config.kafka.topics.name("events")
         self.items_topic = config.kafka.topics.name("items")
         self._restored = threading.Event()
@@ -167,7 +169,7 @@ class TrainerService:
         events = EventReader(self.config.kafka, self.events_topic, group_id=cfg.consumer_group,
                              max_poll_records=cfg.poll_max_records)
         items = ItemReader(self.config.kafka, self.items_topic, max_poll_records=5000)
-        self.publisher = Publisher(background=cfg.publish_in_background)
+        self.publisher = Publisher(background=self.publish_in_background)
         try:
             events.assign(position.events_offsets)
             items.assign(position.items_offsets)

@@ -233,9 +233,10 @@ def test_every_version_is_registered_after_a_checkpoint_that_covers_it(kafka_con
 
 @pytest.mark.parametrize("background", [True, False])
 def test_training_goes_on_while_a_version_is_judged_and_registered(kafka_config, registry, tmp_path, background):
-    """With ``publish_in_background`` (the default) a slow registration does not stop training: events published
-    while the first version waits on the registry are trained meanwhile, no second publication starts, and the
-    registration then records the state the version was exported from. Without it, training waits."""
+    """With ``publish_mode: background`` (the default on a GPU) a slow registration does not stop training:
+    events published while the first version waits on the registry are trained meanwhile, no second
+    publication starts, and the registration then records the state the version was exported from.
+    ``inline`` (the default on the CPU) trains nothing meanwhile."""
     from recmodel.artifact import read_manifest
 
     ensure_topics(kafka_config, [kafka_config.topics.name("events"), kafka_config.topics.name("items")])
@@ -244,7 +245,7 @@ def test_training_goes_on_while_a_version_is_judged_and_registered(kafka_config,
     publish_items(kafka_config, stream.items())
     publish_events(kafka_config, events[:1200])
     config = _trainer_config(kafka_config, registry, tmp_path, export_interval_s=0.5, poll_max_records=300,
-                             idle_replay_epochs=0, publish_in_background=background)
+                             idle_replay_epochs=0, publish_mode="background" if background else "inline")
     service = TrainerService(config, TrainerMetrics(CollectorRegistry()), AlwaysLeader())
     register = service.exporter.register
     release = threading.Event()
@@ -284,3 +285,13 @@ def test_training_goes_on_while_a_version_is_judged_and_registered(kafka_config,
         stop.set()
         thread.join(timeout=60)
     assert not thread.is_alive()
+
+
+def test_publish_mode_auto_publishes_inline_on_the_cpu(kafka_config, registry, tmp_path):
+    def service(**trainer):
+        return TrainerService(_trainer_config(kafka_config, registry, tmp_path, **trainer),
+                              TrainerMetrics(CollectorRegistry()), AlwaysLeader())
+
+    assert not service().publish_in_background  # the gate's scoring would take the cores training needs
+    assert service(publish_mode="background").publish_in_background
+    assert service(publish_mode="background").champion.scoring_threads == 1

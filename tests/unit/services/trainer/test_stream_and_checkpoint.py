@@ -83,6 +83,10 @@ def test_config_defaults_and_leader_timing_rules():
         load_config(TrainerConfig, environ=env)
     with pytest.raises(ConfigError, match="trainer.bogus"):
         load_config(TrainerConfig, environ={}, overrides={"trainer": {"bogus": 1}})
+    assert cfg.trainer.publish_mode == "auto"
+    assert load_config(TrainerConfig, environ={"STREAMREC_TRAINER_PUBLISH_MODE": "background"}).trainer.publish_mode == "background"
+    with pytest.raises(ConfigError, match="publish_mode"):
+        load_config(TrainerConfig, environ={"STREAMREC_TRAINER_PUBLISH_MODE": "sometimes"})
 
 
 def test_config_carries_the_recipe_transition_span_and_refuses_bad_values_by_name():
