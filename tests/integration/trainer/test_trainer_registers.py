@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -287,11 +288,18 @@ def test_training_goes_on_while_a_version_is_judged_and_registered(kafka_config,
     assert not thread.is_alive()
 
 
-def test_publish_mode_auto_publishes_inline_on_the_cpu(kafka_config, registry, tmp_path):
-    def service(**trainer):
+def test_publish_mode_auto_publishes_inline_on_the_cpu_and_in_the_background_on_a_gpu(kafka_config, registry, tmp_path):
+    import torch
+
+    def service(device="cpu", **trainer):
+        # The service reads only the device of its backend when it is built; no GPU is touched here.
+        backend = SimpleNamespace(device=torch.device(device)) if device != "cpu" else None
         return TrainerService(_trainer_config(kafka_config, registry, tmp_path, **trainer),
-                              TrainerMetrics(CollectorRegistry()), AlwaysLeader())
+                              TrainerMetrics(CollectorRegistry()), AlwaysLeader(), backend=backend)
 
     assert not service().publish_in_background  # the gate's scoring would take the cores training needs
+    assert service().champion.scoring_threads == 0
     assert service(publish_mode="background").publish_in_background
     assert service(publish_mode="background").champion.scoring_threads == 1
+    assert service("cuda").publish_in_background  # training runs on the GPU: the CPU is free for the gate
+    assert not service("cuda", publish_mode="inline").publish_in_background
