@@ -6,9 +6,10 @@
 (b) publish -> a served model version trained on the event (s): the probe finds the event's offset
     on ``events`` and polls until the version served by inference was trained past that offset. It
     also notes when the first version trained on the event was exported (its manifest's time, which the
-    registry keeps) and what the promotion gate
-    decided about it. Every probe is counted: ``held_back`` says how many first versions the gate did
-    not promote (held or rejected), ``not_served`` how many probes timed out unserved.
+    registry keeps) and what the promotion gate decided about it. Every probe is counted: ``held_back``
+    says how many first versions the gate did not promote (held or rejected), ``not_served`` how many
+    probes timed out unserved. These probes start once the trainer has caught up with the backlog the
+    stack's start leaves it (``trainer_catch_up_before_model_probes_s``): they measure the steady state.
     ``trainer_publish_times`` has the trainer's mean seconds per checkpoint and per stage of publishing a
     version (evaluate, write, judge, register), read from its /metrics: where (b)'s time goes.
 
@@ -31,6 +32,7 @@ import grpc
 from kafka import TopicPartition
 
 from services.common.grpc import open_channel
+from services.common.supervision import wait_for
 from services.common.kafka import make_consumer, make_producer
 from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
 
@@ -98,6 +100,17 @@ def _trainer_times(metrics_url: str) -> dict:
     parts["checkpoint"] = (total(samples, checkpoint + "_sum"), total(samples, checkpoint + "_count"))
     return {"mean_s": {name: round(s / n, 3) for name, (s, n) in parts.items() if n},
             "exports": int(parts.get("register", (0, 0))[1])}
+
+
+def _trainer_caught_up(metrics_url: str, rate: float) -> bool:
+    """The trainer is within a second of events (at least one micro-batch) of the end of ``events`` and is
+    not catching up: model probes measure the steady state, not the backlog of the stack's own start."""
+    from services.stack.status import scrape, total
+
+    samples = scrape(metrics_url, timeout_s=10)
+    lag = samples.get("streamrec_trainer_consumer_lag_records")
+    return bool(lag) and total(samples, "streamrec_trainer_consumer_lag_records") <= max(rate, 2000) \
+        and not total(samples, "streamrec_trainer_catching_up")
 
 
 def _find_offset(stack, event_id: str, since: dict, timeout_s: float = 30.0) -> tuple[int, int] | None:
@@ -196,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     history_ms: list[float] = []
     probes: list[ModelProbe] = []
     trainer_times: dict = {}
+    catch_up_s = None
     wall = time.monotonic()
     with stack:
         publisher = DemoPublisher(stack.kafka_config, stream.items(), stream.events(), rate=args.rate).start()
@@ -211,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                     ms = _history_probe(stub, stack, producer, user, timeout_s=10)
                     if ms is not None:
                         history_ms.append(ms)
+                # The stack's start leaves the trainer a backlog of the demo stream; probe once it has caught up.
+                started = time.monotonic()
+                wait_for(lambda: _trainer_caught_up(stack.services["trainer"].metrics_url, args.rate), 600,
+                         "the trainer to catch up with the stream", interval_s=0.5)
+                catch_up_s = time.monotonic() - started
                 # Long enough for a held version to be promoted on staleness (registry default 120 s).
                 timeout_s = 10 * args.export_interval + 240
                 for user in users[: args.model_probes]:
@@ -238,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             "not_served": sum(p.served_s is None for p in probes),
         },
         "model_trained_and_exported_s": _summary([p.exported_s for p in probes]),
+        "trainer_catch_up_before_model_probes_s": round(catch_up_s, 1) if catch_up_s is not None else None,
         "model_probes": [asdict(p) | {"held_back": p.held_back} for p in probes],
         "export_interval_s": args.export_interval,
         "trainer_publish_times": trainer_times,

@@ -105,3 +105,29 @@ def test_trainer_times_are_the_mean_of_each_stage_read_from_the_trainers_metrics
     finally:
         server.stop()
     assert times == {"mean_s": {"write": 0.3, "register": 0.15, "checkpoint": 1.5}, "exports": 2}
+
+
+def test_model_probes_wait_for_a_trainer_that_reports_a_small_lag_and_is_not_catching_up():
+    from prometheus_client import CollectorRegistry
+
+    from services.common.metrics import MetricsServer
+    from services.trainer.metrics import TrainerMetrics
+
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics(registry)
+    server = MetricsServer(registry, host="127.0.0.1", port=0).start()
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    try:
+        assert not freshness._trainer_caught_up(url, rate=1000)  # no lag reported yet: not known to be caught up
+        lag = metrics.consumer_lag.labels(topic="events", partition="0")
+        lag.set(30_000)
+        metrics.catching_up.set(1)
+        assert not freshness._trainer_caught_up(url, rate=1000)  # the backlog of the stack's start
+        lag.set(3_000)
+        metrics.catching_up.set(0)
+        assert not freshness._trainer_caught_up(url, rate=1000)  # still more than two seconds of events behind
+        metrics.consumer_lag.labels(topic="events", partition="1").set(500)
+        lag.set(1_200)
+        assert freshness._trainer_caught_up(url, rate=1000)  # 1,700 records over both partitions
+    finally:
+        server.stop()
