@@ -11,7 +11,8 @@
     probes timed out unserved. These probes start once the trainer has caught up with the backlog the
     stack's start leaves it (``trainer_catch_up_before_model_probes_s``): they measure the steady state.
     ``trainer_publish_times`` has the trainer's mean seconds per checkpoint and per stage of publishing a
-    version (evaluate, write, judge, register), read from its /metrics: where (b)'s time goes.
+    version (evaluate, write, judge, register), read from its /metrics, and inference's mean seconds to
+    download, load, index and warm up a version: where (b)'s time goes.
 
 Starts its own stack (on free ports, in a temporary directory) with a steady demo stream.
 """
@@ -100,6 +101,19 @@ def _trainer_times(metrics_url: str) -> dict:
     parts["checkpoint"] = (total(samples, checkpoint + "_sum"), total(samples, checkpoint + "_count"))
     return {"mean_s": {name: round(s / n, 3) for name, (s, n) in parts.items() if n},
             "exports": int(parts.get("register", (0, 0))[1])}
+
+
+def _inference_load_s(metrics_urls: list[str]) -> float | None:
+    """Mean seconds inference took to download, load, index and warm up a version (over its replicas)."""
+    from services.stack.status import scrape, total
+
+    name = "streamrec_inference_model_load_duration_seconds"
+    sums = counts = 0.0
+    for url in metrics_urls:
+        samples = scrape(url, timeout_s=10)
+        sums += total(samples, name + "_sum")
+        counts += total(samples, name + "_count")
+    return round(sums / counts, 3) if counts else None
 
 
 def _trainer_caught_up(metrics_url: str, rate: float) -> bool:
@@ -237,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     probes.append(ModelProbe() if item is None else
                                   _model_probe(stub, stack, registry, producer, user, item, timeout_s=timeout_s))
             trainer_times = _trainer_times(stack.services["trainer"].metrics_url)
+            trainer_times["inference_load_mean_s"] = _inference_load_s(
+                [stack.services[name].metrics_url for name in stack.inference_names])
         except grpc.RpcError as exc:
             print(f"streamrec bench freshness: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1

@@ -131,3 +131,25 @@ def test_model_probes_wait_for_a_trainer_that_reports_a_small_lag_and_is_not_cat
         assert freshness._trainer_caught_up(url, rate=1000)  # 1,700 records over both partitions
     finally:
         server.stop()
+
+
+def test_inference_load_time_is_the_mean_over_every_replicas_metrics_endpoint():
+    from prometheus_client import CollectorRegistry
+
+    from services.common.metrics import MetricsServer
+    from services.inference.metrics import InferenceMetrics
+
+    servers = []
+    try:
+        for loads in ((0.5, 1.5), (2.5,)):
+            registry = CollectorRegistry()
+            metrics = InferenceMetrics(registry)
+            for seconds in loads:
+                metrics.model_load_duration.observe(seconds)
+            servers.append(MetricsServer(registry, host="127.0.0.1", port=0).start())
+        urls = [f"http://127.0.0.1:{s.port}/metrics" for s in servers]
+        assert freshness._inference_load_s(urls) == 1.5  # (0.5 + 1.5 + 2.5) / 3 loads
+        assert freshness._inference_load_s(urls[:0]) is None
+    finally:
+        for s in servers:
+            s.stop()
