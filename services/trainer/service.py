@@ -4,9 +4,10 @@ One iteration: read whatever `items` has (so new items get their text embedding 
 them), read a micro-batch of `events`, test-then-train it, advance the in-memory offsets. Every
 ``checkpoint_interval_s`` the state is checkpointed together with those offsets; every
 ``export_interval_s`` (or ``export_every_events``) it is checkpointed, evaluated, exported and
-registered. The loop runs only while this replica is the leader; a leader that loses its lease stops
-at once, throws its unsaved work away and goes back to standby (the next leader restores the last
-checkpoint and re-trains the events after it).
+registered (judged and registered on a publisher thread when ``publish_mode`` says so, see
+services/trainer/publisher.py). The loop runs only while this replica is the leader; a leader that
+loses its lease stops at once, throws its unsaved work away and goes back to standby (the next leader
+restores the last checkpoint and re-trains the events after it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -390,7 +391,7 @@ class TrainerService:
         version = self.exporter.register(artifact, parent_version=parent)
         stage("register")
         self.champion.remember(version, candidate)
-        return _Published(**{**snapshot.__dict__, "version": version})
+        return replace(snapshot, version=version)
 
     def _collect_publication(self, wait: bool = False) -> None:
         """Apply a finished publication: the registration, its record next to the checkpoint, the metrics."""
