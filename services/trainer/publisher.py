@@ -41,7 +41,7 @@ class Publisher:
         future: Future = Future()
         try:
             future.set_result(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed to collect() like the background path does
+        except Exception as exc:  # noqa: BLE001 - handed to collect() as the background path does
             future.set_exception(exc)
         self._future = future
 
