@@ -74,4 +74,6 @@ RECIPE: dict[str, float | int | bool] = {
 #   temperature 0.2 0.166, 0.05 0.160; lr 6e-3 0.165, 1e-3 0.162; max_len 100 0.165; 4,096 negatives 0.161;
 #   full softmax 0.160; dim 128 0.160; batch 128 0.160; dropout 0.1 0.159; one layer 0.159; transition weight
 #   48 0.160. Each is within about 0.01 of the recipe, inside the seed-to-seed spread (0.14-0.18); with idle
-#   replay the spread of the means is 0.156-0.165.
+#   replay the spread of the means is 0.156-0.165. The three best together (temperature 0.2, lr 6e-3, max_len
+#   100), checked on the CPU: one pass 0.162/0.169/0.144 against the recipe's 0.169/0.182/0.151 there, idle
+#   replay 0.167/0.169/0.148 against 0.159/0.175/0.141 - no better.
