@@ -4,6 +4,7 @@ trainer loop (in-process thread), real ONNX Runtime through recmodel.serving.Art
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -60,6 +61,23 @@ def _trainer_config(kafka_config, registry, tmp_path, **trainer) -> TrainerConfi
     })
 
 
+@contextlib.contextmanager
+def _running(service: TrainerService, before_stop=None):
+    """The trainer loop on a thread of its own while the block runs; then ``before_stop()`` (if given), a stop,
+    and the loop must have ended within a minute."""
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        if before_stop is not None:
+            before_stop()
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+
+
 def _untrained_prequential(config, stream, events) -> dict:
     """The trainer's prequential metrics over ``events`` from a model built like its own that never trains."""
     from recmodel.train import IncrementalTrainer
@@ -87,12 +105,9 @@ def test_events_in_version_registered_with_consumed_offsets(kafka_config, regist
                              poll_max_records=500)
     metrics = TrainerMetrics(CollectorRegistry())
     service = TrainerService(config, metrics, AlwaysLeader())
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-    thread.start()
     client = registry_client(registry.target)
     events_topic = kafka_config.topics.name("events")
-    try:
+    with _running(service):
         wait_for(service.ready, 60, "the trainer to restore and assign partitions")
 
         def caught_up():
@@ -103,10 +118,6 @@ def test_events_in_version_registered_with_consumed_offsets(kafka_config, regist
             return None
 
         version = wait_for(caught_up, 240, "a version trained up to the end offsets", interval_s=0.5)
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-    assert not thread.is_alive()
 
     manifest = json.loads(version.manifest_json)
     assert manifest["model_name"] == MODEL
@@ -164,10 +175,7 @@ def test_a_trainer_far_behind_trains_larger_micro_batches_until_it_has_caught_up
                              idle_replay_epochs=0, catch_up_lag=1000, catch_up_batch_size=2000)
     metrics = TrainerMetrics(CollectorRegistry())
     service = TrainerService(config, metrics, AlwaysLeader())
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with _running(service):
         wait_for(service.ready, 60, "the trainer to restore and assign partitions")
         trainer = service.backend.trainer
         wait_for(lambda: trainer.events_trained == len(events), 240, "the backlog to be trained", interval_s=0.2)
@@ -184,10 +192,6 @@ def test_a_trainer_far_behind_trains_larger_micro_batches_until_it_has_caught_up
         # Caught up, 600 new events are trained batch_size at a time again (however the polls split them).
         assert trainer.steps - backlog_steps >= -(-len(more) // batch_size)
         assert metrics.catching_up._value.get() == 0
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-    assert not thread.is_alive()
 
 
 def test_every_version_is_registered_after_a_checkpoint_that_covers_it(kafka_config, registry, tmp_path):
@@ -217,16 +221,9 @@ def test_every_version_is_registered_after_a_checkpoint_that_covers_it(kafka_con
         return register(artifact_dir, parent_version=parent_version)
 
     service.exporter.register = register_after_checking
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with _running(service):
         wait_for(lambda: registered and {str(p): o for p, o in registered[-1][0].items()} == ends, 240,
                  "a version trained up to the end offsets", interval_s=0.5)
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-    assert not thread.is_alive()
     assert len(registered) >= 2
     for version, checkpoint in registered:
         assert all(checkpoint.get(p, 0) >= o for p, o in version.items()), (version, checkpoint)
@@ -258,10 +255,7 @@ def test_training_goes_on_while_a_version_is_judged_and_registered(kafka_config,
         return register(artifact_dir, parent_version=parent_version)
 
     service.exporter.register = slow_register
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with _running(service, before_stop=release.set):
         wait_for(lambda: calls, 240, "the first version to reach the registry", interval_s=0.2)
         exported = calls[0]
         publish_events(kafka_config, events[1200:])
@@ -281,11 +275,6 @@ def test_training_goes_on_while_a_version_is_judged_and_registered(kafka_config,
         wait_for(lambda: service.registration.events_trained == len(events), 240,
                  "a version of everything published", interval_s=0.2)
         assert service.registration.version > first.version
-    finally:
-        release.set()
-        stop.set()
-        thread.join(timeout=60)
-    assert not thread.is_alive()
 
 
 def test_publish_mode_auto_publishes_inline_on_the_cpu_and_in_the_background_on_a_gpu(kafka_config, registry, tmp_path):
