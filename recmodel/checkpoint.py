@@ -3,10 +3,17 @@
 :class:`TrainerCheckpoint` is the trainer's persistence side (``state_dict``/``load_state_dict`` and the
 file). The file is a versioned ``torch.save`` written atomically; only tensors and plain containers are
 stored, so loading uses ``weights_only=True`` and never runs code from the file.
+
+Format 2 keeps the trainer's many small Python values (per-user histories, item metadata, the transition
+counts, the vocabulary's ids) as one JSON document in a byte tensor (``plain``). Pickled one by one they
+cost ``torch.save`` a Python call each (hundreds of thousands), and copying them first woke the garbage
+collector over every live object: a checkpoint took 0.25-0.6 s of the training thread at 36k events,
+against about 0.1 s now. Format 1 files (those values pickled in place) are still read.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -17,7 +24,37 @@ from recmodel.text import HashingTextEncoder, TextEncoderLike
 from recmodel.transitions import TransitionTable
 from recmodel.vocab import ItemVocabulary
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+PLAIN_KEYS = ("item_meta", "histories", "replay", "transitions")  # with the vocabulary's ids: JSON in format 2
+
+
+def pack_plain(state: dict) -> dict:
+    """``state`` with its plain values (``PLAIN_KEYS`` and ``vocab["ids"]``) as one JSON byte tensor."""
+    if "plain" in state:
+        return state
+    plain = {k: state[k] for k in PLAIN_KEYS if k in state}
+    vocab = dict(state["vocab"])
+    plain["vocab_ids"] = vocab.pop("ids")
+    packed = {k: v for k, v in state.items() if k not in PLAIN_KEYS}
+    packed["vocab"] = vocab
+    packed["plain"] = _json_tensor(plain)
+    return packed
+
+
+def unpack_plain(state: dict) -> dict:
+    """The inverse of :func:`pack_plain` (a state without ``plain`` is returned as it is)."""
+    if "plain" not in state:
+        return state
+    state = dict(state)
+    plain = json.loads(state.pop("plain").numpy().tobytes())
+    state["vocab"] = {**state["vocab"], "ids": plain.pop("vocab_ids")}
+    state.update(plain)
+    return state
+
+
+def _json_tensor(value) -> torch.Tensor:
+    return torch.frombuffer(bytearray(json.dumps(value, separators=(",", ":")).encode()), dtype=torch.uint8)
 
 
 def write_checkpoint(path: str | Path, state: dict, extra: dict | None = None) -> Path:
@@ -25,15 +62,19 @@ def write_checkpoint(path: str | Path, state: dict, extra: dict | None = None) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path) as fh:
-        torch.save({**state, "format": CHECKPOINT_FORMAT, "extra": extra or {}}, fh)
+        torch.save({**pack_plain(state), "format": CHECKPOINT_FORMAT, "extra": extra or {}}, fh)
     return path
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    """``(state, extra)`` of a checkpoint; a file of another format is refused."""
+    """``(state, extra)`` of a checkpoint, its plain values unpacked; a file of another format is refused."""
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
+    if state.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{path}: unsupported checkpoint format {state.get('format')!r}")
+    try:
+        state = unpack_plain(state)
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{path}: unreadable checkpoint values: {exc}") from None
     return state, dict(state.get("extra") or {})
 
 
@@ -55,9 +96,15 @@ class TrainerCheckpoint:
     """Mixed into IncrementalTrainer: what its state is, and how it is saved and restored."""
 
     def state_dict(self) -> dict:
-        """Everything needed to continue training exactly where this trainer is (tensors on the CPU)."""
+        """Everything needed to continue training exactly where this trainer is (tensors on the CPU; the
+        plain values already packed as JSON, see :func:`pack_plain`, so nothing refers to live state)."""
         hw = self.vocab.high_water
         model_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items() if k != "items.text_table"}
+        vocab = self.vocab.state_dict(copy_ids=False)
+        # Serialized straight from the trainer's own containers: JSON takes tuples as lists, and no copy
+        # of the histories is made (that made the collector walk every live object).
+        plain = _json_tensor({"item_meta": self._item_meta, "histories": self._histories, "replay": list(self._replay),
+                              "transitions": self.transitions.state_dict(copy=False), "vocab_ids": vocab.pop("ids")})
         return {
             "hyperparameters": self.hyperparameters(),
             "device": str(self.device),
@@ -65,13 +112,10 @@ class TrainerCheckpoint:
             "model": model_state,
             "text_table": self.model.items.text_table[: hw + 1].detach().cpu().clone(),
             "optimizer": self.optimizer.state_dict(),
-            "vocab": {**self.vocab.state_dict(), "last_seen": torch.from_numpy(self.vocab.state_dict()["last_seen"])},
+            "vocab": {**vocab, "last_seen": torch.from_numpy(vocab["last_seen"])},
             "counts": torch.from_numpy(self._counts.copy()),
             "available": torch.from_numpy(self._available.copy()),
-            "item_meta": {k: [v[0], list(v[1]), v[2]] for k, v in self._item_meta.items()},
-            "histories": {u: [list(e) for e in h] for u, h in self._histories.items()},
-            "replay": list(self._replay),
-            "transitions": self.transitions.state_dict(),
+            "plain": plain,
             "gen": self._gen.get_state(),
             "torch_rng": self._torch_rng.clone(),
             "cuda_rng": None if self._cuda_rng is None else self._cuda_rng.cpu().clone(),
@@ -82,6 +126,7 @@ class TrainerCheckpoint:
 
     def load_state_dict(self, state: dict) -> None:
         """Take over a :meth:`state_dict` of a trainer with the same hyperparameters."""
+        state = unpack_plain(state)
         self.text_encoder_name = state["text_encoder"]["name"]
         missing = self.model.load_state_dict(state["model"], strict=False)
         if missing.unexpected_keys or set(missing.missing_keys) - {"items.text_table"}:

@@ -127,10 +127,12 @@ class TransitionTable:
             "probs": np.asarray(probs, dtype=np.float32),
         }
 
-    def state_dict(self) -> dict:
+    def state_dict(self, copy: bool = True) -> dict:
+        """The table's settings and counts; ``copy=False`` hands over its own dicts (serialize them at once)."""
         return {"max_next": self.max_next, "window": self.window, "decay": self.decay, "span": self.span,
                 "span_decay": self.span_decay, "backward": self.backward, "top": self.top,
-                "next": {k: dict(v) for k, v in self._next.items()}, "total": dict(self._total)}
+                "next": {k: dict(v) for k, v in self._next.items()} if copy else self._next,
+                "total": dict(self._total) if copy else self._total}
 
     @classmethod
     def from_state_dict(cls, state: dict, **missing) -> "TransitionTable":

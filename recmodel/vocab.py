@@ -73,10 +73,11 @@ class ItemVocabulary:
         """(item_id, slot) pairs ordered by slot."""
         return sorted(self._slot_of.items(), key=lambda kv: kv[1])
 
-    def state_dict(self) -> dict:
+    def state_dict(self, copy_ids: bool = True) -> dict:
+        """The vocabulary's state; ``copy_ids=False`` hands over its own id list (serialize it at once)."""
         return {
             "capacity": self.capacity,
-            "ids": list(self._id_at),
+            "ids": list(self._id_at) if copy_ids else self._id_at,
             "last_seen": self._last_seen.copy(),
             "high_water": self._high_water,
             "evictions": self.evictions,

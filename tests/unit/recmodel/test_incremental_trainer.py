@@ -1,6 +1,7 @@
 from collections import Counter
 
 import numpy as np
+import pytest
 import torch
 from conftest import make_trainer
 
@@ -105,6 +106,59 @@ def test_checkpoint_restore_continue_is_bit_exact(tmp_path, small_stream):
     assert resumed.user_histories() == straight.user_histories()
     assert resumed.vocab.items() == straight.vocab.items()
     assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
+
+
+def test_a_checkpoint_of_the_earlier_format_restores_and_resumes_bit_exactly(tmp_path, small_stream):
+    from recmodel.checkpoint import read_checkpoint
+
+    events = list(small_stream.events())[:1500]
+    straight = make_trainer()
+    straight.upsert_items(small_stream.items())
+    straight.train_events(events[:700])
+    straight.train_events(events[700:])
+    first = make_trainer()
+    first.upsert_items(small_stream.items())
+    first.train_events(events[:700])
+    path = first.save_checkpoint(tmp_path / "ckpt.pt", extra={"offsets": {"0": 700}})
+    state, extra = read_checkpoint(path)
+    assert "plain" not in state and len(state["histories"]) > 10 and state["vocab"]["ids"]
+    # Format 1 pickled the histories, metadata, counts and ids in place.
+    torch.save({**state, "format": 1, "extra": extra}, path)
+    resumed, extra = IncrementalTrainer.load_checkpoint(path, device="cpu")
+    assert extra == {"offsets": {"0": 700}}
+    resumed.train_events(events[700:])
+    a, b = _params(straight), _params(resumed)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert resumed.user_histories() == straight.user_histories()
+    assert resumed.transitions.state_dict() == straight.transitions.state_dict()
+
+
+def test_a_state_dict_is_a_snapshot_that_later_training_does_not_change(tmp_path, small_stream):
+    from recmodel.checkpoint import write_checkpoint
+
+    events = list(small_stream.events())[:1500]
+    trainer = make_trainer()
+    trainer.upsert_items(small_stream.items())
+    trainer.train_events(events[:700])
+    histories, table = trainer.user_histories(), trainer.transitions.state_dict()
+    state = trainer.state_dict()
+    trainer.train_events(events[700:])  # the trainer's own containers move on
+    restored, _ = IncrementalTrainer.load_checkpoint(write_checkpoint(tmp_path / "ckpt.pt", state), device="cpu")
+    assert restored.events_trained == 700
+    assert restored.user_histories() == histories != trainer.user_histories()
+    assert restored.transitions.state_dict() == table
+
+
+def test_a_checkpoint_with_unreadable_values_is_refused_naming_the_file(tmp_path, small_stream):
+    trainer = make_trainer()
+    trainer.upsert_items(small_stream.items())
+    trainer.train_events(list(small_stream.events())[:300])
+    path = trainer.save_checkpoint(tmp_path / "ckpt.pt")
+    state = torch.load(path, weights_only=True)
+    state["plain"] = torch.frombuffer(bytearray(b"{not json"), dtype=torch.uint8)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="ckpt.pt"):
+        IncrementalTrainer.load_checkpoint(path, device="cpu")
 
 
 def test_prequential_reports_metrics_before_training(small_stream):

@@ -193,18 +193,17 @@ def test_top_gives_the_bonus_to_the_best_items_the_user_may_be_shown_only():
 
 
 def test_a_trainer_restored_from_a_checkpoint_before_the_span_counts_with_its_own_settings(tmp_path):
-    import torch
-
+    from recmodel.checkpoint import read_checkpoint, write_checkpoint
     from recmodel.recipe import RECIPE
 
     trainer = make_trainer(transition_span=1, transition_backward=0.0, transition_top=0)
     trainer.train_events(_sequence_stream())
     path = trainer.save_checkpoint(tmp_path / "ckpt.pt")
-    state = torch.load(path, weights_only=True)
+    state, extra = read_checkpoint(path)
     for key in ("span", "span_decay", "backward", "top"):  # as the version before them wrote it
         del state["transitions"][key]
         del state["hyperparameters"]["transition_" + key]
-    torch.save(state, path)
+    write_checkpoint(path, state, extra)
     restored, _ = type(trainer).load_checkpoint(path, text_encoder=trainer.text_encoder, device="cpu")
     table = restored.transitions
     assert (table.span, table.backward, table.top) == (RECIPE["transition_span"], RECIPE["transition_backward"],
