@@ -6,7 +6,8 @@
 (b) publish -> a served model version trained on the event (s): the probe finds the event's offset
     on ``events`` and polls until the version served by inference was trained past that offset. It
     also notes when the first version trained on the event was exported (its manifest's time, which the
-    registry keeps) and what the promotion gate decided about it. Every probe is counted: ``held_back``
+    registry keeps, to the millisecond), when the registry registered it, and what the promotion gate
+    decided about it. Every probe is counted: ``held_back``
     says how many first versions the gate did not promote (held or rejected), ``not_served`` how many
     probes timed out unserved. These probes start once the trainer has caught up with the backlog the
     stack's start leaves it (``trainer_catch_up_before_model_probes_s``): they measure the steady state.
@@ -153,6 +154,7 @@ class ModelProbe:
     first_version: int = 0  # that version
     gate: str = ""  # the gate's decision on it: promoted, held or rejected (as last seen)
     served_s: float | None = None  # until inference served a version trained on the event
+    registered_s: float | None = None  # until the registry registered that first version (after the gate's evidence)
 
     @property
     def held_back(self) -> bool:
@@ -195,6 +197,8 @@ def _model_probe(stub, stack, registry, producer, user_id: str, item_id: str, ti
         first = min(trained, key=lambda v: v.version)
         probe.first_version, probe.gate = first.version, first.gate_decision
         probe.exported_s = max(0.0, first.created_at_ms / 1000.0 - start_wall)
+        if first.registered_at_ms:
+            probe.registered_s = max(0.0, first.registered_at_ms / 1000.0 - start_wall)
     return probe
 
 
@@ -273,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "not_served": sum(p.served_s is None for p in probes),
         },
         "model_trained_and_exported_s": _summary([p.exported_s for p in probes]),
+        "model_trained_and_registered_s": _summary([p.registered_s for p in probes]),
         "trainer_catch_up_before_model_probes_s": round(catch_up_s, 1) if catch_up_s is not None else None,
         "model_probes": [asdict(p) | {"held_back": p.held_back} for p in probes],
         "export_interval_s": args.export_interval,

@@ -149,7 +149,7 @@ def _write_recent_histories(path: Path, all_histories: Mapping[str, list], max_u
 def _manifest(trainer, model_name: str, training_offsets, metrics, extra) -> Manifest:
     return Manifest(
         model_name=model_name,
-        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
         training_offsets={str(t): {str(p): int(o) for p, o in parts.items()} for t, parts in (training_offsets or {}).items()},
         metrics={k: float(v) for k, v in (metrics or {}).items()},
         dim=trainer.dim,

@@ -70,6 +70,7 @@ def format_version(v: registry_pb2.ModelVersion) -> str:
         f"state:        {v.state}",
         f"aliases:      {', '.join(v.aliases) or '-'}",
         f"created:      {_when(v.created_at_ms)}",
+        f"registered:   {_when(v.registered_at_ms) if v.registered_at_ms else '-'}",
         f"trainer:      {v.trainer_id or '-'}",
         f"parent:       {v.parent_version or '-'}",
         f"artifact:     sha256:{v.artifact_sha256} ({v.artifact_size_bytes} bytes)",

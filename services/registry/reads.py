@@ -108,5 +108,5 @@ def version_proto_of(row, alias_map: dict[str, int]) -> registry_pb2.ModelVersio
         artifact_sha256=row.artifact_sha256, artifact_size_bytes=row.artifact_size_bytes,
         created_at_ms=row.created_at_ms, parent_version=row.parent_version, trainer_id=row.trainer_id,
         training_offsets=[registry_pb2.TopicPartitionOffset(topic=t, partition=p, offset=o) for t, p, o in offsets],
-        gate_decision=row.gate_decision, gate_reason=row.gate_reason,
+        gate_decision=row.gate_decision, gate_reason=row.gate_reason, registered_at_ms=row.registered_at_ms or 0,
     )

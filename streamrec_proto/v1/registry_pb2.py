@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bstreamrec/v1/registry.proto\x12\x0cstreamrec.v1\"H\n\x14TopicPartitionOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\xb7\x03\n\x0cModelVersion\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x15\n\rmanifest_json\x18\x05 \x01(\t\x12\x38\n\x07metrics\x18\x06 \x03(\x0b\x32\'.streamrec.v1.ModelVersion.MetricsEntry\x12\x17\n\x0f\x61rtifact_sha256\x18\x07 \x01(\t\x12\x1b\n\x13\x61rtifact_size_bytes\x18\x08 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\t \x01(\x03\x12\x16\n\x0eparent_version\x18\n \x01(\x03\x12\x12\n\ntrainer_id\x18\x0b \x01(\t\x12<\n\x10training_offsets\x18\x0c \x03(\x0b\x32\".streamrec.v1.TopicPartitionOffset\x12\x15\n\rgate_decision\x18\r \x01(\t\x12\x13\n\x0bgate_reason\x18\x0e \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb3\x01\n\x0eRegisterHeader\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\x12\x12\n\ntrainer_id\x18\x03 \x01(\t\x12\x16\n\x0eparent_version\x18\x04 \x01(\x03\x12\x17\n\x0f\x61rtifact_sha256\x18\x05 \x01(\t\x12\x1b\n\x13\x61rtifact_size_bytes\x18\x06 \x01(\x03\x12\x14\n\x0c\x61uto_promote\x18\x07 \x01(\x08\"a\n\x16RegisterVersionRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.streamrec.v1.RegisterHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"8\n\x11GetVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"C\n\x13ListVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x18\n\x10include_archived\x18\x02 \x01(\x08\"v\n\x14ListVersionsResponse\x12,\n\x08versions\x18\x01 \x03(\x0b\x32\x1a.streamrec.v1.ModelVersion\x12\x30\n\x06parked\x18\x02 \x03(\x0b\x32 .streamrec.v1.ParkedAnnouncement\"\x81\x01\n\x12ParkedAnnouncement\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x14\n\x0cparked_at_ms\x18\x06 \x01(\x03\"4\n\x0fGetAliasRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"U\n\x0fSetAliasRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"5\n\x0fRollbackRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"<\n\x15\x41rchiveVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\">\n\x17\x44ownloadArtifactRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"S\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61rtifact_sha256\x18\x02 \x01(\t\x12\x1b\n\x13\x61rtifact_size_bytes\x18\x03 \x01(\x03\"\xa2\x02\n\x11ModelVersionEvent\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12=\n\x07\x61liases\x18\x04 \x03(\x0b\x32,.streamrec.v1.ModelVersionEvent.AliasesEntry\x12\x31\n\rmodel_version\x18\x05 \x01(\x0b\x32\x1a.streamrec.v1.ModelVersion\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\x12\x0e\n\x06reason\x18\x08 \x01(\t\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\x8a\x05\n\rModelRegistry\x12U\n\x0fRegisterVersion\x12$.streamrec.v1.RegisterVersionRequest\x1a\x1a.streamrec.v1.ModelVersion(\x01\x12I\n\nGetVersion\x12\x1f.streamrec.v1.GetVersionRequest\x1a\x1a.streamrec.v1.ModelVersion\x12U\n\x0cListVersions\x12!.streamrec.v1.ListVersionsRequest\x1a\".streamrec.v1.ListVersionsResponse\x12\x45\n\x08GetAlias\x12\x1d.streamrec.v1.GetAliasRequest\x1a\x1a.streamrec.v1.ModelVersion\x12\x45\n\x08SetAlias\x12\x1d.streamrec.v1.SetAliasRequest\x1a\x1a.streamrec.v1.ModelVersion\x12\x45\n\x08Rollback\x12\x1d.streamrec.v1.RollbackRequest\x1a\x1a.streamrec.v1.ModelVersion\x12Q\n\x0e\x41rchiveVersion\x12#.streamrec.v1.ArchiveVersionRequest\x1a\x1a.streamrec.v1.ModelVersion\x12X\n\x10\x44ownloadArtifact\x12%.streamrec.v1.DownloadArtifactRequest\x1a\x1b.streamrec.v1.ArtifactChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bstreamrec/v1/registry.proto\x12\x0cstreamrec.v1\"H\n\x14TopicPartitionOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\xd1\x03\n\x0cModelVersion\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x15\n\rmanifest_json\x18\x05 \x01(\t\x12\x38\n\x07metrics\x18\x06 \x03(\x0b\x32\'.streamrec.v1.ModelVersion.MetricsEntry\x12\x17\n\x0f\x61rtifact_sha256\x18\x07 \x01(\t\x12\x1b\n\x13\x61rtifact_size_bytes\x18\x08 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\t \x01(\x03\x12\x16\n\x0eparent_version\x18\n \x01(\x03\x12\x12\n\ntrainer_id\x18\x0b \x01(\t\x12<\n\x10training_offsets\x18\x0c \x03(\x0b\x32\".streamrec.v1.TopicPartitionOffset\x12\x15\n\rgate_decision\x18\r \x01(\t\x12\x13\n\x0bgate_reason\x18\x0e \x01(\t\x12\x18\n\x10registered_at_ms\x18\x0f \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb3\x01\n\x0eRegisterHeader\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\x12\x12\n\ntrainer_id\x18\x03 \x01(\t\x12\x16\n\x0eparent_version\x18\x04 \x01(\x03\x12\x17\n\x0f\x61rtifact_sha256\x18\x05 \x01(\t\x12\x1b\n\x13\x61rtifact_size_bytes\x18\x06 \x01(\x03\x12\x14\n\x0c\x61uto_promote\x18\x07 \x01(\x08\"a\n\x16RegisterVersionRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.streamrec.v1.RegisterHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"8\n\x11GetVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"C\n\x13ListVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x18\n\x10include_archived\x18\x02 \x01(\x08\"v\n\x14ListVersionsResponse\x12,\n\x08versions\x18\x01 \x03(\x0b\x32\x1a.streamrec.v1.ModelVersion\x12\x30\n\x06parked\x18\x02 \x03(\x0b\x32 .streamrec.v1.ParkedAnnouncement\"\x81\x01\n\x12ParkedAnnouncement\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x14\n\x0cparked_at_ms\x18\x06 \x01(\x03\"4\n\x0fGetAliasRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"U\n\x0fSetAliasRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"5\n\x0fRollbackRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"<\n\x15\x41rchiveVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\">\n\x17\x44ownloadArtifactRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"S\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61rtifact_sha256\x18\x02 \x01(\t\x12\x1b\n\x13\x61rtifact_size_bytes\x18\x03 \x01(\x03\"\xa2\x02\n\x11ModelVersionEvent\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12=\n\x07\x61liases\x18\x04 \x03(\x0b\x32,.streamrec.v1.ModelVersionEvent.AliasesEntry\x12\x31\n\rmodel_version\x18\x05 \x01(\x0b\x32\x1a.streamrec.v1.ModelVersion\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\x12\x0e\n\x06reason\x18\x08 \x01(\t\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\x8a\x05\n\rModelRegistry\x12U\n\x0fRegisterVersion\x12$.streamrec.v1.RegisterVersionRequest\x1a\x1a.streamrec.v1.ModelVersion(\x01\x12I\n\nGetVersion\x12\x1f.streamrec.v1.GetVersionRequest\x1a\x1a.streamrec.v1.ModelVersion\x12U\n\x0cListVersions\x12!.streamrec.v1.ListVersionsRequest\x1a\".streamrec.v1.ListVersionsResponse\x12\x45\n\x08GetAlias\x12\x1d.streamrec.v1.GetAliasRequest\x1a\x1a.streamrec.v1.ModelVersion\x12\x45\n\x08SetAlias\x12\x1d.streamrec.v1.SetAliasRequest\x1a\x1a.streamrec.v1.ModelVersion\x12\x45\n\x08Rollback\x12\x1d.streamrec.v1.RollbackRequest\x1a\x1a.streamrec.v1.ModelVersion\x12Q\n\x0e\x41rchiveVersion\x12#.streamrec.v1.ArchiveVersionRequest\x1a\x1a.streamrec.v1.ModelVersion\x12X\n\x10\x44ownloadArtifact\x12%.streamrec.v1.DownloadArtifactRequest\x1a\x1b.streamrec.v1.ArtifactChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,37 +39,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOPICPARTITIONOFFSET']._serialized_start=45
   _globals['_TOPICPARTITIONOFFSET']._serialized_end=117
   _globals['_MODELVERSION']._serialized_start=120
-  _globals['_MODELVERSION']._serialized_end=559
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=513
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=559
-  _globals['_REGISTERHEADER']._serialized_start=562
-  _globals['_REGISTERHEADER']._serialized_end=741
-  _globals['_REGISTERVERSIONREQUEST']._serialized_start=743
-  _globals['_REGISTERVERSIONREQUEST']._serialized_end=840
-  _globals['_GETVERSIONREQUEST']._serialized_start=842
-  _globals['_GETVERSIONREQUEST']._serialized_end=898
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=900
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=967
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=969
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1087
-  _globals['_PARKEDANNOUNCEMENT']._serialized_start=1090
-  _globals['_PARKEDANNOUNCEMENT']._serialized_end=1219
-  _globals['_GETALIASREQUEST']._serialized_start=1221
-  _globals['_GETALIASREQUEST']._serialized_end=1273
-  _globals['_SETALIASREQUEST']._serialized_start=1275
-  _globals['_SETALIASREQUEST']._serialized_end=1360
-  _globals['_ROLLBACKREQUEST']._serialized_start=1362
-  _globals['_ROLLBACKREQUEST']._serialized_end=1415
-  _globals['_ARCHIVEVERSIONREQUEST']._serialized_start=1417
-  _globals['_ARCHIVEVERSIONREQUEST']._serialized_end=1477
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=1479
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=1541
-  _globals['_ARTIFACTCHUNK']._serialized_start=1543
-  _globals['_ARTIFACTCHUNK']._serialized_end=1626
-  _globals['_MODELVERSIONEVENT']._serialized_start=1629
-  _globals['_MODELVERSIONEVENT']._serialized_end=1919
-  _globals['_MODELVERSIONEVENT_ALIASESENTRY']._serialized_start=1873
-  _globals['_MODELVERSIONEVENT_ALIASESENTRY']._serialized_end=1919
-  _globals['_MODELREGISTRY']._serialized_start=1922
-  _globals['_MODELREGISTRY']._serialized_end=2572
+  _globals['_MODELVERSION']._serialized_end=585
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=539
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=585
+  _globals['_REGISTERHEADER']._serialized_start=588
+  _globals['_REGISTERHEADER']._serialized_end=767
+  _globals['_REGISTERVERSIONREQUEST']._serialized_start=769
+  _globals['_REGISTERVERSIONREQUEST']._serialized_end=866
+  _globals['_GETVERSIONREQUEST']._serialized_start=868
+  _globals['_GETVERSIONREQUEST']._serialized_end=924
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=926
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=993
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=995
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1113
+  _globals['_PARKEDANNOUNCEMENT']._serialized_start=1116
+  _globals['_PARKEDANNOUNCEMENT']._serialized_end=1245
+  _globals['_GETALIASREQUEST']._serialized_start=1247
+  _globals['_GETALIASREQUEST']._serialized_end=1299
+  _globals['_SETALIASREQUEST']._serialized_start=1301
+  _globals['_SETALIASREQUEST']._serialized_end=1386
+  _globals['_ROLLBACKREQUEST']._serialized_start=1388
+  _globals['_ROLLBACKREQUEST']._serialized_end=1441
+  _globals['_ARCHIVEVERSIONREQUEST']._serialized_start=1443
+  _globals['_ARCHIVEVERSIONREQUEST']._serialized_end=1503
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=1505
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=1567
+  _globals['_ARTIFACTCHUNK']._serialized_start=1569
+  _globals['_ARTIFACTCHUNK']._serialized_end=1652
+  _globals['_MODELVERSIONEVENT']._serialized_start=1655
+  _globals['_MODELVERSIONEVENT']._serialized_end=1945
+  _globals['_MODELVERSIONEVENT_ALIASESENTRY']._serialized_start=1899
+  _globals['_MODELVERSIONEVENT_ALIASESENTRY']._serialized_end=1945
+  _globals['_MODELREGISTRY']._serialized_start=1948
+  _globals['_MODELREGISTRY']._serialized_end=2598
 # @@protoc_insertion_point(module_scope)

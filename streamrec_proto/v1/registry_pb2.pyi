@@ -83,6 +83,7 @@ class ModelVersion(_message.Message):
     TRAINING_OFFSETS_FIELD_NUMBER: _builtins.int
     GATE_DECISION_FIELD_NUMBER: _builtins.int
     GATE_REASON_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_MS_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     version: _builtins.int
     state: _builtins.str
@@ -101,6 +102,8 @@ class ModelVersion(_message.Message):
     services/registry/gate.py): both hit rates on the same holdout events, n and the bound.
     """
     gate_reason: _builtins.str
+    registered_at_ms: _builtins.int
+    """When the registry registered it (epoch ms, its own clock); created_at_ms is the manifest's."""
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -124,10 +127,11 @@ class ModelVersion(_message.Message):
         training_offsets: _abc.Iterable[Global___TopicPartitionOffset] | None = ...,
         gate_decision: _builtins.str = ...,
         gate_reason: _builtins.str = ...,
+        registered_at_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "artifact_sha256", b"artifact_sha256", "artifact_size_bytes", b"artifact_size_bytes", "created_at_ms", b"created_at_ms", "gate_decision", b"gate_decision", "gate_reason", b"gate_reason", "manifest_json", b"manifest_json", "metrics", b"metrics", "model_name", b"model_name", "parent_version", b"parent_version", "state", b"state", "trainer_id", b"trainer_id", "training_offsets", b"training_offsets", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "artifact_sha256", b"artifact_sha256", "artifact_size_bytes", b"artifact_size_bytes", "created_at_ms", b"created_at_ms", "gate_decision", b"gate_decision", "gate_reason", b"gate_reason", "manifest_json", b"manifest_json", "metrics", b"metrics", "model_name", b"model_name", "parent_version", b"parent_version", "registered_at_ms", b"registered_at_ms", "state", b"state", "trainer_id", b"trainer_id", "training_offsets", b"training_offsets", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

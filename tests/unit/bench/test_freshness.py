@@ -28,8 +28,8 @@ class FakeRegistry:
 
 
 class FakeInference:
-    """Serves ``served[i]`` on the i-th call and registers one more version every call (stamped with the
-    registry's clock, ``clock["t"]`` seconds)."""
+    """Serves ``served[i]`` on the i-th call and registers one more version every call (exported half a
+    second before the registry's clock, ``clock["t"]`` seconds, and registered then)."""
 
     def __init__(self, registry, served, clock):
         self.registry, self.served, self.calls, self.clock = registry, served, 0, clock
@@ -37,7 +37,8 @@ class FakeInference:
     def Recommend(self, request, timeout):
         self.registry.visible += 1
         if self.registry.visible in self.registry.versions:
-            self.registry.versions[self.registry.visible].created_at_ms = int(self.clock["t"] * 1000)
+            version = self.registry.versions[self.registry.visible]
+            version.created_at_ms, version.registered_at_ms = int(self.clock["t"] * 1000) - 500, int(self.clock["t"] * 1000)
         version = self.served[min(self.calls, len(self.served) - 1)]
         self.calls += 1
         return SimpleNamespace(model_version=version)
@@ -68,8 +69,9 @@ def test_a_probe_whose_first_version_was_held_counts_as_held_back_and_as_served_
     versions = [_version(1, 50, "promoted"), _version(2, 150, "held"), _version(3, 200, "promoted")]
     probe = _run(monkeypatch, versions, served=[1, 1, 1, 1, 3])
     assert probe.first_version == 2 and probe.gate == "held" and probe.held_back
-    # v2 was exported (its manifest's time) at the probe's second call; v3 was served at its fifth.
-    assert 0 < probe.exported_s < probe.served_s
+    # v2 was exported (its manifest's time) just before the probe's second call, and registered at it;
+    # v3 was served at its fifth.
+    assert 0 < probe.exported_s == probe.registered_s - 0.5 < probe.served_s
 
 
 def test_a_probe_never_served_is_still_reported(monkeypatch):

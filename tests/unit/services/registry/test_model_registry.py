@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 
 import pytest
 from sqlalchemy import select
@@ -58,7 +59,8 @@ def test_register_records_lineage_and_runs_the_gate(registry, tmp_path):
     assert set(v1.aliases) == {"candidate", "production"}
     assert v1.trainer_id == "trainer-0" and v1.metrics["hr@10"] == pytest.approx(0.30)
     assert {(o.topic, o.partition, o.offset) for o in v1.training_offsets} == {("t.events", 0, 11), ("t.events", 1, 21)}
-    assert v1.created_at_ms == 1714564800000
+    assert v1.created_at_ms == 1714564800000  # the manifest's time; the registry's own is when it took it
+    assert abs(v1.registered_at_ms - time.time() * 1000) < 600_000
     v2 = upload(registry, tmp_path, hr=0.10, seed=2, parent=1, gate=paired_evidence(1, 0.10, 0.30))
     assert (v2.version, v2.gate_decision, v2.parent_version) == (2, "rejected", 1)
     assert "worse beyond noise" in v2.gate_reason and "0.1000 vs production v1 0.3000" in v2.gate_reason
