@@ -11,7 +11,9 @@ JSON line:
 * ``publish_to_registered_s``: for ``--rounds`` small bursts published while the trainer is idle and
   caught up, seconds from the burst being acknowledged by Kafka to the registry listing a version whose
   training offsets include it. It is bounded below by the export interval tick (on average half of it)
-  plus the export + register time, also reported.
+  plus the export + register time, also reported;
+* ``checkpoint_s_mean``: the mean seconds of one checkpoint (the trainer writes one before each export and
+  every checkpoint interval; training waits for it).
 """
 
 from __future__ import annotations
@@ -189,6 +191,8 @@ def run(args) -> dict:
             "export_interval_s": args.export_interval_s,
             "publish": "background" if service.publish_in_background else "inline",
             "export_register_s_mean": _mean_seconds(metrics.export_duration),
+            "checkpoint_s_mean": _mean_seconds(metrics.checkpoint_duration),
+            "checkpoints": int(metrics.checkpoints._value.get()),
             "versions_registered": int(metrics.versions_registered._value.get()),
             "publish_to_registered_s": {
                 "p50": round(statistics.median(latencies), 3), "max": round(max(latencies), 3),
