@@ -15,19 +15,25 @@
     version (evaluate, write, judge, register), read from its /metrics, and inference's mean seconds to
     download, load, index and warm up a version: where (b)'s time goes.
 
-Starts its own stack (on free ports, in a temporary directory) with a steady demo stream.
+Starts its own stack (on free ports, in a temporary directory) with a steady demo stream at ``--rate``
+for the whole run: the synthetic stream is published again and again, each pass with event ids of its
+own. When the trainer cannot keep up with that rate (its lag does not come down within
+``--catch-up-timeout``), (b) is not measured: ``trainer_kept_up`` is false, and ``trainer_behind`` gives
+its lag and the events/s it trained, since a model trained on a new event then waits behind a growing
+backlog.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -115,6 +121,23 @@ def _inference_load_s(metrics_urls: list[str]) -> float | None:
         sums += total(samples, name + "_sum")
         counts += total(samples, name + "_count")
     return round(sums / counts, 3) if counts else None
+
+
+def _endless(stream):
+    """The stream's events again and again, each pass after the first with event ids of its own (the ingester
+    drops a repeated id), so that the background rate lasts the whole run."""
+    for n in itertools.count():
+        for event in stream.events():
+            yield event if n == 0 else replace(event, event_id=f"{event.event_id}.{n}")
+
+
+def _trainer_progress(metrics_url: str) -> tuple[float, float]:
+    """(events trained so far, lag in records) from the trainer's /metrics."""
+    from services.stack.status import scrape, total
+
+    samples = scrape(metrics_url, timeout_s=10)
+    return (total(samples, "streamrec_trainer_events_trained_total"),
+            total(samples, "streamrec_trainer_consumer_lag_records"))
 
 
 def _trainer_caught_up(metrics_url: str, rate: float) -> bool:
@@ -209,6 +232,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-probes", type=int, default=3, help="model probes (b)")
     p.add_argument("--rate", type=float, default=100.0, help="background demo events per second")
     p.add_argument("--export-interval", type=float, default=10.0)
+    p.add_argument("--catch-up-timeout", type=float, default=180.0,
+                   help="seconds the trainer gets to catch up with the stream before model probes")
     p.add_argument("--work-dir", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -229,9 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     probes: list[ModelProbe] = []
     trainer_times: dict = {}
     catch_up_s = None
+    behind: dict | None = None  # the trainer did not catch up: no model probes
     wall = time.monotonic()
     with stack:
-        publisher = DemoPublisher(stack.kafka_config, stream.items(), stream.events(), rate=args.rate).start()
+        publisher = DemoPublisher(stack.kafka_config, stream.items(), _endless(stream), rate=args.rate).start()
         producer = make_producer(stack.kafka_config, linger_ms=0)
         producer.partitions_for(stack.kafka_config.topics.name("events_raw"))  # connected, metadata known
         try:
@@ -245,13 +271,20 @@ def main(argv: list[str] | None = None) -> int:
                     if ms is not None:
                         history_ms.append(ms)
                 # The stack's start leaves the trainer a backlog of the demo stream; probe once it has caught up.
-                started = time.monotonic()
-                wait_for(lambda: _trainer_caught_up(stack.services["trainer"].metrics_url, args.rate), 600,
-                         "the trainer to catch up with the stream", interval_s=0.5)
-                catch_up_s = time.monotonic() - started
+                trainer_url = stack.services["trainer"].metrics_url
+                started, (trained_before, _) = time.monotonic(), _trainer_progress(trainer_url)
+                try:
+                    wait_for(lambda: _trainer_caught_up(trainer_url, args.rate), args.catch_up_timeout,
+                             "the trainer to catch up with the stream", interval_s=0.5)
+                    catch_up_s = time.monotonic() - started
+                except TimeoutError:
+                    trained_after, lag = _trainer_progress(trainer_url)
+                    behind = {"lag_records": int(lag), "seconds": round(time.monotonic() - started, 1),
+                              "trained_events_per_s": round((trained_after - trained_before)
+                                                            / (time.monotonic() - started), 1)}
                 # Long enough for a held version to be promoted on staleness (registry default 120 s).
                 timeout_s = 10 * args.export_interval + 240
-                for user in users[: args.model_probes]:
+                for user in users[: args.model_probes] if behind is None else ():
                     item = _top_item(stub, user, timeout_s)
                     probes.append(ModelProbe() if item is None else
                                   _model_probe(stub, stack, registry, producer, user, item, timeout_s=timeout_s))
@@ -280,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_trained_and_exported_s": _summary([p.exported_s for p in probes]),
         "model_trained_and_registered_s": _summary([p.registered_s for p in probes]),
         "trainer_catch_up_before_model_probes_s": round(catch_up_s, 1) if catch_up_s is not None else None,
+        "trainer_kept_up": behind is None,
+        "trainer_behind": behind,
         "model_probes": [asdict(p) | {"held_back": p.held_back} for p in probes],
         "export_interval_s": args.export_interval,
         "trainer_publish_times": trainer_times,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 from bench import freshness
@@ -155,3 +156,33 @@ def test_inference_load_time_is_the_mean_over_every_replicas_metrics_endpoint():
     finally:
         for s in servers:
             s.stop()
+
+
+def test_the_background_stream_goes_on_after_the_demo_stream_with_event_ids_of_its_own():
+    from recmodel.data import SyntheticStream
+
+    stream = SyntheticStream(seed=11, n_users=20, n_items=30, n_events=50)
+    first = list(stream.events())
+    events = list(itertools.islice(freshness._endless(stream), 125))  # two passes and a half
+    assert events[:50] == first
+    assert [(e.user_id, e.item_id, e.type) for e in events[50:100]] == [(e.user_id, e.item_id, e.type) for e in first]
+    ids = [e.event_id for e in events]
+    assert len(set(ids)) == 125 and ids[50] == first[0].event_id + ".1" and ids[100] == first[0].event_id + ".2"
+
+
+def test_trainer_progress_reads_events_trained_and_the_lag_over_every_partition():
+    from prometheus_client import CollectorRegistry
+
+    from services.common.metrics import MetricsServer
+    from services.trainer.metrics import TrainerMetrics
+
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics(registry)
+    metrics.events_trained.inc(4_200)
+    metrics.consumer_lag.labels(topic="events", partition="0").set(700)
+    metrics.consumer_lag.labels(topic="events", partition="1").set(300)
+    server = MetricsServer(registry, host="127.0.0.1", port=0).start()
+    try:
+        assert freshness._trainer_progress(f"http://127.0.0.1:{server.port}/metrics") == (4_200, 1_000)
+    finally:
+        server.stop()
