@@ -42,6 +42,14 @@ LAG_REFRESH_S = 2.0
 PARTITION_REFRESH_S = 30.0
 
 
+def export_pause_s(interval_s: float, publish_s: float, behind: bool, share: float) -> float:
+    """Seconds from the end of one export to the next: ``interval_s``, stretched while the trainer is behind
+    so that publishing (``publish_s`` of the training thread each time) takes at most ``share`` of it."""
+    if not behind or share >= 1 or publish_s <= 0:
+        return interval_s
+    return max(interval_s, publish_s * (1 - share) / share)
+
+
 __all__ = ["LostLeadership", "TrainerService", "make_text_encoder"]  # make_text_encoder: for the distributed ranks
 
 
@@ -66,6 +74,7 @@ class TrainerService:
         self.trainer_id = self.cfg.trainer_id or getattr(elector, "identity", "trainer")
         self._replayed_unexported = 0  # idle replay steps the registered version does not have yet
         self._step_events: int | None = None  # catch_up_batch_size while far behind (see _refresh_lag), else None
+        self._behind = False  # more than catch_up_lag behind the end of `events` (see _refresh_lag)
         self.exporter = VersionExporter(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
                                           auto_promote=self.cfg.auto_promote, exports_dir=self.store.exports_dir,
                                           keep_exports=self.cfg.keep_exports)
@@ -217,6 +226,7 @@ class TrainerService:
         last_lag = 0.0
         last_partitions = now
         exported_at_events = trainer.events_trained
+        publish_s = 0.0
         loss = float("nan")
         idle_budget = 0  # replay steps left until new events arrive
         while not stop.is_set():
@@ -240,14 +250,17 @@ class TrainerService:
                 items.refresh_partitions()
                 last_partitions = now
             pending = not self.publisher.busy and self._pending_registration(trainer, position)
+            pause = export_pause_s(cfg.export_interval_s, publish_s, self._behind, cfg.catch_up_publish_share)
             export_due = pending and (
-                now - last_export >= cfg.export_interval_s
+                now - last_export >= pause
                 or (cfg.export_every_events and trainer.events_trained - exported_at_events >= cfg.export_every_events))
             if export_due:
+                started = time.monotonic()
                 self._checkpoint(trainer, position, events)
                 last_checkpoint = time.monotonic()
                 self._export(trainer, position, monitor)
                 last_export = time.monotonic()
+                publish_s = last_export - started  # what this version took from training (all of it when inline)
                 exported_at_events = trainer.events_trained
             elif now - last_checkpoint >= cfg.checkpoint_interval_s and self._dirty(trainer):
                 self._checkpoint(trainer, position, events)
@@ -311,7 +324,8 @@ class TrainerService:
             for p, lag in lags.items():
                 self.metrics.consumer_lag.labels(topic=self.events_topic, partition=str(p)).set(lag)
             lag = sum(lags.values())
-            step_events = (self.cfg.catch_up_batch_size or None) if lag > self.cfg.catch_up_lag else None
+            self._behind = lag > self.cfg.catch_up_lag
+            step_events = (self.cfg.catch_up_batch_size or None) if self._behind else None
             if step_events != self._step_events:
                 logger.info("catching up: larger micro-batches" if step_events else "caught up: usual micro-batches",
                             extra={"lag": lag, "events_per_step": step_events or self.cfg.model.batch_size})

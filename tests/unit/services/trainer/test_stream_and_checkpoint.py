@@ -87,6 +87,23 @@ def test_config_defaults_and_leader_timing_rules():
     assert load_config(TrainerConfig, environ={"STREAMREC_TRAINER_PUBLISH_MODE": "background"}).trainer.publish_mode == "background"
     with pytest.raises(ConfigError, match="publish_mode"):
         load_config(TrainerConfig, environ={"STREAMREC_TRAINER_PUBLISH_MODE": "sometimes"})
+    assert cfg.trainer.catch_up_publish_share == 0.25
+    for bad in ("0", "1.5", "-0.1", "most"):
+        with pytest.raises(ConfigError, match="catch_up_publish_share"):
+            load_config(TrainerConfig, environ={"STREAMREC_TRAINER_CATCH_UP_PUBLISH_SHARE": bad})
+
+
+def test_a_trainer_that_is_behind_spends_at_most_its_share_of_time_publishing():
+    from services.trainer.service import export_pause_s
+
+    assert export_pause_s(2.0, 3.0, behind=False, share=0.25) == 2.0  # caught up: the configured interval
+    assert export_pause_s(2.0, 3.0, behind=True, share=0.25) == 9.0  # 3 s publishing in every 12 s
+    assert export_pause_s(30.0, 3.0, behind=True, share=0.25) == 30.0  # the interval already leaves more
+    assert export_pause_s(2.0, 3.0, behind=True, share=1.0) == 2.0
+    assert export_pause_s(2.0, 0.0, behind=True, share=0.25) == 2.0  # nothing published yet
+    for publish_s in (0.5, 1.7, 4.0):
+        pause = export_pause_s(1.0, publish_s, behind=True, share=0.2)
+        assert publish_s / (publish_s + pause) <= 0.2 + 1e-9
 
 
 def test_config_carries_the_recipe_transition_span_and_refuses_bad_values_by_name():
