@@ -227,6 +227,7 @@ class TrainerService:
         last_partitions = now
         exported_at_events = trainer.events_trained
         publish_s = 0.0
+        reached_end = True  # since the last export the trainer found the stream's end at least once
         loss = float("nan")
         idle_budget = 0  # replay steps left until new events arrive
         while not stop.is_set():
@@ -242,6 +243,8 @@ class TrainerService:
                 loss = self._train_batch(trainer, position, monitor, events, items, batch, loss)
                 if batch.events:
                     idle_budget = int(cfg.idle_replay_epochs * trainer.replay_epoch_steps())
+            if batch is None or batch.records < cfg.poll_max_records:
+                reached_end = True  # a poll took all there was: the trainer keeps up with the stream
             if (batch is None or not batch.events) and idle_budget > 0:
                 idle_budget -= self._replay_idle(min(cfg.idle_replay_steps, idle_budget))
             now = time.monotonic()
@@ -250,7 +253,9 @@ class TrainerService:
                 items.refresh_partitions()
                 last_partitions = now
             pending = not self.publisher.busy and self._pending_registration(trainer, position)
-            pause = export_pause_s(cfg.export_interval_s, publish_s, self._behind, cfg.catch_up_publish_share)
+            # Saturated: far behind, or every poll since the last export came back full.
+            saturated = self._behind or not reached_end
+            pause = export_pause_s(cfg.export_interval_s, publish_s, saturated, cfg.catch_up_publish_share)
             export_due = pending and (
                 now - last_export >= pause
                 or (cfg.export_every_events and trainer.events_trained - exported_at_events >= cfg.export_every_events))
@@ -261,6 +266,7 @@ class TrainerService:
                 self._export(trainer, position, monitor)
                 last_export = time.monotonic()
                 publish_s = last_export - started  # what this version took from training (all of it when inline)
+                reached_end = False
                 exported_at_events = trainer.events_trained
             elif now - last_checkpoint >= cfg.checkpoint_interval_s and self._dirty(trainer):
                 self._checkpoint(trainer, position, events)

@@ -194,6 +194,32 @@ def test_a_trainer_far_behind_trains_larger_micro_batches_until_it_has_caught_up
         assert metrics.catching_up._value.get() == 0
 
 
+def test_a_saturated_trainer_stretches_the_pause_between_exports_until_it_keeps_up(kafka_config, registry, tmp_path):
+    """Every poll full (a backlog), publishing takes at most catch_up_publish_share of the training thread, so
+    few versions are judged while the backlog drains; once a poll takes all there is, exports come every
+    export_interval_s again."""
+    ensure_topics(kafka_config, [kafka_config.topics.name("events"), kafka_config.topics.name("items")])
+    stream = SyntheticStream(seed=5, n_users=100, n_items=200, n_events=6000)
+    events = list(stream.events())
+    publish_items(kafka_config, stream.items())
+    publish_events(kafka_config, events)
+    config = _trainer_config(kafka_config, registry, tmp_path, export_interval_s=0.3, poll_max_records=100,
+                             idle_replay_epochs=0, catch_up_lag=10**9, catch_up_publish_share=0.01)
+    metrics = TrainerMetrics(CollectorRegistry())
+    service = TrainerService(config, metrics, AlwaysLeader())
+    with _running(service):
+        wait_for(service.ready, 60, "the trainer to restore and assign partitions")
+        trainer = service.backend.trainer
+        wait_for(lambda: trainer.events_trained == len(events), 300, "the backlog to be trained", interval_s=0.1)
+        during = metrics.versions_registered._value.get()
+        # The pause after the first export is 99 times its publish time: longer than the whole drain (with a
+        # share of 1, a version every 0.3 s, 10 of them here).
+        assert during <= 2, during
+        ends = {int(p): o for p, o in end_offsets(kafka_config).items()}
+        wait_for(lambda: service.registration is not None and service.registration.events_offsets == ends, 120,
+                 "a version of the whole stream once the trainer keeps up", interval_s=0.2)
+
+
 def test_every_version_is_registered_after_a_checkpoint_that_covers_it(kafka_config, registry, tmp_path):
     """An export's checkpoint is durable before the registry hears of the version: a new leader never restores
     a state behind a registered version."""
