@@ -131,12 +131,12 @@ class TrainerSection(Section):
     # until the trainer has caught up. 0 turns it off.
     catch_up_lag: int = Field(4000, ge=1)
     catch_up_batch_size: int = Field(2048, ge=0)
-    # While the trainer is saturated (behind by more than catch_up_lag, or every poll since the last export
-    # came back full: it never reached the end of `events`), publishing a version takes at most this share of the training
-    # thread: the pause after an export stretches to its publish time * (1 - share) / share when that is
-    # longer than export_interval_s, so a trainer that lags spends its time closing the gap rather than
-    # judging versions that are stale anyway. A trainer that keeps up exports every export_interval_s.
-    # 1 keeps export_interval_s always.
+    # While the trainer is saturated (behind by more than catch_up_lag, or every poll since the last
+    # export came back full, so it never reached the end of `events`), publishing a version takes at most
+    # this share of the training thread: the pause after an export stretches to its publish time
+    # * (1 - share) / share when that is longer than export_interval_s. A trainer that lags then spends its
+    # time closing the gap rather than judging versions that are stale anyway; one that keeps up exports
+    # every export_interval_s. 1 keeps export_interval_s always.
     catch_up_publish_share: float = Field(0.25, gt=0, le=1)
     poll_timeout_ms: int = Field(200, ge=0)
     export_interval_s: float = Field(30.0, gt=0)

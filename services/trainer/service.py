@@ -42,10 +42,10 @@ LAG_REFRESH_S = 2.0
 PARTITION_REFRESH_S = 30.0
 
 
-def export_pause_s(interval_s: float, publish_s: float, behind: bool, share: float) -> float:
-    """Seconds from the end of one export to the next: ``interval_s``, stretched while the trainer is behind
+def export_pause_s(interval_s: float, publish_s: float, saturated: bool, share: float) -> float:
+    """Seconds from the end of one export to the next: ``interval_s``, stretched while the trainer is saturated
     so that publishing (``publish_s`` of the training thread each time) takes at most ``share`` of it."""
-    if not behind or share >= 1 or publish_s <= 0:
+    if not saturated or share >= 1 or publish_s <= 0:
         return interval_s
     return max(interval_s, publish_s * (1 - share) / share)
 

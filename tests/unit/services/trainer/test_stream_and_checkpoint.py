@@ -96,13 +96,13 @@ def test_config_defaults_and_leader_timing_rules():
 def test_a_trainer_that_is_behind_spends_at_most_its_share_of_time_publishing():
     from services.trainer.service import export_pause_s
 
-    assert export_pause_s(2.0, 3.0, behind=False, share=0.25) == 2.0  # caught up: the configured interval
-    assert export_pause_s(2.0, 3.0, behind=True, share=0.25) == 9.0  # 3 s publishing in every 12 s
-    assert export_pause_s(30.0, 3.0, behind=True, share=0.25) == 30.0  # the interval already leaves more
-    assert export_pause_s(2.0, 3.0, behind=True, share=1.0) == 2.0
-    assert export_pause_s(2.0, 0.0, behind=True, share=0.25) == 2.0  # nothing published yet
+    assert export_pause_s(2.0, 3.0, saturated=False, share=0.25) == 2.0  # caught up: the configured interval
+    assert export_pause_s(2.0, 3.0, saturated=True, share=0.25) == 9.0  # 3 s publishing in every 12 s
+    assert export_pause_s(30.0, 3.0, saturated=True, share=0.25) == 30.0  # the interval already leaves more
+    assert export_pause_s(2.0, 3.0, saturated=True, share=1.0) == 2.0
+    assert export_pause_s(2.0, 0.0, saturated=True, share=0.25) == 2.0  # nothing published yet
     for publish_s in (0.5, 1.7, 4.0):
-        pause = export_pause_s(1.0, publish_s, behind=True, share=0.2)
+        pause = export_pause_s(1.0, publish_s, saturated=True, share=0.2)
         assert publish_s / (publish_s + pause) <= 0.2 + 1e-9
 
 
