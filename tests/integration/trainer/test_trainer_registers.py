@@ -78,6 +78,25 @@ def _running(service: TrainerService, before_stop=None):
     assert not thread.is_alive()
 
 
+@contextlib.contextmanager
+def _drained_backlog(kafka_config, registry, tmp_path, seed: int, **trainer):
+    """A trainer started on a synthetic stream (6,000 events) already on `events`: the block runs once it has
+    trained all of it, with ``(service, metrics, events)``."""
+    ensure_topics(kafka_config, [kafka_config.topics.name("events"), kafka_config.topics.name("items")])
+    stream = SyntheticStream(seed=seed, n_users=100, n_items=200, n_events=6000)
+    events = list(stream.events())
+    publish_items(kafka_config, stream.items())
+    publish_events(kafka_config, events)
+    metrics = TrainerMetrics(CollectorRegistry())
+    service = TrainerService(_trainer_config(kafka_config, registry, tmp_path, idle_replay_epochs=0, **trainer),
+                             metrics, AlwaysLeader())
+    with _running(service):
+        wait_for(service.ready, 60, "the trainer to restore and assign partitions")
+        wait_for(lambda: service.backend.trainer.events_trained == len(events), 300, "the backlog to be trained",
+                 interval_s=0.1)
+        yield service, metrics, events
+
+
 def _untrained_prequential(config, stream, events) -> dict:
     """The trainer's prequential metrics over ``events`` from a model built like its own that never trains."""
     from recmodel.train import IncrementalTrainer
@@ -165,20 +184,10 @@ def test_events_in_version_registered_with_consumed_offsets(kafka_config, regist
 def test_a_trainer_far_behind_trains_larger_micro_batches_until_it_has_caught_up(kafka_config, registry, tmp_path):
     """Behind the end of `events` by more than catch_up_lag, a step takes catch_up_batch_size events (one
     window per user), so a backlog costs fewer steps; caught up, the usual batch_size is back."""
-    ensure_topics(kafka_config, [kafka_config.topics.name("events"), kafka_config.topics.name("items")])
-    stream = SyntheticStream(seed=3, n_users=100, n_items=200, n_events=6000)
-    events = list(stream.events())
-    publish_items(kafka_config, stream.items())
-    publish_events(kafka_config, events)
     batch_size = small_model()["batch_size"]
-    config = _trainer_config(kafka_config, registry, tmp_path, export_interval_s=3600, poll_max_records=2000,
-                             idle_replay_epochs=0, catch_up_lag=1000, catch_up_batch_size=2000)
-    metrics = TrainerMetrics(CollectorRegistry())
-    service = TrainerService(config, metrics, AlwaysLeader())
-    with _running(service):
-        wait_for(service.ready, 60, "the trainer to restore and assign partitions")
+    with _drained_backlog(kafka_config, registry, tmp_path, 3, export_interval_s=3600, poll_max_records=2000,
+                          catch_up_lag=1000, catch_up_batch_size=2000) as (service, metrics, events):
         trainer = service.backend.trainer
-        wait_for(lambda: trainer.events_trained == len(events), 240, "the backlog to be trained", interval_s=0.2)
         backlog_steps = trainer.steps
         # One step per 256 events would be at least 24; polls of up to 2,000 events, one step each, take far fewer.
         assert backlog_steps < len(events) / batch_size / 2, backlog_steps
@@ -198,19 +207,8 @@ def test_a_saturated_trainer_stretches_the_pause_between_exports_until_it_keeps_
     """Every poll full (a backlog), publishing takes at most catch_up_publish_share of the training thread, so
     few versions are judged while the backlog drains; once a poll takes all there is, exports come every
     export_interval_s again."""
-    ensure_topics(kafka_config, [kafka_config.topics.name("events"), kafka_config.topics.name("items")])
-    stream = SyntheticStream(seed=5, n_users=100, n_items=200, n_events=6000)
-    events = list(stream.events())
-    publish_items(kafka_config, stream.items())
-    publish_events(kafka_config, events)
-    config = _trainer_config(kafka_config, registry, tmp_path, export_interval_s=0.3, poll_max_records=100,
-                             idle_replay_epochs=0, catch_up_lag=10**9, catch_up_publish_share=0.01)
-    metrics = TrainerMetrics(CollectorRegistry())
-    service = TrainerService(config, metrics, AlwaysLeader())
-    with _running(service):
-        wait_for(service.ready, 60, "the trainer to restore and assign partitions")
-        trainer = service.backend.trainer
-        wait_for(lambda: trainer.events_trained == len(events), 300, "the backlog to be trained", interval_s=0.1)
+    with _drained_backlog(kafka_config, registry, tmp_path, 5, export_interval_s=0.3, poll_max_records=100,
+                          catch_up_lag=10**9, catch_up_publish_share=0.01) as (service, metrics, _):
         during = metrics.versions_registered._value.get()
         # The pause after the first export is 99 times its publish time: longer than the whole drain (with a
         # share of 1, a version every 0.3 s, 10 of them here).
