@@ -131,24 +131,23 @@ def _endless(stream):
             yield event if n == 0 else replace(event, event_id=f"{event.event_id}.{n}")
 
 
-def _trainer_progress(metrics_url: str) -> tuple[float, float]:
-    """(events trained so far, lag in records) from the trainer's /metrics."""
+def _trainer_state(metrics_url: str) -> tuple[float, float | None, bool]:
+    """(events trained so far, lag in records over every partition or None before any is reported, whether
+    it is catching up) from the trainer's /metrics."""
     from services.stack.status import scrape, total
 
     samples = scrape(metrics_url, timeout_s=10)
+    lag = "streamrec_trainer_consumer_lag_records"
     return (total(samples, "streamrec_trainer_events_trained_total"),
-            total(samples, "streamrec_trainer_consumer_lag_records"))
+            total(samples, lag) if samples.get(lag) else None,
+            bool(total(samples, "streamrec_trainer_catching_up")))
 
 
 def _trainer_caught_up(metrics_url: str, rate: float) -> bool:
     """The trainer is within a second of events (at least one micro-batch) of the end of ``events`` and is
     not catching up: model probes measure the steady state, not the backlog of the stack's own start."""
-    from services.stack.status import scrape, total
-
-    samples = scrape(metrics_url, timeout_s=10)
-    lag = samples.get("streamrec_trainer_consumer_lag_records")
-    return bool(lag) and total(samples, "streamrec_trainer_consumer_lag_records") <= max(rate, 2000) \
-        and not total(samples, "streamrec_trainer_catching_up")
+    _, lag, catching_up = _trainer_state(metrics_url)
+    return lag is not None and lag <= max(rate, 2000) and not catching_up
 
 
 def _find_offset(stack, event_id: str, since: dict, timeout_s: float = 30.0) -> tuple[int, int] | None:
@@ -272,16 +271,16 @@ def main(argv: list[str] | None = None) -> int:
                         history_ms.append(ms)
                 # The stack's start leaves the trainer a backlog of the demo stream; probe once it has caught up.
                 trainer_url = stack.services["trainer"].metrics_url
-                started, (trained_before, _) = time.monotonic(), _trainer_progress(trainer_url)
+                started, trained_before = time.monotonic(), _trainer_state(trainer_url)[0]
                 try:
                     wait_for(lambda: _trainer_caught_up(trainer_url, args.rate), args.catch_up_timeout,
                              "the trainer to catch up with the stream", interval_s=0.5)
                     catch_up_s = time.monotonic() - started
                 except TimeoutError:
-                    trained_after, lag = _trainer_progress(trainer_url)
-                    behind = {"lag_records": int(lag), "seconds": round(time.monotonic() - started, 1),
-                              "trained_events_per_s": round((trained_after - trained_before)
-                                                            / (time.monotonic() - started), 1)}
+                    trained_after, lag, _ = _trainer_state(trainer_url)
+                    waited = time.monotonic() - started
+                    behind = {"lag_records": None if lag is None else int(lag), "seconds": round(waited, 1),
+                              "trained_events_per_s": round((trained_after - trained_before) / waited, 1)}
                 # Long enough for a held version to be promoted on staleness (registry default 120 s).
                 timeout_s = 10 * args.export_interval + 240
                 for user in users[: args.model_probes] if behind is None else ():

@@ -170,7 +170,7 @@ def test_the_background_stream_goes_on_after_the_demo_stream_with_event_ids_of_i
     assert len(set(ids)) == 125 and ids[50] == first[0].event_id + ".1" and ids[100] == first[0].event_id + ".2"
 
 
-def test_trainer_progress_reads_events_trained_and_the_lag_over_every_partition():
+def test_trainer_state_reads_events_trained_the_lag_over_every_partition_and_catching_up():
     from prometheus_client import CollectorRegistry
 
     from services.common.metrics import MetricsServer
@@ -179,10 +179,18 @@ def test_trainer_progress_reads_events_trained_and_the_lag_over_every_partition(
     registry = CollectorRegistry()
     metrics = TrainerMetrics(registry)
     metrics.events_trained.inc(4_200)
+    server0 = MetricsServer(registry, host="127.0.0.1", port=0).start()
+    try:  # no lag reported yet: unknown, not zero
+        assert freshness._trainer_state(f"http://127.0.0.1:{server0.port}/metrics") == (4_200, None, False)
+    finally:
+        server0.stop()
     metrics.consumer_lag.labels(topic="events", partition="0").set(700)
     metrics.consumer_lag.labels(topic="events", partition="1").set(300)
     server = MetricsServer(registry, host="127.0.0.1", port=0).start()
+    url = f"http://127.0.0.1:{server.port}/metrics"
     try:
-        assert freshness._trainer_progress(f"http://127.0.0.1:{server.port}/metrics") == (4_200, 1_000)
+        assert freshness._trainer_state(url) == (4_200, 1_000, False)
+        metrics.catching_up.set(1)
+        assert freshness._trainer_state(url) == (4_200, 1_000, True)
     finally:
         server.stop()
