@@ -1,11 +1,13 @@
 """Run an exported artifact with ONNX Runtime (no torch needed).
 
 ``select_providers`` picks TensorRT (fp16, engine cache) -> CUDA -> CPU from what this onnxruntime build
-offers, and logs the choice once.
+offers and this machine can load, and logs the choice once.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -27,10 +29,16 @@ def select_providers(
 ) -> list:
     """Providers for ``onnxruntime.InferenceSession``: TensorRT -> CUDA -> CPU, as available."""
     global _logged_choice
+    skipped: dict[str, str] = {}
     if available is None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
+        if "CUDAExecutionProvider" in available:
+            _preload_cuda(ort)
+        if "TensorrtExecutionProvider" in available and (missing := _load_tensorrt_runtime()):
+            available = [p for p in available if p != "TensorrtExecutionProvider"]
+            skipped["TensorrtExecutionProvider"] = missing
     chosen: list = []
     if "TensorrtExecutionProvider" in available:
         opts = {"device_id": device_id, "trt_fp16_enable": True}
@@ -44,7 +52,44 @@ def select_providers(
     if _logged_choice != names:
         _logged_choice = names
         log.info("onnxruntime execution providers chosen", extra={"providers": list(names)})
+        for name, why in skipped.items():
+            log.warning("onnxruntime execution provider skipped", extra={"provider": name, "reason": why})
     return chosen
+
+
+# What the TensorRT provider of onnxruntime-gpu 1.31 links against: TensorRT 10 (tensorrt-cu13 10.x).
+TENSORRT_RUNTIME = ("libnvinfer.so.10", "libnvonnxparser.so.10")
+
+
+def _load_tensorrt_runtime() -> str | None:
+    """Load TensorRT's libraries into this process: None when they load, else what is missing.
+
+    onnxruntime-gpu offers its TensorRT provider whether or not TensorRT is installed; a session asked
+    for it then prints an error and retries without it, at every model load. The tensorrt-cu13 wheels put
+    the libraries in the ``tensorrt_libs`` package, off the loader's path; once loaded from there, the
+    provider's own ``dlopen`` finds them by name.
+    """
+    spec = importlib.util.find_spec("tensorrt_libs")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for lib in TENSORRT_RUNTIME:
+        for candidate in [lib, *(str(Path(f) / lib) for f in folders)]:
+            try:
+                ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
+                break
+            except OSError:
+                continue
+        else:
+            return f"{lib} not found (install the tensorrt-cu13 10.x wheels, or put TensorRT on the library path)"
+    return None
+
+
+def _preload_cuda(ort) -> None:
+    """Load the CUDA and cuDNN libraries of the nvidia-* wheels (torch's), when present, so the CUDA provider
+    finds them without LD_LIBRARY_PATH; a CUDA base image has them on the loader's path anyway."""
+    try:
+        ort.preload_dlls(cuda=True, cudnn=True, msvc=False)
+    except Exception as exc:  # onnxruntime raises RuntimeError, the loader OSError
+        log.debug("onnxruntime preload_dlls", extra={"error": str(exc)})
 
 
 def serving_session_options(threads: int = 1):

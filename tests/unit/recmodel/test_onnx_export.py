@@ -1,6 +1,7 @@
 """The exported artifact, run by ONNX Runtime, must agree with PyTorch."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,44 @@ def test_provider_preference_is_tensorrt_then_cuda_then_cpu():
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert chosen[0][1]["trt_fp16_enable"] and chosen[0][1]["trt_engine_cache_path"] == "/tmp/trt"
     assert select_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_a_tensorrt_provider_without_tensorrt_installed_is_skipped_with_a_warning(monkeypatch, caplog):
+    import onnxruntime as ort
+
+    import recmodel.serving as serving
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(serving, "_logged_choice", None)
+    monkeypatch.setattr(serving, "TENSORRT_RUNTIME", ("libstreamrec-no-such-tensorrt.so.10",))
+    with caplog.at_level("WARNING", logger="recmodel.serving"):
+        chosen = select_providers()
+    assert [p[0] if isinstance(p, tuple) else p for p in chosen] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    skipped = [r for r in caplog.records if r.getMessage() == "onnxruntime execution provider skipped"]
+    assert skipped and "libstreamrec-no-such-tensorrt.so.10 not found" in skipped[0].reason
+
+
+def test_tensorrt_is_found_in_the_tensorrt_libs_package_of_the_wheels(monkeypatch, tmp_path):
+    import shutil
+    import sys
+
+    import recmodel.serving as serving
+
+    # zlib stands in for TensorRT's library: what is checked is where it is looked for.
+    found = [p for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib")
+             if (p := Path(d) / "libz.so.1").exists()]
+    if not found:
+        pytest.skip("no libz.so.1 to stand in for TensorRT's library")
+    real = found[0]
+    package = tmp_path / "tensorrt_libs"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    shutil.copy(real, package / "libstreamrec-test-nvinfer.so.10")
+    monkeypatch.setattr(serving, "TENSORRT_RUNTIME", ("libstreamrec-test-nvinfer.so.10",))
+    assert serving._load_tensorrt_runtime() is not None  # not on the loader's path
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    assert serving._load_tensorrt_runtime() is None
 
 
 def test_export_refuses_a_non_empty_directory(trained, tmp_path):
