@@ -17,7 +17,7 @@ import yaml
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.kafka import ensure_topics
 from services.common.localkafka import LocalKafka, LocalKafkaCluster
-from services.common.process import die_with_parent
+from services.common.process import available_cpus, die_with_parent
 from services.common.tls import TlsConfig
 from services.stack.credentials import ensure_credentials
 from services.stack.processes import ServiceProcess
@@ -154,6 +154,10 @@ class LocalStack:
                 "checkpoint_dir": str(data / "checkpoints"),
                 "export_interval_s": opts.export_interval_s,
                 "model": {"dim": opts.model_dim, "max_len": opts.max_len, "text_encoder": opts.text_encoder},
+                # The stack's other services need cores too, and torch's threads wait on each other at every
+                # op when one of them is descheduled: on 2 cores at 1,000 events/s (bench pipeline), 2 threads
+                # trained 745 events/s and fell behind, 1 thread 883 and kept up.
+                "torch_threads": max(1, available_cpus() // 2),
             }
         elif name == "inference":
             config["kafka"] = kafka

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import torch
 
+from services.common.process import available_cpus
 from services.trainer.checkpoint_store import CheckpointStore
 from services.trainer.config import TrainerConfig
 
@@ -46,6 +48,14 @@ class TrainingBackend(Protocol):
     def close(self) -> None: ...
 
 
+def torch_threads(config: TrainerConfig) -> int | None:
+    """The intra-op threads ``trainer.torch_threads`` asks for (0: the cores this process may use), or None to
+    leave torch's own choice, which follows OMP_NUM_THREADS when that is set."""
+    if config.trainer.torch_threads:
+        return config.trainer.torch_threads
+    return None if os.environ.get("OMP_NUM_THREADS") else available_cpus()
+
+
 class LocalBackend:
     """Trains in this process (CPU or one GPU). ``DistributedBackend`` has the same interface."""
 
@@ -53,6 +63,9 @@ class LocalBackend:
         self.config = config
         self.device = device
         self.trainer = None
+        threads = torch_threads(config)
+        if threads:
+            torch.set_num_threads(threads)
 
     def restore(self, store: CheckpointStore):
         from recmodel.train import IncrementalTrainer
