@@ -139,21 +139,27 @@ class ChampionChallenger:
         self.download_dir = Path(download_dir) if download_dir else None
         self.metrics = metrics
         self._cache: OrderedDict[int, object] = OrderedDict()  # version -> loaded ArtifactModel
-        # Production's hit per holdout query, for the production version they were scored with: between two
-        # exports the version rarely changes and most queries are still in the buffer, so only new ones are scored.
-        self._production_hits: tuple[int, dict[HoldoutQuery, bool]] = (0, {})
+        # Hit per holdout query of the versions in the cache, as scored: between two exports production rarely
+        # changes and most queries are still in the buffer, so only new ones are scored; and a candidate that
+        # is registered and then promoted brings the hits it was judged with, so with versions promoted one
+        # after the other each query is scored once per version, not twice.
+        self._hits: OrderedDict[int, dict[HoldoutQuery, bool]] = OrderedDict()
+        self._judged: tuple[object, dict[HoldoutQuery, bool]] | None = None  # the last candidate and its hits
 
     def observe(self, trainer, events: Sequence[Event]) -> None:
         self.buffer.observe(trainer, events)
 
     def remember(self, version: int, model) -> None:
         """Keep what was just registered as ``version``: it may be production at the next export."""
+        judged, self._judged = self._judged, None
         if model is None or not version:
             return
         self._cache[int(version)] = model
         self._cache.move_to_end(int(version))
         while len(self._cache) > self.cache_versions:
             self._cache.popitem(last=False)
+        if judged is not None and judged[0] is model:
+            self._keep_hits(int(version), judged[1])
 
     def judge(self, artifact_dir: str | Path, queries: Sequence[HoldoutQuery] | None = None):
         """Add ``gate.*`` metrics to the manifest of the (not yet registered) artifact in ``artifact_dir``.
@@ -166,6 +172,7 @@ class ChampionChallenger:
         from recmodel.serving import ArtifactModel
 
         start = time.perf_counter()
+        self._judged = None
         try:
             candidate = ArtifactModel.load(artifact_dir, providers=SCORING_PROVIDERS,
                                            session_options=self._session_options())
@@ -184,6 +191,7 @@ class ChampionChallenger:
             logger.warning("cannot fetch the production version for the gate", extra={"error": str(exc)})
             return candidate
         cand_hits = holdout_hits(candidate, queries, self.k)
+        self._judged = (candidate, dict(zip(queries, cand_hits.tolist())))
         if self.metrics is not None:
             self.metrics.holdout_hit_rate.labels(role="candidate").set(float(cand_hits.mean()))
         if production is None:
@@ -201,15 +209,19 @@ class ChampionChallenger:
         return candidate
 
     def _hits_of_production(self, version: int, production, queries: Sequence[HoldoutQuery]) -> np.ndarray:
-        scored_version, known = self._production_hits
-        if scored_version != version:
-            known = {}
+        known = dict(self._hits.get(version, {}))
         new = [q for q in dict.fromkeys(queries) if q not in known]
         if new:
             known.update(zip(new, holdout_hits(production, new, self.k).tolist()))
         hits = np.array([known[q] for q in queries], dtype=bool)
-        self._production_hits = (version, {q: known[q] for q in queries})  # only what the buffer still holds
+        self._keep_hits(version, {q: known[q] for q in queries})  # only what the buffer still holds
         return hits
+
+    def _keep_hits(self, version: int, hits: dict[HoldoutQuery, bool]) -> None:
+        self._hits[version] = hits
+        self._hits.move_to_end(version)
+        while len(self._hits) > self.cache_versions:
+            self._hits.popitem(last=False)
 
     def gate_metrics(self, production_version: int, result: PairedDifference) -> dict[str, float]:
         metric = f"hr@{self.k}"

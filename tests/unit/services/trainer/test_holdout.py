@@ -13,6 +13,7 @@ from recmodel.artifact import read_manifest, verify_artifact, write_manifest
 from recmodel.data import Event, SyntheticStream
 from recmodel.export import export_artifact
 from recmodel.holdout import is_holdout
+from recmodel.serving import ArtifactModel
 from recmodel.text import HashingTextEncoder
 from recmodel.train import IncrementalTrainer
 from services.trainer.holdout import ChampionChallenger, HoldoutBuffer
@@ -179,7 +180,7 @@ def test_production_is_scored_once_per_holdout_query_until_another_version_is_pr
     judge = ChampionChallenger(registry, "m", buffer=buffer)
     v1 = tmp_path / "v1"
     export_artifact(trainer, v1, model_name="m")
-    judge.remember(1, judge.judge(v1))
+    judge.remember(1, ArtifactModel.load(v1))  # not judged here: no hits of its own yet
     registry.dirs[1], registry.production = v1, 1
     production = judge._cache[1]
     scored: list[int] = []
@@ -205,3 +206,44 @@ def test_production_is_scored_once_per_holdout_query_until_another_version_is_pr
     judge.judge(third)
     assert sum(scored) == 2 * len(buffer)
     assert read_manifest(third).metrics["gate.production_version"] == 2
+
+
+def test_a_promoted_candidate_brings_the_hits_it_was_judged_with(trained_with_holdout, tmp_path):
+    trainer, buffer = trained_with_holdout
+    registry = FakeRegistry()
+    judge = ChampionChallenger(registry, "m", buffer=buffer)
+    v1 = tmp_path / "v1"
+    export_artifact(trainer, v1, model_name="m")
+    judge.remember(1, judge.judge(v1))
+    registry.dirs[1], registry.production = v1, 1
+
+    c2 = tmp_path / "c2"
+    export_artifact(trainer, c2, model_name="m")
+    shuffle_item_vectors(c2)
+    candidate = judge.judge(c2)
+    scored: list[int] = []
+    score = candidate.score
+    candidate.score = lambda histories, *a, **kw: scored.append(len(histories)) or score(histories, *a, **kw)
+    judge.remember(2, candidate)  # registered as v2, then promoted
+    registry.dirs[2], registry.production = c2, 2
+
+    c3 = tmp_path / "c3"
+    export_artifact(trainer, c3, model_name="m")
+    judge.judge(c3)
+    assert scored == []  # v2's hits on every query came from its own judgment
+    m = read_manifest(c3).metrics
+    assert m["gate.production_version"] == 2
+    assert m["gate.production_hr@10"] == read_manifest(c2).metrics["gate.candidate_hr@10"]
+
+    # The same evidence as a judge that scores v2 afresh (downloaded: nothing carried over).
+    fresh = ChampionChallenger(registry, "m", buffer=buffer, download_dir=tmp_path / "dl")
+    again = tmp_path / "again"
+    export_artifact(trainer, again, model_name="m")
+    fresh.judge(again)
+    for key in ("gate.production_hr@10", "gate.diff_lower", "gate.diff_upper", "gate.n", "gate.p_value"):
+        assert read_manifest(again).metrics[key] == pytest.approx(m[key])
+
+    # A version registered from another candidate object than the one just judged carries nothing over.
+    judge.judge(c3)
+    judge.remember(3, judge._cache[1])
+    assert 3 not in judge._hits
