@@ -40,8 +40,7 @@ class ByteDropout(nn.Module):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {p}")
-        self.p = p
-        self.threshold = int(round(p * 256))
+        self.threshold = int(round(p * 256))  # drop when a byte is below it
         self.scale = 256.0 / (256 - self.threshold)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

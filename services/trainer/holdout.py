@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -121,6 +121,14 @@ def holdout_hits(model, queries: Sequence[HoldoutQuery], k: int) -> np.ndarray:
                      [q.item_id for q in queries], catalogue, k=k)
 
 
+@dataclass
+class _Scored:
+    """A loaded ``ArtifactModel`` and its hit@k per holdout query, for the queries scored so far."""
+
+    model: object
+    hits: dict[HoldoutQuery, bool] = field(default_factory=dict)
+
+
 class ChampionChallenger:
     """Scores candidate and production on the holdout and records the paired evidence in the manifest."""
 
@@ -138,13 +146,12 @@ class ChampionChallenger:
         self.cache_versions = max(1, cache_versions)
         self.download_dir = Path(download_dir) if download_dir else None
         self.metrics = metrics
-        self._cache: OrderedDict[int, object] = OrderedDict()  # version -> loaded ArtifactModel
-        # Hit per holdout query of the versions in the cache, as scored: between two exports production rarely
-        # changes and most queries are still in the buffer, so only new ones are scored; and a candidate that
-        # is registered and then promoted brings the hits it was judged with, so with versions promoted one
-        # after the other each query is scored once per version, not twice.
-        self._hits: OrderedDict[int, dict[HoldoutQuery, bool]] = OrderedDict()
-        self._judged: tuple[object, dict[HoldoutQuery, bool]] | None = None  # the last candidate and its hits
+        # version -> the loaded ArtifactModel and its hit per holdout query as scored so far: between two
+        # exports production rarely changes and most queries are still in the buffer, so only new ones are
+        # scored; and a candidate that is registered and then promoted brings the hits it was judged with, so
+        # with versions promoted one after the other each query is scored once per version, not twice.
+        self._cache: OrderedDict[int, _Scored] = OrderedDict()
+        self._judged: _Scored | None = None  # the last candidate judged, until it is registered
 
     def observe(self, trainer, events: Sequence[Event]) -> None:
         self.buffer.observe(trainer, events)
@@ -154,12 +161,13 @@ class ChampionChallenger:
         judged, self._judged = self._judged, None
         if model is None or not version:
             return
-        self._cache[int(version)] = model
-        self._cache.move_to_end(int(version))
+        self._keep(int(version), judged if judged is not None and judged.model is model else _Scored(model))
+
+    def _keep(self, version: int, scored: "_Scored") -> None:
+        self._cache[version] = scored
+        self._cache.move_to_end(version)
         while len(self._cache) > self.cache_versions:
             self._cache.popitem(last=False)
-        if judged is not None and judged[0] is model:
-            self._keep_hits(int(version), judged[1])
 
     def judge(self, artifact_dir: str | Path, queries: Sequence[HoldoutQuery] | None = None):
         """Add ``gate.*`` metrics to the manifest of the (not yet registered) artifact in ``artifact_dir``.
@@ -191,12 +199,12 @@ class ChampionChallenger:
             logger.warning("cannot fetch the production version for the gate", extra={"error": str(exc)})
             return candidate
         cand_hits = holdout_hits(candidate, queries, self.k)
-        self._judged = (candidate, dict(zip(queries, cand_hits.tolist())))
+        self._judged = _Scored(candidate, dict(zip(queries, cand_hits.tolist())))
         if self.metrics is not None:
             self.metrics.holdout_hit_rate.labels(role="candidate").set(float(cand_hits.mean()))
         if production is None:
             return candidate  # the first version: nothing to compare with
-        prod_hits = self._hits_of_production(production_version, production, queries)
+        prod_hits = self._hits_of_production(production, queries)
         result = paired_difference(cand_hits, prod_hits, self.confidence)
         if self.metrics is not None:
             self.metrics.holdout_hit_rate.labels(role="production").set(result.production_rate)
@@ -208,20 +216,14 @@ class ChampionChallenger:
             "seconds": round(time.perf_counter() - start, 2)})
         return candidate
 
-    def _hits_of_production(self, version: int, production, queries: Sequence[HoldoutQuery]) -> np.ndarray:
-        known = dict(self._hits.get(version, {}))
+    def _hits_of_production(self, production: "_Scored", queries: Sequence[HoldoutQuery]) -> np.ndarray:
+        known = production.hits
         new = [q for q in dict.fromkeys(queries) if q not in known]
         if new:
-            known.update(zip(new, holdout_hits(production, new, self.k).tolist()))
+            known.update(zip(new, holdout_hits(production.model, new, self.k).tolist()))
         hits = np.array([known[q] for q in queries], dtype=bool)
-        self._keep_hits(version, {q: known[q] for q in queries})  # only what the buffer still holds
+        production.hits = {q: known[q] for q in queries}  # only what the buffer still holds
         return hits
-
-    def _keep_hits(self, version: int, hits: dict[HoldoutQuery, bool]) -> None:
-        self._hits[version] = hits
-        self._hits.move_to_end(version)
-        while len(self._hits) > self.cache_versions:
-            self._hits.popitem(last=False)
 
     def gate_metrics(self, production_version: int, result: PairedDifference) -> dict[str, float]:
         metric = f"hr@{self.k}"
@@ -244,21 +246,19 @@ class ChampionChallenger:
         manifest.metrics.update(self.gate_metrics(production_version, result))
         write_manifest(artifact_dir, manifest, hash_files=False)
 
-    def _production(self):
-        """(version, loaded model) of the current production version; (0, None) when there is none."""
+    def _production(self) -> tuple[int, "_Scored | None"]:
+        """(version, loaded model and its hits) of the current production version; (0, None) when there is none."""
         try:
             version = int(self.client.get_alias(self.model_name, PRODUCTION).version)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return 0, None
             raise
-        model = self._cache.get(version)
-        if model is None:
-            model = self._download(version)
-            self.remember(version, model)
-        else:
-            self._cache.move_to_end(version)
-        return version, model
+        scored = self._cache.get(version)
+        if scored is None:
+            scored = _Scored(self._download(version))
+        self._keep(version, scored)
+        return version, scored
 
     def _session_options(self):
         from recmodel.serving import serving_session_options

@@ -182,7 +182,7 @@ def test_production_is_scored_once_per_holdout_query_until_another_version_is_pr
     export_artifact(trainer, v1, model_name="m")
     judge.remember(1, ArtifactModel.load(v1))  # not judged here: no hits of its own yet
     registry.dirs[1], registry.production = v1, 1
-    production = judge._cache[1]
+    production = judge._cache[1].model
     scored: list[int] = []
     score = production.score
     production.score = lambda histories, *a, **kw: scored.append(len(histories)) or score(histories, *a, **kw)
@@ -199,7 +199,7 @@ def test_production_is_scored_once_per_holdout_query_until_another_version_is_pr
         assert read_manifest(second).metrics[key] == read_manifest(first).metrics[key]
 
     # Another production version: its hits are its own, scored afresh.
-    judge.remember(2, judge._cache[1])
+    judge.remember(2, judge._cache[1].model)
     registry.production = 2
     third = tmp_path / "c3"
     shutil.copytree(first, third)
@@ -245,5 +245,5 @@ def test_a_promoted_candidate_brings_the_hits_it_was_judged_with(trained_with_ho
 
     # A version registered from another candidate object than the one just judged carries nothing over.
     judge.judge(c3)
-    judge.remember(3, judge._cache[1])
-    assert 3 not in judge._hits
+    judge.remember(3, judge._cache[1].model)
+    assert judge._cache[3].hits == {}
