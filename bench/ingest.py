@@ -13,6 +13,11 @@ and must account for all of them:
   the group's committed offsets climb from 10 % to 90 % of N (start-up and the last partial batches
   excluded); ``total_s`` is first to last commit.
 
+On two cores the broker, the publisher and the ingesters share the CPU, so one measurement of a few
+seconds moves by tens of percent from run to run. ``--repeat R`` measures the process counts R times,
+interleaved (1, 2, 1, 2, ...), so a slow spell of the machine falls on both; each count reports the
+median of its rounds, with every round's rate in ``rounds``.
+
 Prints one JSON line. Without --bootstrap-servers a local broker is started for the run.
 """
 
@@ -141,7 +146,12 @@ class _Group:
         self.topic = config.topics.name("events_raw")
 
     def members(self) -> int:
-        info = self.admin.describe_groups([self.group_id]).get(self.group_id) or {}
+        from kafka.errors import CoordinatorNotAvailableError
+
+        try:
+            info = self.admin.describe_groups([self.group_id]).get(self.group_id) or {}
+        except CoordinatorNotAvailableError:  # a fresh broker creates __consumer_offsets on the first lookup
+            return 0
         if str(info.get("group_state", info.get("state", ""))).lower() != "stable":
             return 0
         return len(info.get("members") or ())
@@ -226,11 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2000, help="records per poll/commit for the copier and the ingester")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--processes", default="1,2", help="ingester process counts to measure, comma separated")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds of the ingester measurements, interleaved; each count reports its median")
     parser.add_argument("--bootstrap-servers", help="an existing PLAINTEXT broker (default: start a local one)")
     args = parser.parse_args(argv)
     counts = [int(p) for p in args.processes.split(",") if p.strip()]
     if not counts or min(counts) < 1:
         parser.error("--processes: one or more counts >= 1")
+    if args.repeat < 1:
+        parser.error("--repeat: at least 1")
 
     broker = None
     if args.bootstrap_servers:
@@ -242,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         servers = broker.bootstrap_servers
     n = args.events
     result: dict = {"bench": "ingest", "events": n, "batch": args.batch, "partitions": args.partitions,
-                    "client": "kafka-python", "crc32c_native": _crc32c_native()}
+                    "repeat": args.repeat, "client": "kafka-python", "crc32c_native": _crc32c_native()}
     try:
         with tempfile.TemporaryDirectory(prefix="streamrec-bench-ingest-") as tmp:
             if shutil.which("kcat"):
@@ -251,11 +265,12 @@ def main(argv: list[str] | None = None) -> int:
             copier_s = _measure(servers, args.partitions, n,
                                 lambda c: _published_then(c, n, lambda c2, m: _run_copier(c2, m, args.batch)))
             result["copier_events_per_s"] = round(n / copier_s, 1)
-            ingesters = {}
-            for count in counts:
-                ingesters[str(count)] = _measure(servers, args.partitions, n,
-                                                 lambda c, k=count: _run_ingesters(c, n, args.batch, k, Path(tmp)))
-            result["ingester"] = ingesters
+            rounds: dict[int, list[dict]] = {count: [] for count in counts}
+            for _ in range(args.repeat):
+                for count in counts:
+                    rounds[count].append(_measure(servers, args.partitions, n,
+                                                  lambda c, k=count: _run_ingesters(c, n, args.batch, k, Path(tmp))))
+            result["ingester"] = {str(count): _median_round(runs) for count, runs in rounds.items()}
     finally:
         if broker is not None:
             broker.cleanup()
@@ -268,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
                 result[f"ingester_{k}_processes_over_1"] = round(rate / rates["1"], 3)
     print(json.dumps(result))
     return 0
+
+
+def _median_round(runs: list[dict]) -> dict:
+    """The round with the median rate (the lower middle one of an even count), and every round's rate."""
+    ordered = sorted(runs, key=lambda r: r["events_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds": [r["events_per_s"] for r in runs]}
 
 
 def _crc32c_native() -> bool:
