@@ -123,11 +123,17 @@ class TextEncoder(_CachedEncoder):
     def _embed(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        out = []
+        # Batches of texts of about the same length: a batch is padded to its longest text, and in
+        # batches taken in catalog order most of the compute went on padding (ml-latest-small's movie
+        # titles and genres, one thread: 119 texts/s in catalog order, 282 sorted by token count).
+        lengths = [len(ids) for ids in self._tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]]
+        order = np.argsort(np.asarray(lengths), kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
+                rows = order[start : start + self.batch_size]
                 batch = self._tokenizer(
-                    texts[start : start + self.batch_size],
+                    [texts[i] for i in rows],
                     padding=True,
                     truncation=True,
                     max_length=self.max_length,
@@ -137,8 +143,8 @@ class TextEncoder(_CachedEncoder):
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                out.append(pooled.float().cpu().numpy())
-        return np.concatenate(out).astype(np.float32)
+                out[rows] = pooled.float().cpu().numpy()
+        return out
 
 
 class HashingTextEncoder(_CachedEncoder):

@@ -28,6 +28,18 @@ def test_each_text_is_embedded_once(minilm):
     np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_batches_of_mixed_lengths_embed_each_text_as_alone_and_in_order():
+    # Long and short texts interleaved, more than one batch: batches are formed by length, and every
+    # vector must still land in its text's row, equal to that text embedded on its own.
+    enc = TextEncoder(batch_size=4)
+    texts = [("word " * (3 + (i * 7) % 40)) + f"item {i}" for i in range(11)]
+    together = enc.encode(texts)
+    single = TextEncoder(batch_size=1)
+    alone = np.stack([single.encode([t])[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert len({v.tobytes() for v in together}) == len(texts)
+
+
 def test_hashing_encoder_is_deterministic_and_word_sensitive():
     enc = HashingTextEncoder(64)
     x = enc.encode(["space rocket orbit", "space rocket moon", "kitchen recipe"])
