@@ -23,7 +23,6 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from recmodel.checkpoint import TrainerCheckpoint
 from recmodel.data.types import DEFAULT_EVENT_WEIGHTS, Event, HistoryEntry, Item
@@ -46,6 +45,31 @@ HYPERPARAMETERS = (
     "transition_decay", "transition_max_next", "transition_span", "transition_span_decay", "transition_backward",
     "transition_top",
 )
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=1)
+        ctx.save_for_backward(logp, label)
+        return -logp.gather(1, label.unsqueeze(1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logp, label = ctx.saved_tensors
+        scale = grad / len(label)
+        out = logp.exp().mul_(scale)
+        out[torch.arange(len(label), device=out.device), label] -= scale
+        return out, None
+
+
+def softmax_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy(logits, label)`` (mean over rows), with its gradient (softmax - one-hot) / rows
+    written straight into one new [rows, candidates] buffer. torch's own zero-fills such a buffer for the
+    picked log-probabilities and then runs log_softmax's backward over it: two more passes over the
+    step's largest tensor. ml-latest-small trains 847 events/s on one thread instead of 784-788.
+    Equal to torch's within float rounding (about 1e-10 on the gradients)."""
+    return _SoftmaxCrossEntropy.apply(logits, label)
 
 
 @dataclass(frozen=True)
@@ -286,7 +310,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
                 torch.cuda.set_rng_state(self._cuda_rng, self.device)
             self.model.train()
             out = self.model.user_encoder.sequence(self.model.items(slots), types, gaps, mask)[loss_mask]
-            loss = F.cross_entropy(self._logits(out, cand, sampled), label)
+            loss = softmax_cross_entropy(self._logits(out, cand, sampled), label)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.sync_gradients()
@@ -309,7 +333,12 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
             return query @ keys.T
         correction, n_batch_targets, accidental = sampled
         logits = torch.addmm(correction, query, keys.T)
-        logits[:, n_batch_targets:].masked_fill_(accidental, float("-inf"))
+        # Masked outside autograd: the softmax gradient at a -inf logit is exactly 0, which is all that
+        # recording the fill would give, while recording it on a view of the logits made the backward pass
+        # copy the whole [targets, candidates] gradient (CopySlices) and mask it again. Gradients are
+        # bit for bit the same; ml-latest-small trains 784-788 events/s on one thread instead of 673-727.
+        # Safe in place: the matrix product saved its inputs for backward, not this output.
+        logits.detach()[:, n_batch_targets:].masked_fill_(accidental, float("-inf"))
         return logits
 
     def _replay_segments(self) -> tuple[list[str], np.ndarray]:
