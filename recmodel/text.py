@@ -124,8 +124,8 @@ class TextEncoder(_CachedEncoder):
         import torch
 
         # Batches of texts of about the same length: a batch is padded to its longest text, and in
-        # batches taken in catalog order most of the compute went on padding (ml-latest-small's movie
-        # titles and genres, one thread: 119 texts/s in catalog order, 282 sorted by token count).
+        # batches taken in catalog order most of the compute went on padding (ml-latest-small's 9,742
+        # movie titles and genres, one thread: 76.8 s in catalog order, 41.0 s sorted by token count).
         lengths = [len(ids) for ids in self._tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]]
         order = np.argsort(np.asarray(lengths), kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
