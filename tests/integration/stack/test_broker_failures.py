@@ -164,13 +164,25 @@ def _check_no_loss_no_duplicates_trained_once_announced_in_order(stack: LocalSta
     trained = wait_for(lambda: (lambda n: n if n >= on_events else None)(_trained(stack)), 300,
                        "the trainer to train every event", interval_s=2.0)
     assert trained == on_events
-    # Registry: every change announced on `model-versions`, in the order it was made.
-    with RegistryClient(stack.services["registry"].grpc_target, tls=stack.tls_for("operator")) as registry:
-        versions = {v.version for v in registry.list_versions(MODEL, include_archived=True)}
-        production = registry.get_alias(MODEL, "production").version
-    wait_for(lambda: total(scrape(stack.services["registry"].metrics_url), "streamrec_registry_outbox_backlog_records") == 0,
-             120, "the registry's outbox to drain", interval_s=1.0)
-    announced = sorted(_read_all(stack, "model_versions"), key=lambda r: (r.partition, r.offset))
+    # Registry: every change announced on `model-versions`, in the order it was made. The trainer may still
+    # register versions (its idle replay goes on after the stream), so the registry is compared with its
+    # announcements only when it held still while its outbox drained and the topic was read.
+    def registry_state():
+        with RegistryClient(stack.services["registry"].grpc_target, tls=stack.tls_for("operator")) as registry:
+            return ({v.version for v in registry.list_versions(MODEL, include_archived=True)},
+                    registry.get_alias(MODEL, "production").version)
+
+    def announced_while_still():
+        state = registry_state()
+        wait_for(lambda: total(scrape(stack.services["registry"].metrics_url),
+                               "streamrec_registry_outbox_backlog_records") == 0,
+                 120, "the registry's outbox to drain", interval_s=1.0)
+        announced = sorted(_read_all(stack, "model_versions"), key=lambda r: (r.partition, r.offset))
+        return (state, announced) if registry_state() == state else None
+
+    (versions, production), announced = wait_for(announced_while_still, 300,
+                                                  "the registry to hold still while its announcements are read",
+                                                  interval_s=1.0)
     events = [registry_pb2.ModelVersionEvent.FromString(r.value) for r in announced if r.value]
     sequences = [e.sequence for e in events]
     assert sequences == sorted(set(sequences)), "announced once each, in the order they were made"
