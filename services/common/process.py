@@ -1,4 +1,5 @@
-"""Child processes that do not outlive the process that started them, and how many cores they may use."""
+"""Child processes that do not outlive the process that started them, how many cores they may use, and how
+the C allocator treats large blocks."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ _PR_SET_PDEATHSIG = 1
 # Resolved here, in the parent: between fork and exec the child of a threaded process may only
 # make simple calls (find_library itself runs subprocesses).
 _libc_name = ctypes.util.find_library("c")
-_prctl = ctypes.CDLL(_libc_name, use_errno=True).prctl if _libc_name else None
+_libc = ctypes.CDLL(_libc_name, use_errno=True) if _libc_name else None
+_prctl = _libc.prctl if _libc is not None else None
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
+_M_MMAP_MAX = -4
 
 
 def die_with_parent() -> None:
@@ -52,3 +56,18 @@ def _read_quota(path: Path, period_path: Path | None = None) -> float | None:
     except (OSError, ValueError, IndexError, UnicodeDecodeError):
         return None  # "max" (no limit), a missing file or garbage
     return quota / period if quota > 0 and period > 0 else None
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc serve large blocks from its heaps and keep what is freed for the next request.
+
+    By default glibc maps every block above 32 MiB afresh and unmaps it on free, so each training step's
+    largest tensors (the [targets, candidates] logits and their gradient, ~50 MB each on ml-latest-small)
+    came back as new pages the kernel had to fault in and zero. One thread on ml-latest-small: 676-781
+    events/s before, 889-943 after, peak RSS 1.44 -> 1.61 GB. Returns whether the allocator took the
+    settings (False where the C library is not glibc).
+    """
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

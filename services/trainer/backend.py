@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Protocol
 
 import torch
 
-from services.common.process import available_cpus
+from services.common.process import available_cpus, keep_freed_memory
 from services.trainer.checkpoint_store import CheckpointStore
 from services.trainer.config import TrainerConfig
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,6 +69,8 @@ class LocalBackend:
         threads = torch_threads(config)
         if threads:
             torch.set_num_threads(threads)
+        if config.trainer.keep_freed_memory and not keep_freed_memory():
+            logger.info("keep_freed_memory: this C library is not glibc; left as it is")
 
     def restore(self, store: CheckpointStore):
         from recmodel.train import IncrementalTrainer
