@@ -63,9 +63,9 @@ def keep_freed_memory() -> bool:
 
     By default glibc maps every block above 32 MiB afresh and unmaps it on free, so each training step's
     largest tensors (the [targets, candidates] logits and their gradient, ~50 MB each on ml-latest-small)
-    came back as new pages the kernel had to fault in and zero. One thread on ml-latest-small: 676-781
-    events/s before, 889-943 after, peak RSS 1.44 -> 1.61 GB. Returns whether the allocator took the
-    settings (False where the C library is not glibc).
+    came back as new pages the kernel had to fault in and zero. One thread on ml-latest-small: 724-786
+    events/s before, 942-989 after, peak RSS 1.42-1.43 -> 1.65-1.68 GB. Returns whether the allocator took
+    the settings (False where the C library is not glibc).
     """
     mallopt = getattr(_libc, "mallopt", None)
     if mallopt is None:
