@@ -59,6 +59,13 @@ def torch_threads(config: TrainerConfig) -> int | None:
     return None if os.environ.get("OMP_NUM_THREADS") else available_cpus()
 
 
+def apply_allocator_setting(config: TrainerConfig) -> None:
+    """``trainer.keep_freed_memory`` for this process; every process that trains calls it (this one, and
+    each data-parallel rank)."""
+    if config.trainer.keep_freed_memory and not keep_freed_memory():
+        logger.info("keep_freed_memory: this C library is not glibc; left as it is")
+
+
 class LocalBackend:
     """Trains in this process (CPU or one GPU). ``DistributedBackend`` has the same interface."""
 
@@ -69,8 +76,7 @@ class LocalBackend:
         threads = torch_threads(config)
         if threads:
             torch.set_num_threads(threads)
-        if config.trainer.keep_freed_memory and not keep_freed_memory():
-            logger.info("keep_freed_memory: this C library is not glibc; left as it is")
+        apply_allocator_setting(config)
 
     def restore(self, store: CheckpointStore):
         from recmodel.train import IncrementalTrainer

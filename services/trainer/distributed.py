@@ -24,6 +24,7 @@ import torch.distributed as dist
 from recmodel.data import Event, Item
 from recmodel.train import IncrementalTrainer
 from recmodel.windows import Window, has_target
+from services.trainer.backend import apply_allocator_setting
 from services.trainer.config import TrainerConfig
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ def _rank_main(rank: int, config_json: str, world: int) -> None:
 
     config = TrainerConfig.model_validate_json(config_json)
     configure_logging(config.logging.level, config.logging.format, service=f"trainer-rank{rank}")
+    apply_allocator_setting(config)  # each rank trains the same step shapes as a single trainer does
     d = config.trainer.distributed
     dist.init_process_group(d.backend, init_method=f"tcp://127.0.0.1:{d.master_port}", rank=rank, world_size=world)
     try:

@@ -163,7 +163,7 @@ class ChampionChallenger:
             return
         self._keep(int(version), judged if judged is not None and judged.model is model else _Scored(model))
 
-    def _keep(self, version: int, scored: "_Scored") -> None:
+    def _keep(self, version: int, scored: _Scored) -> None:
         self._cache[version] = scored
         self._cache.move_to_end(version)
         while len(self._cache) > self.cache_versions:
@@ -216,7 +216,7 @@ class ChampionChallenger:
             "seconds": round(time.perf_counter() - start, 2)})
         return candidate
 
-    def _hits_of_production(self, production: "_Scored", queries: Sequence[HoldoutQuery]) -> np.ndarray:
+    def _hits_of_production(self, production: _Scored, queries: Sequence[HoldoutQuery]) -> np.ndarray:
         known = production.hits
         new = [q for q in dict.fromkeys(queries) if q not in known]
         if new:
@@ -246,7 +246,7 @@ class ChampionChallenger:
         manifest.metrics.update(self.gate_metrics(production_version, result))
         write_manifest(artifact_dir, manifest, hash_files=False)
 
-    def _production(self) -> tuple[int, "_Scored | None"]:
+    def _production(self) -> tuple[int, _Scored | None]:
         """(version, loaded model and its hits) of the current production version; (0, None) when there is none."""
         try:
             version = int(self.client.get_alias(self.model_name, PRODUCTION).version)
