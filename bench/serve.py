@@ -21,6 +21,12 @@ production. The JSON also has the server's CPU milliseconds per call, the answer
 recall@k of the served top-k against the same pipeline over exact search, and a model swap: version 2
 (a changed item table, its index built from scratch) is announced while Recommend calls continue, timed
 to its first answer, with the calls that failed meanwhile. Prints one JSON line.
+
+On a small shared machine the QPS of a few seconds moves by 10-15 % from run to run. ``--repeat R`` (3)
+runs Ping then Recommend R times per transport: each method reports its median round, and each paired
+figure (QPS ratio, p99 ratio, p50 difference) is the median of the rounds' own figures, every round's in
+``paired_rounds``. ``client_cpu_ms_per_request`` is the driver's CPU per call, on the same cores as the
+servers: for Recommend it includes sending the fresh events.
 """
 
 from __future__ import annotations
@@ -338,16 +344,23 @@ async def _drive(target: str, tls, method: str, make_request, concurrency: int, 
                 except grpc.RpcError:
                     errors += 1
 
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_s()
         await asyncio.gather(*(worker(calls[i % len(calls)]) for i in range(concurrency)))
-        elapsed = time.perf_counter() - start
+        elapsed, client_cpu = time.perf_counter() - start, _cpu_s() - cpu_start
     finally:
         for c in channels:
             await c.close()
     lat = np.array(latencies) * 1e3
     return {"requests": len(latencies), "errors": errors, "qps": round(len(latencies) / elapsed, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None, "warm_up": warm_up}
+            "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None, "warm_up": warm_up,
+            "client_cpu_ms_per_request": round(1e3 * client_cpu / max(len(latencies), 1), 3)}
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process (the driver: its callers and, for Recommend, the fresh events it sends)."""
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    return cpu.ru_utime + cpu.ru_stime
 
 
 async def _swap_phase(servers: ServerProcesses, target: str, tls, users: list[str], args: argparse.Namespace) -> dict:
@@ -410,9 +423,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fresh-share", type=float, default=0.2,
                    help="share of Recommend calls that follow a new event of the same user (invalidates its caches)")
     p.add_argument("--recall-users", type=int, default=200, help="users whose served top-k is checked against exact search")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="rounds of Ping then Recommend per transport; each figure is the median of its rounds")
     p.add_argument("--tls", choices=["both", "on"], default="both",
                    help="both: measure mutual TLS and plaintext (default); on: TLS only")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat: at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,18 +461,21 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             target = f"127.0.0.1:{info['ports'][mode]}"
             rnd = random.Random(0)
-            start = _counters(servers)
-            ping = asyncio.run(_drive(target, client_tls[mode], "Ping", recommender_pb2.PingRequest,
-                                      args.concurrency, args.duration, connections=args.connections))
-            ping["server_cpu_ms_per_request"] = _delta(start, _counters(servers),
-                                                       ping["requests"] + ping.pop("warm_up"))["server_cpu_ms_per_request"]
-            start = _counters(servers)
-            rec = asyncio.run(_drive(
-                target, client_tls[mode], "Recommend",
-                lambda: recommender_pb2.RecommendRequest(user_id=rnd.choice(users), k=args.k),
-                args.concurrency, args.duration, before=fresh.before, connections=args.connections))
-            rec.update(_delta(start, _counters(servers), rec["requests"] + rec.pop("warm_up")))
-            results[mode] = {"recommend": rec, "ping": ping}
+            rounds = []
+            for _ in range(args.repeat):
+                start = _counters(servers)
+                ping = asyncio.run(_drive(target, client_tls[mode], "Ping", recommender_pb2.PingRequest,
+                                          args.concurrency, args.duration, connections=args.connections))
+                ping["server_cpu_ms_per_request"] = _delta(
+                    start, _counters(servers), ping["requests"] + ping.pop("warm_up"))["server_cpu_ms_per_request"]
+                start = _counters(servers)
+                rec = asyncio.run(_drive(
+                    target, client_tls[mode], "Recommend",
+                    lambda: recommender_pb2.RecommendRequest(user_id=rnd.choice(users), k=args.k),
+                    args.concurrency, args.duration, before=fresh.before, connections=args.connections))
+                rec.update(_delta(start, _counters(servers), rec["requests"] + rec.pop("warm_up")))
+                rounds.append({"recommend": rec, "ping": ping})
+            results[mode] = _summarize(rounds)
         recall = servers.ask_first(("recall", users[:args.recall_users], args.k))
         swap = asyncio.run(_swap_phase(servers, f"127.0.0.1:{info['ports']['tls']}", client_tls["tls"], users, args))
     finally:
@@ -468,15 +489,38 @@ def main(argv: list[str] | None = None) -> int:
         "recommend": results["tls"]["recommend"], "ping": results["tls"]["ping"],
         "fresh_share": args.fresh_share, "recall_at_k_vs_exact": recall,
         "model_swap": swap,
-        "recommend_qps_over_ping": round(results["tls"]["recommend"]["qps"] / max(results["tls"]["ping"]["qps"], 1e-9), 3),
-        "recommend_p99_over_ping": _ratio(results["tls"]["recommend"]["p99_ms"], results["tls"]["ping"]["p99_ms"]),
-        "recommend_p50_minus_ping_ms": _diff(results["tls"]["recommend"]["p50_ms"], results["tls"]["ping"]["p50_ms"]),
+        "repeat": args.repeat, **results["tls"]["paired"],
     }
     if "plaintext" in results:
         out["plaintext"] = results["plaintext"]
         out["tls_cost"] = _tls_cost(results["tls"], results["plaintext"])
     print(json.dumps(out))
     return 0
+
+
+def _summarize(rounds: list[dict]) -> dict:
+    """Per method, the round with the median QPS plus every round's QPS (``qps_rounds``); and the paired
+    figures of Recommend against Ping, each the median over rounds of the figure of one round, whose two
+    runs followed each other (so a slow spell of the machine weighs on both sides of a ratio)."""
+    out: dict = {}
+    for method in ("recommend", "ping"):
+        runs = [r[method] for r in rounds]
+        out[method] = {**_lower_median(runs, lambda r: r["qps"]), "qps_rounds": [r["qps"] for r in runs]}
+    paired = {
+        "recommend_qps_over_ping": [round(r["recommend"]["qps"] / max(r["ping"]["qps"], 1e-9), 3) for r in rounds],
+        "recommend_p99_over_ping": [_ratio(r["recommend"]["p99_ms"], r["ping"]["p99_ms"]) for r in rounds],
+        "recommend_p50_minus_ping_ms": [_diff(r["recommend"]["p50_ms"], r["ping"]["p50_ms"]) for r in rounds],
+    }
+    out["paired"] = {key: _lower_median([v for v in values if v is not None], lambda v: v)
+                     for key, values in paired.items()}
+    out["paired"]["paired_rounds"] = paired
+    return out
+
+
+def _lower_median(values: list, key):
+    """The median element by ``key`` (the lower middle one of an even count); None for no values."""
+    ordered = sorted(values, key=key)
+    return ordered[(len(ordered) - 1) // 2] if ordered else None
 
 
 def _counters(servers: ServerProcesses) -> dict:

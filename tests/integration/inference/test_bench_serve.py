@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_bench_serve_spreads_calls_over_two_server_processes_and_swaps_both(capsys):
     assert serve.main(["--items", "3000", "--concurrency", "16", "--duration", "1", "--processes", "2",
-                       "--recall-users", "20", "--tls", "on"]) == 0
+                       "--recall-users", "20", "--tls", "on", "--repeat", "2"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # One connection per caller: the kernel spreads connections (not calls) over the processes, 16 of them
     # all landing on one of two processes has odds of 2 ** -15.
@@ -27,4 +27,17 @@ def test_bench_serve_spreads_calls_over_two_server_processes_and_swaps_both(caps
     swap = out["model_swap"]
     assert swap["errors"] == 0 and swap["announce_to_serving_s"] is not None
     assert swap["announce_to_serving_s"] >= swap["build_index_warm_up_s"], "timed until every process swapped"
-    assert out["recommend_qps_over_ping"] == round(rec["qps"] / ping["qps"], 3)
+    # Two rounds of Ping then Recommend: each method reports its lower-median round, and the QPS ratio is the
+    # lower median of the two rounds' own ratios.
+    assert out["repeat"] == 2 and len(rec["qps_rounds"]) == 2 and len(ping["qps_rounds"]) == 2
+    assert rec["qps"] == min(rec["qps_rounds"]) and ping["qps"] == min(ping["qps_rounds"])
+    ratios = [round(r / p, 3) for r, p in zip(rec["qps_rounds"], ping["qps_rounds"])]
+    assert out["paired_rounds"]["recommend_qps_over_ping"] == ratios
+    assert out["recommend_qps_over_ping"] == min(ratios)
+    assert rec["client_cpu_ms_per_request"] > 0 and ping["client_cpu_ms_per_request"] > 0
+
+
+def test_bench_serve_refuses_zero_rounds(capsys):
+    with pytest.raises(SystemExit):
+        serve.main(["--repeat", "0"])
+    assert "--repeat" in capsys.readouterr().err
