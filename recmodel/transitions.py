@@ -27,6 +27,8 @@ from typing import Collection, Iterable, Sequence
 
 import numpy as np
 
+from recmodel.arrays import member_mask
+
 __all__ = ["TransitionTable", "TransitionRows"]
 
 
@@ -200,7 +202,7 @@ class TransitionRows:
         place among the ``top`` to others."""
         out = np.zeros(n_items, dtype=np.float32)
         ban = np.asarray(list(history_rows) if banned is None else list(banned), dtype=np.int64)
-        rows, vals = self._summed(history_rows, lambda r: ~np.isin(r, ban))
+        rows, vals = self._summed(history_rows, lambda r: ~member_mask(r, ban))
         out[rows] = vals
         return out
 

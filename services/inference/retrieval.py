@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
+from recmodel.arrays import member_mask
 from recmodel.ivf import auto_nlist, train_centroids
 from services.inference.config import IndexConfig
 
@@ -156,7 +157,7 @@ class ItemRetriever:
         if subset is not None:
             subset = subset[self.available[subset]]
             if len(banned):
-                subset = subset[~np.isin(subset, banned)]
+                subset = subset[~member_mask(subset, banned)]
             scores = self.vectors[subset] @ query
             top = _top(scores, k)
             return subset[top], scores[top]
@@ -178,7 +179,7 @@ class ItemRetriever:
             _, ids = self._ann.search(query[None, :], want)
             rows = ids[0][ids[0] >= 0]
             if len(banned):
-                rows = rows[~np.isin(rows, banned)]
+                rows = rows[~member_mask(rows, banned)]
             if len(rows) >= k or want >= n:
                 scores = self.vectors[rows] @ query  # exact: the index ranks by float16 vectors
                 top = _top(scores, k)

@@ -17,6 +17,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
+from recmodel.arrays import member_mask
 from recmodel.artifact import Manifest
 from recmodel.data import HistoryEntry
 from recmodel.transitions import TransitionRows
@@ -202,9 +203,9 @@ class ServedModel:
         def allowed(cand: np.ndarray) -> np.ndarray:
             ok = self.available[cand]  # a new array (fancy indexing)
             if len(banned):
-                ok &= ~np.isin(cand, banned)
+                ok &= ~member_mask(cand, banned)
             if subset is not None:
-                ok &= np.isin(cand, subset)
+                ok &= member_mask(cand, subset)
             return ok
 
         history_rows = [self.row_of[h[0]] for h in history if h[0] in self.row_of]
