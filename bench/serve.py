@@ -111,8 +111,8 @@ def _load_runtime(artifact: str | None):
     return TinyOnnxEncoder(ids, vecs), ids, vecs, histories, 20, "tiny-onnx"
 
 
-def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: int, workers: int, tls_dir: str,
-           conn, ports: dict[str, int] | None = None, reuse_port: bool = False) -> None:
+def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: int, max_wait_ms: float, workers: int,
+           tls_dir: str, conn, ports: dict[str, int] | None = None, reuse_port: bool = False) -> None:
     """Child process: load the artifact, grow the catalog to n_items, serve until told to stop. ``ports``: bind
     these (shared with the first server process, SO_REUSEPORT) instead of new ones."""
     from services.common.grpc import GrpcServer
@@ -146,7 +146,7 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
     repo.swap(PRODUCTION, model)
     store = UserHistoryStore(max_len=200)
     store.merge_snapshot(histories, only_newer=False)
-    batcher = EncoderBatcher(max_batch=max_batch) if max_batch > 1 else None
+    batcher = EncoderBatcher(max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0) if max_batch > 1 else None
     plane = RecommenderDataPlane(repo, store, InferenceSection(), batcher)
     servers = {}
     for mode, tls in (("tls", LocalCA(tls_dir).tls_config("inference")), ("plaintext", TlsConfig(plaintext=True))):
@@ -406,6 +406,8 @@ async def _swap_phase(servers: ServerProcesses, target: str, tls, users: list[st
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
+    from services.inference.config import BatchingConfig
+
     p = argparse.ArgumentParser(prog="streamrec bench serve", description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=8)
@@ -413,7 +415,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--index-threshold", type=int, default=None,
                    help="ANN above this many items (default: the service default)")
-    p.add_argument("--max-batch", type=int, default=32, help="encoder micro-batch size (1 = off)")
+    p.add_argument("--max-batch", type=int, default=BatchingConfig().max_batch, help="encoder micro-batch size (1 = off)")
+    p.add_argument("--max-wait-ms", type=float, default=BatchingConfig().max_wait_ms,
+                   help="how long the first request of an encoder batch waits for company")
     p.add_argument("--workers", type=int, default=16, help="gRPC server threads")
     p.add_argument("--processes", type=int, default=0,
                    help="server processes sharing the port (default: as inference.processes, one per core)")
@@ -452,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = ["tls", "plaintext"] if args.tls == "both" else ["tls"]
     processes = args.processes or InferenceSection().worker_processes()
     args.connections = args.connections or (1 if processes == 1 else args.concurrency)
-    servers = ServerProcesses(processes, (artifact, args.items, threshold, args.max_batch, args.workers, tls_dir))
+    servers = ServerProcesses(processes, (artifact, args.items, threshold, args.max_batch, args.max_wait_ms, args.workers,
+                                           tls_dir))
     results: dict[str, dict] = {}
     try:
         info = servers.info
@@ -484,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "bench": "serve", "items": args.items, "concurrency": args.concurrency, "duration_s": args.duration,
         "k": args.k, "index": info["index"], "index_build_s": info["index_build_s"], "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
         "providers": info["providers"], "encoder": info["encoder"], "cpus": os.cpu_count(), "transport": "mtls",
         "server_processes": processes, "connections": args.connections,
         "recommend": results["tls"]["recommend"], "ping": results["tls"]["ping"],
