@@ -126,6 +126,10 @@ def _solve(increasing, lo: float = 0.0, hi: float = 1.0, iterations: int = 60) -
     return (lo + hi) / 2
 
 
+# Scores held at once by hits_at_k (16M: 64 MB of float32), whatever the catalogue's size.
+SCORE_BUDGET = 1 << 24
+
+
 def hits_at_k(
     model: Scorer,
     histories: Sequence[Sequence[HistoryEntry]],
@@ -141,13 +145,16 @@ def hits_at_k(
     those in the history other than the target itself (a re-consumed item stays rankable), as in the
     prequential evaluation; ties count by expected rank (``target_rank``).
     """
+    item_ids = tuple(item_ids)  # one immutable catalogue for every batch (a scorer may keep what it derives)
     index = {iid: j for j, iid in enumerate(item_ids)}
     out = np.zeros(len(targets), dtype=bool)
     rows = [i for i, t in enumerate(targets) if t in index]
+    # At most SCORE_BUDGET scores at once: 256 queries over a million items would be a gigabyte.
+    batch_size = max(1, min(batch_size, SCORE_BUDGET // max(len(item_ids), 1)))
     for lo in range(0, len(rows), batch_size):
         chunk = rows[lo : lo + batch_size]
-        scores = np.asarray(model.score([histories[i] for i in chunk], [int(now_ms[i]) for i in chunk], item_ids),
-                            dtype=np.float64)
+        # Kept in the scorer's own precision: a float32 score compares the same way once widened.
+        scores = np.asarray(model.score([histories[i] for i in chunk], [int(now_ms[i]) for i in chunk], item_ids))
         for row, i in enumerate(chunk):
             s = scores[row]
             target = targets[i]

@@ -182,3 +182,19 @@ def test_the_transition_top_travels_in_the_manifest_and_a_bad_one_is_refused(art
         (copy / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(ArtifactError, match="transitions"):
             ArtifactModel.load(copy, providers=["CPUExecutionProvider"])
+
+
+def test_score_ranks_any_list_of_items_and_keeps_the_rows_of_a_catalogue_tuple(served, trained):
+    rng = np.random.default_rng(5)
+    histories, _ = _random_histories(trained, rng, 3)
+    ids = [str(i) for i in served.item_ids.tolist()]
+    catalogue = tuple(ids)
+    first = served.score(histories, 10**13, catalogue)
+    assert served.score(histories, 10**13, catalogue) is not first  # a fresh matrix, from the kept rows
+    np.testing.assert_array_equal(served.score(histories, 10**13, catalogue), first)
+    # Another list (reversed, with an unknown item) is looked up afresh: a kept tuple never stands for it.
+    other = tuple(reversed(ids)) + ("not-an-item",)
+    scores = served.score(histories, 10**13, other)
+    np.testing.assert_array_equal(scores[:, :-1], first[:, ::-1])
+    assert np.all(scores[:, -1] == -np.inf)
+    np.testing.assert_array_equal(served.score(histories, 10**13, ids[::-1]), first[:, ::-1])

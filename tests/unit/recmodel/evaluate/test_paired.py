@@ -106,3 +106,42 @@ def test_hits_at_k_excludes_seen_items_but_not_a_reconsumed_target_and_misses_un
     assert hits.tolist() == [True, True, True, False]
     assert hits_at_k(model, histories[:1], [10], ["c"], catalogue, k=1).tolist() == [False]
     assert hits_at_k(model, histories[:1], [10], ["c"], catalogue, k=3).tolist() == [True]
+
+
+class _RecordingModel:
+    """Random item vectors; records how many scores each call returns."""
+
+    def __init__(self, n_items: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.ids = [f"i{j}" for j in range(n_items)]
+        self.vectors = rng.standard_normal((n_items, 8)).astype(np.float32)
+        self.row = {i: j for j, i in enumerate(self.ids)}
+        self.calls: list[tuple[int, int]] = []
+
+    def score(self, histories, now_ms, item_ids):
+        users = np.stack([self.vectors[self.row[h[-1][0]]] for h in histories])
+        out = users @ self.vectors[[self.row[i] for i in item_ids]].T
+        self.calls.append(out.shape)
+        return out
+
+
+def test_hits_at_k_holds_a_bounded_number_of_scores_at_once_and_ranks_the_same(monkeypatch):
+    import recmodel.evaluate.paired as paired
+
+    model = _RecordingModel(5_000)
+    rng = np.random.default_rng(1)
+    n = 300
+    histories = [[(model.ids[j], "click", 1)] for j in rng.integers(0, 5_000, n)]
+    targets = [model.ids[j] for j in rng.integers(0, 5_000, n)]
+    unbounded = hits_at_k(model, histories, [10] * n, targets, model.ids, k=200)
+    assert max(b for b, _ in model.calls) == 256, "without a limit, batches of 256 queries"
+    model.calls.clear()
+    monkeypatch.setattr(paired, "SCORE_BUDGET", 40_000)  # 8 queries over 5,000 items
+    bounded = hits_at_k(model, histories, [10] * n, targets, model.ids, k=200)
+    assert model.calls and all(b * items <= 40_000 for b, items in model.calls)
+    assert sum(b for b, _ in model.calls) == n
+    assert bounded.tolist() == unbounded.tolist() and 0 < bounded.sum() < n
+    model.calls.clear()
+    monkeypatch.setattr(paired, "SCORE_BUDGET", 10)  # a catalogue larger than the budget: one query at a time
+    assert hits_at_k(model, histories[:5], [10] * 5, targets[:5], model.ids, k=200).tolist() == unbounded[:5].tolist()
+    assert [b for b, _ in model.calls] == [1] * 5
