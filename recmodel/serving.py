@@ -236,25 +236,33 @@ class ArtifactModel:
     def score(self, histories, now_ms, item_ids: Sequence[str]) -> np.ndarray:
         """Evaluation interface: scores [B, len(item_ids)], -inf for items not in this artifact."""
         users = self.encode(histories, now_ms)
-        rows = self._rows_of(item_ids)
-        scores = users @ self.item_vectors[np.maximum(rows, 0)].T
+        rows, whole = self._rows_of(item_ids)
+        if whole:  # the item table itself, in its order: no gathered copy of it per batch
+            scores = users @ self.item_vectors.T
+            if self.transitions is not None:
+                for b, hist in enumerate(histories):
+                    scores[b] += self.transition_bonus(hist)
+            return scores
+        gather = np.maximum(rows, 0)
+        scores = users @ self.item_vectors[gather].T
         if self.transitions is not None:
             for b, hist in enumerate(histories):
-                scores[b] += self.transition_bonus(hist)[np.maximum(rows, 0)]
+                scores[b] += self.transition_bonus(hist)[gather]
         scores[:, rows < 0] = -np.inf
         return scores
 
-    def _rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
-        """The rows of ``item_ids`` (-1 where unknown). An evaluation scores one catalogue in many batches,
-        so the rows of the last tuple seen are kept (immutable, and held here, so the same object is the same
-        ids): a million dict lookups per batch otherwise."""
+    def _rows_of(self, item_ids: Sequence[str]) -> tuple[np.ndarray, bool]:
+        """The rows of ``item_ids`` (-1 where unknown), and whether they are every row in order. An evaluation
+        scores one catalogue in many batches, so the answer for the last tuple seen is kept (immutable, and
+        held here, so the same object is the same ids): a million dict lookups per batch otherwise."""
         cached = getattr(self, "_rows_cache", None)
         if cached is not None and cached[0] is item_ids:
-            return cached[1]
+            return cached[1], cached[2]
         rows = np.array([self.item_index.get(i, -1) for i in item_ids], dtype=np.int64)
+        whole = len(rows) == len(self.item_ids) and bool(np.array_equal(rows, np.arange(len(rows))))
         if isinstance(item_ids, tuple):
-            self._rows_cache = (item_ids, rows)
-        return rows
+            self._rows_cache = (item_ids, rows, whole)
+        return rows, whole
 
     def history_rows(self, history: Sequence[HistoryEntry]) -> list[int]:
         return [r for r in (self.item_index.get(h[0]) for h in history) if r is not None]
