@@ -239,9 +239,10 @@ class ArtifactModel:
         rows, whole = self._rows_of(item_ids)
         if whole:  # the item table itself, in its order: no gathered copy of it per batch
             scores = users @ self.item_vectors.T
-            if self.transitions is not None:
+            if self.transitions is not None:  # only the table's top few items per history have a bonus
                 for b, hist in enumerate(histories):
-                    scores[b] += self.transition_bonus(hist)
+                    bonus_rows, bonus = self.transitions.sparse_bonus(self.history_rows(hist))
+                    scores[b, bonus_rows] += self.transition_weight * bonus
             return scores
         gather = np.maximum(rows, 0)
         scores = users @ self.item_vectors[gather].T

@@ -197,12 +197,17 @@ class TransitionRows:
             uniq, summed = uniq[best], summed[best]
         return uniq, summed
 
-    def dense_bonus(self, history_rows: Sequence[int], n_items: int, banned: Sequence[int] | None = None) -> np.ndarray:
-        """The bonus of every item row; ``banned`` rows (default: the history's) get none and leave their
-        place among the ``top`` to others."""
-        out = np.zeros(n_items, dtype=np.float32)
+    def sparse_bonus(self, history_rows: Sequence[int], banned: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct item rows, float32 bonus) of the items with one; ``banned`` rows (default: the history's)
+        get none and leave their place among the ``top`` to others."""
         ban = np.asarray(list(history_rows) if banned is None else list(banned), dtype=np.int64)
         rows, vals = self._summed(history_rows, lambda r: ~member_mask(r, ban))
+        return rows, vals.astype(np.float32)
+
+    def dense_bonus(self, history_rows: Sequence[int], n_items: int, banned: Sequence[int] | None = None) -> np.ndarray:
+        """:meth:`sparse_bonus` spread over every item row (zeros elsewhere)."""
+        out = np.zeros(n_items, dtype=np.float32)
+        rows, vals = self.sparse_bonus(history_rows, banned)
         out[rows] = vals
         return out
 

@@ -187,6 +187,7 @@ def test_the_transition_top_travels_in_the_manifest_and_a_bad_one_is_refused(art
 def test_score_ranks_any_list_of_items_and_keeps_the_rows_of_a_catalogue_tuple(served, trained):
     rng = np.random.default_rng(5)
     histories, _ = _random_histories(trained, rng, 3)
+    assert served.transitions is not None and served.transition_weight > 0, "the bonus is part of what is compared"
     ids = [str(i) for i in served.item_ids.tolist()]
     catalogue = tuple(ids)
     first = served.score(histories, 10**13, catalogue)
