@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from bench import lower_median
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.kafka import commit_processed, ensure_topics, make_consumer, make_producer
 from services.common.process import die_with_parent
@@ -287,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _median_round(runs: list[dict]) -> dict:
     """The round with the median rate (the lower middle one of an even count), and every round's rate."""
-    ordered = sorted(runs, key=lambda r: r["events_per_s"])
-    return {**ordered[(len(ordered) - 1) // 2], "rounds": [r["events_per_s"] for r in runs]}
+    return {**lower_median(runs, lambda r: r["events_per_s"]), "rounds": [r["events_per_s"] for r in runs]}
 
 
 def _crc32c_native() -> bool:

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import lower_median
 from bench.catalog import DEFAULT_ARTIFACT, grow_catalog, trained_artifact
 from recmodel.ivf import quantize_items
 
@@ -511,22 +512,16 @@ def _summarize(rounds: list[dict]) -> dict:
     out: dict = {}
     for method in ("recommend", "ping"):
         runs = [r[method] for r in rounds]
-        out[method] = {**_lower_median(runs, lambda r: r["qps"]), "qps_rounds": [r["qps"] for r in runs]}
+        out[method] = {**lower_median(runs, lambda r: r["qps"]), "qps_rounds": [r["qps"] for r in runs]}
     paired = {
         "recommend_qps_over_ping": [round(r["recommend"]["qps"] / max(r["ping"]["qps"], 1e-9), 3) for r in rounds],
         "recommend_p99_over_ping": [_ratio(r["recommend"]["p99_ms"], r["ping"]["p99_ms"]) for r in rounds],
         "recommend_p50_minus_ping_ms": [_diff(r["recommend"]["p50_ms"], r["ping"]["p50_ms"]) for r in rounds],
     }
-    out["paired"] = {key: _lower_median([v for v in values if v is not None], lambda v: v)
+    out["paired"] = {key: lower_median([v for v in values if v is not None], lambda v: v)
                      for key, values in paired.items()}
     out["paired"]["paired_rounds"] = paired
     return out
-
-
-def _lower_median(values: list, key):
-    """The median element by ``key`` (the lower middle one of an even count); None for no values."""
-    ordered = sorted(values, key=key)
-    return ordered[(len(ordered) - 1) // 2] if ordered else None
 
 
 def _counters(servers: ServerProcesses) -> dict:

@@ -237,19 +237,17 @@ class ArtifactModel:
         """Evaluation interface: scores [B, len(item_ids)], -inf for items not in this artifact."""
         users = self.encode(histories, now_ms)
         rows, whole = self._rows_of(item_ids)
-        if whole:  # the item table itself, in its order: no gathered copy of it per batch
-            scores = users @ self.item_vectors.T
-            if self.transitions is not None:  # only the table's top few items per history have a bonus
-                for b, hist in enumerate(histories):
-                    bonus_rows, bonus = self.transitions.sparse_bonus(self.history_rows(hist))
-                    scores[b, bonus_rows] += self.transition_weight * bonus
-            return scores
-        gather = np.maximum(rows, 0)
-        scores = users @ self.item_vectors[gather].T
+        gather = None if whole else np.maximum(rows, 0)  # whole: the item table itself, no copy of it per batch
+        scores = users @ (self.item_vectors if whole else self.item_vectors[gather]).T
         if self.transitions is not None:
             for b, hist in enumerate(histories):
-                scores[b] += self.transition_bonus(hist)[gather]
-        scores[:, rows < 0] = -np.inf
+                if whole:  # only the table's top few items per history have a bonus
+                    bonus_rows, bonus = self.transitions.sparse_bonus(self.history_rows(hist))
+                    scores[b, bonus_rows] += self.transition_weight * bonus
+                else:
+                    scores[b] += self.transition_bonus(hist)[gather]
+        if not whole:
+            scores[:, rows < 0] = -np.inf
         return scores
 
     def _rows_of(self, item_ids: Sequence[str]) -> tuple[np.ndarray, bool]:
