@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from services.common.process import die_with_parent
-from services.stack.status import scrape, total
+from services.stack.status import scrape_with, total
 
 
 class PacedKcat:
@@ -85,9 +85,10 @@ class PacedKcat:
 
 
 def _stage_readings(stack) -> dict:
-    ingester = scrape(stack.services["ingester"].metrics_url)
-    trainer = scrape(stack.services["trainer"].metrics_url)
-    inference = scrape(stack.services["inference"].metrics_url)
+    # A reading missed (a service too busy to answer in time) must not count as zero events and no lag.
+    ingester = scrape_with(stack.services["ingester"].metrics_url, "streamrec_ingester_records_out_total")
+    trainer = scrape_with(stack.services["trainer"].metrics_url, "streamrec_trainer_events_trained_total")
+    inference = scrape_with(stack.services["inference"].metrics_url, "streamrec_inference_history_events_total")
     events = stack.kafka_config.topics.name("events")
     return {
         "ingester": {"done": total(ingester, "streamrec_ingester_records_out_total", topic=events),
