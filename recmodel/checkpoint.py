@@ -120,6 +120,7 @@ class TrainerCheckpoint:
             "torch_rng": self._torch_rng.clone(),
             "cuda_rng": None if self._cuda_rng is None else self._cuda_rng.cpu().clone(),
             "events_trained": self.events_trained,
+            "users_shed": self.users_shed,
             "steps": self.steps,
             "clock_ms": self.clock_ms,
         }
@@ -142,6 +143,7 @@ class TrainerCheckpoint:
         self._available = state["available"].numpy().copy()
         self._item_meta = {k: (v[0], tuple(v[1]), v[2]) for k, v in state["item_meta"].items()}
         self._histories = {u: [(e[0], e[1], int(e[2])) for e in h] for u, h in state["histories"].items()}
+        self._recent_steps = {}  # derived from the histories, rebuilt as users come back
         self._replay = OrderedDict((u, None) for u in state["replay"])
         if "transitions" in state:
             # A checkpoint from before span, backward counts and the top cut takes this trainer's settings.
@@ -152,6 +154,7 @@ class TrainerCheckpoint:
         self._torch_rng = state["torch_rng"]
         self._cuda_rng = state["cuda_rng"] if self.device.type == "cuda" else None
         self.events_trained = int(state["events_trained"])
+        self.users_shed = int(state.get("users_shed", 0))  # absent from checkpoints of earlier releases
         self.steps = int(state["steps"])
         self.clock_ms = int(state["clock_ms"])
 

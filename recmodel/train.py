@@ -78,12 +78,15 @@ class TrainStats:
     events: int
     steps: int
     seconds: float
+    users_shed: int = 0  # users whose new targets were not trained, to bound a step's cost (train_events' max_users)
 
     @classmethod
-    def of(cls, losses: Sequence[float], events: int, steps: int, seconds: float) -> "TrainStats":
+    def of(cls, losses: Sequence[float], events: int, steps: int, seconds: float,
+           users_shed: int = 0) -> "TrainStats":
         """Mean of the finite losses (NaN marks a step with nothing to learn)."""
         finite = [x for x in losses if x == x]
-        return cls(loss=float(np.mean(finite)) if finite else float("nan"), events=events, steps=steps, seconds=seconds)
+        return cls(loss=float(np.mean(finite)) if finite else float("nan"), events=events, steps=steps, seconds=seconds,
+                   users_shed=users_shed)
 
     @property
     def events_per_second(self) -> float:
@@ -160,6 +163,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         self._available = np.zeros(self.capacity + 1, dtype=bool)
         self._item_meta: dict[str, tuple[str, tuple[str, ...], str]] = {}  # id -> (title, categories, doc hash)
         self._histories: dict[str, list[HistoryEntry]] = {}
+        self._recent_steps: dict[str, list[tuple[str, bool]]] = {}  # (item, is a target) of each history's tail
         self._replay: OrderedDict[str, None] = OrderedDict()
         self._gen = torch.Generator().manual_seed(self.seed)  # negatives, replay draws, row init
         with torch.random.fork_rng(devices=[]):
@@ -167,6 +171,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
             self._torch_rng = torch.get_rng_state()  # dropout, kept apart from the global RNG
         self._cuda_rng = None
         self.events_trained = 0
+        self.users_shed = 0  # users whose new targets train_events(max_users=...) left to replay
         self.steps = 0
         self.clock_ms = 0  # newest event time seen
 
@@ -244,9 +249,13 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         return self.is_positive(etype) and not is_holdout(user_id, item_id, ts, self.holdout_fraction)
 
     def _count_transitions(self, user_id: str, old: Sequence[HistoryEntry], new: Sequence[HistoryEntry]) -> None:
-        span = self.transitions.span
-        self.transitions.observe_sequence([(e[0], self.is_target(user_id, e)) for e in old[-span:]],
-                                          ((e[0], self.is_target(user_id, e)) for e in new))
+        # The table continues each user's sequence from its last `span` steps: kept from the user's previous
+        # batch rather than hashed again for the holdout; rebuilt from the history after a restore.
+        recent = self._recent_steps.get(user_id)
+        if recent is None:
+            recent = [(e[0], self.is_target(user_id, e)) for e in old[-self.transitions.span:]]
+        self._recent_steps[user_id] = self.transitions.observe_sequence(
+            recent, ((e[0], self.is_target(user_id, e)) for e in new))
 
     # ------------------------------------------------------------------ batches
     def _tokens(self, entries: Sequence[HistoryEntry], user_id: str = "") -> list[Token]:
@@ -368,17 +377,27 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         return out
 
     # ------------------------------------------------------------------ training
-    def train_events(self, events: Sequence[Event], batch_size: int | None = None) -> TrainStats:
+    def train_events(self, events: Sequence[Event], batch_size: int | None = None,
+                     max_users: int | None = None) -> TrainStats:
         """Train on ``events`` (in the given order) in micro-batches of ``batch_size`` events (default: the
         trainer's own). A step trains one window per user of its micro-batch, holding all of that user's
-        new targets, so a larger micro-batch costs about as much as its distinct users, not its events."""
+        new targets, so a larger micro-batch costs about as much as its distinct users, not its events.
+
+        ``max_users`` bounds a step's cost when that is too much to keep up with the stream: a step then
+        trains the new windows of at most that many of its micro-batch's users, drawn at random (the others
+        are counted in ``users_shed``). Every event still enters
+        the catalog, the histories, the transition table and the replay buffer, so the windows left out are
+        learnt by replay (:meth:`replay`) once the trainer has caught up. (Target counts, which drive the
+        logQ correction and the ID gates, count trained targets only, as before.)"""
         start = time.perf_counter()
         losses: list[float] = []
         steps0 = self.steps
+        shed0 = self.users_shed
         size = max(1, batch_size or self.batch_size)
         for lo in range(0, len(events), size):
-            losses.extend(self._train_chunk(events[lo : lo + size]))
-        return TrainStats.of(losses, len(events), self.steps - steps0, time.perf_counter() - start)
+            losses.extend(self._train_chunk(events[lo : lo + size], max_users))
+        return TrainStats.of(losses, len(events), self.steps - steps0, time.perf_counter() - start,
+                             self.users_shed - shed0)
 
     def _observe(self, events: Sequence[Event]) -> list[tuple[str, list[HistoryEntry], list[HistoryEntry]]]:
         """Take ``events`` into the catalog, histories, transitions and replay buffer; per user, the history
@@ -403,14 +422,26 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
             self._replay.popitem(last=False)
         return out
 
-    def _train_chunk(self, chunk: Sequence[Event]) -> list[float]:
+    def _train_chunk(self, chunk: Sequence[Event], max_users: int | None = None) -> list[float]:
+        observed = self._observe(chunk)
+        if max_users is not None and len(observed) > max_users:
+            keep = torch.randperm(len(observed), generator=self._gen)[:max_users].sort().values.tolist()
+            self.users_shed += len(observed) - len(keep)
+            observed = [observed[i] for i in keep]
         windows = []
-        for user, old, new in self._observe(chunk):
-            tokens = self._tokens(old + new, user)
-            windows.extend(new_target_windows(tokens, len(tokens) - len(self._tokens(new, user)), self.max_len))
+        for user, old, new in observed:
+            # The windows reach back at most max_len tokens before the first new one: only the tail of the
+            # kept history (up to replay_history entries) is read, unless some of it is no longer known.
+            tail = old[-self.max_len:]
+            old_tokens = self._tokens(tail, user)
+            if len(old_tokens) < len(tail) and len(old) > len(tail):
+                old_tokens = self._tokens(old, user)[-self.max_len:]
+            windows.extend(new_target_windows(old_tokens + self._tokens(new, user), len(old_tokens), self.max_len))
+        # A bounded step keeps replay at most half of its new windows, as in a step of the usual batch_size.
+        n_replay = self.replay_batch if max_users is None else min(self.replay_batch, len(windows) // 2)
         losses = []
         for _ in range(self.steps_per_batch):
-            batch = windows + self._replay_windows(self.replay_batch)
+            batch = windows + self._replay_windows(n_replay)
             if batch:
                 losses.append(self.train_step(batch))
         self.events_trained += len(chunk)

@@ -56,18 +56,20 @@ class PrequentialEvaluator:
         self.event_weights = event_weights
         self._hist: OrderedDict[str, list[HistoryEntry]] = OrderedDict()
 
-    def observe_and_test(self, model, events: Sequence[Event]) -> None:
-        """Rank the batch's positive events with ``model`` as it is *before* training on them."""
+    def observe_and_test(self, model, events: Sequence[Event], per_batch: int | None = None) -> None:
+        """Rank the batch's positive events with ``model`` as it is *before* training on them; ``per_batch``
+        (at least 1) overrides the evaluator's own for this batch."""
         queries = self._observe(events, self.event_weights or getattr(model, "event_weights", None)
-                                or DEFAULT_EVENT_WEIGHTS)
+                                or DEFAULT_EVENT_WEIGHTS, per_batch or self.per_batch)
         if queries:
             start = time.perf_counter()
             self._rank(model, queries)
             self.seconds += time.perf_counter() - start
 
-    def _observe(self, events: Sequence[Event], weights: dict[str, float]) -> list[tuple[list, int, str]]:
+    def _observe(self, events: Sequence[Event], weights: dict[str, float],
+                 per_batch: int | None) -> list[tuple[list, int, str]]:
         queries = []
-        stride = max(1, len(events) // self.per_batch) if self.per_batch else 1
+        stride = max(1, len(events) // per_batch) if per_batch else 1
         for n, e in enumerate(events):
             hist = self._hist.get(e.user_id)
             if hist is None:
@@ -81,7 +83,7 @@ class PrequentialEvaluator:
             del hist[: -self.max_history]
         while self.max_users is not None and len(self._hist) > self.max_users:
             self._hist.popitem(last=False)
-        return queries[: self.per_batch] if self.per_batch else queries
+        return queries[:per_batch] if per_batch else queries
 
     def _rank(self, model, queries: list[tuple[list, int, str]]) -> None:
         item_ids = list(model.item_ids)

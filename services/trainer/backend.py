@@ -44,7 +44,8 @@ class TrainingBackend(Protocol):
 
     def upsert_items(self, items) -> None: ...
 
-    def train_events(self, events, batch_size: int | None = None): ...  # -> TrainStats; events per step
+    # -> TrainStats; events per step, new windows per step at most (IncrementalTrainer.train_events)
+    def train_events(self, events, batch_size: int | None = None, max_users: int | None = None): ...
 
     def replay(self, steps: int): ...  # -> TrainStats
 
@@ -93,8 +94,8 @@ class LocalBackend:
     def upsert_items(self, items) -> None:
         self.trainer.upsert_items(items)
 
-    def train_events(self, events, batch_size: int | None = None):
-        return self.trainer.train_events(events, batch_size)
+    def train_events(self, events, batch_size: int | None = None, max_users: int | None = None):
+        return self.trainer.train_events(events, batch_size, max_users)
 
     def replay(self, steps: int):
         return self.trainer.replay(steps)

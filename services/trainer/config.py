@@ -140,6 +140,17 @@ class TrainerSection(Section):
     # until the trainer has caught up. 0 turns it off.
     catch_up_lag: int = Field(4000, ge=1)
     catch_up_batch_size: int = Field(2048, ge=0)
+    # While catching up, a step trains the new windows of at most this many of its micro-batch's users at
+    # catch_up_lag records behind, and fewer in proportion as the lag grows (half as many at twice the lag,
+    # at least 8), drawn at random: the lag settles where the trainer keeps up with the stream, training as
+    # many users as that allows. Every event still enters the catalog, the histories, the transition table
+    # (which the served model reads) and the replay buffer, and idle replay trains the windows left out once
+    # the trainer has caught up. 0: no bound (a trainer slower than the stream then falls ever further behind).
+    catch_up_max_users: int = Field(64, ge=0)
+    # While catching up, the prequential metrics predict at most this many events of a micro-batch (spread
+    # over it) instead of eval_per_batch: ranking the whole catalog for each costs about as much as training
+    # a window. 0: eval_per_batch throughout.
+    catch_up_eval_per_batch: int = Field(32, ge=0)
     # While the trainer is saturated (behind by more than catch_up_lag, or every poll since the last
     # export came back full, so it never reached the end of `events`), publishing a version takes at most
     # this share of the training thread: the pause after an export stretches to its publish time
@@ -161,6 +172,7 @@ class TrainerSection(Section):
     checkpoint_interval_s: float = Field(10.0, gt=0)
     keep_exports: int = Field(2, ge=1, description="exported artifact directories kept on disk")
     eval_window: int = Field(2000, ge=0, description="recent events kept for the prequential metrics")
+    eval_per_batch: int = Field(256, ge=1, description="events of a micro-batch predicted for the prequential metrics")
     eval_k: list[int] = [10, 50]
     items_sync_timeout_s: float = Field(5.0, ge=0, description="wait for `items` to catch up before training events on unknown items")
     model: ModelSection = ModelSection()

@@ -114,7 +114,7 @@ class _Replica:
         if op == "upsert":
             self.trainer.upsert_items([Item(**{**d, "categories": tuple(d["categories"])}) for d in cmd[1]])
         elif op == "train":
-            return self.trainer.train_events([Event(*t) for t in cmd[1]], cmd[2])
+            return self.trainer.train_events([Event(*t) for t in cmd[1]], cmd[2], cmd[3])
         elif op == "replay":
             return self.trainer.replay(cmd[1])
         elif op == "close":
@@ -147,8 +147,8 @@ class DistributedBackend:
     def upsert_items(self, items) -> None:
         self._run(("upsert", _items_payload(items)))
 
-    def train_events(self, events, batch_size: int | None = None):
-        return self._run(("train", _events_payload(events), batch_size))
+    def train_events(self, events, batch_size: int | None = None, max_users: int | None = None):
+        return self._run(("train", _events_payload(events), batch_size, max_users))
 
     def replay(self, steps: int):
         return self._run(("replay", steps))

@@ -50,6 +50,17 @@ def export_pause_s(interval_s: float, publish_s: float, saturated: bool, share: 
     return max(interval_s, publish_s * (1 - share) / share)
 
 
+def catch_up_users(max_users: int, catch_up_lag: int, lag: int) -> int | None:
+    """Users trained per step at ``lag`` records behind (None: no bound): ``max_users`` at ``catch_up_lag``, and
+    fewer in proportion as the lag grows, down to CATCH_UP_MIN_USERS. The lag settles where the trainer's rate
+    matches the stream's, training as many users as that allows. 0 turns the bound off."""
+    if not max_users:
+        return None
+    return max(min(CATCH_UP_MIN_USERS, max_users), max_users * catch_up_lag // max(lag, catch_up_lag))
+
+
+CATCH_UP_MIN_USERS = 8
+
 __all__ = ["LostLeadership", "TrainerService", "make_text_encoder"]  # make_text_encoder: for the distributed ranks
 
 
@@ -74,6 +85,8 @@ class TrainerService:
         self.trainer_id = self.cfg.trainer_id or getattr(elector, "identity", "trainer")
         self._replayed_unexported = 0  # idle replay steps the registered version does not have yet
         self._step_events: int | None = None  # catch_up_batch_size while far behind (see _refresh_lag), else None
+        self._step_users: int | None = None  # catch_up_max_users while far behind, else None
+        self._step_eval: int | None = None  # catch_up_eval_per_batch while far behind, else None
         self._behind = False  # more than catch_up_lag behind the end of `events` (see _refresh_lag)
         self.exporter = VersionExporter(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
                                           auto_promote=self.cfg.auto_promote, exports_dir=self.store.exports_dir,
@@ -175,7 +188,8 @@ class TrainerService:
 
         self._warn_if_behind_registry(position)
 
-        monitor = PrequentialEvaluator(window=cfg.eval_window, ks=cfg.eval_k, max_history=max(50, trainer.max_len))
+        monitor = PrequentialEvaluator(window=cfg.eval_window, ks=cfg.eval_k, per_batch=cfg.eval_per_batch,
+                                       max_history=max(50, trainer.max_len))
         events = EventReader(self.config.kafka, self.events_topic, group_id=cfg.consumer_group,
                              max_poll_records=cfg.poll_max_records)
         items = ItemReader(self.config.kafka, self.items_topic, max_poll_records=5000)
@@ -287,8 +301,10 @@ class TrainerService:
         start = time.perf_counter()
         if batch.events:
             self.champion.observe(trainer, batch.events)
-            monitor.observe_and_test(trainer, batch.events)
-            loss = self.backend.train_events(batch.events, self._step_events).loss
+            monitor.observe_and_test(trainer, batch.events, self._step_eval)
+            stats = self.backend.train_events(batch.events, self._step_events, self._step_users)
+            loss = stats.loss
+            self.metrics.users_shed.inc(stats.users_shed)
         events.advance_past(batch)
         position.events_offsets = dict(events.positions)
         position.records_consumed += batch.records
@@ -330,13 +346,18 @@ class TrainerService:
             for p, lag in lags.items():
                 self.metrics.consumer_lag.labels(topic=self.events_topic, partition=str(p)).set(lag)
             lag = sum(lags.values())
-            self._behind = lag > self.cfg.catch_up_lag
+            was_behind, self._behind = self._behind, lag > self.cfg.catch_up_lag
             step_events = (self.cfg.catch_up_batch_size or None) if self._behind else None
-            if step_events != self._step_events:
-                logger.info("catching up: larger micro-batches" if step_events else "caught up: usual micro-batches",
-                            extra={"lag": lag, "events_per_step": step_events or self.cfg.model.batch_size})
-            self._step_events = step_events
-            self.metrics.catching_up.set(1 if step_events else 0)
+            step_users = catch_up_users(self.cfg.catch_up_max_users, self.cfg.catch_up_lag, lag) if self._behind else None
+            if self._behind != was_behind:
+                logger.info("catching up: larger micro-batches, a bounded number of users each" if self._behind
+                            else "caught up: usual micro-batches",
+                            extra={"lag": lag, "events_per_step": step_events or self.cfg.model.batch_size,
+                                   "max_users_per_step": step_users})
+            self._step_events, self._step_users = step_events, step_users
+            self._step_eval = (self.cfg.catch_up_eval_per_batch or None) if self._behind else None
+            self.metrics.catching_up.set(1 if self._behind else 0)
+            self.metrics.catch_up_users.set(step_users or 0)
         if position.newest_event_ms:
             self.metrics.freshness.set(max(0.0, time.time() - position.newest_event_ms / 1000.0))
 

@@ -97,6 +97,22 @@ def _drained_backlog(kafka_config, registry, tmp_path, seed: int, **trainer):
         yield service, metrics, events
 
 
+def _transition_totals(trainer, events) -> dict[str, float]:
+    """Each item's total of transition counts out of it, as ``trainer``'s table counts ``events`` in one go."""
+    from recmodel.transitions import TransitionTable
+
+    t = trainer.transitions
+    table = TransitionTable(max_next=t.max_next, window=t.window, decay=t.decay, span=t.span,
+                            span_decay=t.span_decay, backward=t.backward, top=t.top)
+    by_user: dict[str, list] = {}
+    for e in events:
+        by_user.setdefault(e.user_id, []).append((e.item_id, trainer.is_target(e.user_id, (e.item_id, e.type,
+                                                                                            e.timestamp_ms))))
+    for steps in by_user.values():
+        table.observe_sequence(None, steps)
+    return table._total
+
+
 def _untrained_prequential(config, stream, events) -> dict:
     """The trainer's prequential metrics over ``events`` from a model built like its own that never trains."""
     from recmodel.train import IncrementalTrainer
@@ -183,15 +199,24 @@ def test_events_in_version_registered_with_consumed_offsets(kafka_config, regist
 
 def test_a_trainer_far_behind_trains_larger_micro_batches_until_it_has_caught_up(kafka_config, registry, tmp_path):
     """Behind the end of `events` by more than catch_up_lag, a step takes catch_up_batch_size events (one
-    window per user), so a backlog costs fewer steps; caught up, the usual batch_size is back."""
+    window per user) and trains the windows of at most catch_up_max_users users, so a backlog costs fewer and
+    bounded steps while every event still reaches the histories; caught up, the usual batch_size is back
+    and nothing is left out."""
     batch_size = small_model()["batch_size"]
     with _drained_backlog(kafka_config, registry, tmp_path, 3, export_interval_s=3600, poll_max_records=2000,
-                          catch_up_lag=1000, catch_up_batch_size=2000) as (service, metrics, events):
+                          catch_up_lag=1000, catch_up_batch_size=2000,
+                          catch_up_max_users=30) as (service, metrics, events):
         trainer = service.backend.trainer
         backlog_steps = trainer.steps
         # One step per 256 events would be at least 24; polls of up to 2,000 events, one step each, take far fewer.
         assert backlog_steps < len(events) / batch_size / 2, backlog_steps
+        # 100 users: a full poll holds about 100 of them, at most 30 of whom were trained (fewer further behind).
+        shed = metrics.users_shed._value.get()
+        assert shed == trainer.users_shed and shed >= 60 * backlog_steps // 2, (shed, backlog_steps)
+        assert sum(len(h) for h in trainer._histories.values()) == len(events)  # every event is in a history
+        assert trainer.transitions._total == pytest.approx(_transition_totals(trainer, events))
         wait_for(lambda: metrics.catching_up._value.get() == 0, 60, "the trainer to see that it caught up")
+        assert metrics.catch_up_users._value.get() == 0
 
         more = [Event(f"late-{n}", e.user_id, e.item_id, e.type, e.value, e.timestamp_ms + 10**7)
                 for n, e in enumerate(events[:600])]
@@ -201,6 +226,7 @@ def test_a_trainer_far_behind_trains_larger_micro_batches_until_it_has_caught_up
         # Caught up, 600 new events are trained batch_size at a time again (however the polls split them).
         assert trainer.steps - backlog_steps >= -(-len(more) // batch_size)
         assert metrics.catching_up._value.get() == 0
+        assert metrics.users_shed._value.get() == shed  # caught up, no window is left out
 
 
 def test_a_saturated_trainer_stretches_the_pause_between_exports_until_it_keeps_up(kafka_config, registry, tmp_path):

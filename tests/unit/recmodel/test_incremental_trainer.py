@@ -238,3 +238,34 @@ def test_replay_draws_older_windows_of_the_kept_history_and_served_histories_sta
     drawn = [w for _ in range(40) for w in trainer._replay_windows(trainer.replay_batch)]
     assert any(tokens[0][0] == first_slot for tokens, _ in drawn)  # a window starting at the user's first event
     assert all(2 <= len(tokens) <= trainer.max_len + 1 for tokens, _ in drawn)
+
+
+def test_a_step_bounded_to_max_users_trains_a_sample_and_still_takes_every_event_in(tmp_path, small_stream):
+    """train_events(max_users=...) (a trainer catching up with the stream): each step trains the new windows of
+    at most that many users, the others are counted as shed; histories and transitions take every event as
+    without the bound."""
+    events = list(small_stream.events())[:1500]
+    bounded, full = make_trainer(replay_batch=0), make_trainer(replay_batch=0)
+    seen: dict[int, list[int]] = {id(bounded): [], id(full): []}
+    for trainer in (bounded, full):
+        trainer.upsert_items(small_stream.items())
+        step = trainer.train_step
+        trainer.train_step = lambda windows, step=step, log=seen[id(trainer)]: (log.append(len(windows)), step(windows))[1]
+    stats = bounded.train_events(events, batch_size=500, max_users=10)
+    full_stats = full.train_events(events, batch_size=500)
+
+    users = [len({e.user_id for e in events[lo:lo + 500]}) for lo in range(0, len(events), 500)]
+    assert min(users) > 40  # 60 users: most of them in every 500 events
+    # A user with more than max_len new events needs two windows.
+    assert len(seen[id(bounded)]) == 3 and all(10 <= n < 20 for n in seen[id(bounded)]), seen
+    assert sum(seen[id(full)]) >= sum(users)
+    assert stats.users_shed == bounded.users_shed == sum(users) - 30
+    assert full_stats.users_shed == full.users_shed == 0
+    assert stats.events == bounded.events_trained == len(events)
+    assert bounded.user_histories() == full.user_histories()
+    assert bounded.transitions.state_dict() == full.transitions.state_dict()
+    # Fewer targets trained: the counts behind logQ and the ID gates count the trained ones only.
+    assert 0 < bounded._counts.sum() < full._counts.sum()
+
+    path = bounded.save_checkpoint(tmp_path / "ckpt.pt")
+    assert IncrementalTrainer.load_checkpoint(path, device="cpu")[0].users_shed == bounded.users_shed

@@ -66,3 +66,22 @@ def test_several_views_of_one_pass_match_separate_passes():
         alone = prequential_evaluate(CountingModel(), EVENTS, k=1, window=1, **view)
         assert {key: many[name][key] for key in ("hr@1", "ndcg@1", "predictions")} == \
             {key: alone[key] for key in ("hr@1", "ndcg@1", "predictions")}
+
+
+def test_a_batch_can_ask_for_fewer_predictions_spread_over_it():
+    from recmodel.evaluate.prequential import PrequentialEvaluator
+
+    events = [ev(n, f"u{n % 4}", "abcd"[n % 3], n) for n in range(40)]  # 36 predictable (users seen before)
+    evaluator = PrequentialEvaluator(ks=(1,), window=None, per_batch=30)
+    evaluator.observe_and_test(CountingModel(), events)
+    assert evaluator.metrics()["prequential_predictions"] == 30
+    sampled = PrequentialEvaluator(ks=(1,), window=None, per_batch=30)
+    ranked = []
+    model = CountingModel()
+    score = model.score
+    model.score = lambda histories, now_ms, item_ids: (ranked.extend(now_ms), score(histories, now_ms, item_ids))[1]
+    sampled.observe_and_test(model, events, per_batch=5)
+    # One prediction every 40 // 5 = 8 events, not the first five (event 0 has no history to predict from).
+    assert sampled.metrics()["prequential_predictions"] == 4 and ranked == [8, 16, 24, 32]
+    # Histories still take every event: u1's history holds all ten of its events.
+    assert len(sampled._hist["u1"]) == 10

@@ -91,6 +91,22 @@ def test_config_defaults_and_leader_timing_rules():
     for bad in ("0", "1.5", "-0.1", "most"):
         with pytest.raises(ConfigError, match="catch_up_publish_share"):
             load_config(TrainerConfig, environ={"STREAMREC_TRAINER_CATCH_UP_PUBLISH_SHARE": bad})
+    assert (cfg.trainer.catch_up_max_users, cfg.trainer.catch_up_eval_per_batch) == (64, 32)
+    assert load_config(TrainerConfig, environ={"STREAMREC_TRAINER_CATCH_UP_MAX_USERS": "0"}).trainer.catch_up_max_users == 0
+    for key, bad in (("CATCH_UP_MAX_USERS", "-1"), ("CATCH_UP_MAX_USERS", "many"), ("CATCH_UP_EVAL_PER_BATCH", "-5"),
+                     ("EVAL_PER_BATCH", "0")):
+        with pytest.raises(ConfigError, match=key.lower()):
+            load_config(TrainerConfig, environ={f"STREAMREC_TRAINER_{key}": bad})
+
+
+def test_a_trainer_further_behind_trains_fewer_users_per_step_down_to_a_floor():
+    from services.trainer.service import CATCH_UP_MIN_USERS, catch_up_users
+
+    assert catch_up_users(64, 4000, 4001) == 63 and catch_up_users(64, 4000, 8000) == 32
+    assert catch_up_users(64, 4000, 16_000) == 16 and catch_up_users(64, 4000, 10**7) == CATCH_UP_MIN_USERS == 8
+    assert catch_up_users(64, 4000, 100) == 64  # never more than asked for
+    assert catch_up_users(4, 4000, 10**7) == 4  # a bound below the floor is kept
+    assert catch_up_users(0, 4000, 10**7) is None  # 0: no bound
 
 
 def test_a_trainer_that_is_behind_spends_at_most_its_share_of_time_publishing():
