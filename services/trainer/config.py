@@ -138,14 +138,16 @@ class TrainerSection(Section):
     # every 2 s): train catch_up_batch_size events per step instead of model.batch_size, so a step's
     # cost spreads over more events (one window per user carries all of that user's new targets)
     # until the trainer has caught up. 0 turns it off.
-    catch_up_lag: int = Field(4000, ge=1)
+    catch_up_lag: int = Field(1000, ge=1)
     catch_up_batch_size: int = Field(2048, ge=0)
-    # While catching up, a step trains the new windows of at most this many of its micro-batch's users at
+    # While catching up and the stream arrives faster than the trainer consumes it training every user (as
+    # measured behind it), a step trains the new windows of at most this many of its micro-batch's users at
     # catch_up_lag records behind, and fewer in proportion as the lag grows (half as many at twice the lag,
     # at least 8), drawn at random: the lag settles where the trainer keeps up with the stream, training as
     # many users as that allows. Every event still enters the catalog, the histories, the transition table
     # (which the served model reads) and the replay buffer, and idle replay trains the windows left out once
-    # the trainer has caught up. 0: no bound (a trainer slower than the stream then falls ever further behind).
+    # the trainer has caught up. A backlog with no faster stream behind it (a restart, a backfill) is trained
+    # in full. 0: no bound (a trainer slower than the stream then falls ever further behind).
     catch_up_max_users: int = Field(64, ge=0)
     # While catching up, the prequential metrics predict at most this many events of a micro-batch (spread
     # over it) instead of eval_per_batch: ranking the whole catalog for each costs about as much as training

@@ -61,6 +61,31 @@ def catch_up_users(max_users: int, catch_up_lag: int, lag: int) -> int | None:
 
 CATCH_UP_MIN_USERS = 8
 
+
+class CatchUpPace:
+    """Whether a trainer behind the stream must bound its steps (:func:`catch_up_users`): only while the stream
+    arrives faster than the trainer consumes it training every user. That rate is measured over each lag
+    refresh interval the trainer spends behind (so busy) and unbounded. A backlog with nothing faster behind
+    it, a restart or a backfill of an existing topic, is trained in full."""
+
+    def __init__(self) -> None:
+        self.full_rate: float | None = None  # records/s consumed behind the stream, every user trained
+        self.arrival_rate: float | None = None  # records/s arriving on `events`
+        self._last: tuple[float, int, int, bool, bool] | None = None  # time, consumed, end, behind, bounded
+
+    def update(self, now: float, consumed: int, lag: int, behind: bool) -> bool:
+        """Records consumed so far and the lag behind the end of `events` at ``now``; -> whether to bound."""
+        end = consumed + lag
+        if self._last is not None and now > self._last[0]:
+            t0, consumed0, end0, was_behind, was_bounded = self._last
+            self.arrival_rate = (end - end0) / (now - t0)
+            if was_behind and not was_bounded:
+                self.full_rate = (consumed - consumed0) / (now - t0)
+        bounded = (behind and self.full_rate is not None and self.arrival_rate is not None
+                   and self.arrival_rate > self.full_rate)
+        self._last = (now, consumed, end, behind, bounded)
+        return bounded
+
 __all__ = ["LostLeadership", "TrainerService", "make_text_encoder"]  # make_text_encoder: for the distributed ranks
 
 
@@ -87,6 +112,7 @@ class TrainerService:
         self._step_events: int | None = None  # catch_up_batch_size while far behind (see _refresh_lag), else None
         self._step_users: int | None = None  # catch_up_max_users while far behind, else None
         self._step_eval: int | None = None  # catch_up_eval_per_batch while far behind, else None
+        self._pace = CatchUpPace()
         self._behind = False  # more than catch_up_lag behind the end of `events` (see _refresh_lag)
         self.exporter = VersionExporter(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
                                           auto_promote=self.cfg.auto_promote, exports_dir=self.store.exports_dir,
@@ -348,12 +374,16 @@ class TrainerService:
             lag = sum(lags.values())
             was_behind, self._behind = self._behind, lag > self.cfg.catch_up_lag
             step_events = (self.cfg.catch_up_batch_size or None) if self._behind else None
-            step_users = catch_up_users(self.cfg.catch_up_max_users, self.cfg.catch_up_lag, lag) if self._behind else None
-            if self._behind != was_behind:
-                logger.info("catching up: larger micro-batches, a bounded number of users each" if self._behind
+            bounded = self._pace.update(time.monotonic(), position.records_consumed, lag, self._behind)
+            step_users = catch_up_users(self.cfg.catch_up_max_users, self.cfg.catch_up_lag, lag) if bounded else None
+            if self._behind != was_behind or (step_users is None) != (self._step_users is None):
+                logger.info("catching up: larger micro-batches" + (", a bounded number of users each: the stream "
+                                                                   "arrives faster than every user trains"
+                                                                   if step_users else "") if self._behind
                             else "caught up: usual micro-batches",
                             extra={"lag": lag, "events_per_step": step_events or self.cfg.model.batch_size,
-                                   "max_users_per_step": step_users})
+                                   "max_users_per_step": step_users, "arrival_per_s": self._pace.arrival_rate,
+                                   "full_training_per_s": self._pace.full_rate})
             self._step_events, self._step_users = step_events, step_users
             self._step_eval = (self.cfg.catch_up_eval_per_batch or None) if self._behind else None
             self.metrics.catching_up.set(1 if self._behind else 0)

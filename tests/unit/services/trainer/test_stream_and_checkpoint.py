@@ -109,6 +109,26 @@ def test_a_trainer_further_behind_trains_fewer_users_per_step_down_to_a_floor():
     assert catch_up_users(0, 4000, 10**7) is None  # 0: no bound
 
 
+def test_steps_are_bounded_only_while_the_stream_arrives_faster_than_every_user_trains():
+    from services.trainer.service import CatchUpPace
+
+    # A backlog and nothing arriving (a restart, a backfill): trained in full however far behind.
+    backfill = CatchUpPace()
+    assert [backfill.update(t * 2.0, 1000 * t, 100_000 - 1000 * t, behind=True) for t in range(5)] == [False] * 5
+    assert backfill.full_rate == 500.0 and backfill.arrival_rate == 0.0
+
+    # 5,000 records/s arrive; trained in full, 1,000/s are consumed: bounded from then on, while behind.
+    pace = CatchUpPace()
+    assert not pace.update(0.0, 0, 5000, behind=True)  # nothing measured yet: train in full
+    assert pace.update(2.0, 2000, 13_000, behind=True)  # end 15,000: 5,000/s arrive, 1,000/s consumed
+    assert pace.full_rate == 1000.0 and pace.arrival_rate == 5000.0
+    assert pace.update(4.0, 14_000, 11_000, behind=True)  # bounded: 6,000/s consumed, but full training is 1,000/s
+    assert pace.full_rate == 1000.0
+    # The stream slows to 500/s, below what full training consumes: every user again while draining.
+    assert not pace.update(6.0, 24_000, 2_000, behind=True)
+    assert not pace.update(8.0, 25_000, 0, behind=False)  # caught up
+
+
 def test_a_trainer_that_is_behind_spends_at_most_its_share_of_time_publishing():
     from services.trainer.service import export_pause_s
 
