@@ -9,7 +9,9 @@ At the end of each step every stage's lag is read from its own metrics: the inge
 on `events.raw`, the trainer's on `events`, and the inference history follower's. A stage keeps up
 when its lag is at most ``--max-lag-s`` seconds of events at that rate; a step is sustained when
 every stage keeps up and the publisher reached 95 % of the rate. The ramp stops after the first step
-that is not sustained. Each stage's own events/s over the step is reported too, from its counters.
+that is not sustained. Each stage's own events/s over the step is reported too, from its counters, and
+the trainer's users_shed_per_s: users whose new events its steps left to idle replay because the stream
+arrived faster than it trains every user (their events still reach the histories and the transition table).
 Prints one JSON line.
 """
 
@@ -95,7 +97,9 @@ def _stage_readings(stack) -> dict:
                      "lag": total(ingester, "streamrec_ingester_consumer_lag_records",
                                   topic=stack.kafka_config.topics.name("events_raw"))},
         "trainer": {"done": total(trainer, "streamrec_trainer_events_trained_total"),
-                    "lag": total(trainer, "streamrec_trainer_consumer_lag_records")},
+                    "lag": total(trainer, "streamrec_trainer_consumer_lag_records"),
+                    # users whose new events a step left to replay (the stream outpacing full training)
+                    "users_shed": total(trainer, "streamrec_trainer_users_shed_total")},
         "history": {"done": total(inference, "streamrec_inference_history_events_total"),
                     "lag": total(inference, "streamrec_inference_history_lag_records")},
     }
@@ -110,7 +114,10 @@ def judge_step(rate: float, published: float, before: dict, after: dict, elapsed
     budget = rate * max_lag_s
     stages = {name: {"events_per_s": round((after[name]["done"] - before[name]["done"]) / elapsed, 1),
                      "lag_at_start": int(before[name]["lag"]), "lag": int(after[name]["lag"]),
-                     "keeps_up": after[name]["lag"] <= max(budget, before[name]["lag"] - 1)}
+                     "keeps_up": after[name]["lag"] <= max(budget, before[name]["lag"] - 1),
+                     # any other counter a stage reports, per second over the step
+                     **{f"{key}_per_s": round((after[name][key] - before[name][key]) / elapsed, 1)
+                        for key in after[name] if key not in ("done", "lag")}}
               for name in after}
     sustained = published >= 0.95 * rate and all(s["keeps_up"] for s in stages.values())
     return {"rate": rate, "published_per_s": round(published, 1), "sustained": sustained, "stages": stages}

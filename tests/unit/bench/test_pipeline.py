@@ -17,6 +17,13 @@ def test_a_step_is_sustained_when_every_stage_ends_within_its_lag_budget():
     assert step["stages"]["trainer"] == {"events_per_s": 916.7, "lag_at_start": 0, "lag": 4000, "keeps_up": True}
 
 
+def test_a_stage_reports_its_other_counters_per_second():
+    before = {"trainer": {"done": 0, "lag": 0, "users_shed": 1_000}}
+    after = {"trainer": {"done": 60_000, "lag": 0, "users_shed": 31_000}}
+    step = judge_step(1000, 1000.0, before, after, elapsed=60.0, max_lag_s=10.0)
+    assert step["stages"]["trainer"]["users_shed_per_s"] == 500.0 and step["sustained"]
+
+
 def test_a_stage_whose_lag_outgrows_the_budget_fails_the_step():
     before = _readings(ingester=(0, 0), trainer=(0, 0), history=(0, 0))
     after = _readings(ingester=(60_000, 0), trainer=(30_000, 30_000), history=(60_000, 0))
