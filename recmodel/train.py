@@ -385,10 +385,10 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
 
         ``max_users`` bounds a step's cost when that is too much to keep up with the stream: a step then
         trains the new windows of at most that many of its micro-batch's users, drawn at random (the others
-        are counted in ``users_shed``). Every event still enters
-        the catalog, the histories, the transition table and the replay buffer, so the windows left out are
-        learnt by replay (:meth:`replay`) once the trainer has caught up. (Target counts, which drive the
-        logQ correction and the ID gates, count trained targets only, as before.)"""
+        are counted in ``users_shed``). Every event still enters the catalog, the histories, the transition
+        table and the replay buffer, so the windows left out are learnt by replay (:meth:`replay`) once the
+        trainer has caught up. (Target counts, which drive the logQ correction and the ID gates, count trained
+        targets only, as before.)"""
         start = time.perf_counter()
         losses: list[float] = []
         steps0 = self.steps

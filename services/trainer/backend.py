@@ -44,7 +44,7 @@ class TrainingBackend(Protocol):
 
     def upsert_items(self, items) -> None: ...
 
-    # -> TrainStats; events per step, new windows per step at most (IncrementalTrainer.train_events)
+    # -> TrainStats; events per step, users trained per step at most (IncrementalTrainer.train_events)
     def train_events(self, events, batch_size: int | None = None, max_users: int | None = None): ...
 
     def replay(self, steps: int): ...  # -> TrainStats

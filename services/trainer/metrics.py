@@ -15,8 +15,8 @@ class TrainerMetrics:
             registry=registry)
         self.users_shed = Counter(
             "streamrec_trainer_users_shed",
-            "Users of a micro-batch whose new targets were left to idle replay while catching up "
-            "(trainer.catch_up_max_users per step)",
+            "Users of a micro-batch whose new targets were left to idle replay while the stream outpaced the "
+            "trainer (trainer.catch_up_max_users)",
             registry=registry)
         self.replay_steps = Counter(
             "streamrec_trainer_replay_steps", "Idle-time replay steps over the replay buffer", registry=registry)
@@ -43,12 +43,13 @@ class TrainerMetrics:
             ["topic", "partition"], registry=registry)
         self.catching_up = Gauge(
             "streamrec_trainer_catching_up",
-            "1 while the trainer is behind by more than trainer.catch_up_lag: larger micro-batches, at most "
-            "trainer.catch_up_max_users users' windows each",
+            "1 while the trainer is behind by more than trainer.catch_up_lag and trains larger micro-batches "
+            "(of a bounded number of users while the stream outpaces it: streamrec_trainer_catch_up_users)",
             registry=registry)
         self.catch_up_users = Gauge(
             "streamrec_trainer_catch_up_users",
-            "Users whose new events a step trains while catching up (fewer the further behind); 0: no bound",
+            "Users whose new events a step trains while the stream outpaces the trainer (fewer the further "
+            "behind); 0: no bound",
             registry=registry)
         self.freshness = Gauge(
             "streamrec_trainer_freshness_seconds", "Age of the newest event the model has trained on", registry=registry)

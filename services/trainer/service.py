@@ -50,6 +50,9 @@ def export_pause_s(interval_s: float, publish_s: float, saturated: bool, share: 
     return max(interval_s, publish_s * (1 - share) / share)
 
 
+CATCH_UP_MIN_USERS = 8
+
+
 def catch_up_users(max_users: int, catch_up_lag: int, lag: int) -> int | None:
     """Users trained per step at ``lag`` records behind (None: no bound): ``max_users`` at ``catch_up_lag``, and
     fewer in proportion as the lag grows, down to CATCH_UP_MIN_USERS. The lag settles where the trainer's rate
@@ -59,13 +62,10 @@ def catch_up_users(max_users: int, catch_up_lag: int, lag: int) -> int | None:
     return max(min(CATCH_UP_MIN_USERS, max_users), max_users * catch_up_lag // max(lag, catch_up_lag))
 
 
-CATCH_UP_MIN_USERS = 8
-
-
 class CatchUpPace:
     """Whether a trainer behind the stream must bound its steps (:func:`catch_up_users`): only while the stream
     arrives faster than the trainer consumes it training every user. That rate is measured over each lag
-    refresh interval the trainer spends behind (so busy) and unbounded. A backlog with nothing faster behind
+    refresh interval the trainer spends behind from start to end (so busy) and unbounded. A backlog with nothing faster behind
     it, a restart or a backfill of an existing topic, is trained in full."""
 
     def __init__(self) -> None:
@@ -76,15 +76,16 @@ class CatchUpPace:
     def update(self, now: float, consumed: int, lag: int, behind: bool) -> bool:
         """Records consumed so far and the lag behind the end of `events` at ``now``; -> whether to bound."""
         end = consumed + lag
-        if self._last is not None and now > self._last[0]:
+        if self._last is not None and now > self._last[0] and consumed >= self._last[1]:
             t0, consumed0, end0, was_behind, was_bounded = self._last
             self.arrival_rate = (end - end0) / (now - t0)
-            if was_behind and not was_bounded:
+            if was_behind and behind and not was_bounded:  # busy throughout, training every user
                 self.full_rate = (consumed - consumed0) / (now - t0)
         bounded = (behind and self.full_rate is not None and self.arrival_rate is not None
                    and self.arrival_rate > self.full_rate)
         self._last = (now, consumed, end, behind, bounded)
         return bounded
+
 
 __all__ = ["LostLeadership", "TrainerService", "make_text_encoder"]  # make_text_encoder: for the distributed ranks
 
@@ -110,7 +111,7 @@ class TrainerService:
         self.trainer_id = self.cfg.trainer_id or getattr(elector, "identity", "trainer")
         self._replayed_unexported = 0  # idle replay steps the registered version does not have yet
         self._step_events: int | None = None  # catch_up_batch_size while far behind (see _refresh_lag), else None
-        self._step_users: int | None = None  # catch_up_max_users while far behind, else None
+        self._step_users: int | None = None  # catch_up_users(...) while behind a stream that outpaces it, else None
         self._step_eval: int | None = None  # catch_up_eval_per_batch while far behind, else None
         self._pace = CatchUpPace()
         self._behind = False  # more than catch_up_lag behind the end of `events` (see _refresh_lag)
@@ -204,6 +205,7 @@ class TrainerService:
             position.items_offsets = {}
         position.epoch = int(getattr(self.elector, "epoch", 0))
         self.position = position
+        self._pace = CatchUpPace()  # rates are measured afresh from the restored position
         self.registration = self.store.load_registration()
         logger.info("restored", extra={"events_trained": trainer.events_trained, "offsets": position.events_offsets,
                                         "checkpoint": self.store.exists(), "device": str(self.device)})

@@ -127,6 +127,8 @@ def test_steps_are_bounded_only_while_the_stream_arrives_faster_than_every_user_
     # The stream slows to 500/s, below what full training consumes: every user again while draining.
     assert not pace.update(6.0, 24_000, 2_000, behind=True)
     assert not pace.update(8.0, 25_000, 0, behind=False)  # caught up
+    # A position restored from an older checkpoint (consumed goes back) is not read as a rate.
+    assert not pace.update(10.0, 20_000, 20_000, behind=True) and pace.full_rate == 1000.0
 
 
 def test_a_trainer_that_is_behind_spends_at_most_its_share_of_time_publishing():
