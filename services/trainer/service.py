@@ -110,9 +110,7 @@ class TrainerService:
                                                         tls=config.tls)
         self.trainer_id = self.cfg.trainer_id or getattr(elector, "identity", "trainer")
         self._replayed_unexported = 0  # idle replay steps the registered version does not have yet
-        self._step_events: int | None = None  # catch_up_batch_size while far behind (see _refresh_lag), else None
         self._step_users: int | None = None  # catch_up_users(...) while behind a stream that outpaces it, else None
-        self._step_eval: int | None = None  # catch_up_eval_per_batch while far behind, else None
         self._pace = CatchUpPace()
         self._behind = False  # more than catch_up_lag behind the end of `events` (see _refresh_lag)
         self.exporter = VersionExporter(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
@@ -329,8 +327,11 @@ class TrainerService:
         start = time.perf_counter()
         if batch.events:
             self.champion.observe(trainer, batch.events)
-            monitor.observe_and_test(trainer, batch.events, self._step_eval)
-            stats = self.backend.train_events(batch.events, self._step_events, self._step_users)
+            # Behind: larger micro-batches (one window per user) and fewer prequential predictions in each.
+            behind = self._behind
+            monitor.observe_and_test(trainer, batch.events, (self.cfg.catch_up_eval_per_batch or None) if behind else None)
+            stats = self.backend.train_events(batch.events, (self.cfg.catch_up_batch_size or None) if behind else None,
+                                              self._step_users)
             loss = stats.loss
             self.metrics.users_shed.inc(stats.users_shed)
         events.advance_past(batch)
@@ -375,19 +376,19 @@ class TrainerService:
                 self.metrics.consumer_lag.labels(topic=self.events_topic, partition=str(p)).set(lag)
             lag = sum(lags.values())
             was_behind, self._behind = self._behind, lag > self.cfg.catch_up_lag
-            step_events = (self.cfg.catch_up_batch_size or None) if self._behind else None
             bounded = self._pace.update(time.monotonic(), position.records_consumed, lag, self._behind)
             step_users = catch_up_users(self.cfg.catch_up_max_users, self.cfg.catch_up_lag, lag) if bounded else None
             if self._behind != was_behind or (step_users is None) != (self._step_users is None):
-                logger.info("catching up: larger micro-batches" + (", a bounded number of users each: the stream "
-                                                                   "arrives faster than every user trains"
-                                                                   if step_users else "") if self._behind
-                            else "caught up: usual micro-batches",
-                            extra={"lag": lag, "events_per_step": step_events or self.cfg.model.batch_size,
-                                   "max_users_per_step": step_users, "arrival_per_s": self._pace.arrival_rate,
-                                   "full_training_per_s": self._pace.full_rate})
-            self._step_events, self._step_users = step_events, step_users
-            self._step_eval = (self.cfg.catch_up_eval_per_batch or None) if self._behind else None
+                if not self._behind:
+                    message = "caught up: usual micro-batches"
+                elif step_users:
+                    message = "catching up: larger micro-batches of a bounded number of users (the stream outpaces full training)"
+                else:
+                    message = "catching up: larger micro-batches"
+                logger.info(message, extra={"lag": lag, "max_users_per_step": step_users,
+                                            "arrival_per_s": self._pace.arrival_rate,
+                                            "full_training_per_s": self._pace.full_rate})
+            self._step_users = step_users
             self.metrics.catching_up.set(1 if self._behind else 0)
             self.metrics.catch_up_users.set(step_users or 0)
         if position.newest_event_ms:
