@@ -2,8 +2,9 @@
 
 Servers in tests run with TLS, mutual TLS and the registry's real access policy. ``tls_for`` gives
 a process's ``tls`` section; ``registry_client`` gives a client that calls each registry method
-as the identity allowed to call it (trainer registers, operator manages, inference downloads), so
-tests that drive the whole life cycle stay short without loosening the policy.
+as the identity allowed to call it (trainer registers versions and deltas, operator manages, inference
+downloads artifacts and deltas), so tests that drive the whole life cycle stay short without
+loosening the policy.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ class LifecycleClient:
         self.inference = RegistryClient(target, tls=tls_for("inference"), **kwargs)
 
     def __getattr__(self, name):
-        if name in ("register", "register_archive"):
+        if name in ("register", "register_archive", "register_delta"):
             return getattr(self.trainer, name)
-        if name == "download":
-            return self.inference.download
+        if name in ("download", "download_delta"):
+            return getattr(self.inference, name)
         return getattr(self.operator, name)  # set_alias, rollback, archive and the reads
 
     def close(self) -> None:

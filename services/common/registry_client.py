@@ -3,7 +3,9 @@
 Uploads pack an artifact directory into a POSIX tar (``recmodel.artifact.pack_artifact``) and
 stream a ``RegisterHeader`` followed by the tar in chunks. Downloads stream the tar back, check
 its sha256 and size against the first chunk (the digest covers every file), unpack it and check
-that the files are the ones its manifest lists; any mismatch raises ``services.common.errors.DataLoss``. Server errors surface as
+that the files are the ones its manifest lists; any mismatch raises ``services.common.errors.DataLoss``.
+Weight deltas travel in one message each; ``download_delta`` checks the payload's sha256 the same
+way. Server errors surface as
 ``grpc.RpcError``. The channel speaks TLS with the caller's identity (``tls``); the registry
 decides per method what that identity may do.
 """
@@ -90,6 +92,35 @@ class RegistryClient:
                                                        "gate": result.gate_decision})
         return result
 
+    def register_delta(
+        self,
+        model_name: str,
+        base_version: int,
+        payload: bytes,
+        training_offsets: dict[str, dict[int, int]],
+        *,
+        created_at_ms: int,
+        newest_event_ms: int,
+        trainer_id: str = "",
+    ) -> registry_pb2.ModelDelta:
+        """Register ``payload`` as the next weight delta of ``base_version``; -> the delta (without its payload).
+
+        ``training_offsets``: topic -> {partition: next offset} the delta trained to; each at least the
+        base version's.
+        """
+        request = registry_pb2.RegisterDeltaRequest(
+            model_name=model_name, base_version=base_version, payload=payload,
+            payload_sha256=hashlib.sha256(payload).hexdigest(),
+            training_offsets=[registry_pb2.TopicPartitionOffset(topic=topic, partition=partition, offset=offset)
+                              for topic, parts in sorted(training_offsets.items())
+                              for partition, offset in sorted(parts.items())],
+            created_at_ms=created_at_ms, newest_event_ms=newest_event_ms, trainer_id=trainer_id,
+        )
+        result = self._stub.RegisterDelta(request, timeout=self.timeout_s)
+        logger.info("registered weight delta", extra={"model": model_name, "model_version": base_version,
+                                                      "sequence": result.sequence, "size_bytes": len(payload)})
+        return result
+
     def set_alias(self, model_name: str, alias: str, version: int, reason: str = "") -> registry_pb2.ModelVersion:
         return self._stub.SetAlias(registry_pb2.SetAliasRequest(
             model_name=model_name, alias=alias, version=version, reason=reason), timeout=self.timeout_s)
@@ -121,6 +152,29 @@ class RegistryClient:
     def get_alias(self, model_name: str, alias: str) -> registry_pb2.ModelVersion:
         return self._stub.GetAlias(registry_pb2.GetAliasRequest(model_name=model_name, alias=alias),
                                    timeout=self.timeout_s)
+
+    def get_delta(self, model_name: str, base_version: int, *, after_sequence: int = 0,
+                  sequence: int = 0) -> registry_pb2.ModelDelta:
+        """Delta ``sequence`` of ``base_version``, or its newest after ``after_sequence``, without the payload.
+
+        Sequence 0 in the reply: there is no such delta (none newer, or no longer kept).
+        """
+        return self._stub.GetDelta(_delta_request(model_name, base_version, after_sequence, sequence),
+                                   timeout=self.timeout_s)
+
+    def download_delta(self, model_name: str, base_version: int, *, after_sequence: int = 0,
+                       sequence: int = 0) -> registry_pb2.ModelDelta:
+        """``get_delta`` with the payload, checked against its sha256 and size (DataLoss when they differ)."""
+        delta = self._stub.DownloadDelta(_delta_request(model_name, base_version, after_sequence, sequence),
+                                         timeout=self.timeout_s)
+        if delta.sequence == 0:
+            return delta
+        actual = hashlib.sha256(delta.payload).hexdigest()
+        if actual != delta.payload_sha256 or len(delta.payload) != delta.payload_size_bytes:
+            raise DataLoss(f"{model_name} v{base_version} delta {delta.sequence}: downloaded payload has sha256 "
+                           f"{actual} and {len(delta.payload)} bytes, the registry announced "
+                           f"{delta.payload_sha256} and {delta.payload_size_bytes} bytes")
+        return delta
 
     def download(self, model_name: str, version: int, dest_dir: str | Path) -> "Manifest":
         """Download, check and unpack version ``version`` into ``dest_dir`` (created; must be empty); -> its manifest.
@@ -185,6 +239,12 @@ def _listed_files_present(directory: Path, manifest: "Manifest") -> "Manifest":
     if present - listed:
         raise artifact.ArtifactError(f"{min(present - listed)}: present but not listed in the manifest")
     return manifest
+
+
+def _delta_request(model_name: str, base_version: int, after_sequence: int,
+                   sequence: int) -> registry_pb2.GetDeltaRequest:
+    return registry_pb2.GetDeltaRequest(model_name=model_name, base_version=base_version,
+                                        after_sequence=after_sequence, sequence=sequence)
 
 
 def _upload_requests(header: registry_pb2.RegisterHeader, tar_path: Path,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.common.config import GrpcConfig, KafkaConfig, MetricsConfig, Section, ServiceConfig
 from services.common.tls import TlsConfig
+
+# Room left in a RegisterDelta request beside its payload (offsets, names, digest).
+DELTA_REQUEST_OVERHEAD_BYTES = 64 * 1024
 
 
 class S3Config(Section):
@@ -43,16 +46,16 @@ class GateConfig(Section):
 class AuthorizationConfig(Section):
     """Who may change what, by the Common Name of the caller's client certificate.
 
-    Reads (GetVersion, ListVersions, GetAlias) are open to any authenticated caller; ``"*"`` in a
-    list means the same for that group.
+    Reads (GetVersion, ListVersions, GetAlias, GetDelta) are open to any authenticated caller;
+    ``"*"`` in a list means the same for that group.
     """
 
-    can_register: list[str] = Field(["trainer"], description="RegisterVersion")
+    can_register: list[str] = Field(["trainer"], description="RegisterVersion, RegisterDelta")
     can_manage: list[str] = Field(["operator"], description="SetAlias, Rollback, ArchiveVersion")
     # Artifacts hold recent user histories: only the servers that need them may fetch them. The trainer
     # scores production's artifact beside each candidate for the promotion gate (and built every
     # history in it anyway).
-    can_download: list[str] = Field(["inference", "trainer"], description="DownloadArtifact")
+    can_download: list[str] = Field(["inference", "trainer"], description="DownloadArtifact, DownloadDelta")
 
 
 class RegistrySection(Section):
@@ -78,6 +81,11 @@ class RegistrySection(Section):
     max_announcement_bytes: int = Field(512 * 1024, ge=1024)
     # Longest free-text reason accepted with SetAlias / Rollback.
     max_reason_chars: int = Field(1024, ge=16)
+    # A weight delta travels in one gRPC message: its payload must leave room in grpc.max_message_bytes
+    # for the rest of the request (checked by RegistryConfig).
+    max_delta_bytes: int = Field(3 * 1024 * 1024, ge=1024)
+    # The newest N deltas of each model are kept (older ones are deleted as new ones arrive).
+    keep_deltas: int = Field(8, ge=1)
     authorization: AuthorizationConfig = AuthorizationConfig()
 
 
@@ -88,3 +96,14 @@ class RegistryConfig(ServiceConfig):
     grpc: GrpcConfig = GrpcConfig(port=50051, default_deadline_s=600.0)
     tls: TlsConfig = TlsConfig()
     registry: RegistrySection = RegistrySection()
+
+    @model_validator(mode="after")
+    def _a_delta_fits_in_a_message(self) -> "RegistryConfig":
+        # A RegisterDelta request carries the payload plus its offsets and names; gRPC refuses a request
+        # over grpc.max_message_bytes before the registry could say why.
+        if self.registry.max_delta_bytes + DELTA_REQUEST_OVERHEAD_BYTES > self.grpc.max_message_bytes:
+            raise ValueError(
+                f"registry.max_delta_bytes ({self.registry.max_delta_bytes}) plus "
+                f"{DELTA_REQUEST_OVERHEAD_BYTES // 1024} KiB for the rest of a RegisterDelta request must be at most "
+                f"grpc.max_message_bytes ({self.grpc.max_message_bytes}): lower the first or raise the second")
+        return self

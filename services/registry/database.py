@@ -6,6 +6,11 @@ process-wide writer lock plus ``BEGIN IMMEDIATE``), incremented and written in t
 that inserts the version: a failed transaction rolls the counter back with the version.
 ``(model_name, version)`` is the primary key of ``model_versions`` as a last line of defence.
 Every change also inserts its announcement into ``outbox`` in that transaction.
+Weight deltas are numbered the same way by ``last_delta``, which (unlike a table's max) never goes
+back when old deltas are deleted, so a sequence number names one delta forever.
+
+Tables are created with ``create_all``; columns added since are added to an existing database at
+start-up (``_add_missing_columns``), so a registry.db from an older release still opens.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from typing import Iterator
 
 from sqlalchemy import (
     BigInteger, Column, Connection, Engine, Integer, LargeBinary, MetaData, String, Table, Text,
-    create_engine, event, select,
+    create_engine, event, inspect, select, text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
 metadata = MetaData()
@@ -32,6 +38,8 @@ registered_models = Table(
     Column("name", String(200), primary_key=True),
     Column("last_version", BigInteger, nullable=False, default=0),
     Column("created_at_ms", BigInteger, nullable=False),
+    # Added after the first release: ``_ADDED_COLUMNS`` adds it to older databases.
+    Column("last_delta", BigInteger, nullable=False, default=0, server_default=text("0")),
 )
 
 model_versions = Table(
@@ -51,6 +59,22 @@ model_versions = Table(
     Column("gate_decision", String(16), nullable=False, default=""),
     Column("gate_reason", Text, nullable=False, default=""),
     Column("archived_at_ms", BigInteger, nullable=True),
+)
+
+# Weight deltas of registered versions; only the newest ``registry.keep_deltas`` per model are kept.
+model_deltas = Table(
+    "model_deltas", metadata,
+    Column("model_name", String(200), primary_key=True),
+    Column("sequence", BigInteger, primary_key=True),  # registered_models.last_delta when it was registered
+    Column("base_version", BigInteger, nullable=False),
+    Column("training_offsets_json", Text, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),  # from the trainer
+    Column("registered_at_ms", BigInteger, nullable=False),
+    Column("newest_event_ms", BigInteger, nullable=False),
+    Column("payload_sha256", String(64), nullable=False),
+    Column("payload_size_bytes", BigInteger, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("trainer_id", String(200), nullable=False, default=""),
 )
 
 aliases = Table(
@@ -113,6 +137,11 @@ pending_uploads = Table(
     Column("started_at_ms", BigInteger, nullable=False),
 )
 
+# Columns added to existing tables since their first release: (table, column, SQL type and default).
+_ADDED_COLUMNS = (
+    (registered_models, "last_delta", "BIGINT NOT NULL DEFAULT 0"),
+)
+
 
 class Database:
     """The engine plus the write discipline: ``with db.write() as conn`` is one serialised transaction."""
@@ -133,6 +162,7 @@ class Database:
         # SQLite allows one writer: serialise this process's writers instead of spinning on SQLITE_BUSY.
         self._writer = threading.Lock() if self.is_sqlite else None
         metadata.create_all(self.engine)
+        self._add_missing_columns()
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -164,6 +194,21 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database created by an older release up to the tables above (``create_all`` adds no columns)."""
+        for table, column, ddl in _ADDED_COLUMNS:
+            if column in {c["name"] for c in inspect(self.engine).get_columns(table.name)}:
+                continue
+            # Replicas sharing a PostgreSQL database may start together: IF NOT EXISTS makes the loser a no-op.
+            if_not_exists = "" if self.is_sqlite else "IF NOT EXISTS "
+            try:
+                with self.write() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {if_not_exists}{column} {ddl}")
+            except (OperationalError, ProgrammingError):
+                # Another process added it between the look and the ALTER (SQLite: "duplicate column name").
+                if column not in {c["name"] for c in inspect(self.engine).get_columns(table.name)}:
+                    raise
 
 
 def _sqlite_setup(engine: Engine) -> None:

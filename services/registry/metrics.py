@@ -40,6 +40,11 @@ class RegistryMetrics:
         self.upload_failures = Counter(
             "streamrec_registry_upload_failures_total", "Uploads refused or interrupted", ["reason"],
             registry=registry)
+        self.deltas_registered = Counter(
+            "streamrec_registry_deltas_registered_total", "Weight deltas registered", ["model"], registry=registry)
+        self.delta_failures = Counter(
+            "streamrec_registry_delta_failures_total", "Weight deltas refused (reason: the gRPC status)",
+            ["reason"], registry=registry)
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         self.request_duration.labels(method, code).observe(seconds)

@@ -12,6 +12,7 @@ from services.common.metrics import MetricsServer
 from services.registry.artifact_store import ArtifactStore, make_store
 from services.registry.config import RegistryConfig
 from services.registry.database import Database
+from services.registry.deltas import DeltaRegistry
 from services.registry.gate import PromotionGate, StalenessSweeper
 from services.registry.metrics import RegistryMetrics
 from services.registry.announcer import OutboxAnnouncer
@@ -48,6 +49,8 @@ class RegistryService(GrpcEndpoint):
             metrics=self.metrics, keep_last=section.keep_last, max_artifact_bytes=section.max_artifact_bytes,
             chunk_bytes=section.chunk_bytes, on_change=self.announcer.wake,
         )
+        self.deltas = DeltaRegistry(self.db, self.metrics, max_delta_bytes=section.max_delta_bytes,
+                                    keep_deltas=section.keep_deltas)
         self.sweeper = StalenessSweeper(self.registry.promote_stale, gate.sweep_interval_s)
         g = config.grpc
         self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes,
@@ -55,7 +58,7 @@ class RegistryService(GrpcEndpoint):
                                policy=access_policy(section.authorization, config.tls),
                                max_concurrent_rpcs=g.max_concurrent_rpcs, default_deadline_s=g.default_deadline_s)
         self.grpc.add(registry_pb2_grpc.add_ModelRegistryServicer_to_server,
-                      ModelRegistryServicer(self.registry, max_reason_chars=section.max_reason_chars,
+                      ModelRegistryServicer(self.registry, self.deltas, max_reason_chars=section.max_reason_chars,
                                             parked=self.announcer.parked), SERVICE_NAME)
         self.metrics_server: MetricsServer | None = None
         if config.metrics.enabled:

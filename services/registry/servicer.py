@@ -12,6 +12,7 @@ from typing import Callable
 from services.common.errors import InvalidInput
 from services.common.tls import ANY_CALLER, AccessPolicy, TlsConfig
 from services.registry.config import AuthorizationConfig
+from services.registry.deltas import DeltaRegistry
 from services.registry.model_registry import ModelRegistry
 from streamrec_proto.v1 import registry_pb2, registry_pb2_grpc
 
@@ -22,10 +23,10 @@ MAX_TRAINER_ID_CHARS = 200
 def access_policy(auth: AuthorizationConfig, tls: TlsConfig) -> AccessPolicy:
     """Trainer registers, operator manages aliases and archives, inference downloads, anyone authenticated reads."""
     rules = {
-        "RegisterVersion": auth.can_register,
+        "RegisterVersion": auth.can_register, "RegisterDelta": auth.can_register,
         "SetAlias": auth.can_manage, "Rollback": auth.can_manage, "ArchiveVersion": auth.can_manage,
-        "DownloadArtifact": auth.can_download,
-        "GetVersion": [ANY_CALLER], "ListVersions": [ANY_CALLER], "GetAlias": [ANY_CALLER],
+        "DownloadArtifact": auth.can_download, "DownloadDelta": auth.can_download,
+        "GetVersion": [ANY_CALLER], "ListVersions": [ANY_CALLER], "GetAlias": [ANY_CALLER], "GetDelta": [ANY_CALLER],
     }
     # Methods added later are closed until someone decides who may call them.
     return AccessPolicy(rules, default=(), plaintext=tls.plaintext, tokens=())
@@ -40,9 +41,10 @@ def _chunks(requests):
 
 
 class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
-    def __init__(self, registry: ModelRegistry, max_reason_chars: int = 1024,
+    def __init__(self, registry: ModelRegistry, deltas: DeltaRegistry, max_reason_chars: int = 1024,
                  parked: Callable[[str], list[registry_pb2.ParkedAnnouncement]] = lambda model: []) -> None:
         self.registry = registry
+        self.deltas = deltas
         self.max_reason_chars = max_reason_chars
         self.parked = parked
 
@@ -82,3 +84,14 @@ class ModelRegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
 
     def DownloadArtifact(self, request, context):
         yield from self.registry.download(request.model_name, request.version)
+
+    def RegisterDelta(self, request, context):
+        return self.deltas.register_delta(request)
+
+    def GetDelta(self, request, context):
+        return self.deltas.get_delta(request.model_name, request.base_version, request.after_sequence,
+                                     request.sequence, with_payload=False)
+
+    def DownloadDelta(self, request, context):
+        return self.deltas.get_delta(request.model_name, request.base_version, request.after_sequence,
+                                     request.sequence, with_payload=True)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1estreamrec/v1/recommender.proto\x12\x0cstreamrec.v1\"v\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x63ontext_item_ids\x18\x03 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\"O\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\"w\n\x11RecommendResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0e\n\x06source\x18\x04 \x01(\t\"_\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\"j\n\x14SimilarItemsResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\"\r\n\x0bPingRequest\"\x0e\n\x0cPingResponse2\xf1\x01\n\x0bRecommender\x12L\n\tRecommend\x12\x1e.streamrec.v1.RecommendRequest\x1a\x1f.streamrec.v1.RecommendResponse\x12U\n\x0cSimilarItems\x12!.streamrec.v1.SimilarItemsRequest\x1a\".streamrec.v1.SimilarItemsResponse\x12=\n\x04Ping\x12\x19.streamrec.v1.PingRequest\x1a\x1a.streamrec.v1.PingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1estreamrec/v1/recommender.proto\x12\x0cstreamrec.v1\"v\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x63ontext_item_ids\x18\x03 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\"O\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\"\x8c\x01\n\x11RecommendResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x13\n\x0bmodel_delta\x18\x05 \x01(\x03\"_\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\"\x7f\n\x14SimilarItemsResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x13\n\x0bmodel_delta\x18\x04 \x01(\x03\"\r\n\x0bPingRequest\"\x0e\n\x0cPingResponse2\xf1\x01\n\x0bRecommender\x12L\n\tRecommend\x12\x1e.streamrec.v1.RecommendRequest\x1a\x1f.streamrec.v1.RecommendResponse\x12U\n\x0cSimilarItems\x12!.streamrec.v1.SimilarItemsRequest\x1a\".streamrec.v1.SimilarItemsResponse\x12=\n\x04Ping\x12\x19.streamrec.v1.PingRequest\x1a\x1a.streamrec.v1.PingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDREQUEST']._serialized_end=166
   _globals['_SCOREDITEM']._serialized_start=168
   _globals['_SCOREDITEM']._serialized_end=247
-  _globals['_RECOMMENDRESPONSE']._serialized_start=249
-  _globals['_RECOMMENDRESPONSE']._serialized_end=368
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=370
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=465
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=467
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=573
-  _globals['_PINGREQUEST']._serialized_start=575
-  _globals['_PINGREQUEST']._serialized_end=588
-  _globals['_PINGRESPONSE']._serialized_start=590
-  _globals['_PINGRESPONSE']._serialized_end=604
-  _globals['_RECOMMENDER']._serialized_start=607
-  _globals['_RECOMMENDER']._serialized_end=848
+  _globals['_RECOMMENDRESPONSE']._serialized_start=250
+  _globals['_RECOMMENDRESPONSE']._serialized_end=390
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=392
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=487
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=489
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=616
+  _globals['_PINGREQUEST']._serialized_start=618
+  _globals['_PINGREQUEST']._serialized_end=631
+  _globals['_PINGRESPONSE']._serialized_start=633
+  _globals['_PINGRESPONSE']._serialized_end=647
+  _globals['_RECOMMENDER']._serialized_start=650
+  _globals['_RECOMMENDER']._serialized_end=891
 # @@protoc_insertion_point(module_scope)

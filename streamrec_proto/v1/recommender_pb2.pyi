@@ -97,11 +97,14 @@ class RecommendResponse(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    MODEL_DELTA_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     """0 when no model is loaded and the answer came from popularity."""
     source: _builtins.str
     """"model" or "popularity" (cold start)."""
+    model_delta: _builtins.int
+    """The weight delta of model_version being served (ModelRegistry.GetDelta); 0 when none."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredItem]: ...
     def __init__(
@@ -111,10 +114,11 @@ class RecommendResponse(_message.Message):
         model_name: _builtins.str = ...,
         model_version: _builtins.int = ...,
         source: _builtins.str = ...,
+        model_delta: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "model_name", b"model_name", "model_version", b"model_version", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "model_delta", b"model_delta", "model_name", b"model_name", "model_version", b"model_version", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,8 +161,11 @@ class SimilarItemsResponse(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    MODEL_DELTA_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
+    model_delta: _builtins.int
+    """The weight delta of model_version being served; 0 when none."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredItem]: ...
     def __init__(
@@ -167,10 +174,11 @@ class SimilarItemsResponse(_message.Message):
         items: _abc.Iterable[Global___ScoredItem] | None = ...,
         model_name: _builtins.str = ...,
         model_version: _builtins.int = ...,
+        model_delta: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "model_name", b"model_name", "model_version", b"model_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "model_delta", b"model_delta", "model_name", b"model_name", "model_version", b"model_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -519,3 +519,134 @@ class ModelVersionEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelVersionEvent: _TypeAlias = ModelVersionEvent  # noqa: Y015
+
+@_typing.final
+class RegisterDeltaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    TRAINING_OFFSETS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    NEWEST_EVENT_MS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    TRAINER_ID_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    base_version: _builtins.int
+    """The full version it applies to: it must exist, be active, and be trained on no more than the delta."""
+    created_at_ms: _builtins.int
+    """When the trainer wrote it (epoch ms)."""
+    newest_event_ms: _builtins.int
+    """The newest event it trained on (epoch ms)."""
+    payload_sha256: _builtins.str
+    """sha256 of payload; the registry checks it."""
+    payload: _builtins.bytes
+    """recmodel.delta's format; at most registry.max_delta_bytes."""
+    trainer_id: _builtins.str
+    @_builtins.property
+    def training_offsets(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicPartitionOffset]:
+        """Every offset at least the base version's for the same topic and partition."""
+
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        base_version: _builtins.int = ...,
+        training_offsets: _abc.Iterable[Global___TopicPartitionOffset] | None = ...,
+        created_at_ms: _builtins.int = ...,
+        newest_event_ms: _builtins.int = ...,
+        payload_sha256: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
+        trainer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "created_at_ms", b"created_at_ms", "model_name", b"model_name", "newest_event_ms", b"newest_event_ms", "payload", b"payload", "payload_sha256", b"payload_sha256", "trainer_id", b"trainer_id", "training_offsets", b"training_offsets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterDeltaRequest: _TypeAlias = RegisterDeltaRequest  # noqa: Y015
+
+@_typing.final
+class GetDeltaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    base_version: _builtins.int
+    after_sequence: _builtins.int
+    """The newest delta of base_version with a larger sequence number (0: the newest of all)."""
+    sequence: _builtins.int
+    """Exactly this delta instead (0: the newest after after_sequence)."""
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        base_version: _builtins.int = ...,
+        after_sequence: _builtins.int = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "base_version", b"base_version", "model_name", b"model_name", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeltaRequest: _TypeAlias = GetDeltaRequest  # noqa: Y015
+
+@_typing.final
+class ModelDelta(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TRAINING_OFFSETS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_MS_FIELD_NUMBER: _builtins.int
+    NEWEST_EVENT_MS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    TRAINER_ID_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    base_version: _builtins.int
+    sequence: _builtins.int
+    """Counts up per model. 0 in a reply: there is no such delta (none newer, or no longer kept)."""
+    created_at_ms: _builtins.int
+    registered_at_ms: _builtins.int
+    """When the registry registered it (epoch ms, its own clock)."""
+    newest_event_ms: _builtins.int
+    payload_sha256: _builtins.str
+    payload_size_bytes: _builtins.int
+    payload: _builtins.bytes
+    """DownloadDelta only."""
+    trainer_id: _builtins.str
+    @_builtins.property
+    def training_offsets(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicPartitionOffset]: ...
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        base_version: _builtins.int = ...,
+        sequence: _builtins.int = ...,
+        training_offsets: _abc.Iterable[Global___TopicPartitionOffset] | None = ...,
+        created_at_ms: _builtins.int = ...,
+        registered_at_ms: _builtins.int = ...,
+        newest_event_ms: _builtins.int = ...,
+        payload_sha256: _builtins.str = ...,
+        payload_size_bytes: _builtins.int = ...,
+        payload: _builtins.bytes = ...,
+        trainer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "created_at_ms", b"created_at_ms", "model_name", b"model_name", "newest_event_ms", b"newest_event_ms", "payload", b"payload", "payload_sha256", b"payload_sha256", "payload_size_bytes", b"payload_size_bytes", "registered_at_ms", b"registered_at_ms", "sequence", b"sequence", "trainer_id", b"trainer_id", "training_offsets", b"training_offsets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDelta: _TypeAlias = ModelDelta  # noqa: Y015

@@ -76,6 +76,21 @@ class ModelRegistryStub:
                 request_serializer=streamrec_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
                 response_deserializer=streamrec_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
                 _registered_method=True)
+        self.RegisterDelta = channel.unary_unary(
+                '/streamrec.v1.ModelRegistry/RegisterDelta',
+                request_serializer=streamrec_dot_v1_dot_registry__pb2.RegisterDeltaRequest.SerializeToString,
+                response_deserializer=streamrec_dot_v1_dot_registry__pb2.ModelDelta.FromString,
+                _registered_method=True)
+        self.GetDelta = channel.unary_unary(
+                '/streamrec.v1.ModelRegistry/GetDelta',
+                request_serializer=streamrec_dot_v1_dot_registry__pb2.GetDeltaRequest.SerializeToString,
+                response_deserializer=streamrec_dot_v1_dot_registry__pb2.ModelDelta.FromString,
+                _registered_method=True)
+        self.DownloadDelta = channel.unary_unary(
+                '/streamrec.v1.ModelRegistry/DownloadDelta',
+                request_serializer=streamrec_dot_v1_dot_registry__pb2.GetDeltaRequest.SerializeToString,
+                response_deserializer=streamrec_dot_v1_dot_registry__pb2.ModelDelta.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServicer:
@@ -134,6 +149,29 @@ class ModelRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterDelta(self, request, context):
+        """A weight delta of a registered version: the trainer's encoder and the item and transition rows that
+        changed since that version, shipped between full versions. No gate runs on it; it applies only to
+        the version it names, and only the newest few per model are kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDelta(self, request, context):
+        """The newest delta of a version after a sequence number (or one exactly), without its payload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadDelta(self, request, context):
+        """The same with its payload, for the servers that apply deltas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +214,21 @@ def add_ModelRegistryServicer_to_server(servicer, server):
                     servicer.DownloadArtifact,
                     request_deserializer=streamrec_dot_v1_dot_registry__pb2.DownloadArtifactRequest.FromString,
                     response_serializer=streamrec_dot_v1_dot_registry__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'RegisterDelta': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterDelta,
+                    request_deserializer=streamrec_dot_v1_dot_registry__pb2.RegisterDeltaRequest.FromString,
+                    response_serializer=streamrec_dot_v1_dot_registry__pb2.ModelDelta.SerializeToString,
+            ),
+            'GetDelta': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDelta,
+                    request_deserializer=streamrec_dot_v1_dot_registry__pb2.GetDeltaRequest.FromString,
+                    response_serializer=streamrec_dot_v1_dot_registry__pb2.ModelDelta.SerializeToString,
+            ),
+            'DownloadDelta': grpc.unary_unary_rpc_method_handler(
+                    servicer.DownloadDelta,
+                    request_deserializer=streamrec_dot_v1_dot_registry__pb2.GetDeltaRequest.FromString,
+                    response_serializer=streamrec_dot_v1_dot_registry__pb2.ModelDelta.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +448,87 @@ class ModelRegistry:
             '/streamrec.v1.ModelRegistry/DownloadArtifact',
             streamrec_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
             streamrec_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterDelta(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.ModelRegistry/RegisterDelta',
+            streamrec_dot_v1_dot_registry__pb2.RegisterDeltaRequest.SerializeToString,
+            streamrec_dot_v1_dot_registry__pb2.ModelDelta.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDelta(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.ModelRegistry/GetDelta',
+            streamrec_dot_v1_dot_registry__pb2.GetDeltaRequest.SerializeToString,
+            streamrec_dot_v1_dot_registry__pb2.ModelDelta.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadDelta(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.ModelRegistry/DownloadDelta',
+            streamrec_dot_v1_dot_registry__pb2.GetDeltaRequest.SerializeToString,
+            streamrec_dot_v1_dot_registry__pb2.ModelDelta.FromString,
             options,
             channel_credentials,
             insecure,

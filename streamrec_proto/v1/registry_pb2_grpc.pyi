@@ -46,6 +46,15 @@ class ModelRegistryStub:
     ArchiveVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ArchiveVersionRequest, _registry_pb2.ModelVersion]
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_registry_pb2.DownloadArtifactRequest, _registry_pb2.ArtifactChunk]
     """Streams the artifact archive; the first chunk carries its sha256 and size."""
+    RegisterDelta: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterDeltaRequest, _registry_pb2.ModelDelta]
+    """A weight delta of a registered version: the trainer's encoder and the item and transition rows that
+    changed since that version, shipped between full versions. No gate runs on it; it applies only to
+    the version it names, and only the newest few per model are kept.
+    """
+    GetDelta: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetDeltaRequest, _registry_pb2.ModelDelta]
+    """The newest delta of a version after a sequence number (or one exactly), without its payload."""
+    DownloadDelta: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetDeltaRequest, _registry_pb2.ModelDelta]
+    """The same with its payload, for the servers that apply deltas."""
 
 @_typing.type_check_only
 class ModelRegistryAsyncStub(ModelRegistryStub):
@@ -64,6 +73,15 @@ class ModelRegistryAsyncStub(ModelRegistryStub):
     ArchiveVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.ArchiveVersionRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_registry_pb2.DownloadArtifactRequest, _registry_pb2.ArtifactChunk]  # type: ignore[assignment]
     """Streams the artifact archive; the first chunk carries its sha256 and size."""
+    RegisterDelta: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterDeltaRequest, _registry_pb2.ModelDelta]  # type: ignore[assignment]
+    """A weight delta of a registered version: the trainer's encoder and the item and transition rows that
+    changed since that version, shipped between full versions. No gate runs on it; it applies only to
+    the version it names, and only the newest few per model are kept.
+    """
+    GetDelta: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetDeltaRequest, _registry_pb2.ModelDelta]  # type: ignore[assignment]
+    """The newest delta of a version after a sequence number (or one exactly), without its payload."""
+    DownloadDelta: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetDeltaRequest, _registry_pb2.ModelDelta]  # type: ignore[assignment]
+    """The same with its payload, for the servers that apply deltas."""
 
 class ModelRegistryServicer(metaclass=_abc_1.ABCMeta):
     """Owns model versions: immutable artifacts, aliases, promotion gates, rollback."""
@@ -127,5 +145,32 @@ class ModelRegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.ArtifactChunk], _abc.AsyncIterator[_registry_pb2.ArtifactChunk]]:
         """Streams the artifact archive; the first chunk carries its sha256 and size."""
+
+    @_abc_1.abstractmethod
+    def RegisterDelta(
+        self,
+        request: _registry_pb2.RegisterDeltaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ModelDelta, _abc.Awaitable[_registry_pb2.ModelDelta]]:
+        """A weight delta of a registered version: the trainer's encoder and the item and transition rows that
+        changed since that version, shipped between full versions. No gate runs on it; it applies only to
+        the version it names, and only the newest few per model are kept.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDelta(
+        self,
+        request: _registry_pb2.GetDeltaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ModelDelta, _abc.Awaitable[_registry_pb2.ModelDelta]]:
+        """The newest delta of a version after a sequence number (or one exactly), without its payload."""
+
+    @_abc_1.abstractmethod
+    def DownloadDelta(
+        self,
+        request: _registry_pb2.GetDeltaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ModelDelta, _abc.Awaitable[_registry_pb2.ModelDelta]]:
+        """The same with its payload, for the servers that apply deltas."""
 
 def add_ModelRegistryServicer_to_server(servicer: ModelRegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
