@@ -196,6 +196,36 @@ class ArtifactModel:
         self.providers = self.session.get_providers()
         return self
 
+    def with_delta(self, delta, providers: list | None = None, *, session_options=None) -> "ArtifactModel":
+        """A new model: this one with a weight delta applied (``recmodel.delta``: the encoder, and the item and
+        transition rows that changed); this one is not changed. ``ArtifactError`` if the delta is for another
+        item table or its encoder does not load."""
+        import copy
+
+        import onnxruntime as ort
+
+        from recmodel.delta import apply_transitions, apply_vectors, check_ids
+
+        if delta.base_items_sha256 != self.manifest.files.get("items.npz"):
+            raise ArtifactError("delta: made for another item table (base_items_sha256 differs)")
+        check_ids(delta, self.item_ids)
+        try:
+            session = ort.InferenceSession(delta.encoder, sess_options=session_options or serving_session_options(),
+                                           providers=providers if providers is not None else select_providers())
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ArtifactError(f"delta: onnxruntime cannot load its encoder ({exc})") from None
+        names = {i.name for i in session.get_inputs()}
+        if names != {"item_vectors", "event_types", "gap_buckets", "mask"}:
+            raise ArtifactError(f"delta: its encoder takes {sorted(names)}, not the user encoder's inputs")
+        new = copy.copy(self)  # ids, titles, categories, availability, histories and the quantizer are shared
+        new.session = session
+        new.providers = session.get_providers()
+        new.item_vectors = apply_vectors(self.item_vectors, delta)
+        if self.transitions is not None and len(delta.tr_rows):
+            new.transitions = apply_transitions(self.transitions, delta)
+        new._rows_cache = None
+        return new
+
     # ------------------------------------------------------------------ encoding
     def _batch(self, histories: Sequence[Sequence[HistoryEntry]], now_ms: Sequence[int] | int):
         L, D = self.max_len, self.dim
