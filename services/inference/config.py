@@ -85,6 +85,9 @@ class InferenceSection(Section):
     # Requests with less time than this left before their deadline are refused up front.
     min_time_remaining_ms: float = Field(1.0, ge=0)
     warmup_requests: int = Field(8, ge=0)
+    # How often to ask the registry for a weight delta of the production version (the trainer's
+    # trainer.delta_interval_s); 0: never, serve full versions only. Needs a registry (not artifact_source).
+    delta_poll_s: float = Field(0.25, ge=0.0, le=3600.0)
     # ONNX Runtime intra-op threads of the user encoder (they sleep between runs). bench serve at 1M items,
     # concurrency 32, 2 cores: 1 thread 664 QPS, 2 threads 691 (ONNX Runtime's default, a spinning thread per
     # core, 518 QPS at 2.9 ms server CPU per request instead of 1.7).

@@ -40,6 +40,7 @@ class Recommendation:
     model_name: str
     model_version: int
     source: str  # "model" or "popularity"
+    model_delta: int = 0  # the weight delta of model_version served (0: none)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class RecommenderDataPlane:
                 return cached
         now_ms = int(time.time() * 1000)
         history, history_version = self.histories.get_versioned(q.user_id)
-        user_key = (q.user_id, history_version, model.name, model.version) if cacheable else None
+        user_key = (q.user_id, history_version, model.name, model.version, model.delta) if cacheable else None
         if q.context_item_ids:
             history = history + [(i, "view", now_ms) for i in q.context_item_ids]
         seen = {h[0] for h in history}
@@ -142,14 +143,14 @@ class RecommenderDataPlane:
         subset = model.category_rows(q.categories) if q.categories else None
         rows, scores = model.retriever.search(user_vec, q.k, banned, subset)
         rows, scores = model.rerank_with_transitions(known, user_vec, rows, scores, q.k, banned, subset)
-        answer = Recommendation(self._items(model, rows, scores), model.name, model.version, "model")
+        answer = Recommendation(self._items(model, rows, scores), model.name, model.version, "model", model.delta)
         if cacheable:
             self.result_cache.put(self._result_key(q, model, history_version), answer)
         return answer
 
     @staticmethod
     def _result_key(q: RecommendQuery, model: ServedModel, history_version: int) -> tuple:
-        return (q.user_id, history_version, model.name, model.version, q.k, frozenset(q.exclude_item_ids),
+        return (q.user_id, history_version, model.name, model.version, model.delta, q.k, frozenset(q.exclude_item_ids),
                 tuple(q.categories))
 
     def _encode(self, model: ServedModel, known: list, now_ms: int, deadline: float | None) -> np.ndarray:
@@ -218,4 +219,4 @@ class RecommenderDataPlane:
         banned = self._rows(model, set(q.exclude_item_ids) | {q.item_id})
         subset = model.category_rows(q.categories) if q.categories else None
         rows, scores = model.retriever.search(model.item_vectors[row], q.k, banned, subset)
-        return Recommendation(self._items(model, rows, scores), model.name, model.version, "model")
+        return Recommendation(self._items(model, rows, scores), model.name, model.version, "model", model.delta)

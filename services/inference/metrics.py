@@ -32,6 +32,18 @@ class InferenceMetrics:
         self.model_load_failures = Counter(
             "streamrec_inference_model_load_failures_total", "versions that failed to download, verify or load",
             registry=registry)
+        self.model_delta = Gauge(
+            "streamrec_inference_model_delta", "weight delta of the served version per alias (0: as registered)",
+            ["model", "alias"], registry=registry)
+        self.deltas_applied = Counter(
+            "streamrec_inference_model_deltas_applied_total", "weight deltas applied to the production version",
+            registry=registry)
+        self.delta_failures = Counter(
+            "streamrec_inference_model_delta_failures_total", "weight deltas refused (malformed, or for another "
+            "item table)", registry=registry)
+        self.delta_apply_duration = Histogram(
+            "streamrec_inference_model_delta_apply_duration_seconds", "download + apply + warm-up of one weight delta",
+            buckets=LOAD_BUCKETS, registry=registry)
         self.history_lag = Gauge(
             "streamrec_inference_history_lag_records", "events not yet applied to user histories",
             ["partition"], registry=registry)

@@ -49,6 +49,21 @@ class ModelRepository:
             return canary
         return models.get(PRODUCTION)
 
+    def swap_if(self, alias: str, expected: ServedModel | None, model: ServedModel) -> bool:
+        """Point ``alias`` at ``model`` only while it still points at ``expected`` (a model derived from it, such
+        as a weight delta's, never replaces a version swapped in meanwhile); -> whether it did."""
+        if not model.ready:
+            raise ValueError(f"model {model.name} v{model.version} is not warmed up")
+        with self._lock:
+            if self._models.get(alias) is not expected:
+                return False
+            new = dict(self._models)
+            new[alias] = model
+            self._models = new
+        for listener in self._listeners:
+            listener(alias, model)
+        return True
+
     def swap(self, alias: str, model: ServedModel | None) -> ServedModel | None:
         """Point ``alias`` at ``model`` (None removes it); returns the model it replaced."""
         if model is not None and not model.ready:

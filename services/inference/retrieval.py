@@ -10,6 +10,7 @@ The threshold comes from ``streamrec bench index`` (see bench/index.py).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -101,6 +102,17 @@ class ItemRetriever:
 
     def __len__(self) -> int:
         return len(self.vectors)
+
+    def with_vectors(self, vectors: np.ndarray) -> "ItemRetriever":
+        """The same rows with new vectors (a weight delta's): exact search and the exact rescoring of ANN
+        candidates use them at once; the IVF index is shared, so candidates come from the lists (and the
+        float16 codes) of the version the index was built for until the next full version."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != self.vectors.shape:
+            raise ValueError(f"vectors {vectors.shape} do not replace {self.vectors.shape}")
+        new = copy.copy(self)
+        new.vectors = vectors
+        return new
 
     def _build_ann(self, cache_path: str | Path | None, quantizer: tuple[np.ndarray, np.ndarray] | None):
         import faiss

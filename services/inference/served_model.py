@@ -9,6 +9,7 @@ using an old version while a new one takes over.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -131,7 +132,27 @@ class ServedModel:
         self.categories, self._category_rows = _code_categories(runtime.categories)
         self.retriever = ItemRetriever(self.item_vectors, self.available, index_config, index_cache_path,
                                        quantizer=getattr(runtime, "ivf", None))
+        self.delta = 0  # the weight delta applied (ModelRegistry.GetDelta's sequence); 0: the version as registered
+        self.newest_event_ms = int(manifest.extra.get("newest_event_ms", 0) or 0)
         self.ready = False
+
+    def with_delta(self, delta, sequence: int, training_offsets: Mapping[str, Mapping[int, int]],
+                   newest_event_ms: int, *, session_options=None) -> "ServedModel":
+        """A new, not yet warmed-up model: this version with a weight delta (``recmodel.delta.Delta``) applied.
+
+        The item rows, their ids, categories and the retrieval index are shared; the encoder, the item
+        vectors and the transition rows are the delta's. ``recmodel.artifact.ArtifactError`` when it does not
+        apply (another item table, an encoder that does not load)."""
+        runtime = self.runtime.with_delta(delta, self.providers, session_options=session_options)
+        new = copy.copy(self)
+        new.runtime = runtime
+        new.item_vectors = np.ascontiguousarray(runtime.item_vectors, dtype=np.float32)
+        new.retriever = self.retriever.with_vectors(new.item_vectors)
+        new.delta = int(sequence)
+        new.training_offsets = {t: {int(p): int(o) for p, o in parts.items()} for t, parts in training_offsets.items()}
+        new.newest_event_ms = max(self.newest_event_ms, int(newest_event_ms))
+        new.ready = False
+        return new
 
     @classmethod
     def from_artifact(

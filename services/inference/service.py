@@ -14,6 +14,7 @@ from services.inference.announcements import AnnouncementCheck
 from services.inference.batcher import EncoderBatcher
 from services.inference.config import InferenceConfig
 from services.inference.dataplane import RecommenderDataPlane
+from services.inference.deltas import DeltaFollower
 from services.inference.histories import HistoryFollower, PopularityTracker, UserHistoryStore, freshness_seconds
 from services.inference.loader import DirectorySource, ModelLoader, RegistrySource
 from services.inference.metrics import InferenceMetrics
@@ -59,6 +60,15 @@ class InferenceService(GrpcEndpoint):
             on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health,
             check=(AnnouncementCheck(source.client.get_alias, on_mismatch=self.metrics.announcement_mismatches.inc)
                    if isinstance(source, RegistrySource) else None))
+        self.deltas = None
+        if s.delta_poll_s > 0 and isinstance(source, RegistrySource):
+            from recmodel.serving import serving_session_options
+
+            self.deltas = DeltaFollower(
+                source.client.download_delta, s.model_name, self.repository, poll_s=s.delta_poll_s,
+                warmup_requests=s.warmup_requests, session_options=lambda: serving_session_options(s.encoder_threads),
+                on_applied=self._delta_applied, on_failure=self.metrics.delta_failures.inc,
+                on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health)
         g = config.grpc
         self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes, observe=self.metrics.observe_request,
                                reuse_port=reuse_port, tls=config.tls, max_concurrent_rpcs=g.max_concurrent_rpcs,
@@ -71,7 +81,8 @@ class InferenceService(GrpcEndpoint):
             self.metrics_server = MetricsServer(self.registry, config.metrics.host, port, ready=self._serving)
             self.metrics.history_freshness.set_function(lambda: freshness_seconds(self.histories))
         self.metrics.model_ready.set(0)
-        loops = ["model-watcher"] + (["history-follower"] if self.follower else []) + (["encoder-batcher"] if self.batcher else [])
+        loops = (["model-watcher"] + (["history-follower"] if self.follower else []) + (["encoder-batcher"] if self.batcher else [])
+                 + (["delta-follower"] if self.deltas else []))
         for loop in loops:
             self.metrics.loop_restarts.labels(loop)  # present (at 0) before the first restart
             self.metrics.loop_healthy.labels(loop).set(1)
@@ -101,8 +112,13 @@ class InferenceService(GrpcEndpoint):
         logger.info("histories merged with new snapshot", extra={"model_version": model.version, "users_taken": taken,
                                                                  "partitions_moved": sorted(ahead)})
 
+    def _delta_applied(self, seconds: float) -> None:
+        self.metrics.deltas_applied.inc()
+        self.metrics.delta_apply_duration.observe(seconds)
+
     def _after_swap(self, alias: str, model: ServedModel | None) -> None:
         self.metrics.model_version.labels(self.config.inference.model_name, alias).set(model.version if model else 0)
+        self.metrics.model_delta.labels(self.config.inference.model_name, alias).set(model.delta if model else 0)
         if alias == PRODUCTION:
             self.metrics.index_items.set(len(model.item_ids) if model else 0)
             self.metrics.model_ready.set(1 if model is not None else 0)
@@ -145,6 +161,8 @@ class InferenceService(GrpcEndpoint):
             self.metrics_server.start()
         self.grpc.start()
         self.watcher.start()
+        if self.deltas is not None:
+            self.deltas.start()
         logger.info("inference serving", extra={"port": self.port, "model": self.config.inference.model_name,
                                                 "pid": os.getpid()})
         return self
@@ -161,6 +179,8 @@ class InferenceService(GrpcEndpoint):
         self._stopping = True
         self.grpc.stop(self.config.grpc.shutdown_grace_s if grace_s is None else grace_s)
         self.watcher.stop()
+        if self.deltas is not None:
+            self.deltas.stop()
         if self.follower is not None:
             self.follower.stop()
         if self.batcher is not None:

@@ -28,14 +28,15 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             user_id=request.user_id, k=request.k, context_item_ids=list(request.context_item_ids),
             exclude_item_ids=list(request.exclude_item_ids), categories=list(request.categories)), _deadline(context))
         return recommender_pb2.RecommendResponse(items=_items(rec), model_name=rec.model_name,
-                                                 model_version=rec.model_version, source=rec.source)
+                                                 model_version=rec.model_version, source=rec.source,
+                                                 model_delta=rec.model_delta)
 
     def SimilarItems(self, request, context):
         rec = self.dataplane.similar_items(SimilarQuery(
             item_id=request.item_id, k=request.k, exclude_item_ids=list(request.exclude_item_ids),
             categories=list(request.categories)), _deadline(context))
         return recommender_pb2.SimilarItemsResponse(items=_items(rec), model_name=rec.model_name,
-                                                    model_version=rec.model_version)
+                                                    model_version=rec.model_version, model_delta=rec.model_delta)
 
     def Ping(self, request, context):
         return recommender_pb2.PingResponse()

@@ -1,0 +1,115 @@
+"""Weight deltas through the real registry into a real inference server: applied between full versions,
+refused when they do not fit the version served."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+
+from services.common.grpc import open_channel
+from streamrec_proto.v1 import recommender_pb2, recommender_pb2_grpc
+from tests.pki import tls_for
+from tests.waiting import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def rounds(tmp_path_factory):
+    """A base artifact, the delta of more training against it, and the full artifact of that state (and a delta
+    of that full artifact's own state)."""
+    from recmodel.artifact import verify_artifact
+    from recmodel.data import SyntheticStream
+    from recmodel.delta import DeltaBase, build_delta
+    from recmodel.export import export_artifact
+    from recmodel.text import HashingTextEncoder
+    from recmodel.train import IncrementalTrainer
+
+    root = tmp_path_factory.mktemp("deltas")
+    stream = SyntheticStream(seed=5, n_users=100, n_items=250, n_events=1200)
+    events = list(stream.events())
+    trainer = IncrementalTrainer(dim=16, max_len=10, capacity=1000, text_encoder=HashingTextEncoder(16),
+                                 device="cpu", seed=0, batch_size=256, n_random_negatives=32, n_layers=1)
+    trainer.upsert_items(stream.items())
+    trainer.train_events(events)
+    offsets = {"t": {"0": 1200}}
+    export_artifact(trainer, root / "base", model_name="recommender", training_offsets=offsets, metrics={"hr@10": 0.1})
+    base = DeltaBase.from_artifact(root / "base", verify_artifact(root / "base"))
+    # More training that leaves the histories as they are (idle replay), so the two versions' snapshots give
+    # the user the same history and their answers can be compared.
+    trainer.replay(60)
+    data, _ = build_delta(trainer, base)
+    export_artifact(trainer, root / "full", model_name="recommender", training_offsets={"t": {"0": 2400}},
+                    metrics={"hr@10": 0.1})
+    # A delta of the full artifact's own state (only its encoder: no row moved since).
+    same, _ = build_delta(trainer, DeltaBase.from_artifact(root / "full", verify_artifact(root / "full")))
+    return {"base": root / "base", "full": root / "full", "delta": data, "delta_of_full": same}
+
+
+def _register(client, path) -> int:
+    mv = client.register("recommender", path, trainer_id="test", auto_promote=False)
+    client.set_alias("recommender", "production", mv.version, reason="test")
+    return mv.version
+
+
+def _ship(client, version: int, payload: bytes, offset: int = 2400) -> int:
+    return client.register_delta("recommender", version, payload, {"t": {0: offset}},
+                                 created_at_ms=int(time.time() * 1000), newest_event_ms=0).sequence
+
+
+def _recommend(server, user: str):
+    with open_channel(server.target, tls_for("app")) as channel:
+        return recommender_pb2_grpc.RecommenderStub(channel).Recommend(
+            recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=10)
+
+
+def test_a_delta_of_the_production_version_is_served_as_the_full_version_of_that_state_would_be(
+        rounds, registry_client, make_inference):
+    server = make_inference(delta_poll_s=0.1)
+    v1 = _register(registry_client, rounds["base"])
+    server.wait_ready(60)
+    user = sorted(server.repository.get().history_snapshot)[0]
+    before = _recommend(server, user)
+    assert (before.model_version, before.model_delta) == (v1, 0)
+
+    seq = _ship(registry_client, v1, rounds["delta"])
+    wait_for(lambda: _recommend(server, user).model_delta == seq, 60, "the delta to be served")
+    patched = _recommend(server, user)
+    assert patched.model_version == v1
+    assert server.repository.get().offsets_for("t") == {0: 2400}  # what the delta was trained on
+
+    v2 = _register(registry_client, rounds["full"])
+    wait_for(lambda: _recommend(server, user).model_version == v2, 60, "the full version to be served")
+    full = _recommend(server, user)
+    assert full.model_delta == 0
+    assert [i.item_id for i in patched.items] == [i.item_id for i in full.items]
+    assert [i.score for i in patched.items] == pytest.approx([i.score for i in full.items], abs=1e-4)
+    assert [i.item_id for i in before.items] != [i.item_id for i in full.items], "the delta changed the answer"
+    assert server.metrics.deltas_applied._value.get() == 1
+
+
+def test_a_delta_that_does_not_fit_the_version_served_is_refused_and_a_later_one_applies(
+        rounds, registry_client, make_inference):
+    server = make_inference(delta_poll_s=0.1)
+    _register(registry_client, rounds["base"])
+    v2 = _register(registry_client, rounds["full"])
+    server.wait_ready(60)
+    wait_for(lambda: server.repository.get().version == v2, 60, "version 2 to be served")
+    user = sorted(server.repository.get().history_snapshot)[0]
+
+    # The delta of the base's item table, registered as if for version 2 (whose table differs): refused.
+    wrong = _ship(registry_client, v2, rounds["delta"])
+    wait_for(lambda: server.metrics.delta_failures._value.get() >= 1, 60, "the mismatched delta to be refused")
+    # Bytes that are no delta at all, with a correct digest: refused too, and the server keeps answering.
+    garbage = b"\x00" * 4096
+    assert hashlib.sha256(garbage).hexdigest()  # the registry checks the digest, not what the bytes are
+    _ship(registry_client, v2, garbage)
+    wait_for(lambda: server.metrics.delta_failures._value.get() >= 2, 60, "the garbage delta to be refused")
+    answer = _recommend(server, user)
+    assert (answer.model_version, answer.model_delta) == (v2, 0) and len(answer.items) == 10
+    assert wrong > 0 and server.metrics.deltas_applied._value.get() == 0
+    good = _ship(registry_client, v2, rounds["delta_of_full"])
+    wait_for(lambda: _recommend(server, user).model_delta == good, 60, "the delta made for version 2 to be served")
+    assert server.metrics.deltas_applied._value.get() == 1
