@@ -163,6 +163,14 @@ class TrainerSection(Section):
     poll_timeout_ms: int = Field(200, ge=0)
     export_interval_s: float = Field(30.0, gt=0)
     export_every_events: int = Field(0, ge=0, description="also export after this many new events (0: off)")
+    # Between full versions, every delta_interval_s the trainer registers a weight delta of its last
+    # registered version (recmodel.delta: the encoder, and the item and transition rows that changed) that
+    # inference applies within its delta_poll_s. Not while catching up (trained weights are stale anyway).
+    # 0: full versions only.
+    delta_interval_s: float = Field(1.0, ge=0)
+    # A delta larger than this is not shipped (the next full version carries it); at most the registry's
+    # registry.max_delta_bytes.
+    delta_max_bytes: int = Field(3 * 1024 * 1024, ge=1024)
     # Where each exported version is judged and registered. "background": on a thread of its own, so training
     # goes on meanwhile and a version comes every export_interval_s rather than every interval plus the
     # publish time; "inline": on the training thread. "auto": background when training on a GPU; inline on

@@ -69,6 +69,14 @@ class TrainerMetrics:
         # Beyond the contract:
         self.checkpoints = Counter(
             "streamrec_trainer_checkpoints", "Checkpoints written", registry=registry)
+        self.deltas_shipped = Counter(
+            "streamrec_trainer_deltas_shipped", "Weight deltas registered between full versions", registry=registry)
+        self.delta_failures = Counter(
+            "streamrec_trainer_delta_failures", "Weight deltas not shipped, by reason (too_large, refused)",
+            ["reason"], registry=registry)
+        self.delta_duration = Histogram(
+            "streamrec_trainer_delta_duration_seconds", "Time to build one weight delta on the training thread",
+            buckets=EXPORT_BUCKETS, registry=registry)
         self.checkpoint_duration = Histogram(
             "streamrec_trainer_checkpoint_duration_seconds", "Time to write one checkpoint",
             buckets=EXPORT_BUCKETS, registry=registry)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry
 
+from recmodel.delta import DeltaBase
 from recmodel.evaluate.prequential import PrequentialEvaluator
 from services.common.entrypoint import ServiceThread
 from services.common.kafka import ensure_topics
@@ -29,6 +30,7 @@ from services.common.registry_client import RegistryClient
 from services.trainer.backend import LocalBackend, TrainingBackend, make_text_encoder, resolve_device
 from services.trainer.checkpoint_store import CheckpointStore, Registration, StreamPosition
 from services.trainer.config import TrainerConfig
+from services.trainer.deltas import DeltaShipper
 from services.trainer.elector import build_elector
 from services.trainer.holdout import ChampionChallenger, HoldoutBuffer
 from services.trainer.metrics import TrainerMetrics
@@ -129,6 +131,7 @@ class TrainerService:
         self.position: StreamPosition | None = None
         self.registration: Registration | None = None
         self.publisher = Publisher(background=False)  # replaced by each lead's own (_lead)
+        self.deltas = self._delta_shipper(interval_s=0)  # replaced by each lead's own (_lead)
         self._stop = threading.Event()
         self._thread = ServiceThread("trainer", self._run_until_stopped)
 
@@ -220,6 +223,7 @@ class TrainerService:
                              max_poll_records=cfg.poll_max_records)
         items = ItemReader(self.config.kafka, self.items_topic, max_poll_records=5000)
         self.publisher = Publisher(background=self.publish_in_background)
+        self.deltas = self._delta_shipper(cfg.delta_interval_s)
         try:
             events.assign(position.events_offsets)
             items.assign(position.items_offsets)
@@ -230,9 +234,14 @@ class TrainerService:
             self._loop(stop, trainer, position, monitor, events, items)
         finally:
             self.publisher.close()  # a publication in flight when leadership is lost is not applied
+            self.deltas.close()
             events.close()
             items.close()
             self.backend.close()
+
+    def _delta_shipper(self, interval_s: float) -> DeltaShipper:
+        return DeltaShipper(self.client, self.metrics, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
+                            interval_s=interval_s, max_bytes=self.cfg.delta_max_bytes)
 
     def _warn_if_behind_registry(self, position: StreamPosition) -> None:
         """A checkpoint behind an already registered version means replicas do not share checkpoint_dir."""
@@ -278,6 +287,7 @@ class TrainerService:
                 last_lag = now
             self._upsert(items.read_available(0), items)
             self._collect_publication()
+            self.deltas.collect()
             batch = events.next_batch(cfg.poll_timeout_ms)
             if batch is not None:
                 loss = self._train_batch(trainer, position, monitor, events, items, batch, loss)
@@ -311,6 +321,9 @@ class TrainerService:
             elif now - last_checkpoint >= cfg.checkpoint_interval_s and self._dirty(trainer):
                 self._checkpoint(trainer, position, events)
                 last_checkpoint = time.monotonic()
+            elif self.deltas.due(now, trainer.steps, self._behind):
+                self._check_leader()
+                self.deltas.ship(trainer, {self.events_topic: dict(position.events_offsets)}, position.newest_event_ms)
         # Graceful stop: let the publication in flight finish, and keep what was trained.
         self._collect_publication(wait=True)
         if self.elector.is_leader() and self._dirty(trainer):
@@ -448,10 +461,15 @@ class TrainerService:
             logger.warning("export failed; will retry at the next interval", extra={"error": str(exc)}, exc_info=True)
             return
         stage("write")
+        try:
+            delta_base = self.deltas.base_of(artifact)
+        except Exception as exc:  # noqa: BLE001 - deltas wait for the next version; this one is published
+            logger.warning("cannot read the export back for weight deltas", extra={"error": str(exc)})
+            delta_base = None
         # What the registration will record: the state as exported, whatever is trained meanwhile.
         snapshot = _Published(version=0, offsets=offsets, events_trained=trainer.events_trained,
                               items_offsets=dict(position.items_offsets), replayed=self._replayed_unexported,
-                              started=start)
+                              started=start, steps=trainer.steps, delta_base=delta_base)
         parent = self.registration.version if self.registration else 0
         queries = self.champion.buffer.queries()  # the holdout as of this export; the buffer moves on
         self.publisher.submit(lambda: self._publish(artifact, parent, queries, snapshot, stage))
@@ -484,6 +502,7 @@ class TrainerService:
         self.registration = Registration(done.version, done.offsets, done.events_trained, done.items_offsets)
         self._replayed_unexported = max(0, self._replayed_unexported - done.replayed)
         self.store.save_registration(self.registration)
+        self.deltas.registered(done.version, done.delta_base, done.steps)
         self.metrics.versions_registered.inc()
         self.metrics.registered_version.set(done.version)
         seconds = time.perf_counter() - done.started
@@ -503,3 +522,5 @@ class _Published:
     items_offsets: dict[int, int]
     replayed: int  # idle replay steps the exported state includes
     started: float  # perf_counter at the start of the export
+    steps: int = 0  # the trainer's steps at the export
+    delta_base: DeltaBase | None = None  # what weight deltas of this version are computed against

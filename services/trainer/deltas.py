@@ -1,0 +1,102 @@
+"""Weight deltas between full versions: the trainer's fast path to inference.
+
+Every ``trainer.delta_interval_s`` while the trainer keeps up, ``DeltaShipper`` builds a delta of the
+trainer's state against its last registered version (``recmodel.delta``: the encoder, and the item and
+transition rows that changed) on the training thread, and registers it from a thread of its own, so
+training goes on during the upload. Full versions keep every guarantee (gate, rollback); a delta names
+the version it applies to, so it reaches inference only while that version is production. One delta
+is in flight at a time; a failed one is counted and the next one carries its changes anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from recmodel.artifact import read_manifest
+from recmodel.delta import DeltaBase, build_delta
+from services.common.registry_client import RegistryClient
+from services.trainer.metrics import TrainerMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class DeltaShipper:
+    def __init__(self, client: RegistryClient, metrics: TrainerMetrics, *, model_name: str, trainer_id: str,
+                 interval_s: float, max_bytes: int) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.model_name = model_name
+        self.trainer_id = trainer_id
+        self.interval_s = interval_s
+        self.max_bytes = max_bytes
+        self._base: tuple[int, DeltaBase] | None = None  # (registered version, its item table and transitions)
+        self._shipped_steps = -1  # trainer.steps the last delta (or the base) has
+        self._last = 0.0
+        self._future: Future | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="trainer-delta") if interval_s > 0 else None
+        self._warned_failure = False
+
+    @property
+    def enabled(self) -> bool:
+        return self._pool is not None
+
+    def base_of(self, artifact_dir: Path) -> DeltaBase | None:
+        """What deltas of the version ``artifact_dir`` becomes are computed against (read at export, before
+        the directory can be pruned); None when deltas are off."""
+        if not self.enabled:
+            return None
+        return DeltaBase.from_artifact(artifact_dir, read_manifest(artifact_dir))
+
+    def registered(self, version: int, base: DeltaBase | None, steps: int) -> None:
+        """A full version was registered from the state at ``steps``: deltas are of it from now on."""
+        if base is not None:
+            self._base = (version, base)
+            self._shipped_steps = steps
+
+    def due(self, now: float, steps: int, behind: bool) -> bool:
+        return (self._base is not None and not behind and self._future is None and steps != self._shipped_steps
+                and now - self._last >= self.interval_s)
+
+    def ship(self, trainer, offsets: dict[str, dict[int, int]], newest_event_ms: int) -> None:
+        """Build a delta of ``trainer`` (this thread) and register it (the shipper's thread)."""
+        version, base = self._base
+        start = time.perf_counter()
+        self._last = time.monotonic()
+        self._shipped_steps = trainer.steps
+        data, counts = build_delta(trainer, base)
+        self.metrics.delta_duration.observe(time.perf_counter() - start)
+        if len(data) > self.max_bytes:
+            self.metrics.delta_failures.labels("too_large").inc()
+            logger.info("weight delta over trainer.delta_max_bytes: not shipped; the next full version carries it",
+                        extra={"bytes": len(data), "max_bytes": self.max_bytes, **counts})
+            return
+        created = int(time.time() * 1000)
+        self._future = self._pool.submit(
+            self.client.register_delta, self.model_name, version, data, offsets,
+            created_at_ms=created, newest_event_ms=int(newest_event_ms), trainer_id=self.trainer_id)
+
+    def collect(self, wait: bool = False) -> None:
+        """Count the delta in flight once it is done (waiting for it with ``wait``)."""
+        future = self._future
+        if future is None or (not wait and not future.done()):
+            return
+        self._future = None
+        exc = future.exception()
+        if exc is None:
+            self.metrics.deltas_shipped.inc()
+            if self._warned_failure:
+                logger.info("weight deltas are registered again")
+                self._warned_failure = False
+            return
+        self.metrics.delta_failures.labels("refused").inc()
+        if not self._warned_failure:  # once per run of failures: one a second would flood the log
+            logger.warning("weight delta not registered; full versions go on", extra={"error": str(exc)})
+            self._warned_failure = True
+
+    def close(self) -> None:
+        self.collect(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
