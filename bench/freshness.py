@@ -11,9 +11,13 @@
     says how many first versions the gate did not promote (held or rejected), ``not_served`` how many
     probes timed out unserved. These probes start once the trainer has caught up with the backlog the
     stack's start leaves it (``trainer_catch_up_before_model_probes_s``): they measure the steady state.
-    ``trainer_publish_times`` has the trainer's mean seconds per checkpoint and per stage of publishing a
-    version (evaluate, write, judge, register), read from its /metrics, and inference's mean seconds to
-    download, load, index and warm up a version: where (b)'s time goes.
+    Between full versions the trainer ships weight deltas of the version served (``--delta-interval``;
+    0: none): a probe then counts as served by the first answer whose version *or delta* was trained
+    past the event (``served_by_delta`` says how many were, ``delta_trained_and_registered_s`` when the
+    registry had that delta). ``trainer_publish_times`` has the trainer's mean seconds per checkpoint, per
+    stage of publishing a version (evaluate, write, judge, register) and per delta built, read from its
+    /metrics, and inference's mean seconds to download, load, index and warm up a version, and to apply a
+    delta: where (b)'s time goes.
 
 Starts its own stack (on free ports, in a temporary directory) with a steady demo stream at ``--rate``
 for the whole run: the synthetic stream is published again and again, each pass with event ids of its
@@ -106,15 +110,18 @@ def _trainer_times(metrics_url: str) -> dict:
     parts = {lbl["stage"]: (total(samples, stage + "_sum", stage=lbl["stage"]), n)
              for lbl, n in samples.get(stage + "_count", ())}
     parts["checkpoint"] = (total(samples, checkpoint + "_sum"), total(samples, checkpoint + "_count"))
+    delta = "streamrec_trainer_delta_duration_seconds"
+    parts["delta_build"] = (total(samples, delta + "_sum"), total(samples, delta + "_count"))
     return {"mean_s": {name: round(s / n, 3) for name, (s, n) in parts.items() if n},
-            "exports": int(parts.get("register", (0, 0))[1])}
+            "exports": int(parts.get("register", (0, 0))[1]),
+            "deltas_shipped": int(total(samples, "streamrec_trainer_deltas_shipped_total"))}
 
 
-def _inference_load_s(metrics_urls: list[str]) -> float | None:
-    """Mean seconds inference took to download, load, index and warm up a version (over its replicas)."""
+def _inference_load_s(metrics_urls: list[str], name: str = "streamrec_inference_model_load_duration_seconds") -> float | None:
+    """Mean seconds inference took to download, load, index and warm up a version (over its replicas), or,
+    with the delta histogram's ``name``, to download, apply and warm up a weight delta."""
     from services.stack.status import scrape, total
 
-    name = "streamrec_inference_model_load_duration_seconds"
     sums = counts = 0.0
     for url in metrics_urls:
         samples = scrape(url, timeout_s=10)
@@ -177,6 +184,8 @@ class ModelProbe:
     gate: str = ""  # the gate's decision on it: promoted, held or rejected (as last seen)
     served_s: float | None = None  # until inference served a version trained on the event
     registered_s: float | None = None  # until the registry registered that first version (after the gate's evidence)
+    served_delta: int = 0  # the weight delta that served it first (0: a full version did)
+    delta_registered_s: float | None = None  # until the registry registered that delta
 
     @property
     def held_back(self) -> bool:
@@ -202,15 +211,29 @@ def _model_probe(stub, stack, registry, producer, user_id: str, item_id: str, ti
     def trained_on_it(mv) -> bool:
         return any(o.topic == topic and o.partition == partition and o.offset > offset for o in mv.training_offsets)
 
-    checked: dict[int, bool] = {}
+    def served_trained_on_it(version: int, delta: int) -> bool:
+        """Whether the version, or its weight delta, that served the answer was trained on the event (a delta
+        the registry no longer keeps is not known: asked again at the next answer)."""
+        if (version, delta) not in checked:
+            found = registry.get_version(model, version) if not delta else \
+                registry.get_delta(model, version, sequence=delta)
+            if delta and not found.sequence:
+                return False
+            checked[(version, delta)] = trained_on_it(found)
+        return checked[(version, delta)]
+
+    checked: dict[tuple[int, int], bool] = {}
     while time.perf_counter() - start < timeout_s:
-        version = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=1), timeout=5).model_version
-        if version and version not in checked:
-            checked[version] = trained_on_it(registry.get_version(model, version))
-        if version and checked.get(version):
+        answer = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=1), timeout=5)
+        if answer.model_version and served_trained_on_it(answer.model_version, answer.model_delta):
             probe.served_s = time.perf_counter() - start
+            probe.served_delta = answer.model_delta
+            if answer.model_delta:
+                found = registry.get_delta(model, answer.model_version, sequence=answer.model_delta)
+                if found.registered_at_ms:
+                    probe.delta_registered_s = max(0.0, found.registered_at_ms / 1000.0 - start_wall)
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     # The first version trained on the event, whatever the gate decided about it, and when the trainer
     # exported it (the manifest's time, kept by the registry; the same machine's clock). From there to
     # served: the gate's evidence, registration, and inference's download and swap.
@@ -231,6 +254,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-probes", type=int, default=3, help="model probes (b)")
     p.add_argument("--rate", type=float, default=100.0, help="background demo events per second")
     p.add_argument("--export-interval", type=float, default=10.0)
+    p.add_argument("--delta-interval", type=float, default=None,
+                   help="seconds between the trainer's weight deltas (default: the trainer's; 0: full versions only)")
     p.add_argument("--catch-up-timeout", type=float, default=180.0,
                    help="seconds the trainer gets to catch up with the stream before model probes")
     p.add_argument("--work-dir", type=Path, default=None)
@@ -247,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     ports = StackPorts.free()
-    stack = LocalStack(StackOptions(work_dir=work, ports=ports, export_interval_s=args.export_interval, fresh=True))
+    stack = LocalStack(StackOptions(work_dir=work, ports=ports, export_interval_s=args.export_interval,
+                                    delta_interval_s=args.delta_interval, fresh=True))
     stream = SyntheticStream(seed=11)
     history_ms: list[float] = []
     probes: list[ModelProbe] = []
@@ -288,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                     probes.append(ModelProbe() if item is None else
                                   _model_probe(stub, stack, registry, producer, user, item, timeout_s=timeout_s))
             trainer_times = _trainer_times(stack.services["trainer"].metrics_url)
-            trainer_times["inference_load_mean_s"] = _inference_load_s(
-                [stack.services[name].metrics_url for name in stack.inference_names])
+            inference_urls = [stack.services[name].metrics_url for name in stack.inference_names]
+            trainer_times["inference_load_mean_s"] = _inference_load_s(inference_urls)
+            trainer_times["inference_delta_apply_mean_s"] = _inference_load_s(
+                inference_urls, "streamrec_inference_model_delta_apply_duration_seconds")
         except grpc.RpcError as exc:
             print(f"streamrec bench freshness: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
@@ -308,14 +336,17 @@ def main(argv: list[str] | None = None) -> int:
             "probes": len(probes),
             "held_back": sum(p.held_back for p in probes),
             "not_served": sum(p.served_s is None for p in probes),
+            "served_by_delta": sum(bool(p.served_delta) for p in probes),
         },
         "model_trained_and_exported_s": _summary([p.exported_s for p in probes]),
         "model_trained_and_registered_s": _summary([p.registered_s for p in probes]),
+        "delta_trained_and_registered_s": _summary([p.delta_registered_s for p in probes]),
         "trainer_catch_up_before_model_probes_s": round(catch_up_s, 1) if catch_up_s is not None else None,
         "trainer_kept_up": behind is None,
         "trainer_behind": behind,
         "model_probes": [asdict(p) | {"held_back": p.held_back} for p in probes],
         "export_interval_s": args.export_interval,
+        "delta_interval_s": args.delta_interval,
         "trainer_publish_times": trainer_times,
         "background_rate_eps": args.rate,
         "seconds": round(time.monotonic() - wall, 1),

@@ -54,6 +54,8 @@ class StackOptions:
     ports: StackPorts = StackPorts()
     model_name: str = "recommender"
     export_interval_s: float = 20.0
+    # Seconds between the trainer's weight deltas (trainer.delta_interval_s); None: the trainer's default, 0: none.
+    delta_interval_s: float | None = None
     # A small model keeps the demo responsive on a laptop-sized CPU.
     model_dim: int = 64
     max_len: int = 30
@@ -159,6 +161,8 @@ class LocalStack:
                 # trained 745 events/s and fell behind, 1 thread 883 and kept up.
                 "torch_threads": max(1, available_cpus() // 2),
             }
+            if opts.delta_interval_s is not None:
+                config["trainer"]["delta_interval_s"] = opts.delta_interval_s
         elif name == "inference":
             config["kafka"] = kafka
             config["grpc"] = {"host": "127.0.0.1", "port": ports.inference_grpc}
