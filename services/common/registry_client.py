@@ -117,7 +117,7 @@ class RegistryClient:
             created_at_ms=created_at_ms, newest_event_ms=newest_event_ms, trainer_id=trainer_id,
         )
         result = self._stub.RegisterDelta(request, timeout=self.timeout_s)
-        logger.info("registered weight delta", extra={"model": model_name, "model_version": base_version,
+        logger.debug("registered weight delta", extra={"model": model_name, "model_version": base_version,
                                                       "sequence": result.sequence, "size_bytes": len(payload)})
         return result
 

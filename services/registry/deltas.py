@@ -86,7 +86,7 @@ class DeltaRegistry:
             # Sequence numbers of a model are consecutive, so the newest keep_deltas are the last ones.
             removed = conn.execute(delete(model_deltas).where(
                 model_deltas.c.model_name == model, model_deltas.c.sequence <= sequence - self.keep_deltas)).rowcount
-        logger.info("delta registered", extra={"model": model, "model_version": base, "sequence": sequence,
+        logger.debug("delta registered", extra={"model": model, "model_version": base, "sequence": sequence,
                                                "size_bytes": len(request.payload), "deleted_deltas": removed})
         if self.metrics:
             self.metrics.deltas_registered.labels(model).inc()

@@ -165,9 +165,12 @@ class TrainerSection(Section):
     export_every_events: int = Field(0, ge=0, description="also export after this many new events (0: off)")
     # Between full versions, every delta_interval_s the trainer registers a weight delta of its last
     # registered version (recmodel.delta: the encoder, and the item and transition rows that changed) that
-    # inference applies within its delta_poll_s. Not while catching up (trained weights are stale anyway).
-    # 0: full versions only.
+    # inference applies within its delta_poll_s. 0: full versions only.
     delta_interval_s: float = Field(1.0, ge=0)
+    # No delta while more than this many records behind the end of `events` (a delta then carries stale
+    # weights, and building one, ~0.1-0.2 s at the demo's size, takes time from catching up). At 1,000
+    # events/s on 2 cores the trainer alternates between full and bounded steps, 300-3,000 records behind.
+    delta_max_lag: int = Field(5000, ge=0)
     # A delta larger than this is not shipped (the next full version carries it); at most the registry's
     # registry.max_delta_bytes.
     delta_max_bytes: int = Field(3 * 1024 * 1024, ge=1024)

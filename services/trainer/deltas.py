@@ -1,6 +1,7 @@
 """Weight deltas between full versions: the trainer's fast path to inference.
 
-Every ``trainer.delta_interval_s`` while the trainer keeps up, ``DeltaShipper`` builds a delta of the
+Every ``trainer.delta_interval_s`` while the trainer is at most ``trainer.delta_max_lag`` records behind the
+stream, ``DeltaShipper`` builds a delta of the
 trainer's state against its last registered version (``recmodel.delta``: the encoder, and the item and
 transition rows that changed) on the training thread, and registers it from a thread of its own, so
 training goes on during the upload. Full versions keep every guarantee (gate, rollback); a delta names
@@ -25,13 +26,14 @@ logger = logging.getLogger(__name__)
 
 class DeltaShipper:
     def __init__(self, client: RegistryClient, metrics: TrainerMetrics, *, model_name: str, trainer_id: str,
-                 interval_s: float, max_bytes: int) -> None:
+                 interval_s: float, max_bytes: int, max_lag: int = 5000) -> None:
         self.client = client
         self.metrics = metrics
         self.model_name = model_name
         self.trainer_id = trainer_id
         self.interval_s = interval_s
         self.max_bytes = max_bytes
+        self.max_lag = max_lag
         self._base: tuple[int, DeltaBase] | None = None  # (registered version, its item table and transitions)
         self._shipped_steps = -1  # trainer.steps the last delta (or the base) has
         self._last = 0.0
@@ -56,9 +58,11 @@ class DeltaShipper:
             self._base = (version, base)
             self._shipped_steps = steps
 
-    def due(self, now: float, steps: int, behind: bool) -> bool:
-        return (self._base is not None and not behind and self._future is None and steps != self._shipped_steps
-                and now - self._last >= self.interval_s)
+    def due(self, now: float, steps: int, lag: int | None) -> bool:
+        """Time for a delta: one interval since the last, something trained since, none in flight, and the trainer
+        near enough to the end of the stream (``lag`` records behind, None before it is known) for it to be fresh."""
+        return (self._base is not None and lag is not None and lag <= self.max_lag and self._future is None
+                and steps != self._shipped_steps and now - self._last >= self.interval_s)
 
     def ship(self, trainer, offsets: dict[str, dict[int, int]], newest_event_ms: int) -> None:
         """Build a delta of ``trainer`` (this thread) and register it (the shipper's thread)."""

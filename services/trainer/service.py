@@ -115,6 +115,7 @@ class TrainerService:
         self._step_users: int | None = None  # catch_up_users(...) while behind a stream that outpaces it, else None
         self._pace = CatchUpPace()
         self._behind = False  # more than catch_up_lag behind the end of `events` (see _refresh_lag)
+        self._lag: int | None = None  # records behind the end of `events` at the last refresh
         self.exporter = VersionExporter(self.client, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
                                           auto_promote=self.cfg.auto_promote, exports_dir=self.store.exports_dir,
                                           keep_exports=self.cfg.keep_exports)
@@ -207,6 +208,7 @@ class TrainerService:
         position.epoch = int(getattr(self.elector, "epoch", 0))
         self.position = position
         self._pace = CatchUpPace()  # rates are measured afresh from the restored position
+        self._lag = None
         self.registration = self.store.load_registration()
         logger.info("restored", extra={"events_trained": trainer.events_trained, "offsets": position.events_offsets,
                                         "checkpoint": self.store.exists(), "device": str(self.device)})
@@ -241,7 +243,7 @@ class TrainerService:
 
     def _delta_shipper(self, interval_s: float) -> DeltaShipper:
         return DeltaShipper(self.client, self.metrics, model_name=self.cfg.model_name, trainer_id=self.trainer_id,
-                            interval_s=interval_s, max_bytes=self.cfg.delta_max_bytes)
+                            interval_s=interval_s, max_bytes=self.cfg.delta_max_bytes, max_lag=self.cfg.delta_max_lag)
 
     def _warn_if_behind_registry(self, position: StreamPosition) -> None:
         """A checkpoint behind an already registered version means replicas do not share checkpoint_dir."""
@@ -321,7 +323,7 @@ class TrainerService:
             elif now - last_checkpoint >= cfg.checkpoint_interval_s and self._dirty(trainer):
                 self._checkpoint(trainer, position, events)
                 last_checkpoint = time.monotonic()
-            elif self.deltas.due(now, trainer.steps, self._behind):
+            elif self.deltas.due(now, trainer.steps, self._lag):
                 self._check_leader()
                 self.deltas.ship(trainer, {self.events_topic: dict(position.events_offsets)}, position.newest_event_ms)
         # Graceful stop: let the publication in flight finish, and keep what was trained.
@@ -388,6 +390,7 @@ class TrainerService:
             for p, lag in lags.items():
                 self.metrics.consumer_lag.labels(topic=self.events_topic, partition=str(p)).set(lag)
             lag = sum(lags.values())
+            self._lag = lag
             was_behind, self._behind = self._behind, lag > self.cfg.catch_up_lag
             bounded = self._pace.update(time.monotonic(), position.records_consumed, lag, self._behind)
             step_users = catch_up_users(self.cfg.catch_up_max_users, self.cfg.catch_up_lag, lag) if bounded else None
