@@ -7,6 +7,13 @@ version it applies to and is refused otherwise: by the registry (which keeps the
 which swaps the patched model in only if the version it was made from is still the one served (a new
 full version wins over a delta of the old one). A delta that does not apply is logged, counted and
 never tried again; the model served stays as it was. The loop runs supervised, like the watcher.
+
+Deltas are not judged by the promotion gate, full versions are. When the gate rejects a version newer
+than the one served (announced on ``model-versions`` and confirmed with the registry), the trainer's
+weights since the served version are worse than it beyond noise, and the deltas of the served version
+carried some of them: the follower goes back to the version as registered, and applies no delta of a
+version older than a rejected one again (the trainer's deltas are of its newest version; they apply once
+a version newer than the rejected one is promoted).
 """
 
 from __future__ import annotations
@@ -40,8 +47,12 @@ class DeltaFollower:
         on_failure: Callable[[], None] | None = None,
         on_loop_restart: Callable[[str, BaseException | None], None] | None = None,
         on_loop_health: Callable[[str, bool], None] | None = None,
+        is_rejected: Callable[[str, int], bool] | None = None,  # the registry's word on a version's gate decision
     ) -> None:
         self.fetch = fetch
+        self.is_rejected = is_rejected
+        self._announced_rejections: set[int] = set()  # versions model-versions says were rejected, to confirm
+        self._rejected = 0  # the newest version the registry confirmed rejected
         self.model_name = model_name
         self.repository = repository
         self.poll_s = poll_s
@@ -66,10 +77,35 @@ class DeltaFollower:
         while not self._stop.wait(self.poll_s):
             self.poll_once()
 
+    def note_announcement(self, event) -> None:
+        """A ``model-versions`` record (the watcher's thread): a rejection is checked at the next poll."""
+        if event.action == "rejected" and event.version > self._rejected and len(self._announced_rejections) < 64:
+            self._announced_rejections.add(int(event.version))
+
+    def _confirm_rejections(self) -> None:
+        for version in sorted(self._announced_rejections - {0}):
+            self._announced_rejections.discard(version)
+            try:
+                confirmed = self.is_rejected is None or self.is_rejected(self.model_name, version)
+            except Exception:  # noqa: BLE001 - asked again at the next rejection announced
+                confirmed = False
+            if confirmed and version > self._rejected:
+                self._rejected = version
+                logger.info("a newer version was rejected by the promotion gate: deltas of older versions are no "
+                            "longer applied", extra={"model_version": version})
+
     def poll_once(self) -> bool:
         """Fetch and apply the newest delta of the production version, if there is one; -> whether one was applied."""
+        if self._announced_rejections:
+            self._confirm_rejections()
         model = self.repository.get(PRODUCTION)
         if model is None:
+            return False
+        if model.version < self._rejected:
+            if model.delta and self.repository.swap_if(PRODUCTION, model, model.base):
+                logger.info("weight deltas dropped: serving the version as registered",
+                            extra={"model_version": model.version, "delta": model.delta,
+                                   "rejected_version": self._rejected})
             return False
         try:
             reply = self.fetch(self.model_name, model.version, after_sequence=model.delta)

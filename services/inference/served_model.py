@@ -133,6 +133,7 @@ class ServedModel:
         self.retriever = ItemRetriever(self.item_vectors, self.available, index_config, index_cache_path,
                                        quantizer=getattr(runtime, "ivf", None))
         self.delta = 0  # the weight delta applied (ModelRegistry.GetDelta's sequence); 0: the version as registered
+        self.base = self  # the version as registered (a delta's model keeps it, to go back to)
         self.newest_event_ms = int(manifest.extra.get("newest_event_ms", 0) or 0)
         self.ready = False
 

@@ -53,13 +53,6 @@ class InferenceService(GrpcEndpoint):
         self.dataplane = RecommenderDataPlane(self.repository, self.histories, s, self.batcher,
                                               on_cold_start=self.metrics.cold_start.inc,
                                               on_cache_lookup=self._count_cache_lookup)
-        self.watcher = ModelVersionWatcher(
-            config.kafka, s.model_name, self.loader, self.repository, follow_canary=s.canary_share > 0,
-            on_loaded=self._before_swap, on_failure=lambda *_: self.metrics.model_load_failures.inc(),
-            on_load_seconds=self.metrics.model_load_duration.observe,
-            on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health,
-            check=(AnnouncementCheck(source.client.get_alias, on_mismatch=self.metrics.announcement_mismatches.inc)
-                   if isinstance(source, RegistrySource) else None))
         self.deltas = None
         if s.delta_poll_s > 0 and isinstance(source, RegistrySource):
             from recmodel.serving import serving_session_options
@@ -68,7 +61,16 @@ class InferenceService(GrpcEndpoint):
                 source.client.download_delta, s.model_name, self.repository, poll_s=s.delta_poll_s,
                 warmup_requests=s.warmup_requests, session_options=lambda: serving_session_options(s.encoder_threads),
                 on_applied=self._delta_applied, on_failure=self.metrics.delta_failures.inc,
-                on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health)
+                on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health,
+                is_rejected=lambda model, v: source.client.get_version(model, v).gate_decision == "rejected")
+        self.watcher = ModelVersionWatcher(
+            config.kafka, s.model_name, self.loader, self.repository, follow_canary=s.canary_share > 0,
+            on_loaded=self._before_swap, on_failure=lambda *_: self.metrics.model_load_failures.inc(),
+            on_load_seconds=self.metrics.model_load_duration.observe,
+            on_loop_restart=self._on_loop_restart, on_loop_health=self._on_loop_health,
+            check=(AnnouncementCheck(source.client.get_alias, on_mismatch=self.metrics.announcement_mismatches.inc)
+                   if isinstance(source, RegistrySource) else None),
+            on_event=self.deltas.note_announcement if self.deltas else None)
         g = config.grpc
         self.grpc = GrpcServer(g.host, g.port, g.max_workers, g.max_message_bytes, observe=self.metrics.observe_request,
                                reuse_port=reuse_port, tls=config.tls, max_concurrent_rpcs=g.max_concurrent_rpcs,

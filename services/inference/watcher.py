@@ -44,6 +44,7 @@ class ModelVersionWatcher:
         on_loop_restart: Callable[[str, BaseException | None], None] | None = None,
         on_loop_health: Callable[[str, bool], None] | None = None,
         check=None,
+        on_event: Callable[[object], None] | None = None,
     ) -> None:
         self.kafka = kafka
         self.topic = kafka.topics.name("model_versions")
@@ -57,6 +58,7 @@ class ModelVersionWatcher:
         self._latest = None  # newest ModelVersionEvent for our model
         # AnnouncementCheck: records are cross-checked with the registry before anything is swapped.
         self._check = check
+        self._on_event = on_event  # every record of our model that is taken (e.g. gate decisions, for deltas)
         self._failed: set[int] = set()
         self._stop = threading.Event()
         self.supervisor = SupervisedThread("model-watcher", self._run, self._stop,
@@ -124,6 +126,8 @@ class ModelVersionWatcher:
             # Named again (promotion, alias set): give it another try.
             self._failed.discard(event.version)
         self._latest = event
+        if self._on_event is not None:
+            self._on_event(event)
 
     def _reconcile(self) -> None:
         event = self._latest

@@ -113,3 +113,27 @@ def test_a_delta_that_does_not_fit_the_version_served_is_refused_and_a_later_one
     good = _ship(registry_client, v2, rounds["delta_of_full"])
     wait_for(lambda: _recommend(server, user).model_delta == good, 60, "the delta made for version 2 to be served")
     assert server.metrics.deltas_applied._value.get() == 1
+
+
+def test_when_the_gate_rejects_a_newer_version_the_deltas_served_are_dropped_and_no_more_apply(
+        rounds, registry_client, make_inference, tmp_path):
+    from tests.unit.services.registry.builders import make_artifact_dir, paired_evidence
+
+    server = make_inference(delta_poll_s=0.1)
+    v1 = _register(registry_client, rounds["base"])
+    server.wait_ready(60)
+    user = sorted(server.repository.get().history_snapshot)[0]
+    seq = _ship(registry_client, v1, rounds["delta"])
+    wait_for(lambda: _recommend(server, user).model_delta == seq, 60, "the delta to be served")
+
+    # The trainer's next version is worse than v1 beyond noise: the weights the deltas of v1 carried are suspect.
+    worse = registry_client.register("recommender", make_artifact_dir(tmp_path / "worse", gate=paired_evidence(
+        v1, 0.20, 0.30, n=700)), trainer_id="test", auto_promote=True)
+    assert worse.gate_decision == "rejected"
+    wait_for(lambda: _recommend(server, user).model_delta == 0, 60, "the version as registered to be served again")
+    answer = _recommend(server, user)
+    assert answer.model_version == v1 and len(answer.items) == 10
+    # A later delta of v1 is not applied any more (the trainer's next deltas are of the rejected version).
+    _ship(registry_client, v1, rounds["delta"])
+    assert server.deltas.poll_once() is False
+    assert _recommend(server, user).model_delta == 0
