@@ -6,7 +6,7 @@ import itertools
 from types import SimpleNamespace
 
 from bench import freshness
-from streamrec_proto.v1 import registry_pb2
+from streamrec_proto.v1 import recommender_pb2, registry_pb2
 
 TOPIC = "streamrec.events"
 
@@ -20,12 +20,16 @@ class FakeRegistry:
     def __init__(self, versions):
         self.versions = {v.version: v for v in versions}
         self.visible = 0  # versions registered so far
+        self.deltas: dict[tuple[int, int], registry_pb2.ModelDelta] = {}
 
     def list_versions(self, model):
         return [v for n, v in sorted(self.versions.items()) if n <= self.visible]
 
     def get_version(self, model, n):
         return self.versions[n]
+
+    def get_delta(self, model, base_version, sequence):
+        return self.deltas.get((base_version, sequence), registry_pb2.ModelDelta())
 
 
 class FakeInference:
@@ -42,10 +46,11 @@ class FakeInference:
             version.created_at_ms, version.registered_at_ms = int(self.clock["t"] * 1000) - 500, int(self.clock["t"] * 1000)
         version = self.served[min(self.calls, len(self.served) - 1)]
         self.calls += 1
-        return SimpleNamespace(model_version=version)
+        version, delta = version if isinstance(version, tuple) else (version, 0)
+        return recommender_pb2.RecommendResponse(model_version=version, model_delta=delta)
 
 
-def _run(monkeypatch, versions, served, timeout_s=30.0):
+def _run(monkeypatch, versions, served, timeout_s=30.0, deltas=()):
     stack = SimpleNamespace(kafka_config=SimpleNamespace(topics=SimpleNamespace(name=lambda key: TOPIC)),
                             options=SimpleNamespace(partitions=1, model_name="m"))
     monkeypatch.setattr(freshness, "make_consumer", lambda *a: SimpleNamespace(end_offsets=lambda p: {},
@@ -62,6 +67,7 @@ def _run(monkeypatch, versions, served, timeout_s=30.0):
     monkeypatch.setattr(freshness.time, "perf_counter", tick)
     monkeypatch.setattr(freshness.time, "time", lambda: clock["t"])
     registry = FakeRegistry(versions)
+    registry.deltas = {(d.base_version, d.sequence): d for d in deltas}
     return freshness._model_probe(FakeInference(registry, served, clock), stack, registry, None, "u", "i", timeout_s)
 
 
@@ -83,6 +89,21 @@ def test_a_probe_never_served_is_still_reported(monkeypatch):
     assert not straight.held_back and straight.served_s is not None
 
 
+def test_a_probe_served_first_by_a_weight_delta_trained_past_the_event_counts_it(monkeypatch):
+    # v1 was trained before the event; its delta 4 too; its delta 5 trained past it, served at the third call.
+    versions = [_version(1, 50, "promoted"), _version(2, 300, "promoted")]
+    deltas = [registry_pb2.ModelDelta(base_version=1, sequence=s, registered_at_ms=1_002_000,
+                                      training_offsets=[registry_pb2.TopicPartitionOffset(topic=TOPIC, partition=0,
+                                                                                          offset=o)])
+              for s, o in ((4, 90), (5, 120))]
+    probe = _run(monkeypatch, versions, served=[(1, 4), (1, 4), (1, 5), 2], deltas=deltas)
+    assert probe.served_delta == 5 and probe.served_s == 4.0  # the third answer (a second per clock reading)
+    assert probe.delta_registered_s == 1.0  # the registry's clock, against the probe's start (1,001 s)
+    # A delta the registry no longer keeps is not counted: the probe goes on to the next answer.
+    unknown = _run(monkeypatch, versions, served=[(1, 9), 2], deltas=deltas)
+    assert unknown.served_delta == 0 and unknown.served_s == 3.0  # the second answer, by v2
+
+
 def test_summary_counts_every_probe():
     probes = [freshness.ModelProbe(1.0, 2, "promoted", 3.0), freshness.ModelProbe(1.0, 3, "held", 130.0),
               freshness.ModelProbe(None, 0, "", None)]
@@ -102,12 +123,15 @@ def test_trainer_times_are_the_mean_of_each_stage_read_from_the_trainers_metrics
         metrics.export_stage_duration.labels(stage="write").observe(seconds)
         metrics.export_stage_duration.labels(stage="register").observe(seconds / 2)
     metrics.checkpoint_duration.observe(1.5)
+    metrics.delta_duration.observe(0.25)
+    metrics.deltas_shipped.inc(3)
     server = MetricsServer(registry, host="127.0.0.1", port=0).start()
     try:
         times = freshness._trainer_times(f"http://127.0.0.1:{server.port}/metrics")
     finally:
         server.stop()
-    assert times == {"mean_s": {"write": 0.3, "register": 0.15, "checkpoint": 1.5}, "exports": 2}
+    assert times == {"mean_s": {"write": 0.3, "register": 0.15, "checkpoint": 1.5, "delta_build": 0.25}, "exports": 2,
+                     "deltas_shipped": 3}
 
 
 def test_model_probes_wait_for_a_trainer_that_reports_a_small_lag_and_is_not_catching_up():
