@@ -23,7 +23,6 @@ import threading
 import time
 from typing import Callable
 
-from recmodel.artifact import ArtifactError
 from recmodel.delta import read_delta
 from services.common.supervision import SupervisedThread
 from services.inference.repository import PRODUCTION, ModelRepository
@@ -130,7 +129,7 @@ class DeltaFollower:
             patched = model.with_delta(delta, reply.sequence, offsets, reply.newest_event_ms,
                                        session_options=self.session_options() if self.session_options else None)
             patched.warm_up(self.warmup_requests)
-        except (ArtifactError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a delta makes fail, the version served stays; never retried
             if len(self._failed) >= MAX_REMEMBERED_FAILURES:
                 self._failed.clear()
             self._failed.add(key)

@@ -70,7 +70,15 @@ class DeltaShipper:
         start = time.perf_counter()
         self._last = time.monotonic()
         self._shipped_steps = trainer.steps
-        data, counts = build_delta(trainer, base)
+        try:
+            data, counts = build_delta(trainer, base)
+        except Exception as exc:  # noqa: BLE001 - a delta is an optimisation: training and full versions go on
+            self.metrics.delta_failures.labels("build").inc()
+            if not self._warned_failure:
+                logger.warning("weight delta could not be built; full versions go on", extra={"error": str(exc)},
+                               exc_info=True)
+                self._warned_failure = True
+            return
         self.metrics.delta_duration.observe(time.perf_counter() - start)
         if len(data) > self.max_bytes:
             self.metrics.delta_failures.labels("too_large").inc()

@@ -72,7 +72,7 @@ class TrainerMetrics:
         self.deltas_shipped = Counter(
             "streamrec_trainer_deltas_shipped", "Weight deltas registered between full versions", registry=registry)
         self.delta_failures = Counter(
-            "streamrec_trainer_delta_failures", "Weight deltas not shipped, by reason (too_large, refused)",
+            "streamrec_trainer_delta_failures", "Weight deltas not shipped, by reason (too_large, refused, build)",
             ["reason"], registry=registry)
         self.delta_duration = Histogram(
             "streamrec_trainer_delta_duration_seconds", "Time to build one weight delta on the training thread",

@@ -137,3 +137,44 @@ def test_when_the_gate_rejects_a_newer_version_the_deltas_served_are_dropped_and
     _ship(registry_client, v1, rounds["delta"])
     assert server.deltas.poll_once() is False
     assert _recommend(server, user).model_delta == 0
+
+
+def _encoder_that_fails_when_run() -> bytes:
+    """An ONNX model with the user encoder's inputs that loads, but wants float64 vectors, so every run fails."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("item_vectors", TensorProto.DOUBLE, ["b", 10, 16]),
+              helper.make_tensor_value_info("event_types", TensorProto.INT64, ["b", 10]),
+              helper.make_tensor_value_info("gap_buckets", TensorProto.INT64, ["b", 10]),
+              helper.make_tensor_value_info("mask", TensorProto.BOOL, ["b", 10])]
+    out = helper.make_tensor_value_info("user_vector", TensorProto.DOUBLE, ["b", 16])
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["item_vectors"], ["user_vector"], axes=[1], keepdims=0)],
+                              "fails", inputs, [out])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def test_a_delta_whose_encoder_fails_at_warm_up_is_refused_and_the_server_stays_serving(
+        rounds, registry_client, make_inference):
+    import io
+
+    import numpy as np
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = make_inference(delta_poll_s=0.1)
+    v1 = _register(registry_client, rounds["base"])
+    server.wait_ready(60)
+    user = sorted(server.repository.get().history_snapshot)[0]
+    with np.load(io.BytesIO(rounds["delta"]), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["encoder"] = np.frombuffer(_encoder_that_fails_when_run(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    _ship(registry_client, v1, buf.getvalue())
+    wait_for(lambda: server.metrics.delta_failures._value.get() >= 1, 60, "the delta to be refused")
+    # Refused once, not retried: the loop stays healthy and the server SERVING, answering with v1 as registered.
+    good = _ship(registry_client, v1, rounds["delta"])
+    wait_for(lambda: _recommend(server, user).model_delta == good, 60, "the next delta to be served")
+    assert server.metrics.delta_failures._value.get() == 1
+    with open_channel(server.target, tls_for("app")) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
