@@ -101,9 +101,7 @@ def build_delta(trainer, base: DeltaBase) -> tuple[bytes, dict]:
     """The npz bytes of ``trainer``'s delta against ``base``, and counts (rows, transition_rows, bytes).
 
     The trainer's model and RNG state are left as they were (as by a full export)."""
-    import torch
-
-    from recmodel.export import export_user_encoder
+    from recmodel.export import export_trainer_encoder
 
     known = [(n, i) for n, i in enumerate(base.ids) if i in trainer.vocab]
     rows = np.fromiter((n for n, _ in known), dtype=np.int64, count=len(known))
@@ -114,10 +112,7 @@ def build_delta(trainer, base: DeltaBase) -> tuple[bytes, dict]:
     ids = np.array([ids[j] for j in np.flatnonzero(moved)], dtype=np.str_)
     tr_rows, tr_indptr, tr_indices, tr_probs = _changed_transition_rows(base, trainer.transitions.to_csr(base.ids))
     with tempfile.TemporaryDirectory(prefix="streamrec-delta-") as tmp:
-        path = Path(tmp) / "user_encoder.onnx"
-        with torch.random.fork_rng(devices=[]):
-            export_user_encoder(trainer.model.user_encoder, path, dim=trainer.dim, max_len=trainer.max_len)
-        trainer.model.to(trainer.device)  # export moved the encoder to the CPU
+        path = export_trainer_encoder(trainer, Path(tmp) / "user_encoder.onnx")
         encoder = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, base_items_sha256=np.array(base.items_sha256), encoder=encoder, rows=rows, ids=ids,

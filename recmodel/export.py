@@ -116,12 +116,18 @@ def _empty_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def _write_encoders(trainer, out: Path, *, int8: bool) -> None:
-    """``user_encoder.onnx`` (and its int8 twin); the trainer's model and RNG state are left as they were."""
-    model = trainer.model
+def export_trainer_encoder(trainer, path: str | Path) -> Path:
+    """``trainer``'s user encoder as ONNX at ``path``; the trainer's model and RNG state are left as they were
+    (a full artifact's ``user_encoder.onnx``, and a weight delta's encoder)."""
     with torch.random.fork_rng(devices=[]):
-        export_user_encoder(model.user_encoder, out / "user_encoder.onnx", dim=trainer.dim, max_len=trainer.max_len)
-    model.to(trainer.device)  # export moved the encoder to the CPU
+        export_user_encoder(trainer.model.user_encoder, path, dim=trainer.dim, max_len=trainer.max_len)
+    trainer.model.to(trainer.device)  # export moved the encoder to the CPU
+    return Path(path)
+
+
+def _write_encoders(trainer, out: Path, *, int8: bool) -> None:
+    """``user_encoder.onnx`` (and its int8 twin)."""
+    export_trainer_encoder(trainer, out / "user_encoder.onnx")
     if int8:
         quantize_int8(out / "user_encoder.onnx", out / "user_encoder.int8.onnx")
 

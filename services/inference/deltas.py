@@ -82,7 +82,7 @@ class DeltaFollower:
             self._announced_rejections.add(int(event.version))
 
     def _confirm_rejections(self) -> None:
-        for version in sorted(self._announced_rejections - {0}):
+        for version in sorted(self._announced_rejections):
             self._announced_rejections.discard(version)
             try:
                 confirmed = self.is_rejected is None or self.is_rejected(self.model_name, version)
@@ -106,6 +106,7 @@ class DeltaFollower:
                             extra={"model_version": model.version, "delta": model.delta,
                                    "rejected_version": self._rejected})
             return False
+        start = time.perf_counter()  # the apply time the metrics report includes the download
         try:
             reply = self.fetch(self.model_name, model.version, after_sequence=model.delta)
         except Exception as exc:  # noqa: BLE001 - the registry may be away: keep serving, ask again later
@@ -120,13 +121,12 @@ class DeltaFollower:
         key = (model.version, int(reply.sequence))
         if reply.sequence <= model.delta or reply.base_version != model.version or key in self._failed:
             return False
-        start = time.perf_counter()
         offsets: dict[str, dict[int, int]] = {}
         for o in reply.training_offsets:
             offsets.setdefault(o.topic, {})[int(o.partition)] = int(o.offset)
         try:
             delta = read_delta(reply.payload, dim=int(model.item_vectors.shape[1]), n_items=len(model.item_ids))
-            patched = model.with_delta(delta, reply.sequence, offsets, reply.newest_event_ms,
+            patched = model.with_delta(delta, reply.sequence, offsets,
                                        session_options=self.session_options() if self.session_options else None)
             patched.warm_up(self.warmup_requests)
         except Exception as exc:  # noqa: BLE001 - whatever a delta makes fail, the version served stays; never retried

@@ -134,11 +134,10 @@ class ServedModel:
                                        quantizer=getattr(runtime, "ivf", None))
         self.delta = 0  # the weight delta applied (ModelRegistry.GetDelta's sequence); 0: the version as registered
         self.base = self  # the version as registered (a delta's model keeps it, to go back to)
-        self.newest_event_ms = int(manifest.extra.get("newest_event_ms", 0) or 0)
         self.ready = False
 
-    def with_delta(self, delta, sequence: int, training_offsets: Mapping[str, Mapping[int, int]],
-                   newest_event_ms: int, *, session_options=None) -> "ServedModel":
+    def with_delta(self, delta, sequence: int, training_offsets: Mapping[str, Mapping[int, int]], *,
+                   session_options=None) -> "ServedModel":
         """A new, not yet warmed-up model: this version with a weight delta (``recmodel.delta.Delta``) applied.
 
         The item rows, their ids, categories and the retrieval index are shared; the encoder, the item
@@ -151,7 +150,6 @@ class ServedModel:
         new.retriever = self.retriever.with_vectors(new.item_vectors)
         new.delta = int(sequence)
         new.training_offsets = {t: {int(p): int(o) for p, o in parts.items()} for t, parts in training_offsets.items()}
-        new.newest_event_ms = max(self.newest_event_ms, int(newest_event_ms))
         new.ready = False
         return new
 

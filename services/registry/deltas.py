@@ -20,7 +20,7 @@ from sqlalchemy import delete, select, update
 from services.common.errors import FailedPrecondition, InvalidInput, NotFound, StreamrecError
 from services.registry.database import Database, model_deltas, model_versions, registered_models
 from services.registry.metrics import RegistryMetrics
-from services.registry.reads import ACTIVE
+from services.registry.reads import ACTIVE, offset_protos
 from services.registry.upload import check_model_name
 from streamrec_proto.v1 import registry_pb2
 
@@ -170,8 +170,7 @@ def _check_not_behind(base: int, offsets: dict[tuple[str, int], int], base_offse
 def _delta_proto(row: dict, with_payload: bool) -> registry_pb2.ModelDelta:
     return registry_pb2.ModelDelta(
         model_name=row["model_name"], base_version=row["base_version"], sequence=row["sequence"],
-        training_offsets=[registry_pb2.TopicPartitionOffset(topic=t, partition=p, offset=o)
-                          for t, p, o in json.loads(row["training_offsets_json"])],
+        training_offsets=offset_protos(row["training_offsets_json"]),
         created_at_ms=row["created_at_ms"], registered_at_ms=row["registered_at_ms"],
         newest_event_ms=row["newest_event_ms"], payload_sha256=row["payload_sha256"],
         payload_size_bytes=row["payload_size_bytes"], payload=row["payload"] if with_payload else b"",

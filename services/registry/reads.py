@@ -99,14 +99,19 @@ def check_alias(alias: str) -> str:
     return alias
 
 
+def offset_protos(training_offsets_json: str) -> list[registry_pb2.TopicPartitionOffset]:
+    """Stored ``[[topic, partition, offset], ...]`` (versions and deltas alike) as the API returns them."""
+    return [registry_pb2.TopicPartitionOffset(topic=t, partition=p, offset=o)
+            for t, p, o in json.loads(training_offsets_json)]
+
+
 def version_proto_of(row, alias_map: dict[str, int]) -> registry_pb2.ModelVersion:
-    offsets = json.loads(row.training_offsets_json)
     return registry_pb2.ModelVersion(
         model_name=row.model_name, version=row.version, state=row.state,
         aliases=sorted(a for a, v in alias_map.items() if v == row.version),
         manifest_json=row.manifest_json, metrics=json.loads(row.metrics_json),
         artifact_sha256=row.artifact_sha256, artifact_size_bytes=row.artifact_size_bytes,
         created_at_ms=row.created_at_ms, parent_version=row.parent_version, trainer_id=row.trainer_id,
-        training_offsets=[registry_pb2.TopicPartitionOffset(topic=t, partition=p, offset=o) for t, p, o in offsets],
+        training_offsets=offset_protos(row.training_offsets_json),
         gate_decision=row.gate_decision, gate_reason=row.gate_reason, registered_at_ms=row.registered_at_ms or 0,
     )
