@@ -67,11 +67,15 @@ def catch_up_users(max_users: int, catch_up_lag: int, lag: int) -> int | None:
 class CatchUpPace:
     """Whether a trainer behind the stream must bound its steps (:func:`catch_up_users`): only while the stream
     arrives faster than the trainer consumes it training every user. That rate is measured over each lag
-    refresh interval the trainer spends behind from start to end (so busy) and unbounded. A backlog with nothing faster behind
-    it, a restart or a backfill of an existing topic, is trained in full."""
+    refresh interval the trainer spends behind from start to end (so busy) and unbounded. A backlog with nothing
+    faster behind it, a restart or a backfill of an existing topic, is trained in full.
+
+    Each spell behind the stream measures that rate afresh, starting unbounded: a rate from an earlier spell may
+    come from a busier moment (the stack's start, an export) and would bound every later spell without ever
+    being measured again, since a bounded spell cannot measure it. Once caught up, the rate is forgotten."""
 
     def __init__(self) -> None:
-        self.full_rate: float | None = None  # records/s consumed behind the stream, every user trained
+        self.full_rate: float | None = None  # records/s consumed behind the stream, every user trained (this spell)
         self.arrival_rate: float | None = None  # records/s arriving on `events`
         self._last: tuple[float, int, int, bool, bool] | None = None  # time, consumed, end, behind, bounded
 
@@ -83,6 +87,8 @@ class CatchUpPace:
             self.arrival_rate = (end - end0) / (now - t0)
             if was_behind and behind and not was_bounded:  # busy throughout, training every user
                 self.full_rate = (consumed - consumed0) / (now - t0)
+        if not behind:
+            self.full_rate = None  # caught up: the next spell behind measures again
         bounded = (behind and self.full_rate is not None and self.arrival_rate is not None
                    and self.arrival_rate > self.full_rate)
         self._last = (now, consumed, end, behind, bounded)
