@@ -10,11 +10,14 @@ What a good streaming recommender should be able to pick up, and the baselines m
 * popularity skew (log-normal item appeal) and an attention boost for freshly arrived items;
 * new items and new users keep arriving over time.
 
-Everything is drawn from one ``numpy`` generator seeded with ``seed``, so a seed gives the same stream.
+Everything is drawn from ``numpy`` generators seeded with ``seed``, so a seed gives the same stream. An
+``episode`` other than 0 is another draw of the events in the same world (the same users, items and
+tastes at the start): a stream that goes on without repeating any user's sequence.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -88,6 +91,7 @@ class SyntheticStream:
         new_item_boost: float = 3.0,
         start_ms: int = 1_700_000_000_000,
         duration_ms: int = 30 * 24 * 3600 * 1000,
+        episode: int = 0,
     ) -> None:
         if not 1 <= n_categories <= len(_CATEGORY_WORDS):
             raise ValueError(f"n_categories must be in 1..{len(_CATEGORY_WORDS)}")
@@ -106,6 +110,9 @@ class SyntheticStream:
         self.new_item_boost = new_item_boost
         self.start_ms = start_ms
         self.duration_ms = duration_ms
+        if episode < 0:
+            raise ValueError("episode must be >= 0")
+        self.episode = episode
         self._build_world()
         self._events: list[Event] | None = None
         self._final_taste: dict[str, set[str]] = {}
@@ -199,6 +206,15 @@ class SyntheticStream:
             return set(self._final_taste[user_id])
         return {self.categories[c] for c in self._user_taste0[u]}
 
+    def with_episode(self, episode: int) -> "SyntheticStream":
+        """The same world (users, items, their ids and texts) with the events of ``episode``."""
+        if episode < 0:
+            raise ValueError("episode must be >= 0")
+        other = copy.copy(self)  # the world's arrays are shared, never written after _build_world
+        other.episode = episode
+        other._events = None
+        return other
+
     # ---------------------------------------------------------------- events
     def events(self) -> Iterator[Event]:
         """Events in time order; event ids are unique."""
@@ -211,7 +227,7 @@ class SyntheticStream:
             self._events = self._simulate()
 
     def _simulate(self) -> list[Event]:
-        rng = np.random.default_rng([self.seed, 2])
+        rng = np.random.default_rng([self.seed, 2] if self.episode == 0 else [self.seed, 2, self.episode])
         times = np.sort(rng.integers(0, self.duration_ms, self.n_events)) + self.start_ms
         by_cat = [np.flatnonzero(self._item_cat == c) for c in range(self.n_categories)]
         users = [_UserState(taste=list(t)) for t in self._user_taste0]
@@ -290,7 +306,7 @@ class SyntheticStream:
         kind = _EVENT_KINDS[rng.choice(len(_EVENT_KINDS), p=_EVENT_KIND_P)]
         value = float(rng.integers(1, 6)) if kind == "rating" else 1.0
         return Event(
-            event_id=f"s{self.seed}-e{n}",
+            event_id=f"s{self.seed}-e{n}" if self.episode == 0 else f"s{self.seed}.{self.episode}-e{n}",
             user_id=self._user_ids[u],
             item_id=self._item_ids[j],
             type=str(kind),

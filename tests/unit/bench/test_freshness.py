@@ -125,13 +125,15 @@ def test_trainer_times_are_the_mean_of_each_stage_read_from_the_trainers_metrics
     metrics.checkpoint_duration.observe(1.5)
     metrics.delta_duration.observe(0.25)
     metrics.deltas_shipped.inc(3)
+    metrics.events_trained.inc(5_000)
+    metrics.users_shed.inc(40)
     server = MetricsServer(registry, host="127.0.0.1", port=0).start()
     try:
         times = freshness._trainer_times(f"http://127.0.0.1:{server.port}/metrics")
     finally:
         server.stop()
     assert times == {"mean_s": {"write": 0.3, "register": 0.15, "checkpoint": 1.5, "delta_build": 0.25}, "exports": 2,
-                     "deltas_shipped": 3}
+                     "deltas_shipped": 3, "events_trained": 5_000, "users_shed": 40}
 
 
 def test_model_probes_wait_for_a_trainer_that_reports_a_small_lag_and_is_not_catching_up():
@@ -182,16 +184,26 @@ def test_inference_load_time_is_the_mean_over_every_replicas_metrics_endpoint():
             s.stop()
 
 
-def test_the_background_stream_goes_on_after_the_demo_stream_with_event_ids_of_its_own():
+def test_the_background_stream_goes_on_with_new_episodes_of_the_same_world_and_never_repeats_a_sequence():
     from recmodel.data import SyntheticStream
 
-    stream = SyntheticStream(seed=11, n_users=20, n_items=30, n_events=50)
+    stream = SyntheticStream(seed=11, n_users=20, n_items=30, n_events=200)
     first = list(stream.events())
-    events = list(itertools.islice(freshness._endless(stream), 125))  # two passes and a half
-    assert events[:50] == first
-    assert [(e.user_id, e.item_id, e.type) for e in events[50:100]] == [(e.user_id, e.item_id, e.type) for e in first]
+    n = len(first)
+    events = list(itertools.islice(freshness._endless(stream), 2 * n + n // 2))  # two episodes and a half
+    assert events[:n] == first
+    # The same users and items, other sequences: no user redoes the first episode's events in order.
+    later = events[n:]
+    assert all(0 <= int(e.user_id[1:]) < 20 for e in later)  # user ids are u<index>
+    assert {e.item_id for e in later} <= {i.item_id for i in stream.items()}
+    first_seq = {u: [e.item_id for e in first if e.user_id == u] for u in {e.user_id for e in first}}
+    second = events[n : 2 * n]
+    second_seq = {u: [e.item_id for e in second if e.user_id == u] for u in {e.user_id for e in second}}
+    assert not [u for u, seq in second_seq.items() if len(seq) >= 3 and first_seq.get(u) == seq]
     ids = [e.event_id for e in events]
-    assert len(set(ids)) == 125 and ids[50] == first[0].event_id + ".1" and ids[100] == first[0].event_id + ".2"
+    assert len(set(ids)) == len(ids)  # the ingester drops a repeated id
+    # Deterministic: a second run publishes the same events.
+    assert [e.event_id for e in itertools.islice(freshness._endless(stream), len(events))] == ids
 
 
 def test_trainer_state_reads_events_trained_the_lag_over_every_partition_and_catching_up():

@@ -20,6 +20,20 @@ def test_same_seed_gives_the_same_stream_and_another_seed_does_not(stream):
     assert [e.item_id for e in other.events()] != [e.item_id for e in stream.events()]
 
 
+def test_another_episode_is_the_same_world_with_other_events_and_ids(stream):
+    episode = stream.with_episode(1)
+    assert episode.items() == stream.items()
+    events, first = list(episode.events()), list(stream.events())
+    assert list(stream.with_episode(1).events()) == events  # deterministic
+    assert list(stream.with_episode(0).events()) == first
+    assert [e.item_id for e in events[:200]] != [e.item_id for e in first[:200]]
+    assert not {e.event_id for e in events} & {e.event_id for e in first}
+    assert {e.user_id for e in events} <= {f"u{n}" for n in range(SMALL["n_users"])}
+    assert list(stream.events()) == first  # the original is untouched
+    with pytest.raises(ValueError, match="episode"):
+        stream.with_episode(-1)
+
+
 def test_events_are_time_ordered_with_unique_ids_and_reference_arrived_items(stream):
     events = list(stream.events())
     assert all(isinstance(e, Event) for e in events)
