@@ -338,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                     item = _top_item(stub, user, timeout_s)
                     probes.append(ModelProbe() if item is None else
                                   _model_probe(stub, stack, registry, producer, user, item, timeout_s=timeout_s))
+                gate = _gate_decisions(registry.list_versions(stack.options.model_name, include_archived=True))
             trainer_times = _trainer_times(stack.services["trainer"].metrics_url)
-            gate = _gate_decisions(registry.list_versions(stack.options.model_name, include_archived=True))
             inference_urls = [stack.services[name].metrics_url for name in stack.inference_names]
             trainer_times["inference_load_mean_s"] = _inference_load_s(inference_urls)
             trainer_times["inference_delta_apply_mean_s"] = _inference_load_s(

@@ -230,3 +230,11 @@ def test_trainer_state_reads_events_trained_the_lag_over_every_partition_and_cat
         assert freshness._trainer_state(url) == (4_200, 1_000, True)
     finally:
         server.stop()
+
+
+def test_gate_decisions_are_counted_by_decision():
+    from streamrec_proto.v1 import registry_pb2
+
+    versions = [registry_pb2.ModelVersion(version=n, gate_decision=d)
+                for n, d in enumerate(["promoted", "rejected", "promoted", "", "held"], start=1)]
+    assert freshness._gate_decisions(versions) == {"held": 1, "none": 1, "promoted": 2, "rejected": 1}
