@@ -29,7 +29,7 @@ class TrainerScoring:
         self.model.eval()
         out = []
         for lo in range(0, len(histories), 512):
-            tokens = [self._tokens(h) for h in histories[lo : lo + 512]]
+            tokens = [self._tokens(h, targets=False) for h in histories[lo : lo + 512]]
             batch = inference_tensors(tokens, now_ms[lo : lo + 512], self.max_len, self.device)
             out.append(self.model.encode(*batch).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)

@@ -258,13 +258,15 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
             recent, ((e[0], self.is_target(user_id, e)) for e in new))
 
     # ------------------------------------------------------------------ batches
-    def _tokens(self, entries: Sequence[HistoryEntry], user_id: str = "") -> list[Token]:
-        """(slot, type id, time, is a training target) per known item; ``user_id`` decides the holdout."""
+    def _tokens(self, entries: Sequence[HistoryEntry], user_id: str = "", targets: bool = True) -> list[Token]:
+        """(slot, type id, time, is a training target) per known item; ``user_id`` decides the holdout.
+        ``targets=False`` for tokens read as input only (encoding a user, the part of a window before its
+        first new target): their flag is False, and the holdout hash is not computed for them."""
         out = []
         for entry in entries:
             slot = self.vocab.slot(entry[0])
             if slot:
-                out.append((slot, event_type_id(entry[1]), int(entry[2]), self.is_target(user_id, entry)))
+                out.append((slot, event_type_id(entry[1]), int(entry[2]), targets and self.is_target(user_id, entry)))
         return out
 
     def _candidates(self, pos_targets: torch.Tensor):
@@ -433,9 +435,10 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
             # The windows reach back at most max_len tokens before the first new one: only the tail of the
             # kept history (up to replay_history entries) is read, unless some of it is no longer known.
             tail = old[-self.max_len:]
-            old_tokens = self._tokens(tail, user)
+            # Inputs only: a window's loss starts at its first new token (new_target_windows).
+            old_tokens = self._tokens(tail, user, targets=False)
             if len(old_tokens) < len(tail) and len(old) > len(tail):
-                old_tokens = self._tokens(old, user)[-self.max_len:]
+                old_tokens = self._tokens(old, user, targets=False)[-self.max_len:]
             windows.extend(new_target_windows(old_tokens + self._tokens(new, user), len(old_tokens), self.max_len))
         # A bounded step keeps replay at most half of its new windows, as in a step of the usual batch_size.
         n_replay = self.replay_batch if max_users is None else min(self.replay_batch, len(windows) // 2)
