@@ -64,19 +64,24 @@ def catch_up_users(max_users: int, catch_up_lag: int, lag: int) -> int | None:
     return max(min(CATCH_UP_MIN_USERS, max_users), max_users * catch_up_lag // max(lag, catch_up_lag))
 
 
+FULL_RATE_MAX_AGE_S = 60.0
+
+
 class CatchUpPace:
     """Whether a trainer behind the stream must bound its steps (:func:`catch_up_users`): only while the stream
     arrives faster than the trainer consumes it training every user. That rate is measured over each lag
     refresh interval the trainer spends behind from start to end (so busy) and unbounded. A backlog with nothing
     faster behind it, a restart or a backfill of an existing topic, is trained in full.
 
-    Each spell behind the stream measures that rate afresh, starting unbounded: a rate from an earlier spell may
-    come from a busier moment (the stack's start, an export) and would bound every later spell without ever
-    being measured again, since a bounded spell cannot measure it. Once caught up, the rate is forgotten."""
+    A measured rate is used for ``max_age_s``; then the trainer trains every user again until it has measured
+    the rate anew. A bounded trainer cannot measure it, so without an age a rate from a busier moment (the
+    stack's start measured 292 events/s, against ~950 later) would bound every later spell behind the stream."""
 
-    def __init__(self) -> None:
-        self.full_rate: float | None = None  # records/s consumed behind the stream, every user trained (this spell)
+    def __init__(self, max_age_s: float = FULL_RATE_MAX_AGE_S) -> None:
+        self.max_age_s = max_age_s
+        self.full_rate: float | None = None  # records/s consumed behind the stream, every user trained
         self.arrival_rate: float | None = None  # records/s arriving on `events`
+        self._measured_at = 0.0
         self._last: tuple[float, int, int, bool, bool] | None = None  # time, consumed, end, behind, bounded
 
     def update(self, now: float, consumed: int, lag: int, behind: bool) -> bool:
@@ -87,8 +92,9 @@ class CatchUpPace:
             self.arrival_rate = (end - end0) / (now - t0)
             if was_behind and behind and not was_bounded:  # busy throughout, training every user
                 self.full_rate = (consumed - consumed0) / (now - t0)
-        if not behind:
-            self.full_rate = None  # caught up: the next spell behind measures again
+                self._measured_at = now
+        if self.full_rate is not None and now - self._measured_at > self.max_age_s:
+            self.full_rate = None  # too old: train every user until it is measured again
         bounded = (behind and self.full_rate is not None and self.arrival_rate is not None
                    and self.arrival_rate > self.full_rate)
         self._last = (now, consumed, end, behind, bounded)

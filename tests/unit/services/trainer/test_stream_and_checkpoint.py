@@ -126,28 +126,28 @@ def test_steps_are_bounded_only_while_the_stream_arrives_faster_than_every_user_
     assert pace.full_rate == 1000.0
     # The stream slows to 500/s, below what full training consumes: every user again while draining.
     assert not pace.update(6.0, 24_000, 2_000, behind=True)
-    # A position restored from an older checkpoint (consumed goes back) is not read as a rate.
-    assert not pace.update(7.0, 20_000, 6_000, behind=True) and pace.full_rate == 1000.0
     assert not pace.update(8.0, 25_000, 0, behind=False)  # caught up
-    assert pace.full_rate is None  # forgotten
+    # A position restored from an older checkpoint (consumed goes back) is not read as a rate.
+    assert not pace.update(10.0, 20_000, 20_000, behind=True) and pace.full_rate == 1000.0
 
 
-def test_each_spell_behind_the_stream_measures_the_full_rate_again():
-    """A full-training rate measured in a busy moment (here 300/s, as at a stack's start) does not bound the
-    next spell behind: that spell starts unbounded and is bounded only if it too falls further behind."""
-    from services.trainer.service import CatchUpPace
+def test_a_full_training_rate_is_used_for_a_minute_then_measured_again():
+    """A rate measured in a busy moment (here 300/s, as at a stack's start) bounds the spells behind the stream
+    that follow for FULL_RATE_MAX_AGE_S only: then the trainer trains every user until it has measured again."""
+    from services.trainer.service import FULL_RATE_MAX_AGE_S, CatchUpPace
 
+    assert FULL_RATE_MAX_AGE_S == 60.0
     pace = CatchUpPace()
     assert not pace.update(0.0, 0, 2_000, behind=True)
     assert pace.update(2.0, 600, 3_400, behind=True)  # 1,000/s arrive, 300/s consumed training everyone
-    assert pace.update(4.0, 3_600, 2_400, behind=True)  # bounded: gaining on the stream
-    assert not pace.update(6.0, 6_000, 2_000, behind=False) and pace.full_rate is None  # caught up
-    assert not pace.update(8.0, 7_500, 2_500, behind=True)  # behind again: unbounded, nothing measured yet
-    # Training everyone now consumes 1,200/s against 1,000/s arriving: still unbounded.
-    assert not pace.update(10.0, 9_900, 2_100, behind=True) and pace.full_rate == 1200.0
-    # Slower than the stream in this spell (800/s): bounded until caught up.
-    assert pace.update(12.0, 11_500, 2_500, behind=True) and pace.full_rate == 800.0
-    assert pace.update(14.0, 14_000, 2_000, behind=True) and pace.full_rate == 800.0
+    assert not pace.update(4.0, 3_600, 2_400, behind=False)  # caught up
+    assert pace.update(30.0, 29_000, 3_000, behind=True)  # behind again within the minute: bounded at once
+    assert pace.full_rate == 300.0
+    # Past the minute: unbounded, and the next interval behind measures the rate again (1,200/s: keeps up).
+    assert not pace.update(63.0, 61_000, 4_000, behind=True) and pace.full_rate is None
+    assert not pace.update(65.0, 63_400, 3_600, behind=True) and pace.full_rate == 1200.0
+    # Slower than the stream now (800/s): bounded again, on a fresh measurement.
+    assert pace.update(67.0, 65_000, 4_000, behind=True) and pace.full_rate == 800.0
 
 
 def test_a_trainer_that_is_behind_spends_at_most_its_share_of_time_publishing():
