@@ -137,11 +137,13 @@ class TrainerSection(Section):
     # Behind the end of `events` by more than catch_up_lag records (summed over partitions, refreshed
     # every 2 s): train catch_up_batch_size events per step instead of model.batch_size, so a step's
     # cost spreads over more events (one window per user carries all of that user's new targets)
-    # until the trainer has caught up. 0 turns it off.
+    # until the trainer has caught up. Not behind, a step takes one micro-batch's events, from batch_size up to
+    # catch_up_batch_size (services.trainer.service.step_events), so steps grow with a fast stream. 0 turns
+    # both off.
     catch_up_lag: int = Field(1000, ge=1)
     catch_up_batch_size: int = Field(2048, ge=0)
     # While catching up and the stream arrives faster than the trainer consumes it training every user (as
-    # measured behind it), a step trains the new windows of at most this many of its micro-batch's users at
+    # measured behind it, within the last minute), a step trains the new windows of at most this many of its micro-batch's users at
     # catch_up_lag records behind, and fewer in proportion as the lag grows (half as many at twice the lag,
     # at least 8), drawn at random: the lag settles where the trainer keeps up with the stream, training as
     # many users as that allows. Every event still enters the catalog, the histories, the transition table

@@ -174,3 +174,14 @@ def test_config_carries_the_recipe_transition_span_and_refuses_bad_values_by_nam
                      ("transition_span_decay", 0)):
         with pytest.raises(ConfigError, match=key):
             load_config(TrainerConfig, environ={}, overrides={"trainer": {"model": {key: bad}}})
+
+
+def test_step_events_follow_the_poll_between_batch_size_and_the_catch_up_size():
+    from services.trainer.service import step_events
+
+    assert step_events(40, 256, 2048, behind=False) == 256  # a slow stream: one step of what the poll holds
+    assert step_events(700, 256, 2048, behind=False) == 700  # a fast one: one step for the poll, not three
+    assert step_events(5000, 256, 2048, behind=False) == 2048
+    assert step_events(40, 256, 2048, behind=True) == 2048  # behind: the catch-up size
+    assert step_events(700, 256, 0, behind=False) is None and step_events(700, 256, 0, behind=True) is None
+    assert step_events(100, 512, 300, behind=False) == 300  # never above the catch-up size
