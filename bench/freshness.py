@@ -30,14 +30,13 @@ backlog.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,26 +139,53 @@ def _inference_load_s(metrics_urls: list[str], name: str = "streamrec_inference_
     return round(sums / counts, 3) if counts else None
 
 
-def _endless(stream):
+EPISODES_AHEAD = 5  # ~35,000 events each: the first ~3 minutes at 1,000 events/s
+
+
+class _Episodes:
     """The stream's events, then further episodes of its world (the same users and items, other events; see
     ``SyntheticStream.with_episode``), so that the background rate lasts the whole run without any user
-    repeating a sequence. Each episode is drawn on a thread while the one before it is published.
+    repeating a sequence. Episodes are drawn on a thread, ``ahead`` of the one being published; the first
+    ``ahead`` start at once, so that drawing them (~5 s of CPU each) is done before the measurement starts
+    (``wait_drawn``) instead of taking CPU from the stack on the same cores during it.
 
     Why not the same events again with new timestamps: every user then redid their exact sequence with other
     interactions held out (``recmodel.holdout`` hashes the timestamp), and each newly trained version scored
     worse on those replays than versions that had not seen the replay yet, so the gate rejected most new
     versions (3-7 points of hit@10; on a stream that does not repeat, the newer version scores 2-8 points
     better)."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="demo-episodes")
-    try:
-        upcoming = pool.submit(lambda: list(stream.with_episode(1).events()))
-        yield from stream.events()
-        for n in itertools.count(2):
-            events = upcoming.result()
-            upcoming = pool.submit(lambda n=n: list(stream.with_episode(n).events()))
-            yield from events
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+
+    def __init__(self, stream, ahead: int = EPISODES_AHEAD) -> None:
+        self.stream = stream
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="demo-episodes")
+        self._upcoming = deque(self._pool.submit(_episode, stream, n) for n in range(1, ahead + 1))
+        self._next = ahead + 1
+
+    def wait_drawn(self) -> None:
+        for future in list(self._upcoming):
+            future.result()
+
+    def __iter__(self):
+        try:
+            yield from self.stream.events()
+            while True:
+                events = self._upcoming.popleft().result()
+                self._upcoming.append(self._pool.submit(_episode, self.stream, self._next))
+                self._next += 1
+                yield from events
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _episode(stream, n: int) -> list:
+    return list(stream.with_episode(n).events())
+
+
+def _endless(stream, ahead: int = EPISODES_AHEAD):
+    return iter(_Episodes(stream, ahead))
 
 
 def _trainer_state(metrics_url: str) -> tuple[float, float | None, bool]:
@@ -299,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = LocalStack(StackOptions(work_dir=work, ports=ports, export_interval_s=args.export_interval,
                                     delta_interval_s=args.delta_interval, fresh=True))
     stream = SyntheticStream(seed=11)
+    background = _Episodes(stream)  # drawn while the stack starts
     history_ms: list[float] = []
     probes: list[ModelProbe] = []
     trainer_times: dict = {}
@@ -307,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     behind: dict | None = None  # the trainer did not catch up: no model probes
     wall = time.monotonic()
     with stack:
-        publisher = DemoPublisher(stack.kafka_config, stream.items(), _endless(stream), rate=args.rate).start()
+        background.wait_drawn()
+        publisher = DemoPublisher(stack.kafka_config, stream.items(), iter(background), rate=args.rate).start()
         producer = make_producer(stack.kafka_config, linger_ms=0)
         producer.partitions_for(stack.kafka_config.topics.name("events_raw"))  # connected, metadata known
         try:
@@ -350,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             producer.close()
             publisher.stop()
+            background.close()
     result = {
         "bench": "freshness",
         "history_visible_ms": {
