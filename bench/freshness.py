@@ -149,11 +149,10 @@ class _Episodes:
     ``ahead`` start at once, so that drawing them (~5 s of CPU each) is done before the measurement starts
     (``wait_drawn``) instead of taking CPU from the stack on the same cores during it.
 
-    Why not the same events again with new timestamps: every user then redid their exact sequence with other
-    interactions held out (``recmodel.holdout`` hashes the timestamp), and each newly trained version scored
-    worse on those replays than versions that had not seen the replay yet, so the gate rejected most new
-    versions (3-7 points of hit@10; on a stream that does not repeat, the newer version scores 2-8 points
-    better)."""
+    Why not the same events again with new timestamps: real traffic does not replay every user's exact
+    sequence, and the replay is what made the gate reject most new versions while the holdout still hashed
+    each interaction's timestamp (see ``recmodel.holdout``).
+    """
 
     def __init__(self, stream, ahead: int = EPISODES_AHEAD) -> None:
         self.stream = stream

@@ -245,8 +245,7 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
 
     def is_target(self, user_id: str, entry: HistoryEntry) -> bool:
         """Whether the model may learn to predict this interaction (positive and not held out)."""
-        item_id, etype, ts = entry
-        return self.is_positive(etype) and not is_holdout(user_id, item_id, ts, self.holdout_fraction)
+        return self.is_positive(entry[1]) and not is_holdout(user_id, entry[0], self.holdout_fraction)
 
     def _count_transitions(self, user_id: str, old: Sequence[HistoryEntry], new: Sequence[HistoryEntry]) -> None:
         # The table continues each user's sequence from its last `span` steps: kept from the user's previous

@@ -56,8 +56,9 @@ class ModelSection(Section):
     text_encoder: Literal["minilm", "hashing"] = "minilm"
     hashing_dim: int = Field(64, ge=4, description="dimension of the hashing text encoder")
     event_weights: dict[str, float] | None = None
-    # The standing holdout: this fraction of interactions is input only, never a training target, so
-    # every model version can be judged on the recent ones (see services/trainer/holdout.py).
+    # The standing holdout: this fraction of (user, item) pairs is input only, never a training target, so
+    # every model version can be judged on the recent interactions (recmodel/holdout.py,
+    # services/trainer/holdout.py).
     holdout_fraction: float = Field(0.05, ge=0, lt=1)
 
     def trainer_kwargs(self) -> dict:

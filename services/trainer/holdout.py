@@ -1,7 +1,8 @@
 """Champion/challenger evidence for the registry's promotion gate, from the standing holdout.
 
-The model trains with ``holdout_fraction``: interactions chosen by ``recmodel.holdout.is_holdout`` are
-kept as input but never used as targets, by this model or by any version before it. ``HoldoutBuffer``
+The model trains with ``holdout_fraction``: the interactions of the (user, item) pairs that
+``recmodel.holdout.is_holdout`` chooses are kept as input but never used as targets, by this model or by
+any version before it. ``HoldoutBuffer``
 keeps the most recent of them (with the user's history at that moment, as the trainer saw it). At each
 export, ``ChampionChallenger.judge`` scores them with the candidate and with the current production
 version, and writes the paired result into the artifact's manifest as ``gate.*`` metrics, which the
@@ -103,7 +104,7 @@ class HoldoutBuffer:
         fraction = float(getattr(trainer, "holdout_fraction", 0.0))
         for e in events:
             before = self.histories.append(e)
-            if before and trainer.is_positive(e.type) and is_holdout(e.user_id, e.item_id, e.timestamp_ms, fraction):
+            if before and trainer.is_positive(e.type) and is_holdout(e.user_id, e.item_id, fraction):
                 key = (e.user_id, e.item_id, int(e.timestamp_ms))
                 self._queries[key] = HoldoutQuery(e.user_id, before, int(e.timestamp_ms), e.item_id)
                 self._queries.move_to_end(key)

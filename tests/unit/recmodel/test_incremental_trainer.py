@@ -195,9 +195,9 @@ def test_the_standing_holdout_is_input_but_never_a_target(small_stream):
     from recmodel.holdout import is_holdout
 
     events = list(small_stream.events())
-    held = [e for e in events if is_holdout(e.user_id, e.item_id, e.timestamp_ms, 0.2)]
+    held = [e for e in events if is_holdout(e.user_id, e.item_id, 0.2)]
     assert 0.1 * len(events) < len(held) < 0.3 * len(events)  # about the fraction, always the same ones
-    assert held == [e for e in events if is_holdout(e.user_id, e.item_id, e.timestamp_ms, 0.2)]
+    assert held == [e for e in events if is_holdout(e.user_id, e.item_id, 0.2)]
     trainer = make_trainer(holdout_fraction=0.2)
     trainer.upsert_items(small_stream.items())
     trainer.train_events(events)
@@ -207,6 +207,26 @@ def test_the_standing_holdout_is_input_but_never_a_target(small_stream):
     assert not trainer.is_target(e.user_id, entry)
     tokens = trainer._tokens([entry], e.user_id)
     assert tokens and tokens[0][3] is False
+
+
+def test_a_held_out_pair_is_never_a_target_however_often_it_repeats(small_stream):
+    """The holdout is chosen per (user, item): a user who repeats an interaction never has it trained one time
+    and held out the next (which made the gate favour versions that had not seen the latest repetitions)."""
+    from recmodel.holdout import is_holdout
+
+    events = list(small_stream.events())
+    user, item = next((e.user_id, e.item_id) for e in events if is_holdout(e.user_id, e.item_id, 0.2))
+    kept = next(e.item_id for e in events if not is_holdout(user, e.item_id, 0.2))
+    trainer = make_trainer(holdout_fraction=0.2)
+    trainer.upsert_items(small_stream.items())
+    t0 = events[-1].timestamp_ms
+    repeats = [Event(f"rep-{n}", user, it, "purchase", 1.0, t0 + 1000 * n)
+               for n, it in enumerate([item, kept, item, kept, item])]
+    trainer.train_events(events + repeats)
+    assert not any(trainer.is_target(user, (item, "purchase", t0 + 1000 * n)) for n in range(0, 5, 2))
+    assert all(trainer.is_target(user, (kept, "purchase", t0 + 1000 * n)) for n in range(1, 5, 2))
+    assert [t[3] for t in trainer._tokens([(e.item_id, e.type, e.timestamp_ms) for e in repeats], user)] == \
+        [False, True, False, True, False]
 
 
 def test_id_dropout_trains_warm_items_through_their_text_alone_and_never_serves_so():

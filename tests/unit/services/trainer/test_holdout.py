@@ -78,7 +78,7 @@ def test_buffer_keeps_positive_holdout_events_with_the_history_before_them():
     expected = []
     for e in events:
         before = history.setdefault(e.user_id, [])
-        if before and e.type != "dislike" and is_holdout(e.user_id, e.item_id, e.timestamp_ms, 0.2):
+        if before and e.type != "dislike" and is_holdout(e.user_id, e.item_id, 0.2):
             expected.append((e.user_id, tuple(before[-5:]), e.item_id))
         before.append((e.item_id, e.type, e.timestamp_ms))
     assert [(q.user_id, q.history, q.item_id) for q in buffer.queries()] == expected
