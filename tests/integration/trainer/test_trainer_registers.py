@@ -255,10 +255,11 @@ def test_every_version_is_registered_after_a_checkpoint_that_covers_it(kafka_con
     publish_items(kafka_config, stream.items())
     publish_events(kafka_config, list(stream.events()))
     ends = end_offsets(kafka_config)
-    # Checkpoints only come with exports here. The backlog is trained at the usual pace (no catching up, which
-    # would stretch the pause between exports), so several versions are registered on the way.
+    # Checkpoints only come with exports here. The backlog is trained at the usual pace, steps of batch_size (no
+    # catching up, which would stretch the pause between exports, and no larger steps for larger polls), so
+    # several versions are registered on the way.
     config = _trainer_config(kafka_config, registry, tmp_path, export_interval_s=0.5, checkpoint_interval_s=3600,
-                             poll_max_records=300, catch_up_lag=10**9)
+                             poll_max_records=300, catch_up_lag=10**9, catch_up_batch_size=0)
     service = TrainerService(config, TrainerMetrics(CollectorRegistry()), AlwaysLeader())
     events_topic = kafka_config.topics.name("events")
     registered: list[tuple[dict, dict]] = []  # (the version's offsets, the checkpoint's) at each registration
