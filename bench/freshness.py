@@ -116,8 +116,8 @@ def _trainer_times(metrics_url: str) -> dict:
     return {"mean_s": {name: round(s / n, 3) for name, (s, n) in parts.items() if n},
             "exports": int(parts.get("register", (0, 0))[1]),
             "deltas_shipped": int(total(samples, "streamrec_trainer_deltas_shipped_total")),
-            # Users whose new windows a bounded step left to replay (the stream outpaced full training).
             "events_trained": int(total(samples, "streamrec_trainer_events_trained_total")),
+            # Users whose new windows a bounded step left to replay (the stream outpaced full training).
             "users_shed": int(total(samples, "streamrec_trainer_users_shed_total"))}
 
 
