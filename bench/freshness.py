@@ -183,10 +183,6 @@ def _episode(stream, n: int) -> list:
     return list(stream.with_episode(n).events())
 
 
-def _endless(stream, ahead: int = EPISODES_AHEAD):
-    return iter(_Episodes(stream, ahead))
-
-
 def _trainer_state(metrics_url: str) -> tuple[float, float | None, bool]:
     """(events trained so far, lag in records over every partition or None before any is reported, whether
     it is catching up) from the trainer's /metrics."""

@@ -51,6 +51,7 @@ class DeltaFollower:
         self.fetch = fetch
         self.is_rejected = is_rejected
         self._announced_rejections: set[int] = set()  # versions model-versions says were rejected, to confirm
+        self._announced_lock = threading.Lock()  # added to on the watcher's thread, taken on this loop's
         self._rejected = 0  # the newest version the registry confirmed rejected
         self.model_name = model_name
         self.repository = repository
@@ -78,12 +79,15 @@ class DeltaFollower:
 
     def note_announcement(self, event) -> None:
         """A ``model-versions`` record (the watcher's thread): a rejection is checked at the next poll."""
-        if event.action == "rejected" and event.version > self._rejected and len(self._announced_rejections) < 64:
-            self._announced_rejections.add(int(event.version))
+        if event.action == "rejected" and event.version > self._rejected:
+            with self._announced_lock:
+                if len(self._announced_rejections) < 64:
+                    self._announced_rejections.add(int(event.version))
 
     def _confirm_rejections(self) -> None:
-        for version in sorted(self._announced_rejections):
-            self._announced_rejections.discard(version)
+        with self._announced_lock:
+            pending, self._announced_rejections = sorted(self._announced_rejections), set()
+        for version in pending:
             try:
                 confirmed = self.is_rejected is None or self.is_rejected(self.model_name, version)
             except Exception:  # noqa: BLE001 - asked again at the next rejection announced

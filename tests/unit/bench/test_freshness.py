@@ -190,7 +190,7 @@ def test_the_background_stream_goes_on_with_new_episodes_of_the_same_world_and_n
     stream = SyntheticStream(seed=11, n_users=20, n_items=30, n_events=200)
     first = list(stream.events())
     n = len(first)
-    events = list(itertools.islice(freshness._endless(stream), 2 * n + n // 2))  # two episodes and a half
+    events = list(itertools.islice(iter(freshness._Episodes(stream)), 2 * n + n // 2))  # two episodes and a half
     assert events[:n] == first
     # The same users and items, other sequences: no user redoes the first episode's events in order.
     later = events[n:]
@@ -203,7 +203,7 @@ def test_the_background_stream_goes_on_with_new_episodes_of_the_same_world_and_n
     ids = [e.event_id for e in events]
     assert len(set(ids)) == len(ids)  # the ingester drops a repeated id
     # Deterministic: a second run publishes the same events.
-    assert [e.event_id for e in itertools.islice(freshness._endless(stream), len(events))] == ids
+    assert [e.event_id for e in itertools.islice(iter(freshness._Episodes(stream)), len(events))] == ids
 
 
 def test_trainer_state_reads_events_trained_the_lag_over_every_partition_and_catching_up():
