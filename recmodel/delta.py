@@ -18,7 +18,6 @@ Pure numpy and stdlib to read (``read_delta``, ``apply_*``); ``build_delta`` nee
 from __future__ import annotations
 
 import io
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -101,7 +100,7 @@ def build_delta(trainer, base: DeltaBase) -> tuple[bytes, dict]:
     """The npz bytes of ``trainer``'s delta against ``base``, and counts (rows, transition_rows, bytes).
 
     The trainer's model and RNG state are left as they were (as by a full export)."""
-    from recmodel.export import export_trainer_encoder
+    from recmodel.export import encoder_onnx_bytes
 
     known = [(n, i) for n, i in enumerate(base.ids) if i in trainer.vocab]
     rows = np.fromiter((n for n, _ in known), dtype=np.int64, count=len(known))
@@ -111,9 +110,8 @@ def build_delta(trainer, base: DeltaBase) -> tuple[bytes, dict]:
     rows, vectors = rows[moved], np.asarray(vectors[moved], dtype=np.float32)
     ids = np.array([ids[j] for j in np.flatnonzero(moved)], dtype=np.str_)
     tr_rows, tr_indptr, tr_indices, tr_probs = _changed_transition_rows(base, trainer.transitions.to_csr(base.ids))
-    with tempfile.TemporaryDirectory(prefix="streamrec-delta-") as tmp:
-        path = export_trainer_encoder(trainer, Path(tmp) / "user_encoder.onnx")
-        encoder = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    encoder = np.frombuffer(encoder_onnx_bytes(trainer.model.user_encoder, dim=trainer.dim, max_len=trainer.max_len),
+                            dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, base_items_sha256=np.array(base.items_sha256), encoder=encoder, rows=rows, ids=ids,
              vectors=vectors, tr_rows=tr_rows, tr_indptr=tr_indptr, tr_indices=tr_indices, tr_probs=tr_probs)

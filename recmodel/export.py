@@ -15,10 +15,15 @@ Files (see :mod:`recmodel.artifact` for the manifest):
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
+import io
 import json
 import logging
+import tempfile
+import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Mapping
 
@@ -37,34 +42,136 @@ ONNX_OUTPUT = "user_vector"
 OPSET = 17
 
 
-def export_user_encoder(encoder: torch.nn.Module, path: str | Path, *, dim: int, max_len: int) -> Path:
-    """Export the user encoder to ONNX (TorchScript exporter; dynamo exporter as a fallback)."""
-    path = Path(path)
-    encoder = encoder.eval().cpu()
+def _example_inputs(dim: int, max_len: int) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(0)
-    args = (
+    return (
         torch.randn(2, max_len, dim, generator=gen),
         torch.ones(2, max_len, dtype=torch.long),
         torch.ones(2, max_len, dtype=torch.long),
         torch.ones(2, max_len, dtype=torch.bool),
     )
+
+
+def _torch_export(encoder: torch.nn.Module, f, args: tuple, *, fold: bool = True) -> None:
+    """``torch.onnx.export`` of the user encoder to ``f`` (a path or a binary file) with the TorchScript exporter."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                encoder, args, str(path), input_names=list(ONNX_INPUTS), output_names=[ONNX_OUTPUT],
-                dynamic_axes={n: {0: "batch"} for n in (*ONNX_INPUTS, ONNX_OUTPUT)},
-                opset_version=OPSET, dynamo=False,
-            )
-        except Exception as exc:  # the TorchScript exporter may be gone in a future torch
-            log.info("falling back to the dynamo ONNX exporter", extra={"reason": str(exc)[:200]})
-            batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        torch.onnx.export(
+            encoder, args, f, input_names=list(ONNX_INPUTS), output_names=[ONNX_OUTPUT],
+            dynamic_axes={n: {0: "batch"} for n in (*ONNX_INPUTS, ONNX_OUTPUT)},
+            opset_version=OPSET, dynamo=False, do_constant_folding=fold,
+        )
+
+
+def export_user_encoder(encoder: torch.nn.Module, path: str | Path, *, dim: int, max_len: int) -> Path:
+    """Export the user encoder to ONNX (TorchScript exporter; dynamo exporter as a fallback)."""
+    path = Path(path)
+    encoder = encoder.eval().cpu()
+    args = _example_inputs(dim, max_len)
+    try:
+        _torch_export(encoder, str(path), args)
+    except Exception as exc:  # the TorchScript exporter may be gone in a future torch
+        log.info("falling back to the dynamo ONNX exporter", extra={"reason": str(exc)[:200]})
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 encoder, args, input_names=list(ONNX_INPUTS), output_names=[ONNX_OUTPUT],
                 dynamic_shapes=tuple({0: batch} for _ in ONNX_INPUTS), dynamo=True, external_data=False,
             )
-            program.save(str(path))
+        program.save(str(path))
     return path
+
+
+class EncoderTemplate:
+    """The user encoder's ONNX graph, traced once; each export writes the module's current weights into it.
+
+    Tracing costs ~0.1 s of CPU, which a trainer shipping a weight delta every second would pay every
+    second; the graph never changes while training goes on, only the initializers' values do. It is traced
+    without constant folding (ONNX Runtime folds at session creation), so every parameter and buffer stays
+    an initializer named by its ``state_dict`` key, and from a copy of the module whose parameters hold
+    distinct random values: the exporter merges initializers that are equal, such as two LayerNorms still
+    at their initial ones, which would tie them for good. Construction checks that every ``state_dict``
+    entry is an initializer of that name and that the filled graph computes what the module computes
+    (ONNX Runtime against torch), and raises ``TemplateUnavailable`` otherwise.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, *, dim: int, max_len: int) -> None:
+        import onnx
+
+        self._signature = self._shapes(encoder)
+        probe = copy.deepcopy(encoder).cpu().eval()
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for param in probe.parameters():
+                param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype))
+        args = _example_inputs(dim, max_len)
+        buf = io.BytesIO()
+        with torch.random.fork_rng(devices=[]):
+            _torch_export(probe, buf, args, fold=False)
+        self._model = onnx.load_model_from_string(buf.getvalue())
+        by_name = {init.name: init for init in self._model.graph.initializer}
+        missing = [k for k in self._signature if k not in by_name]
+        if missing:
+            raise TemplateUnavailable(f"weights not initializers of the traced graph: {missing[:5]}")
+        self._slots = {k: by_name[k] for k in self._signature}
+        self._check(encoder, args)
+
+    @staticmethod
+    def _shapes(encoder: torch.nn.Module) -> dict[str, tuple]:
+        return {k: (tuple(v.shape), v.dtype) for k, v in encoder.state_dict().items()}
+
+    def matches(self, encoder: torch.nn.Module) -> bool:
+        return self._shapes(encoder) == self._signature
+
+    def to_bytes(self, encoder: torch.nn.Module) -> bytes:
+        """The ONNX file of ``encoder`` (same structure as the one traced) with its current weights."""
+        from onnx import numpy_helper
+
+        for name, tensor in encoder.state_dict().items():
+            slot = self._slots[name]
+            slot.CopyFrom(numpy_helper.from_array(tensor.detach().cpu().numpy(), name))
+        return self._model.SerializeToString()
+
+    def _check(self, encoder: torch.nn.Module, args: tuple) -> None:
+        import onnxruntime as ort
+
+        data = self.to_bytes(encoder)
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            want = copy.deepcopy(encoder).cpu().eval()(*args).numpy()
+        got = session.run(None, dict(zip(ONNX_INPUTS, (a.numpy() for a in args))))[0]
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+            raise TemplateUnavailable("the traced graph filled with the module's weights does not reproduce it")
+
+
+class TemplateUnavailable(RuntimeError):
+    """The encoder cannot be exported through an :class:`EncoderTemplate` (it is traced in full each time)."""
+
+
+_templates: "weakref.WeakKeyDictionary[torch.nn.Module, EncoderTemplate | None]" = weakref.WeakKeyDictionary()
+_templates_lock = threading.Lock()
+
+
+def encoder_onnx_bytes(encoder: torch.nn.Module, *, dim: int, max_len: int) -> bytes:
+    """``encoder`` as ONNX file bytes, through its cached :class:`EncoderTemplate` (traced at the first call,
+    and again if the module's parameters change shape); a module that no template reproduces is traced in
+    full every time. The module's mode, device and the RNG state are left as they were."""
+    with _templates_lock:
+        template = _templates.get(encoder, False)
+        if template is False or (template is not None and not template.matches(encoder)):
+            try:
+                template = EncoderTemplate(encoder, dim=dim, max_len=max_len)
+            except Exception as exc:  # noqa: BLE001 - any exporter failure: trace in full instead
+                log.info("exporting the user encoder in full each time", extra={"reason": str(exc)[:200]})
+                template = None
+            _templates[encoder] = template
+        if template is not None:
+            return template.to_bytes(encoder)
+    probe = copy.deepcopy(encoder)
+    with tempfile.TemporaryDirectory(prefix="streamrec-onnx-") as tmp, torch.random.fork_rng(devices=[]):
+        path = export_user_encoder(probe, Path(tmp) / "user_encoder.onnx", dim=dim, max_len=max_len)
+        return path.read_bytes()
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
@@ -119,10 +226,9 @@ def _empty_dir(out_dir: str | Path) -> Path:
 def export_trainer_encoder(trainer, path: str | Path) -> Path:
     """``trainer``'s user encoder as ONNX at ``path``; the trainer's model and RNG state are left as they were
     (a full artifact's ``user_encoder.onnx``, and a weight delta's encoder)."""
-    with torch.random.fork_rng(devices=[]):
-        export_user_encoder(trainer.model.user_encoder, path, dim=trainer.dim, max_len=trainer.max_len)
-    trainer.model.to(trainer.device)  # export moved the encoder to the CPU
-    return Path(path)
+    path = Path(path)
+    path.write_bytes(encoder_onnx_bytes(trainer.model.user_encoder, dim=trainer.dim, max_len=trainer.max_len))
+    return path
 
 
 def _write_encoders(trainer, out: Path, *, int8: bool) -> None:

@@ -199,3 +199,75 @@ def test_score_ranks_any_list_of_items_and_keeps_the_rows_of_a_catalogue_tuple(s
     np.testing.assert_array_equal(scores[:, :-1], first[:, ::-1])
     assert np.all(scores[:, -1] == -np.inf)
     np.testing.assert_array_equal(served.score(histories, 10**13, ids[::-1]), first[:, ::-1])
+
+
+def _onnx_vectors(data: bytes, trainer, rng) -> tuple[np.ndarray, np.ndarray]:
+    """User vectors of the ONNX file ``data`` and of torch, for the same random encoder inputs."""
+    import onnxruntime as ort
+    import torch
+
+    n, length, dim = 16, trainer.max_len, trainer.dim
+    feeds = {"item_vectors": rng.standard_normal((n, length, dim)).astype(np.float32),
+             "event_types": rng.integers(0, 5, (n, length)), "gap_buckets": rng.integers(0, 20, (n, length)),
+             "mask": rng.random((n, length)) < 0.8}
+    feeds["mask"][:, -1] = True
+    got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    encoder = trainer.model.user_encoder
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        want = encoder(*(torch.from_numpy(feeds[k]) for k in ("item_vectors", "event_types", "gap_buckets", "mask"))).numpy()
+    encoder.train(was_training)
+    return got, want
+
+
+def test_later_exports_write_the_trained_weights_into_the_graph_traced_at_the_first(small_stream):
+    """The encoder is traced once (``EncoderTemplate``); an export after more training computes what the trained
+    module does, including weights that were equal when it was traced (fresh LayerNorms), which the exporter
+    would otherwise have merged into one initializer."""
+    import torch
+
+    from recmodel import export as export_mod
+    from tests.unit.recmodel.conftest import make_trainer
+
+    trainer = make_trainer(seed=5)
+    trainer.upsert_items(small_stream.items())
+    encoder = trainer.model.user_encoder
+    rng = np.random.default_rng(0)
+    first = export_mod.encoder_onnx_bytes(encoder, dim=trainer.dim, max_len=trainer.max_len)
+    assert isinstance(export_mod._templates[encoder], export_mod.EncoderTemplate)
+    got, want = _onnx_vectors(first, trainer, rng)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    trainer.train_events(list(small_stream.events())[:800])
+    with torch.no_grad():  # two LayerNorms that were equal at the trace now differ
+        encoder.blocks[-1].ln1.weight.mul_(3.0)
+    rng_state, mode = torch.get_rng_state(), encoder.training
+    later = export_mod.encoder_onnx_bytes(encoder, dim=trainer.dim, max_len=trainer.max_len)
+    assert torch.equal(torch.get_rng_state(), rng_state) and encoder.training == mode
+    got, want = _onnx_vectors(later, trainer, rng)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    stale, _ = _onnx_vectors(first, trainer, np.random.default_rng(1))
+    fresh, _ = _onnx_vectors(later, trainer, np.random.default_rng(1))
+    assert np.abs(stale - fresh).max() > 1e-3  # the first file really had other weights
+
+
+def test_an_encoder_no_template_reproduces_is_traced_in_full_every_time(small_stream, monkeypatch):
+    from recmodel import export as export_mod
+    from tests.unit.recmodel.conftest import make_trainer
+
+    def refuse(self, *args, **kwargs):
+        raise export_mod.TemplateUnavailable("the graph does not reproduce the module")
+
+    monkeypatch.setattr(export_mod.EncoderTemplate, "__init__", refuse)
+    trainer = make_trainer(seed=6)
+    trainer.upsert_items(small_stream.items())
+    encoder = trainer.model.user_encoder
+    rng = np.random.default_rng(2)
+    first = export_mod.encoder_onnx_bytes(encoder, dim=trainer.dim, max_len=trainer.max_len)
+    assert export_mod._templates[encoder] is None
+    trainer.train_events(list(small_stream.events())[:400])
+    later = export_mod.encoder_onnx_bytes(encoder, dim=trainer.dim, max_len=trainer.max_len)
+    got, want = _onnx_vectors(later, trainer, rng)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert first != later
