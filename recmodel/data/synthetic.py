@@ -61,6 +61,22 @@ _EVENT_KINDS = np.array(["view", "click", "cart", "purchase", "like", "rating"])
 _EVENT_KIND_P = [0.55, 0.2, 0.08, 0.05, 0.07, 0.05]
 
 
+def _draw(rng: np.random.Generator, cdf: np.ndarray) -> int:
+    """``rng.choice(len(cdf), p=p)`` for ``cdf = _cdf(p)``: the same uniform draw and the same arithmetic as
+    numpy's (``Generator.choice`` takes ``p.cumsum()``, divides it by its last entry and searches a
+    ``random()`` in it), without checking ``p`` at every draw."""
+    return int(cdf.searchsorted(rng.random(), side="right"))
+
+
+def _cdf(p) -> np.ndarray:
+    cdf = np.asarray(p, dtype=np.float64).cumsum()
+    cdf /= cdf[-1]
+    return cdf
+
+
+_EVENT_KIND_CDF = _cdf(_EVENT_KIND_P)
+
+
 @dataclass
 class _UserState:
     """What the simulation tracks per user: liked categories (they drift), items consumed, the last item."""
@@ -233,9 +249,10 @@ class SyntheticStream:
         users = [_UserState(taste=list(t)) for t in self._user_taste0]
         user_order = np.argsort(self._user_arrival, kind="stable")
         user_arr_sorted = self._user_arrival[user_order]
+        active_cdfs: dict[int, np.ndarray] = {}  # per number of users arrived
         events: list[Event] = []
         for n, t in enumerate(times):
-            u = self._pick_active_user(rng, t, user_order, user_arr_sorted)
+            u = self._pick_active_user(rng, t, user_order, user_arr_sorted, active_cdfs)
             state = users[u]
             if rng.random() < self.drift_prob:
                 self._drift_taste(rng, state.taste)
@@ -250,12 +267,14 @@ class SyntheticStream:
         }
         return events
 
-    def _pick_active_user(self, rng: np.random.Generator, t, user_order, user_arr_sorted) -> int:
+    def _pick_active_user(self, rng: np.random.Generator, t, user_order, user_arr_sorted, cdfs: dict) -> int:
         """A user who has arrived by ``t``, drawn in proportion to activity."""
         n_active = int(np.searchsorted(user_arr_sorted, t, side="right"))
-        active = user_order[:n_active]
-        w = self._user_activity[active]
-        return int(active[rng.choice(n_active, p=w / w.sum())])
+        cdf = cdfs.get(n_active)  # changes only as users arrive
+        if cdf is None:
+            w = self._user_activity[user_order[:n_active]]
+            cdf = cdfs[n_active] = _cdf(w / w.sum())
+        return int(user_order[_draw(rng, cdf)])
 
     def _drift_taste(self, rng: np.random.Generator, taste: list[int]) -> None:
         """Swap one liked category for one the user does not like yet."""
@@ -279,17 +298,17 @@ class SyntheticStream:
         if len(cand) == 0:
             return -1
         p = self._item_weights(cand, t, u)
-        return int(cand[rng.choice(len(cand), p=p / p.sum())])
+        return int(cand[_draw(rng, _cdf(p / p.sum()))])
 
     def _unconsumed_candidates(self, in_category: np.ndarray, t, consumed: set[int]) -> np.ndarray:
         """Items of the category that have arrived and the user has not consumed; else any such item."""
         cand = in_category[self._item_arrival[in_category] <= t]
-        if consumed:
-            cand = cand[[k not in consumed for k in cand]]
+        if consumed:  # (membership of Python ints: numpy scalars hash alike, but slowly)
+            cand = cand[np.fromiter((k not in consumed for k in cand.tolist()), dtype=bool, count=len(cand))]
         if len(cand) == 0:
             # The user has exhausted this category: explore anything not yet consumed.
             cand = np.flatnonzero(self._item_arrival <= t)
-            cand = cand[[k not in consumed for k in cand]]
+            cand = cand[np.fromiter((k not in consumed for k in cand.tolist()), dtype=bool, count=len(cand))]
         return cand
 
     def _item_weights(self, cand: np.ndarray, t, u: int) -> np.ndarray:
@@ -303,7 +322,7 @@ class SyntheticStream:
         return self._item_appeal[cand] * fresh * aff * first_part
 
     def _make_event(self, rng: np.random.Generator, n: int, u: int, j: int, t) -> Event:
-        kind = _EVENT_KINDS[rng.choice(len(_EVENT_KINDS), p=_EVENT_KIND_P)]
+        kind = _EVENT_KINDS[_draw(rng, _EVENT_KIND_CDF)]
         value = float(rng.integers(1, 6)) if kind == "rating" else 1.0
         return Event(
             event_id=f"s{self.seed}-e{n}" if self.episode == 0 else f"s{self.seed}.{self.episode}-e{n}",
