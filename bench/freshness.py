@@ -20,8 +20,9 @@
     delta: where (b)'s time goes.
 
 Starts its own stack (on free ports, in a temporary directory) with a steady demo stream at ``--rate``
-for the whole run: the synthetic stream is published again and again, each pass with event ids of its
-own. When the trainer cannot keep up with that rate (its lag does not come down within
+for the whole run: the synthetic stream's catalog, then its events and further episodes of the same
+world (``_Episodes``), published by kcat (``bench.kcat.PacedKcat``) so that the load generator takes
+little of the cores the stack runs on; ``background_published_eps`` is the rate it reached. When the trainer cannot keep up with that rate (its lag does not come down within
 ``--catch-up-timeout``), (b) is not measured: ``trainer_kept_up`` is false, and ``trainer_behind`` gives
 its lag and the events/s it trained, since a model trained on a new event then waits behind a growing
 backlog.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -310,9 +312,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
 
+    if shutil.which("kcat") is None:
+        print("streamrec bench freshness: kcat is not installed (Debian package `kcat`); run `make install`",
+              file=sys.stderr)
+        return 1
+
+    from bench.kcat import PacedKcat
     from recmodel.data import SyntheticStream
     from services.common.registry_client import RegistryClient
-    from services.stack.demo import DemoPublisher
+    from services.stack.demo import publish_items
     from services.stack.stack import LocalStack, StackOptions, StackPorts
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
@@ -330,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic()
     with stack:
         background.wait_drawn()
-        publisher = DemoPublisher(stack.kafka_config, stream.items(), iter(background), rate=args.rate).start()
+        publish_items(stack.kafka_config, stream.items())
+        publisher = PacedKcat(stack.kafka.bootstrap_servers, stack.kafka_config.topics.name("events_raw"),
+                              iter(background), rate=args.rate).start()
+        published_from = time.monotonic()
         producer = make_producer(stack.kafka_config, linger_ms=0)
         producer.partitions_for(stack.kafka_config.topics.name("events_raw"))  # connected, metadata known
         try:
@@ -372,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         finally:
             producer.close()
-            publisher.stop()
+            published_s = time.monotonic() - published_from
+            publisher.close()
             background.close()
     result = {
         "bench": "freshness",
@@ -400,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         "trainer_publish_times": trainer_times,
         "gate_decisions": gate,
         "background_rate_eps": args.rate,
+        "background_published_eps": round(publisher.sent / published_s, 1),
+        "background_error": None if publisher.error is None else repr(publisher.error),
         "seconds": round(time.monotonic() - wall, 1),
     }
     print(json.dumps(result))

@@ -18,72 +18,28 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
-from services.common.process import die_with_parent
+from bench.kcat import PacedKcat
+from recmodel.data import Event
 from services.stack.status import scrape_with, total
 
 
-class PacedKcat:
-    """kcat -P on `events.raw`, fed ``rate`` JSON events per second in 20 ms slices from one thread."""
-
-    def __init__(self, bootstrap: str, topic: str, item_ids: list[str], n_users: int = 5000) -> None:
-        self.proc = subprocess.Popen(
-            ["kcat", "-P", "-b", bootstrap, "-t", topic, "-K", "\t", "-H", "content-type=application/json",
-             "-X", "linger.ms=5", "-X", "queue.buffering.max.messages=1000000"],
-            stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
-        self.items = item_ids
-        self.n_users = n_users
-        self.sent = 0
-        self.rate = 0.0
-        self._stop = threading.Event()
-        self._rng = random.Random(0)
-        self._thread = threading.Thread(target=self._run, name="paced-kcat", daemon=True)
-
-    def start(self) -> "PacedKcat":
-        self._thread.start()
-        return self
-
-    def _lines(self, n: int) -> bytes:
-        now = int(time.time() * 1000)
-        rng, items, out = self._rng, self.items, []
-        for _ in range(n):
-            user = f"u{rng.randrange(self.n_users)}"
-            out.append(f'{user}\t{{"event_id":"p{self.sent}","user_id":"{user}","item_id":"{rng.choice(items)}",'
-                       f'"type":"click","value":1,"timestamp_ms":{now}}}\n')
-            self.sent += 1
-        return "".join(out).encode()
-
-    def _run(self) -> None:
-        owed = 0.0
-        last = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
-            owed += (now - last) * self.rate
-            last = now
-            n = int(owed)
-            if n:
-                owed -= n
-                self.proc.stdin.write(self._lines(n))
-                self.proc.stdin.flush()
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def _random_clicks(item_ids: list[str], n_users: int = 5000, seed: int = 0) -> Iterator[Event]:
+    """Clicks of ``n_users`` users on uniformly drawn items, for ever."""
+    rng = random.Random(seed)
+    for n in itertools.count():
+        user = f"u{rng.randrange(n_users)}"
+        yield Event(event_id=f"p{n}", user_id=user, item_id=rng.choice(item_ids), type="click", value=1.0,
+                    timestamp_ms=0)
 
 
 def _stage_readings(stack) -> dict:
@@ -142,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     from recmodel.data import SyntheticStream
-    from services.common.kafka import make_producer
-    from services.stack.demo import _JSON_HEADERS, item_record
+    from services.stack.demo import publish_items
     from services.stack.stack import LocalStack, StackOptions, StackPorts
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="streamrec-bench-pipeline-"))
@@ -153,14 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     steps: list[dict] = []
     wall = time.monotonic()
     with stack:
-        producer = make_producer(stack.kafka_config)
-        for it in items:
-            producer.send(stack.kafka_config.topics.name("items_raw"), key=it.item_id.encode(),
-                          value=item_record(it), headers=_JSON_HEADERS)
-        producer.flush()
-        producer.close()
+        publish_items(stack.kafka_config, items)
         publisher = PacedKcat(stack.kafka.bootstrap_servers, stack.kafka_config.topics.name("events_raw"),
-                              [it.item_id for it in items]).start()
+                              _random_clicks([it.item_id for it in items])).start()
         try:
             publisher.rate = 200.0  # warm-up until a model is served and every stage has caught up
             stack.wait_serving(600)

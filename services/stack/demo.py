@@ -37,6 +37,21 @@ def item_record(item: Item) -> bytes:
     }).encode()
 
 
+def publish_items(kafka: KafkaConfig, items: Iterable[Item]) -> int:
+    """Publish catalog entries to ``items.raw`` and wait until the broker has them all; -> how many."""
+    producer = make_producer(kafka)
+    n = 0
+    try:
+        for item in items:
+            producer.send(kafka.topics.name("items_raw"), key=item.item_id.encode(), value=item_record(item),
+                          headers=_JSON_HEADERS)
+            n += 1
+        producer.flush()
+    finally:
+        producer.close()
+    return n
+
+
 class DemoPublisher:
     """Publishes ``events`` at ``rate`` per second on a background thread, items just in time."""
 
@@ -99,13 +114,7 @@ class DemoPublisher:
 
     def publish_items_now(self, items: Iterable[Item]) -> None:
         """Publish catalog entries at once (the rest of the catalog without events, or new items)."""
-        producer = make_producer(self._kafka)
-        try:
-            for item in items:
-                self._pending_items.pop(item.item_id, None)
-                producer.send(self._kafka.topics.name("items_raw"), key=item.item_id.encode(),
-                              value=item_record(item), headers=_JSON_HEADERS)
-                self.items_published += 1
-            producer.flush()
-        finally:
-            producer.close()
+        items = list(items)
+        for item in items:
+            self._pending_items.pop(item.item_id, None)
+        self.items_published += publish_items(self._kafka, items)
