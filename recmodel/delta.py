@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from recmodel.artifact import ArtifactError, Manifest, sha256_file
-from recmodel.transitions import TransitionRows
+from recmodel.transitions import TransitionRows, TransitionTable
 
 # What one delta may hold, whatever its bytes claim: a server reads it whole into memory.
 MAX_DELTA_ROWS = 1 << 22
@@ -96,10 +96,23 @@ def _changed_transition_rows(base: DeltaBase, csr: dict) -> tuple[np.ndarray, np
     return rows.astype(np.int64), indptr, new_idx[take].astype(np.int32), new_p[take]
 
 
-def build_delta(trainer, base: DeltaBase) -> tuple[bytes, dict]:
-    """The npz bytes of ``trainer``'s delta against ``base``, and counts (rows, transition_rows, bytes).
+@dataclass
+class DeltaCapture:
+    """What a delta of a trainer holds, copied out of it (``capture_delta``, on the training thread) so that
+    encoding it (``encode_delta``: the transition rows as CSR, the npz) can run on another thread while
+    training goes on."""
 
-    The trainer's model and RNG state are left as they were (as by a full export)."""
+    base: DeltaBase
+    encoder: np.ndarray  # uint8: the ONNX file
+    rows: np.ndarray
+    ids: np.ndarray
+    vectors: np.ndarray
+    transitions: TransitionTable  # a copy of the trainer's
+
+
+def capture_delta(trainer, base: DeltaBase) -> DeltaCapture:
+    """The encoder, the base's item rows whose vectors moved, and a copy of the transition counts of
+    ``trainer`` (its model and RNG state are left as they were, as by a full export)."""
     from recmodel.export import encoder_onnx_bytes
 
     known = [(n, i) for n, i in enumerate(base.ids) if i in trainer.vocab]
@@ -109,14 +122,27 @@ def build_delta(trainer, base: DeltaBase) -> tuple[bytes, dict]:
     moved = np.any(vectors != base.vectors[rows], axis=1) if len(rows) else np.zeros(0, dtype=bool)
     rows, vectors = rows[moved], np.asarray(vectors[moved], dtype=np.float32)
     ids = np.array([ids[j] for j in np.flatnonzero(moved)], dtype=np.str_)
-    tr_rows, tr_indptr, tr_indices, tr_probs = _changed_transition_rows(base, trainer.transitions.to_csr(base.ids))
     encoder = np.frombuffer(encoder_onnx_bytes(trainer.model.user_encoder, dim=trainer.dim, max_len=trainer.max_len),
                             dtype=np.uint8)
+    return DeltaCapture(base, encoder, rows, ids, vectors, trainer.transitions.copy())
+
+
+def encode_delta(capture: DeltaCapture) -> tuple[bytes, dict]:
+    """The npz bytes of a captured delta, and counts (rows, transition_rows, bytes)."""
+    base = capture.base
+    tr_rows, tr_indptr, tr_indices, tr_probs = _changed_transition_rows(base, capture.transitions.to_csr(base.ids))
     buf = io.BytesIO()
-    np.savez(buf, base_items_sha256=np.array(base.items_sha256), encoder=encoder, rows=rows, ids=ids,
-             vectors=vectors, tr_rows=tr_rows, tr_indptr=tr_indptr, tr_indices=tr_indices, tr_probs=tr_probs)
+    np.savez(buf, base_items_sha256=np.array(base.items_sha256), encoder=capture.encoder, rows=capture.rows,
+             ids=capture.ids, vectors=capture.vectors, tr_rows=tr_rows, tr_indptr=tr_indptr, tr_indices=tr_indices,
+             tr_probs=tr_probs)
     data = buf.getvalue()
-    return data, {"rows": int(len(rows)), "transition_rows": int(len(tr_rows)), "bytes": len(data)}
+    return data, {"rows": int(len(capture.rows)), "transition_rows": int(len(tr_rows)), "bytes": len(data)}
+
+
+def build_delta(trainer, base: DeltaBase) -> tuple[bytes, dict]:
+    """The npz bytes of ``trainer``'s delta against ``base``, and counts (rows, transition_rows, bytes), in one
+    go (``capture_delta`` then ``encode_delta``)."""
+    return encode_delta(capture_delta(trainer, base))
 
 
 def read_delta(data: bytes, *, dim: int, n_items: int) -> Delta:

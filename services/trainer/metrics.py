@@ -75,7 +75,8 @@ class TrainerMetrics:
             "streamrec_trainer_delta_failures", "Weight deltas not shipped, by reason (too_large, refused, build)",
             ["reason"], registry=registry)
         self.delta_duration = Histogram(
-            "streamrec_trainer_delta_duration_seconds", "Time to build one weight delta on the training thread",
+            "streamrec_trainer_delta_duration_seconds",
+            "Time the training thread spends on one weight delta (capturing it; the shipper's thread encodes and registers it)",
             buckets=EXPORT_BUCKETS, registry=registry)
         self.checkpoint_duration = Histogram(
             "streamrec_trainer_checkpoint_duration_seconds", "Time to write one checkpoint",
