@@ -17,6 +17,12 @@ from tests.waiting import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT handled as in a terminal's foreground job: a test run started in the background (``cmd &`` from a
+    script) inherits it ignored, and a Python child then ignores Ctrl-C too."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _read_until(proc: subprocess.Popen, needle: str, lines: list[str], timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -50,7 +56,7 @@ def test_up_prints_where_things_listen_serves_a_model_and_stops_cleanly_on_ctrl_
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--work-dir", str(work), "--fresh", "--rate", "300",
          "--export-interval", "8", "--kafka-port", str(free_port())],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, preexec_fn=_ctrl_c_as_in_a_terminal)
     lines: list[str] = []
     try:
         _read_until(proc, "streamrec is up", lines, 240)
