@@ -22,10 +22,10 @@
 Starts its own stack (on free ports, in a temporary directory) with a steady demo stream at ``--rate``
 for the whole run: the synthetic stream's catalog, then its events and further episodes of the same
 world (``_Episodes``), published by kcat (``bench.kcat.PacedKcat``) so that the load generator takes
-little of the cores the stack runs on; ``background_published_eps`` is the rate it reached. When the trainer cannot keep up with that rate (its lag does not come down within
-``--catch-up-timeout``), (b) is not measured: ``trainer_kept_up`` is false, and ``trainer_behind`` gives
-its lag and the events/s it trained, since a model trained on a new event then waits behind a growing
-backlog.
+little of the cores the stack runs on; ``background_published_eps`` is the rate it reached. When the
+trainer cannot keep up with that rate (its lag does not come down within ``--catch-up-timeout``), (b) is
+not measured: ``trainer_kept_up`` is false, and ``trainer_behind`` gives its lag and the events/s it
+trained, since a model trained on a new event then waits behind a growing backlog.
 """
 
 from __future__ import annotations
