@@ -47,13 +47,13 @@ class PacedKcat:
             key = event.user_id
             if "\t" in key or "\n" in key:  # kcat's line format: the key ends at a tab, the record at a newline
                 raise ValueError(f"user id {key!r} holds a tab or a newline")
-            out.append(f"{key}\t{event_record(event, now).decode()}\n")
+            out.append(b"%s\t%s\n" % (key.encode(), event_record(event, now)))
             if len(out) == n:
                 break
         else:
             self.done.set()
         self.sent += len(out)
-        return "".join(out).encode()
+        return b"".join(out)
 
     def _run(self) -> None:
         owed = 0.0
