@@ -5,6 +5,10 @@ Measures, on this machine: streaming training throughput (events/s through
 (items/s through the frozen MiniLM), and ONNX Runtime user-encoder latency (p50/p99 ms) at batch 1 and
 64 with full-length histories, for the fp32 export and its int8 (dynamic quantisation) variant, plus the
 int8 variant's agreement with fp32 (mean cosine). Prints one JSON line.
+
+``--device`` picks where torch trains (CUDA when present, by default) and ``--providers cpu`` keeps the
+fp32 encoder on ONNX Runtime's CPU provider, so one GPU machine gives both sets of figures;
+``providers_used`` is what the fp32 session really runs on.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--text-encoder", choices=("minilm", "hashing"), default="minilm")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where torch trains (auto: CUDA when present)")
+    p.add_argument("--providers", choices=("auto", "cpu"), default="auto",
+                   help="ONNX Runtime providers of the fp32 encoder (auto: TensorRT -> CUDA -> CPU, as available)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     items = stream.items()
     events = list(stream.events())
     encoder = TextEncoder() if args.text_encoder == "minilm" else HashingTextEncoder(128)
-    trainer = IncrementalTrainer(capacity=len(items) + 16, text_encoder=encoder)
+    trainer = IncrementalTrainer(capacity=len(items) + 16, text_encoder=encoder,
+                                 device=None if args.device == "auto" else args.device)
     t0 = time.perf_counter()
     trainer.upsert_items(items)
     upsert_s = time.perf_counter() - t0
@@ -83,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         export_artifact(trainer, tmp, model_name="bench", training_offsets={}, metrics={}, int8=True)
-        providers = select_providers()
+        providers = select_providers() if args.providers == "auto" else ["CPUExecutionProvider"]
         out["providers"] = [p[0] if isinstance(p, tuple) else p for p in providers]
         variants = {
             "fp32": ArtifactModel.load(tmp, providers=providers),
             "int8": ArtifactModel.load(tmp, providers=["CPUExecutionProvider"], encoder_file="user_encoder.int8.onnx"),
         }
+        out["providers_used"] = variants["fp32"].providers
         for name, model in variants.items():
             out["onnx"][name] = {f"batch{b}": _latency(model, b, args.iters if b == 1 else max(20, args.iters // 4), rng) for b in (1, 64)}
         histories = [trainer.user_histories()[u] for u in list(trainer.user_histories())[:256]]
