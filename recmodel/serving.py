@@ -40,13 +40,17 @@ def select_providers(
             available = [p for p in available if p != "TensorrtExecutionProvider"]
             skipped["TensorrtExecutionProvider"] = missing
     chosen: list = []
+    # device_id is named only when it is not the default: onnxruntime-gpu (1.26 and later) first looks for a
+    # registered plugin EP device for a provider given a device_id, and logs a warning at every session it
+    # creates when there is none, which is at every model version and weight delta inference loads.
+    device = {"device_id": device_id} if device_id else {}
     if "TensorrtExecutionProvider" in available:
-        opts = {"device_id": device_id, "trt_fp16_enable": True}
+        opts = {**device, "trt_fp16_enable": True}
         if trt_engine_cache_dir:
             opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": trt_engine_cache_dir})
         chosen.append(("TensorrtExecutionProvider", opts))
     if "CUDAExecutionProvider" in available:
-        chosen.append(("CUDAExecutionProvider", {"device_id": device_id}))
+        chosen.append(("CUDAExecutionProvider", dict(device)))
     chosen.append("CPUExecutionProvider")
     names = tuple(p[0] if isinstance(p, tuple) else p for p in chosen)
     if _logged_choice != names:

@@ -92,6 +92,16 @@ def test_provider_preference_is_tensorrt_then_cuda_then_cpu():
     assert select_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
 
 
+def test_the_default_gpu_is_not_named_so_onnxruntime_does_not_warn_at_every_session():
+    # onnxruntime-gpu 1.26+ warns "No registered plugin EP device found" for every session whose CUDA or
+    # TensorRT options carry a device_id; inference creates one per model version and weight delta.
+    both = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
+    trt, cuda, _ = select_providers(both)
+    assert "device_id" not in trt[1] and cuda == ("CUDAExecutionProvider", {})
+    trt, cuda, _ = select_providers(both, device_id=1)
+    assert trt[1]["device_id"] == 1 and cuda == ("CUDAExecutionProvider", {"device_id": 1})
+
+
 def test_a_tensorrt_provider_without_tensorrt_installed_is_skipped_with_a_warning(monkeypatch, caplog):
     import onnxruntime as ort
 
