@@ -102,19 +102,26 @@ def test_a_shipped_quantizer_gives_the_index_a_server_would_build(caplog):
 
 def test_one_search_thread_finds_what_the_default_threads_find():
     import faiss
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from services.inference.retrieval import set_search_threads
 
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
     v, avail, queries = _data()
-    r = ItemRetriever(v, avail, IndexConfig(ann_threshold=100))
-    before = faiss.omp_get_max_threads()
+    ann = ItemRetriever(v, avail, IndexConfig(ann_threshold=100))
+    exact = ItemRetriever(v, avail, IndexConfig(ann_threshold=10**9))
+    before, blas_before = faiss.omp_get_max_threads(), max(blas_threads())
     try:
-        found = [r.search(q, 10)[0].tolist() for q in queries]
+        found = [(ann.search(q, 10)[0].tolist(), exact.search(q, 10)[0].tolist()) for q in queries]
         set_search_threads(IndexConfig().search_threads)
-        assert faiss.omp_get_max_threads() == 1
-        assert [r.search(q, 10)[0].tolist() for q in queries] == found
+        # Both pools a search can use: faiss's (IVF) and numpy's BLAS (exact search's product).
+        assert faiss.omp_get_max_threads() == 1 and blas_threads() == {1}
+        assert [(ann.search(q, 10)[0].tolist(), exact.search(q, 10)[0].tolist()) for q in queries] == found
     finally:
-        set_search_threads(before)
+        faiss.omp_set_num_threads(before)
+        threadpool_limits(limits=blas_before, user_api="blas")
 
 
 def test_ann_candidates_come_back_in_exact_score_order_though_the_index_holds_float16():
