@@ -56,7 +56,7 @@ class IndexConfig(Section):
     # faiss OpenMP threads and numpy BLAS threads per server process (retrieval.set_search_threads). A
     # Recommend searches one query, which more threads split only to spin-wait for each other: bench serve,
     # concurrency 32, 2 cores and 2 processes, a thread per core against 1: 1M items (faiss IVF) 2.32 ms of
-    # server CPU per Recommend against 1.85; 100,000 items (exact search, BLAS) 42 ms against 2.1.
+    # server CPU per Recommend against 1.85; 100,000 items (exact search, BLAS) 42 ms against 1.9-2.1.
     search_threads: int = Field(1, ge=1, le=256)
 
 

@@ -43,7 +43,7 @@ def set_search_threads(n: int) -> None:
 
     The server answers from many gRPC threads at once. With BLAS's default (a thread per core), every
     concurrent product asked the same pool for every core, and the threads waited on each other: at 100,000
-    items (exact search), concurrency 32, 2 cores, a Recommend took 42 ms of server CPU, 2.1 ms with one.
+    items (exact search), concurrency 32, 2 cores, a Recommend took 42 ms of server CPU, 1.9-2.1 ms with one.
     """
     import faiss
     from threadpoolctl import threadpool_limits
