@@ -23,7 +23,7 @@ import torch
 
 from recmodel.data import SyntheticStream
 from recmodel.export import export_artifact
-from recmodel.serving import ArtifactModel, select_providers
+from recmodel.serving import ArtifactModel, provider_names, select_providers
 from recmodel.text import HashingTextEncoder, TextEncoder
 from recmodel.train import IncrementalTrainer
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         export_artifact(trainer, tmp, model_name="bench", training_offsets={}, metrics={}, int8=True)
         providers = select_providers() if args.providers == "auto" else ["CPUExecutionProvider"]
-        out["providers"] = [p[0] if isinstance(p, tuple) else p for p in providers]
+        out["providers"] = provider_names(providers)
         variants = {
             "fp32": ArtifactModel.load(tmp, providers=providers),
             "int8": ArtifactModel.load(tmp, providers=["CPUExecutionProvider"], encoder_file="user_encoder.int8.onnx"),

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 _logged_choice: tuple | None = None
 
 
+def provider_names(providers: Sequence) -> list[str]:
+    """The names in a providers list as ``select_providers`` returns it (a name, or a (name, options) pair)."""
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
 def select_providers(
     available: Sequence[str] | None = None, *, trt_engine_cache_dir: str | None = None, device_id: int = 0
 ) -> list:
@@ -52,7 +57,7 @@ def select_providers(
     if "CUDAExecutionProvider" in available:
         chosen.append(("CUDAExecutionProvider", dict(device)))
     chosen.append("CPUExecutionProvider")
-    names = tuple(p[0] if isinstance(p, tuple) else p for p in chosen)
+    names = tuple(provider_names(chosen))
     if _logged_choice != names:
         _logged_choice = names
         log.info("onnxruntime execution providers chosen", extra={"providers": list(names)})

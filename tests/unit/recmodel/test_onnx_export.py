@@ -8,7 +8,7 @@ import pytest
 
 from recmodel.artifact import read_manifest, verify_artifact
 from recmodel.export import export_artifact
-from recmodel.serving import ArtifactModel, select_providers
+from recmodel.serving import ArtifactModel, provider_names, select_providers
 
 OFFSETS = {"streamrec.events": {0: 1200, 1: 1300}}
 
@@ -86,7 +86,7 @@ def test_int8_variant_stays_close(artifact_dir, served, trained):
 def test_provider_preference_is_tensorrt_then_cuda_then_cpu():
     chosen = select_providers(["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"],
                               trt_engine_cache_dir="/tmp/trt")
-    assert [p[0] if isinstance(p, tuple) else p for p in chosen] == [
+    assert provider_names(chosen) == [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert chosen[0][1]["trt_fp16_enable"] and chosen[0][1]["trt_engine_cache_path"] == "/tmp/trt"
     assert select_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
@@ -113,7 +113,7 @@ def test_a_tensorrt_provider_without_tensorrt_installed_is_skipped_with_a_warnin
     monkeypatch.setattr(serving, "TENSORRT_RUNTIME", ("libstreamrec-no-such-tensorrt.so.10",))
     with caplog.at_level("WARNING", logger="recmodel.serving"):
         chosen = select_providers()
-    assert [p[0] if isinstance(p, tuple) else p for p in chosen] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert provider_names(chosen) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     skipped = [r for r in caplog.records if r.getMessage() == "onnxruntime execution provider skipped"]
     assert skipped and "libstreamrec-no-such-tensorrt.so.10 not found" in skipped[0].reason
 
