@@ -143,11 +143,11 @@ class TrainerSection(Section):
     # both off.
     catch_up_lag: int = Field(1000, ge=1)
     catch_up_batch_size: int = Field(2048, ge=0)
-    # While catching up and the stream arrives faster than the trainer consumes it training every user (as
-    # measured behind it, within the last minute), a step trains the new windows of at most this many of its micro-batch's users at
-    # catch_up_lag records behind, and fewer in proportion as the lag grows (half as many at twice the lag,
-    # at least 8), drawn at random: the lag settles where the trainer keeps up with the stream, training as
-    # many users as that allows. Every event still enters the catalog, the histories, the transition table
+    # While the stream arrives faster than the trainer consumes it training every user (as measured behind it,
+    # within the last minute), a step trains the new windows of at most this many of its micro-batch's users
+    # up to catch_up_lag records behind (caught up, too), and fewer in proportion as the lag grows (half as
+    # many at twice the lag, at least 8), drawn at random: the lag settles where the trainer keeps up with the
+    # stream, training as many users as that allows. Every event still enters the catalog, the histories, the transition table
     # (which the served model reads) and the replay buffer, and idle replay trains the windows left out once
     # the trainer has caught up. A backlog with no faster stream behind it (a restart, a backfill) is trained
     # in full. 0: no bound (a trainer slower than the stream then falls ever further behind).

@@ -109,7 +109,7 @@ def test_a_trainer_further_behind_trains_fewer_users_per_step_down_to_a_floor():
     assert catch_up_users(0, 4000, 10**7) is None  # 0: no bound
 
 
-def test_steps_are_bounded_only_while_the_stream_arrives_faster_than_every_user_trains():
+def test_steps_are_bounded_while_the_stream_arrives_faster_than_every_user_trains():
     from services.trainer.service import CatchUpPace
 
     # A backlog and nothing arriving (a restart, a backfill): trained in full however far behind.
@@ -117,18 +117,22 @@ def test_steps_are_bounded_only_while_the_stream_arrives_faster_than_every_user_
     assert [backfill.update(t * 2.0, 1000 * t, 100_000 - 1000 * t, behind=True) for t in range(5)] == [False] * 5
     assert backfill.full_rate == 500.0 and backfill.arrival_rate == 0.0
 
-    # 5,000 records/s arrive; trained in full, 1,000/s are consumed: bounded from then on, while behind.
+    # 5,000 records/s arrive; trained in full, 1,000/s are consumed: bounded from then on.
     pace = CatchUpPace()
     assert not pace.update(0.0, 0, 5000, behind=True)  # nothing measured yet: train in full
     assert pace.update(2.0, 2000, 13_000, behind=True)  # end 15,000: 5,000/s arrive, 1,000/s consumed
     assert pace.full_rate == 1000.0 and pace.arrival_rate == 5000.0
     assert pace.update(4.0, 14_000, 11_000, behind=True)  # bounded: 6,000/s consumed, but full training is 1,000/s
     assert pace.full_rate == 1000.0
-    # The stream slows to 500/s, below what full training consumes: every user again while draining.
-    assert not pace.update(6.0, 24_000, 2_000, behind=True)
-    assert not pace.update(8.0, 25_000, 0, behind=False)  # caught up
+    # Caught up, with the stream still arriving at 5,000/s: still bounded (training every user, the trainer
+    # would be behind again within a step).
+    assert pace.update(6.0, 34_600, 400, behind=False) and pace.arrival_rate == 5000.0
+    # The stream slows to 500/s, below what full training consumes: every user again, behind or not.
+    assert not pace.update(8.0, 35_000, 1_000, behind=True)
+    assert not pace.update(10.0, 36_000, 0, behind=False)
+    assert pace.full_rate == 1000.0
     # A position restored from an older checkpoint (consumed goes back) is not read as a rate.
-    assert not pace.update(10.0, 20_000, 20_000, behind=True) and pace.full_rate == 1000.0
+    assert not pace.update(12.0, 20_000, 16_000, behind=True) and pace.full_rate == 1000.0
 
 
 def test_a_full_training_rate_is_used_for_a_minute_then_measured_again():
@@ -140,7 +144,7 @@ def test_a_full_training_rate_is_used_for_a_minute_then_measured_again():
     pace = CatchUpPace()
     assert not pace.update(0.0, 0, 2_000, behind=True)
     assert pace.update(2.0, 600, 3_400, behind=True)  # 1,000/s arrive, 300/s consumed training everyone
-    assert not pace.update(4.0, 3_600, 2_400, behind=False)  # caught up
+    assert not pace.update(4.0, 4_000, 0, behind=False)  # caught up on a pause of the stream (nothing arrived)
     assert pace.update(30.0, 29_000, 3_000, behind=True)  # behind again within the minute: bounded at once
     assert pace.full_rate == 300.0
     # Past the minute: unbounded, and the next interval behind measures the rate again (1,200/s: keeps up).
