@@ -267,6 +267,16 @@ def test_a_fresh_partition_reader_returns_what_arrived_while_its_caller_worked(k
         # Every record acknowledged before a read began is in it or an earlier one; without fresh, "c" comes
         # only with the next read.
         assert got == ([b"a", b"b", b"c"] if fresh else [b"a", b"b"])
+        if not fresh:
+            got += [r.value for r in reader.read(30_000).get(0, [])]
+            assert got == [b"a", b"b", b"c"]
+        # A record that a poll waits for is fresh: returned as it comes, not after a second fetch the broker holds.
+        later = threading.Timer(0.3, send, ["d"])
+        started = time.monotonic()
+        later.start()
+        assert [r.value for r in reader.read(30_000).get(0, [])] == [b"d"]
+        assert time.monotonic() - started < 5
+        later.join()
     finally:
         reader.close()
         producer.close()
