@@ -137,3 +137,24 @@ def test_a_member_listed_twice_is_refused(tmp_path):
             tar.addfile(member, io.BytesIO(data))
     with pytest.raises(ArtifactError, match="twice"):
         unpack_artifact(twice, tmp_path / "out")
+
+
+@pytest.mark.parametrize("text", [
+    "{}", " { } ", '{"u1":[["i1","click",5]]}',
+    '{\n "u\\"1" : [ ["i\\u00e9", "view", 7] , ["i2","like",8] ] ,\n "u2": [] }\n',
+])
+def test_histories_read_a_user_at_a_time_equal_the_json(text):
+    import json
+
+    from recmodel.serving import read_histories
+
+    assert read_histories(text) == {u: [tuple(e) for e in h] for u, h in json.loads(text).items()}
+
+
+@pytest.mark.parametrize("text", ["", "[]", "{", '{"u":[]', '{"u" []}', '{"u":[],}', '{"u":[]} x', '{"u":[["i","click"]]}',
+                                  '{1:[]}', '{"u":[["i","click",5]] "v":[]}'])
+def test_malformed_histories_are_refused(text):
+    from recmodel.serving import read_histories
+
+    with pytest.raises((ValueError, IndexError)):
+        read_histories(text)
