@@ -28,6 +28,23 @@ def test_snapshot_merge_keeps_the_fresher_history():
     assert [e[0] for e in store.get("c")] == ["i5"]
 
 
+def test_a_snapshot_larger_than_a_lock_hold_merges_every_user_and_bounds_the_store(monkeypatch):
+    import services.inference.histories as histories
+
+    monkeypatch.setattr(histories, "MERGE_CHUNK_USERS", 3)
+    snapshot = {f"u{n}": [(f"i{n}", "click", n), ("x", "view", 100 + n), ("y", "view", 200 + n)] for n in range(8)}
+    store = UserHistoryStore(max_len=2, max_users=8)
+    store.append("u4", "live", "click", 10_000)  # the store is ahead for u4
+    assert store.merge_snapshot(snapshot) == 7
+    assert store.get("u4") == [("live", "click", 10_000)]
+    assert store.get("u7") == [("x", "view", 107), ("y", "view", 207)]  # the last max_len events
+    assert store.newest_event_ms == 10_000
+
+    small = UserHistoryStore(max_len=2, max_users=5)
+    assert small.merge_snapshot(snapshot, only_newer=False) == 8
+    assert len(small) == 5 and small.get("u2") == [] and small.get("u3") != []  # the first merged went
+
+
 def test_popularity_prefers_recent_weighted_events():
     pop = PopularityTracker(half_life_s=1.0)
     day = 86_400_000
