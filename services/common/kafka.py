@@ -224,10 +224,10 @@ def poll_fresh(consumer: KafkaConsumer, timeout_ms: int, max_records: int | None
 
     kafka-python fetches in the background, and when a poll hands out records a fetch brought meanwhile, it
     sends the next fetch only then: what arrives while the caller works on that batch comes one batch later
-    (the trainer: a step later, 0.3-0.6 s at 1,000 events/s on 2 cores; the ingester: one produce-and-commit
-    later). So after handing out such records, poll once more for what that fetch brings (the broker answers
-    at once when there is any; at most ``fetch_max_wait_ms``), within ``max_records``. Records a poll had to
-    wait for are fresh already: a lone record on a quiet topic is returned without a second poll.
+    (the trainer: a step later, 0.3-0.6 s at 1,000 events/s on 2 cores). So after handing out such records,
+    poll once more for what that fetch brings (the broker answers at once when there is any; at most
+    ``fetch_max_wait_ms``), within ``max_records``. Records a poll had to wait for are fresh already: a lone
+    record on a quiet topic is returned without a second poll.
     """
     fetcher = getattr(consumer, "_fetcher", None)  # kafka-python (pinned): fetched records wait here for a poll
     buffered = bool(getattr(fetcher, "_completed_fetches", None))
@@ -296,9 +296,9 @@ class PartitionReader:
         polled = poll_fresh(self.consumer, timeout_ms) if self.fresh else self.consumer.poll(timeout_ms=timeout_ms)
         for tp, records in polled.items():
             expected = self.positions.get(tp.partition)
-            fresh = [r for r in records if expected is not None and r.offset >= expected]
-            if fresh:
-                out[tp.partition] = fresh
+            unprocessed = [r for r in records if expected is not None and r.offset >= expected]
+            if unprocessed:
+                out[tp.partition] = unprocessed
         return out
 
     def advance(self, next_offsets: Mapping[int, int]) -> None:
