@@ -1,8 +1,8 @@
 """How every service process runs.
 
 ``load_service_config``: parse ``--config``, load and validate, set up logging. ``run_service``: start
-a ``<Name>Service`` (``start/stop/wait/ready``), stop it on the first SIGTERM/SIGINT, wait until it
-has ended and turn the outcome into the exit code. ``ServiceThread`` runs a service's blocking loop
+a ``<Name>Service`` (``start/stop/wait/ready``), freeze the heap it started with (``freeze_heap``), stop
+it on the first SIGTERM/SIGINT, wait until it has ended and turn the outcome into the exit code. ``ServiceThread`` runs a service's blocking loop
 beside the main thread (which has to stay free for the signals) and hands its error to ``wait``.
 """
 
@@ -19,6 +19,7 @@ from services.common.config import ServiceConfig, load_config
 from services.common.errors import ConfigError
 from services.common.logging import configure_logging
 from services.common.metrics import MetricsServer
+from services.common.process import freeze_heap
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ def run_service(service: Service, *, name: str) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         service.start()
+        frozen = freeze_heap()  # imports and start-up state: out of the collector's full passes
+        logger.debug("start-up heap frozen", extra={"objects": frozen})
         code = service.wait()
     except Exception:
         logger.exception("%s failed", name)

@@ -93,3 +93,29 @@ def test_run_service_turns_an_error_into_exit_code_1_and_stops_the_service():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     assert service.calls == ["start", "stop"]
+
+
+def test_what_a_service_built_while_starting_is_out_of_the_collectors_full_passes():
+    import gc
+    import signal
+
+    from services.common.entrypoint import run_service
+
+    class Starting(_Service):
+        def start(self):
+            self.state = [[i] for i in range(1000)]  # e.g. modules, settings, the first model
+            return super().start()
+
+        def wait(self) -> int:
+            walked = {id(o) for o in gc.get_objects()}
+            self.walked = sum(id(x) in walked for x in self.state)
+            return 0
+
+    service = Starting()
+    try:
+        assert run_service(service, name="test") == 0
+    finally:
+        gc.unfreeze()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert service.walked == 0

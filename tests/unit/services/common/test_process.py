@@ -56,3 +56,50 @@ def test_an_ephemeral_port_runs_one_process_since_processes_cannot_share_it():
     assert _config(0).worker_processes() == 1
     with pytest.raises(ValueError, match="inference.processes > 1 needs a fixed grpc.port"):
         _config(0, processes=2)
+
+
+@pytest.fixture
+def unfrozen():
+    import gc
+
+    yield
+    gc.unfreeze()  # the rest of the test process collects as usual
+
+
+def test_freezing_the_heap_leaves_what_is_alive_out_of_the_collectors_passes(unfrozen):
+    import gc
+
+    from services.common.process import freeze_heap
+
+    state = [[i] for i in range(5000)]  # start-up state: tracked containers that live on
+    assert all(gc.is_tracked(x) for x in state[:10])
+    frozen = freeze_heap()
+    walked = {id(o) for o in gc.get_objects()}
+    assert frozen >= len(state)
+    assert not any(id(x) in walked for x in state), "a full pass would still walk the start-up state"
+    later = [[1], [2]]
+    assert {id(x) for x in later} <= {id(o) for o in gc.get_objects()}, "what comes later is collected as usual"
+    del state[:]  # frozen objects are still freed by their reference counts
+    assert state == []
+
+
+def test_the_collector_is_paused_only_inside_the_block_and_left_as_it_was():
+    import gc
+
+    from services.common.process import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled(), "a collector that was off stays off"
+    finally:
+        gc.enable()
+    with pytest.raises(KeyError):
+        with collector_paused():
+            raise KeyError("boom")
+    assert gc.isenabled()
