@@ -13,6 +13,7 @@ from services.cli.publish import EventPublisher
 from streamrec_proto.v1 import event_pb2
 from tests.integration.ingester.helpers import header_map
 from tests.integration.topics import read_topic
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +56,36 @@ def test_valid_events_arrive_keyed_by_user_in_order_and_duplicates_are_removed(k
     assert running.metric("streamrec_ingester_records_out_total", {"topic": kafka_config.topics.name("events")}) == 60
     assert running.metric("streamrec_ingester_records_in_total", {"topic": kafka_config.topics.name("events_raw")}) == 71
     assert running.metric("streamrec_ingester_last_event_timestamp_seconds") == pytest.approx((NOW + 59) / 1000)
+
+
+def _committed_at_the_broker(kafka_config, group_id: str) -> int:
+    from kafka import TopicPartition
+
+    from services.common.kafka import make_consumer
+
+    topic = kafka_config.topics.name("events_raw")
+    reader = make_consumer(kafka_config, None, group_id)  # reads the group's offsets without joining it
+    try:
+        return sum(reader.committed(TopicPartition(topic, p)) or 0 for p in range(kafka_config.topics.partitions))
+    finally:
+        reader.close(autocommit=False)
+
+
+def test_every_processed_record_is_committed_at_the_broker_while_the_stream_is_quiet(kafka_config, run_ingester):
+    # The commits are sent without waiting for their answers; the last one must still land (and be sent
+    # again if it failed) when no further batch comes to carry it.
+    running = run_ingester()
+    group = running.config.ingester.group_id
+    with EventPublisher(kafka_config) as pub:
+        for burst, total in ((range(0, 30), 30), (range(30, 50), 50)):
+            for i in burst:
+                pub.publish_event(_event(i, f"u{i % 4}"))
+            pub.flush()
+            wait_for(lambda: _committed_at_the_broker(kafka_config, group) == total, 60,
+                     f"the group's committed offsets to reach {total}")
+    running.wait_committed(50)
+    running.stop()
+    assert _committed_at_the_broker(kafka_config, group) == 50
 
 
 BAD = [
