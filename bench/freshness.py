@@ -49,6 +49,7 @@ from kafka import TopicPartition
 from services.common.grpc import open_channel
 from services.common.supervision import wait_for
 from services.common.kafka import make_consumer, make_producer
+from services.common.process import collector_paused
 from streamrec_proto.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
 
 
@@ -81,13 +82,16 @@ def _history_probe(stub, stack, producer, user_id: str, timeout_s: float) -> flo
     if not top.items:
         return None
     item = top.items[0].item_id
-    start = time.perf_counter()
-    _publish_click(stack, producer, user_id, item)
-    while time.perf_counter() - start < timeout_s:
-        resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=10), timeout=5)
-        if item not in {it.item_id for it in resp.items}:
-            return (time.perf_counter() - start) * 1000
-        time.sleep(0.01)
+    # This process draws the background stream's episodes on a thread: its own collector's pauses
+    # (up to 300 ms on the loaded machine) would be timed as the stack's latency.
+    with collector_paused():
+        start = time.perf_counter()
+        _publish_click(stack, producer, user_id, item)
+        while time.perf_counter() - start < timeout_s:
+            resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=10), timeout=5)
+            if item not in {it.item_id for it in resp.items}:
+                return (time.perf_counter() - start) * 1000
+            time.sleep(0.01)
     return None
 
 
@@ -202,6 +206,20 @@ def _trainer_caught_up(metrics_url: str, rate: float) -> bool:
     not catching up: model probes measure the steady state, not the backlog of the stack's own start."""
     _, lag, catching_up = _trainer_state(metrics_url)
     return lag is not None and lag <= max(rate, 2000) and not catching_up
+
+
+def _histories_current(metrics_urls: list[str], rate: float) -> bool:
+    """Every inference replica's history follower has reported its lag, and it is within a second of events
+    of the end of ``events``: history probes measure the steady state, not the catch-up of a follower that
+    has just started from its first model's snapshot."""
+    from services.stack.status import scrape, total
+
+    lag = "streamrec_inference_history_lag_records"
+    for url in metrics_urls:
+        samples = scrape(url, timeout_s=10)
+        if not samples.get(lag) or total(samples, lag) > max(rate, 1000):
+            return False
+    return True
 
 
 def _find_offset(stack, event_id: str, since: dict, timeout_s: float = 30.0) -> tuple[int, int] | None:
@@ -346,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         producer.partitions_for(stack.kafka_config.topics.name("events_raw"))  # connected, metadata known
         try:
             stack.wait_serving(600)
+            inference_urls = [stack.services[name].metrics_url for name in stack.inference_names]
+            wait_for(lambda: _histories_current(inference_urls, args.rate), args.catch_up_timeout,
+                     "inference's history followers to catch up with the stream", interval_s=0.5)
             users = sorted({e.user_id for e in stream.events()})[: args.probes]
             with open_channel(stack.services["inference"].grpc_target, stack.tls_for("app")) as channel, \
                     RegistryClient(stack.services["registry"].grpc_target, tls=stack.tls_for("operator")) as registry:
@@ -374,7 +395,6 @@ def main(argv: list[str] | None = None) -> int:
                                   _model_probe(stub, stack, registry, producer, user, item, timeout_s=timeout_s))
                 gate = _gate_decisions(registry.list_versions(stack.options.model_name, include_archived=True))
             trainer_times = _trainer_times(stack.services["trainer"].metrics_url)
-            inference_urls = [stack.services[name].metrics_url for name in stack.inference_names]
             trainer_times["inference_load_mean_s"] = _inference_load_s(inference_urls)
             trainer_times["inference_delta_apply_mean_s"] = _inference_load_s(
                 inference_urls, "streamrec_inference_model_delta_apply_duration_seconds")
