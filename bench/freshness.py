@@ -2,7 +2,10 @@
 
 (a) publish -> the user's history reflects it in ``Recommend`` (ms): the probe takes the user's top
     item, publishes a click on it, and polls ``Recommend`` until the item drops out (seen items are
-    filtered), so the time covers ingester, ``events`` topic, history follower and serving.
+    filtered), so the time covers ingester, ``events`` topic, history follower and serving. These probes
+    start once every inference replica's history follower is within a second of events of the end of
+    ``events`` (it starts from the first model's snapshot), and are timed with this process's garbage
+    collector paused (it draws the background episodes meanwhile).
 (b) publish -> a served model version trained on the event (s): the probe finds the event's offset
     on ``events`` and polls until the version served by inference was trained past that offset. It
     also notes when the first version trained on the event was exported (its manifest's time, which the
