@@ -117,6 +117,7 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
     """Child process: load the artifact, grow the catalog to n_items, serve until told to stop. ``ports``: bind
     these (shared with the first server process, SO_REUSEPORT) instead of new ones."""
     from services.common.grpc import GrpcServer
+    from services.common.process import freeze_heap
     from services.common.tls import LocalCA, TlsConfig
     from services.inference.batcher import EncoderBatcher
     from services.inference.config import IndexConfig, InferenceSection
@@ -156,6 +157,7 @@ def _serve(artifact: str | None, n_items: int, index_threshold: int, max_batch: 
         server.start()
         server.set_serving(True)
         servers[mode] = server
+    freeze_heap()  # as run_service does once an inference process has started
     conn.send({"ports": {mode: server.port for mode, server in servers.items()}, "users": list(histories)[:1000],
                "items": ids[:5000], "encoder": source, "index": model.index_kind,
                "index_build_s": round(index_s, 2), "providers": list(getattr(runtime, "providers", []))})
