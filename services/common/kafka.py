@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -110,35 +110,12 @@ def _await_partitions(consumer: KafkaConsumer, topics: list[str], deadline: floa
         time.sleep(0.2)
 
 
-def commit_processed(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int], *,
-                     retry_for_s: float = 0.0, give_up: Callable[[], bool] | None = None) -> None:
-    """Commit ``next_offsets`` (the offset after the last processed record, per partition).
-
-    With ``retry_for_s``, a commit that fails because the group coordinator is unreachable (a broker
-    restarting, leadership moving) is retried for that long, unless ``give_up()`` says to stop (the
-    service is shutting down): the output is already acknowledged, so waiting costs nothing, whereas
-    failing would restart the service and reprocess the batch. Errors that retrying cannot fix (the
-    group rebalanced the partitions away) are raised at once.
-    """
+def commit_processed(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int]) -> None:
+    """Commit ``next_offsets`` (the offset after the last processed record, per partition) and wait for the
+    answer; a failure is raised."""
     if not next_offsets:
         return
-    offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()}
-    deadline = time.monotonic() + retry_for_s
-    backoff_s, warned = 0.2, False
-    while True:
-        try:
-            consumer.commit(offsets, timeout_ms=10_000)
-            if warned:
-                logger.info("offset commit succeeded again")
-            return
-        except KafkaError as exc:
-            if not exc.retriable or time.monotonic() + backoff_s > deadline or (give_up is not None and give_up()):
-                raise
-            if not warned:
-                logger.warning("offset commit failed; retrying", extra={"error": repr(exc)})
-                warned = True
-        time.sleep(backoff_s)
-        backoff_s = min(backoff_s * 2, 5.0)
+    consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()}, timeout_ms=10_000)
 
 
 def topic_configs(config: KafkaConfig) -> dict[str, dict[str, str]]:

@@ -149,8 +149,8 @@ class TrainerSection(Section):
     # many at twice the lag, at least 8), drawn at random: the lag settles where the trainer keeps up with the
     # stream, training as many users as that allows. Every event still enters the catalog, the histories, the
     # transition table (which the served model reads) and the replay buffer, and idle replay trains the windows
-    # left out once the trainer has caught up. A backlog with no faster stream behind it (a restart, a backfill) is trained
-    # in full. 0: no bound (a trainer slower than the stream then falls ever further behind).
+    # left out once the trainer has caught up. A backlog with no faster stream behind it (a restart, a
+    # backfill) is trained in full. 0: no bound (a trainer slower than the stream then falls ever further behind).
     catch_up_max_users: int = Field(64, ge=0)
     # While catching up, the prequential metrics predict at most this many events of a micro-batch (spread
     # over it) instead of eval_per_batch: ranking the whole catalog for each costs about as much as training

@@ -79,8 +79,21 @@ def test_freezing_the_heap_leaves_what_is_alive_out_of_the_collectors_passes(unf
     assert not any(id(x) in walked for x in state), "a full pass would still walk the start-up state"
     later = [[1], [2]]
     assert {id(x) for x in later} <= {id(o) for o in gc.get_objects()}, "what comes later is collected as usual"
-    del state[:]  # frozen objects are still freed by their reference counts
-    assert state == []
+
+
+def test_a_frozen_object_is_still_freed_when_its_last_reference_goes(unfrozen):
+    import weakref
+
+    from services.common.process import freeze_heap
+
+    class State:
+        pass
+
+    state = State()
+    gone = weakref.ref(state)
+    freeze_heap()
+    del state
+    assert gone() is None
 
 
 def test_the_collector_is_paused_only_inside_the_block_and_left_as_it_was():
