@@ -16,7 +16,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -25,6 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from services.common.net import free_port
 from services.common.tls import LocalCA
 from services.devcluster.build import build_all
 
@@ -35,12 +35,6 @@ ADMIN_USER = "streamrec-admin"
 
 class ClusterError(RuntimeError):
     """The control plane did not come up (the message names which part, with its log's tail)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _tail(path: Path, n: int = 4000) -> str:
@@ -98,7 +92,7 @@ class LocalKubeCluster:
         tokens.write_text(f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
         os.chmod(tokens, 0o600)
 
-        client_port, peer_port, self.port = _free_port(), _free_port(), _free_port()
+        client_port, peer_port, self.port = free_port(), free_port(), free_port()
         etcd_url, peer_url = f"https://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
         try:
             self._spawn("etcd", [

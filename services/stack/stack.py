@@ -43,7 +43,7 @@ class StackPorts:
         """Every port a free one on loopback, so a stack can run beside another (tests, benchmarks)."""
         from dataclasses import fields
 
-        from services.common.localkafka.broker import free_port
+        from services.common.net import free_port
 
         return cls(**{f.name: free_port() for f in fields(cls)})
 

@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+from services.common.net import free_port
 from services.common.process import die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -66,12 +67,6 @@ def fetch_jars(cache_dir: Path | None = None) -> Path:
     libs.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(libs)
     return libs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(host: str, port: int, deadline: float, proc: subprocess.Popen) -> None:

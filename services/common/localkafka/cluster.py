@@ -8,7 +8,8 @@ import time
 import uuid
 from pathlib import Path
 
-from services.common.localkafka.broker import KafkaBrokerError, KafkaProcesses, LocalKafka, free_port
+from services.common.localkafka.broker import KafkaBrokerError, KafkaProcesses, LocalKafka
+from services.common.net import free_port
 
 class LocalKafkaCluster(KafkaProcesses):
     """``size`` KRaft nodes (each broker and controller) on loopback, for broker-failure tests.

@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from services.common.grpc import open_channel
+from services.common.net import free_port
 from services.stack.status import scrape
 from streamrec_proto.v1 import recommender_pb2, recommender_pb2_grpc
-from tests.integration.trainer.publishing import ROOT, free_port
+from tests.integration.trainer.publishing import ROOT
 from tests.pki import tls_for, tls_section
 from tests.waiting import wait_for
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from services.common.kafka import ensure_topics, make_consumer, partitions_for
-from services.common.localkafka.broker import free_port
+from services.common.net import free_port
 from services.cli.publish import EventPublisher
 from streamrec_proto.v1 import event_pb2
 from tests.integration.ingester.helpers import header_map, wait_for

@@ -16,8 +16,8 @@ import pytest
 
 from recmodel.data import SyntheticStream
 from services.common.kafka import ensure_topics
+from services.common.net import free_port
 from tests.integration.trainer.publishing import (
-    free_port,
     metric_value,
     publish_events,
     publish_items,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.localkafka.broker import free_port
+from services.common.net import free_port
 
 PG_BIN = Path(os.environ.get("STREAMREC_PG_BIN", "/usr/lib/postgresql/15/bin"))
 

@@ -13,7 +13,7 @@ import pytest
 
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.localkafka import LocalKafka
-from services.common.localkafka.broker import free_port
+from services.common.net import free_port
 from services.common.grpc import open_channel
 from tests.pki import registry_client, tls_for
 from streamrec_proto.v1 import registry_pb2, registry_pb2_grpc

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from services.common.localkafka.broker import free_port
+from services.common.net import free_port
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]

@@ -4,7 +4,6 @@ trainer process."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -56,12 +55,6 @@ def end_offsets(kafka_config, key: str = "events") -> dict[str, int]:
         return {str(tp.partition): off for tp, off in consumer.end_offsets(parts).items()}
     finally:
         consumer.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def small_model() -> dict:

@@ -11,9 +11,9 @@ import pytest
 
 from recmodel.data import SyntheticStream
 from services.common.kafka import ensure_topics
+from services.common.net import free_port
 from tests.integration.trainer.publishing import (
     end_offsets,
-    free_port,
     metric_value,
     publish_events,
     publish_items,

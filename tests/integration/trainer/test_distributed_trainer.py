@@ -12,6 +12,7 @@ import pytest
 
 from recmodel.data import SyntheticStream
 from services.common.kafka import ensure_topics
+from services.common.net import free_port
 from tests.integration.trainer import publishing as pub
 from tests.waiting import wait_for
 
@@ -39,8 +40,8 @@ def test_two_ranks_train_every_event_once_and_stop_on_sigterm(kafka_config, tmp_
     ends = pub.end_offsets(kafka_config)
     assert sum(ends.values()) == len(events)
     ckpt = tmp_path / "ckpt"
-    port = pub.free_port()
-    distributed = {"enabled": True, "world_size": 2, "backend": "gloo", "master_port": pub.free_port()}
+    port = free_port()
+    distributed = {"enabled": True, "world_size": 2, "backend": "gloo", "master_port": free_port()}
     cfg = pub.write_config(tmp_path / "trainer.yaml", kafka_config, checkpoint_dir=ckpt, checkpoint_interval_s=0.3,
                            poll_max_records=250, export_interval_s=3600, metrics_port=port, distributed=distributed)
     log = tmp_path / "trainer.log"

@@ -3,12 +3,12 @@ every step. The production path (NCCL, one GPU per rank) is the same code but ca
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from services.common.net import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -47,9 +47,7 @@ def _replica(rank: int, port: int, world: int, out) -> None:
 
 
 def test_two_rank_data_parallel_replicas_stay_identical():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     out = ctx.SimpleQueue()
     procs = [ctx.Process(target=_replica, args=(r, port, 2, out)) for r in range(2)]
