@@ -6,7 +6,10 @@ and must account for all of them:
 - ``kcat``: librdkafka's kcat consuming the topic and piping each record (key and value) into a
   second kcat producing to a copy topic (acks=all, idempotent): the native-client ceiling.
 - ``copier``: a kafka-python consume -> produce -> commit loop, forwarding bytes untouched, with the
-  ingester's own producer and consumer settings (the Python client's ceiling).
+  settings of services.common.kafka (the ceiling of the client the other services use).
+- ``rdkafka_copier``: the same loop on the ingester's own clients (librdkafka through confluent-kafka,
+  services/common/rdkafka.py) and settings: the ceiling of a Python loop on that client, which
+  ``ingester_vs_copier`` compares the ingester with.
 - ``ingester``: ``streamrec ingester`` run as P separate OS processes in one consumer group (P from
   ``--processes``), validating, deduplicating and re-encoding as protobuf. The processes are started
   and have joined the group before the events are published, and throughput is the rate at which
@@ -38,6 +41,7 @@ import yaml
 
 from bench import lower_median
 from services.common.config import KafkaConfig, TopicsConfig
+from services.common import rdkafka
 from services.common.kafka import commit_processed, ensure_topics, make_consumer, make_producer
 from services.common.process import die_with_parent
 
@@ -133,6 +137,40 @@ def _run_copier(config: KafkaConfig, n: int, batch: int) -> float:
         return time.perf_counter() - first
     finally:
         consumer.close(autocommit=False)
+        producer.close()
+
+
+def _run_rdkafka_copier(config: KafkaConfig, n: int, batch: int) -> float:
+    """The copier on the ingester's clients: poll, produce each record unchanged, flush, commit after acks."""
+    source = config.topics.name("events_raw")
+    target = config.topics.prefix + "rdkafka-copy"
+    ensure_topics(config, [target])
+    consumer = rdkafka.make_consumer(config, config.topics.prefix + "rdkafka-copier")
+    consumer.subscribe([source])
+    producer = rdkafka.Producer(config)
+    done = 0
+    first = None
+    try:
+        while done < n:
+            head = consumer.poll(0.2)
+            if head is None:
+                continue
+            if first is None:
+                first = time.perf_counter()
+            offsets = {}
+            for msg in (head, *consumer.consume(batch - 1, 0)):
+                if msg.error():
+                    raise RuntimeError(f"rdkafka copier: {msg.error()}")
+                producer.send(target, key=msg.key(), value=msg.value(), headers=msg.headers())
+                offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+                done += 1
+            if producer.flush() or producer.take_failures():
+                raise RuntimeError("rdkafka copier: a produced record was not acknowledged")
+            consumer.commit(offsets=[rdkafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                            asynchronous=False)
+        return time.perf_counter() - first
+    finally:
+        consumer.close()
         producer.close()
 
 
@@ -257,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         servers = broker.bootstrap_servers
     n = args.events
     result: dict = {"bench": "ingest", "events": n, "batch": args.batch, "partitions": args.partitions,
-                    "repeat": args.repeat, "client": "kafka-python", "crc32c_native": _crc32c_native()}
+                    "repeat": args.repeat, "client": rdkafka.describe(), "crc32c_native": _crc32c_native()}
     try:
         with tempfile.TemporaryDirectory(prefix="streamrec-bench-ingest-") as tmp:
             if shutil.which("kcat"):
@@ -266,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
             copier_s = _measure(servers, args.partitions, n,
                                 lambda c: _published_then(c, n, lambda c2, m: _run_copier(c2, m, args.batch)))
             result["copier_events_per_s"] = round(n / copier_s, 1)
+            rdkafka_s = _measure(servers, args.partitions, n, lambda c: _published_then(
+                c, n, lambda c2, m: _run_rdkafka_copier(c2, m, args.batch)))
+            result["rdkafka_copier_events_per_s"] = round(n / rdkafka_s, 1)
             rounds: dict[int, list[dict]] = {count: [] for count in counts}
             for _ in range(args.repeat):
                 for count in counts:
@@ -278,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = {k: v["events_per_s"] for k, v in result["ingester"].items()}
     if "1" in rates:
         result["ingester_events_per_s"] = rates["1"]
-        result["ingester_vs_copier"] = round(rates["1"] / result["copier_events_per_s"], 3)
+        result["ingester_vs_copier"] = round(rates["1"] / result["rdkafka_copier_events_per_s"], 3)
         for k, rate in rates.items():
             if k != "1":
                 result[f"ingester_{k}_processes_over_1"] = round(rate / rates["1"], 3)
@@ -292,7 +333,8 @@ def _median_round(runs: list[dict]) -> dict:
 
 
 def _crc32c_native() -> bool:
-    """Whether kafka-python checks record batches with the C crc32c (its pure-Python fallback is slow)."""
+    """Whether kafka-python (the copier's client) checks record batches with the C crc32c (its pure-Python
+    fallback is slow)."""
     from kafka.record import util
 
     return getattr(util, "crc32c_c", None) is not None

@@ -11,6 +11,8 @@ arrives meanwhile does not wait a round trip to the group coordinator (a quarter
 at 1,000 events/s). One commit is in flight at a time, and each carries every partition's offset so
 far, so a failed or skipped one is covered by the next; the loop sends it again when the stream is
 quiet, and commits synchronously when partitions are revoked and when it stops.
+
+The consumer and the producer are librdkafka's (services/common/rdkafka.py says why).
 """
 
 from __future__ import annotations
@@ -20,17 +22,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
-
-from services.common.kafka import (
-    CONTENT_TYPE_HEADER,
-    PROTOBUF,
-    commit_processed,
-    ensure_topics,
-    make_consumer,
-    make_producer,
-    subscribe,
-)
+from services.common import rdkafka
+from services.common.kafka import CONTENT_TYPE_HEADER, PROTOBUF, ensure_topics
 from services.ingester.config import IngesterConfig
 from services.ingester.dedup import DedupWindow, EventsTailReader
 from services.ingester.metrics import IngesterMetrics
@@ -46,44 +39,26 @@ SOURCE_PARTITION_HEADER = "streamrec.source.partition"
 SOURCE_OFFSET_HEADER = "streamrec.source.offset"
 
 
+# An asynchronous commit not answered within this long is taken as lost, and sent again.
+COMMIT_ANSWER_S = 30.0
+NO_TIMESTAMP = rdkafka.TIMESTAMP_NOT_AVAILABLE
+
+
 class DeliveryFailed(RuntimeError):
     """A produced record was not acknowledged; the batch is not committed."""
 
 
 @dataclass
 class _BatchOutput:
-    """What one batch produced: the sends to await, the offsets to commit and the counts for the metrics."""
+    """What one batch produced: the offsets to commit and the counts for the metrics."""
 
-    futures: list = field(default_factory=list)
-    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> next offset
     rejected: dict[str, int] = field(default_factory=dict)  # error code -> records sent to the DLQ
     records_in: int = 0
     events: int = 0
     items: int = 0
     duplicates: int = 0
     newest_ts: int = 0
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, ingester: "Ingester") -> None:
-        self.ingester = ingester
-
-    def on_partitions_revoked(self, revoked) -> None:
-        # Every batch is acknowledged before the next poll (where rebalances run); its commit may still be
-        # in flight, so the revoked partitions' offsets are committed here, and waited for.
-        self.ingester.commit_now(revoked)
-        for tp in revoked:
-            try:
-                self.ingester.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-            except KeyError:
-                pass
-
-    def on_partitions_assigned(self, assigned) -> None:
-        logger.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
-        if assigned and self.ingester.tail_reader is not None:
-            # Another replica may have produced records it never committed; take their ids in first.
-            self.ingester.tail_reader.catch_up()
-            self.ingester.metrics.dedup_window_ids.set(len(self.ingester.window))
 
 
 class Ingester:
@@ -107,8 +82,9 @@ class Ingester:
         self.ready = False
         self.records_committed = 0  # input records whose offsets are committed (benchmarks read it)
         self._records_acked = 0  # input records whose output is acknowledged
-        self._acked: dict[TopicPartition, int] = {}  # next offset per partition, output acknowledged
-        self._committing = None  # the commit in flight (a kafka Future), if any
+        self._acked: dict[tuple[str, int], int] = {}  # next offset per (topic, partition), output acknowledged
+        self._committing: float | None = None  # when the commit in flight was sent (answered at a later poll)
+        self._committing_records = 0
         self._commit_wanted = False  # acknowledged offsets not yet sent in a commit
         self._commit_failing = False
         self._stop = threading.Event()
@@ -121,16 +97,14 @@ class Ingester:
         kafka = self.config.kafka
         if kafka.topics.create:
             ensure_topics(kafka, [self.events_raw, self.items_raw, self.events_topic, self.items_topic, self.dlq_topic])
-        self.producer = make_producer(kafka)
+        self.producer = rdkafka.Producer(kafka)
         if self.section.rebuild_dedup_window and self.section.dedup_window > 0:
             self.tail_reader = EventsTailReader(kafka, self.window)
             self.tail_reader.catch_up()
             self.metrics.dedup_window_ids.set(len(self.window))
-        overrides = {"max_poll_records": self.section.batch_max_records}
-        if self.section.group_instance_id:
-            overrides["group_instance_id"] = self.section.group_instance_id
-        self.consumer = make_consumer(kafka, None, self.section.group_id, **overrides)
-        subscribe(self.consumer, [self.events_raw, self.items_raw], listener=_Rebalance(self))
+        overrides = {"group.instance.id": self.section.group_instance_id} if self.section.group_instance_id else {}
+        self.consumer = rdkafka.make_consumer(kafka, self.section.group_id, on_commit=self._committed, **overrides)
+        self.consumer.subscribe([self.events_raw, self.items_raw], on_assign=self._assigned, on_revoke=self._revoked)
         self.ready = True
         logger.info("ingester started", extra={"group_id": self.section.group_id, "inputs": [self.events_raw, self.items_raw]})
         return self
@@ -145,10 +119,10 @@ class Ingester:
 
     def run(self) -> None:
         """Process batches until ``stop()``; raises DeliveryFailed (without committing) on a produce failure."""
-        poll_ms = self.section.poll_timeout_ms
+        poll_s = self.section.poll_timeout_ms / 1000
         try:
             while not self._stop.is_set():
-                batch = self.consumer.poll(timeout_ms=poll_ms, max_records=self.section.batch_max_records)
+                batch = self._poll(poll_s)
                 if batch:
                     self.process_batch(batch)
                 else:
@@ -164,21 +138,65 @@ class Ingester:
         self.ready = False
         if self.consumer is not None:
             self.commit_now()
-            self.consumer.close(autocommit=False)
+            self.consumer.close()
             self.consumer = None
         if self.producer is not None:
-            self.producer.close(timeout=10)
+            self.producer.close(timeout_s=10)
             self.producer = None
+
+    # -- the consumer -----------------------------------------------------------------------------
+
+    def _poll(self, timeout_s: float) -> dict[tuple[str, int], list]:
+        """Up to ``batch_max_records`` records, per (topic, partition) in offset order: waits up to ``timeout_s``
+        for the first, then takes what has arrived with it (``consume`` alone would wait for the whole batch)."""
+        first = self.consumer.poll(timeout_s)
+        if first is None:
+            return {}
+        batch: dict[tuple[str, int], list] = {}
+        more = self.consumer.consume(self.section.batch_max_records - 1, 0) if self.section.batch_max_records > 1 else []
+        for msg in (first, *more):
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise rdkafka.KafkaException(err)
+                # Transient (a broker away, a topic not there yet): the client retries by itself.
+                logger.warning("consumer error", extra={"error": str(err)})
+                continue
+            key = (msg.topic(), msg.partition())
+            records = batch.get(key)
+            if records is None:
+                batch[key] = [msg]
+            else:
+                records.append(msg)
+        return batch
+
+    def _revoked(self, consumer, partitions) -> None:
+        # Every batch is acknowledged before the next poll (where rebalances run); its commit may still be
+        # in flight, so the revoked partitions' offsets are committed here, and waited for.
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self.commit_now(revoked)
+        for topic, partition in revoked:
+            try:
+                self.metrics.consumer_lag.remove(topic, str(partition))
+            except KeyError:
+                pass
+
+    def _assigned(self, consumer, partitions) -> None:
+        logger.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)})
+        if partitions and self.tail_reader is not None:
+            # Another replica may have produced records it never committed; take their ids in first.
+            self.tail_reader.catch_up()
+            self.metrics.dedup_window_ids.set(len(self.window))
 
     # -- the hot loop -----------------------------------------------------------------------------
 
     def process_batch(self, batch: dict) -> None:
         started = time.perf_counter()
         out = self._produce(batch)
-        self.producer.flush()
-        for fut in out.futures:
-            if fut.failed():
-                raise DeliveryFailed(f"a produced record was not acknowledged: {fut.exception!r}")
+        left = self.producer.flush()
+        failures = self.producer.take_failures()
+        if failures or left:
+            raise DeliveryFailed(f"{len(failures) + left} produced records were not acknowledged: {failures[:3]}")
         self._acked.update(out.next_offsets)
         self._records_acked += out.records_in
         self._commit_wanted = True
@@ -189,27 +207,33 @@ class Ingester:
 
     def _commit_async(self) -> None:
         """Send the acknowledged offsets, unless nothing is new or a commit is still in flight (its answer
-        comes back on the consumer's network thread; the next batch or a quiet poll sends what it lacks)."""
-        if not self._commit_wanted or (self._committing is not None and not self._committing.is_done):
+        comes to ``_committed`` during a later poll; the next batch or a quiet poll sends what it lacks)."""
+        in_flight = self._committing is not None and time.monotonic() - self._committing < COMMIT_ANSWER_S
+        if not self._commit_wanted or in_flight or not self._acked:
             return
         self._commit_wanted = False
-        records = self._records_acked
-        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._acked.items()}
-        self._committing = self.consumer.commit_async(offsets, callback=lambda _o, response: self._committed(records, response))
+        self._committing, self._committing_records = time.monotonic(), self._records_acked
+        try:
+            self.consumer.commit(offsets=_offsets(self._acked), asynchronous=True)
+        except rdkafka.KafkaException as exc:
+            self._committed(exc.args[0] if exc.args else exc, None)
 
-    def _committed(self, records: int, response) -> None:
-        if isinstance(response, Exception):
+    def _committed(self, err, partitions) -> None:
+        """The answer to an asynchronous commit (librdkafka calls it from a poll, on this thread)."""
+        self._committing = None
+        failed = err or next((tp.error for tp in partitions or () if tp.error), None)
+        if failed is not None:
             self._commit_wanted = True  # sent again with the next batch, or at the next quiet poll
             if not self._commit_failing:  # said once, not at every retry while Kafka is away
                 self._commit_failing = True
                 logger.warning("offset commit failed; sent again with the next one (if the group rebalanced, the "
                                "new owner reads those batches again and the dedup window drops them)",
-                               extra={"error": repr(response)})
+                               extra={"error": str(failed)})
             return
         if self._commit_failing:
             self._commit_failing = False
             logger.info("offset commit succeeded again")
-        self.records_committed = max(self.records_committed, records)
+        self.records_committed = max(self.records_committed, self._committing_records)
 
     def commit_now(self, partitions=None) -> None:
         """Commit the acknowledged offsets (of ``partitions``, default all) and wait for the answer; a failure
@@ -222,9 +246,12 @@ class Ingester:
         if not offsets or self.consumer is None:
             return
         try:
-            commit_processed(self.consumer, offsets)
-        except Exception as exc:  # noqa: BLE001 - stopping or rebalancing: nothing better to do than say so
-            logger.warning("offsets not committed; those batches will be read again", extra={"error": repr(exc)})
+            answer = self.consumer.commit(offsets=_offsets(offsets), asynchronous=False)
+            failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in answer or () if tp.error]
+        except rdkafka.KafkaException as exc:
+            failed = [str(exc)]
+        if failed:  # stopping or rebalancing: nothing better to do than say so
+            logger.warning("offsets not committed; those batches will be read again", extra={"error": failed})
             return
         if partitions is None:
             self.records_committed = self._records_acked
@@ -237,42 +264,42 @@ class Ingester:
         events_topic, items_topic, dlq_topic = self.events_topic, self.items_topic, self.dlq_topic
         headers_out = PROTOBUF_HEADERS
         out = _BatchOutput()
-        futures, rejected = out.futures, out.rejected
+        rejected = out.rejected
         n_events = n_items = dups = newest_ts = 0
         for tp, records in batch.items():
-            is_events = tp.topic == self.events_raw
+            is_events = tp[0] == self.events_raw
             out.records_in += len(records)
             for rec in records:
                 ctype = None
-                for hkey, hval in rec.headers or ():
+                for hkey, hval in rec.headers() or ():
                     if hkey.lower() == CONTENT_TYPE_HEADER:
                         ctype = hval
                         break
+                ts_type, ts = rec.timestamp()
+                record_ts = ts if ts_type != NO_TIMESTAMP else None
                 try:
                     if is_events:
-                        event = validator.event(rec.value, ctype, rec.timestamp, now_ms)
+                        event = validator.event(rec.value(), ctype, record_ts, now_ms)
                         if not window.add(event.event_id):
                             dups += 1
                             continue
-                        futures.append(send(events_topic, key=event.user_id.encode(), value=event.SerializeToString(),
-                                            headers=headers_out))
+                        send(events_topic, key=event.user_id.encode(), value=event.SerializeToString(), headers=headers_out)
                         n_events += 1
                         if event.timestamp_ms > newest_ts:
                             newest_ts = event.timestamp_ms
                     else:
-                        item = validator.item(rec.value, ctype, rec.timestamp, now_ms)
-                        futures.append(send(items_topic, key=item.item_id.encode(), value=item.SerializeToString(),
-                                            headers=headers_out))
+                        item = validator.item(rec.value(), ctype, record_ts, now_ms)
+                        send(items_topic, key=item.item_id.encode(), value=item.SerializeToString(), headers=headers_out)
                         n_items += 1
                 except RecordRejected as rej:
-                    futures.append(self._to_dlq(send, dlq_topic, rec, rej.code, rej.reason))
+                    self._to_dlq(send, dlq_topic, rec, rej.code, rej.reason)
                     rejected[rej.code] = rejected.get(rej.code, 0) + 1
                 except Exception as exc:  # noqa: BLE001 - a validator bug must not stop the stream
                     logger.exception("unexpected error validating a record",
-                                     extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset})
-                    futures.append(self._to_dlq(send, dlq_topic, rec, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300]))
+                                     extra={"topic": rec.topic(), "partition": rec.partition(), "offset": rec.offset()})
+                    self._to_dlq(send, dlq_topic, rec, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300])
                     rejected[INTERNAL_ERROR] = rejected.get(INTERNAL_ERROR, 0) + 1
-            out.next_offsets[tp] = records[-1].offset + 1
+            out.next_offsets[tp] = records[-1].offset() + 1
         out.events, out.items, out.duplicates, out.newest_ts = n_events, n_items, dups, newest_ts
         return out
 
@@ -280,8 +307,8 @@ class Ingester:
         m = self.metrics
         m.batch_duration.observe(time.perf_counter() - started)
         m.batch_records.observe(out.records_in)
-        m.records_in.labels(self.events_raw).inc(sum(len(r) for tp, r in batch.items() if tp.topic == self.events_raw))
-        m.records_in.labels(self.items_raw).inc(sum(len(r) for tp, r in batch.items() if tp.topic == self.items_raw))
+        m.records_in.labels(self.events_raw).inc(sum(len(r) for tp, r in batch.items() if tp[0] == self.events_raw))
+        m.records_in.labels(self.items_raw).inc(sum(len(r) for tp, r in batch.items() if tp[0] == self.items_raw))
         if out.events:
             m.records_out.labels(self.events_topic).inc(out.events)
             if out.newest_ts > self._newest_ts:
@@ -298,27 +325,33 @@ class Ingester:
         m.dedup_window_ids.set(len(self.window))
 
     @staticmethod
-    def _to_dlq(send, dlq_topic: str, rec, code: str, reason: str):
-        headers = list(rec.headers or ()) + [
+    def _to_dlq(send, dlq_topic: str, rec, code: str, reason: str) -> None:
+        headers = list(rec.headers() or ()) + [
             (ERROR_CODE_HEADER, code.encode()),
             (ERROR_REASON_HEADER, reason.encode("utf-8", "replace")),
-            (SOURCE_TOPIC_HEADER, rec.topic.encode()),
-            (SOURCE_PARTITION_HEADER, str(rec.partition).encode()),
-            (SOURCE_OFFSET_HEADER, str(rec.offset).encode()),
+            (SOURCE_TOPIC_HEADER, rec.topic().encode()),
+            (SOURCE_PARTITION_HEADER, str(rec.partition()).encode()),
+            (SOURCE_OFFSET_HEADER, str(rec.offset()).encode()),
         ]
-        value = rec.value
-        if value is None and rec.key is None:
-            value = b""  # the client refuses a record with neither key nor value
-        return send(dlq_topic, key=rec.key, value=value, headers=headers)
+        send(dlq_topic, key=rec.key(), value=rec.value(), headers=headers)
 
     def _update_lag(self) -> None:
+        """Records between the position and the end of each assigned partition (the ends as of the last fetch)."""
         consumer = self.consumer
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
+        try:
+            positions = consumer.position(consumer.assignment())
+        except rdkafka.KafkaException:
+            return  # lag is best effort
+        for tp in positions:
+            if tp.offset < 0:
+                continue  # nothing consumed there yet
             try:
-                pos = consumer.position(tp)
-            except Exception:  # noqa: BLE001 - lag is best effort
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except rdkafka.KafkaException:
                 continue
-            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+            if high >= 0:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+
+def _offsets(next_offsets: dict[tuple[str, int], int]) -> list:
+    return [rdkafka.TopicPartition(topic, partition, offset) for (topic, partition), offset in next_offsets.items()]

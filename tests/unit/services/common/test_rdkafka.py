@@ -1,0 +1,51 @@
+"""The librdkafka clients take the same `kafka` section as the kafka-python ones, with the same meaning."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common import rdkafka
+from services.common.config import KafkaConfig
+from tests.pki import tls_for
+
+
+def test_tls_and_sasl_settings_map_to_librdkafka_and_the_clients_accept_them():
+    tls = tls_for("ingester")
+    config = KafkaConfig(bootstrap_servers="broker-0:9093,broker-1:9093", security_protocol="SASL_SSL",
+                         sasl_mechanism="SCRAM-SHA-512", sasl_username="ingester", sasl_password="s3cret",
+                         ssl_cafile=tls.ca_file, ssl_certfile=tls.cert_file, ssl_keyfile=tls.key_file,
+                         client_id="ingester-0", request_timeout_ms=15000)
+    opts = rdkafka.client_options(config)
+    assert {k: v for k, v in opts.items() if k != "logger"} == {
+        "bootstrap.servers": "broker-0:9093,broker-1:9093", "security.protocol": "SASL_SSL",
+        "client.id": "ingester-0", "socket.timeout.ms": 15000, "reconnect.backoff.max.ms": 2000,
+        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "ingester", "sasl.password": "s3cret",
+        "ssl.ca.location": tls.ca_file, "ssl.certificate.location": tls.cert_file,
+        "ssl.key.location": tls.key_file}
+    # librdkafka reads the CA, the certificate and the key when a client is made: a wrong file fails here.
+    rdkafka.Producer(config).close(timeout_s=0)
+    rdkafka.make_consumer(config, "g").close()
+
+
+def test_an_unreadable_certificate_is_refused_when_the_client_is_made(tmp_path):
+    bad = tmp_path / "ca.crt"
+    bad.write_text("not a certificate")
+    config = KafkaConfig(security_protocol="SSL", ssl_cafile=str(bad))
+    with pytest.raises(rdkafka.KafkaException):
+        rdkafka.Producer(config)
+
+
+def test_oauthbearer_is_refused_naming_the_setting():
+    config = KafkaConfig(security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER")
+    with pytest.raises(ValueError, match="kafka.sasl_mechanism"):
+        rdkafka.client_options(config)
+
+
+def test_a_record_the_brokers_never_acknowledge_is_reported_not_dropped():
+    # Nothing listens on this port: the record times out in the client and comes back as a failure.
+    producer = rdkafka.Producer(KafkaConfig(bootstrap_servers="127.0.0.1:9"), **{"message.timeout.ms": 500})
+    producer.send("events", key=b"u1", value=b"x")
+    assert producer.flush(30) == 0
+    failures = producer.take_failures()
+    assert len(failures) == 1 and "events" in failures[0], failures
+    assert producer.take_failures() == []
