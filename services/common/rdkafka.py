@@ -27,7 +27,9 @@ TIMESTAMP_NOT_AVAILABLE = confluent_kafka.TIMESTAMP_NOT_AVAILABLE
 
 def describe() -> str:
     """The client and library versions, for benchmark output."""
-    return f"confluent-kafka {confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]})"
+    version = confluent_kafka.version()  # a string in 2.16, a (string, int) pair before
+    version = version if isinstance(version, str) else version[0]
+    return f"confluent-kafka {version} (librdkafka {confluent_kafka.libversion()[0]})"
 
 
 def client_options(config: KafkaConfig) -> dict[str, Any]:
@@ -119,3 +121,94 @@ def make_consumer(config: KafkaConfig, group_id: str, on_commit: Callable | None
         **overrides,
     }
     return confluent_kafka.Consumer(opts)
+
+
+class PartitionReader:
+    """Every partition of one topic, assigned to this consumer alone (no group) and read from given offsets:
+    services.common.kafka.PartitionReader on librdkafka, for a reader that must see each record soon after
+    it is written (inference's history follower). Records are confluent-kafka ``Message`` objects.
+
+    ``positions`` is the next offset to process per partition; ``poll`` leaves it where it is (call
+    ``advance`` once the records are processed). An offset below the log start (retention deleted it)
+    starts at the log start; partitions added to the topic later are picked up from their beginning by
+    ``refresh_partitions``.
+    """
+
+    def __init__(self, config: KafkaConfig, topic: str, *, max_poll_records: int = 5000,
+                 timeout_s: float = 30.0, **overrides: Any) -> None:
+        self.topic = topic
+        self.max_poll_records = max_poll_records
+        self.timeout_s = timeout_s
+        # librdkafka wants a group id even for a consumer that only assigns: this one never joins it or commits.
+        self.consumer = make_consumer(config, f"{config.client_id}-reader", **overrides)
+        self.positions: dict[int, int] = {}
+
+    def _partitions(self) -> list[int]:
+        meta = self.consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise KafkaException(f"topic {self.topic} has no partitions (does it exist?)"
+                                 + (f": {meta.error}" if meta is not None and meta.error else ""))
+        return sorted(meta.partitions)
+
+    def assign(self, offsets: dict[int, int] | None = None) -> None:
+        """Assign every partition; start at ``offsets`` (partition -> next offset), the others at the log start."""
+        offsets = offsets or {}
+        start = {}
+        for p in self._partitions():
+            begin, _end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+            want = offsets.get(p)
+            if want is not None and want < begin:
+                logger.warning("offset no longer in the log; reading from the log start", extra={
+                    "topic": self.topic, "partition": p, "offset": want, "log_start": begin})
+            start[p] = begin if want is None else max(want, begin)
+        self.consumer.assign([TopicPartition(self.topic, p, off) for p, off in start.items()])
+        self.positions.update(start)  # in place: other threads may hold the dict
+        logger.info("partitions assigned", extra={"topic": self.topic, "offsets": start})
+
+    def refresh_partitions(self) -> bool:
+        """Pick up partitions added to the topic since ``assign`` (read from their beginning); -> any added."""
+        if not set(self._partitions()) - set(self.positions):
+            return False
+        self.assign(dict(self.positions))
+        return True
+
+    def seek_forward(self, offsets: dict[int, int]) -> None:
+        """Move the partitions where ``offsets`` are ahead of the position there."""
+        ahead = {p: off for p, off in offsets.items() if p in self.positions and off > self.positions[p]}
+        if ahead:
+            self.assign({**self.positions, **ahead})
+
+    def poll(self, timeout_ms: int) -> dict[int, list]:
+        """Records per partition (waiting up to ``timeout_ms`` for the first, then taking what has arrived with
+        it), any below the position (already processed) dropped; positions unchanged."""
+        first = self.consumer.poll(timeout_ms / 1000)
+        if first is None:
+            return {}
+        out: dict[int, list] = {}
+        rest = self.consumer.consume(self.max_poll_records - 1, 0) if self.max_poll_records > 1 else []
+        for msg in (first, *rest):
+            if msg.error() is not None:
+                if msg.error().fatal():
+                    raise KafkaException(msg.error())
+                logger.debug("consumer error", extra={"topic": self.topic, "error": str(msg.error())})
+                continue
+            expected = self.positions.get(msg.partition())
+            if expected is not None and msg.offset() >= expected:
+                out.setdefault(msg.partition(), []).append(msg)
+        return out
+
+    def advance(self, next_offsets: dict[int, int]) -> None:
+        """Mark records as processed: ``next_offsets`` is the offset after the last one, per partition."""
+        for p, off in next_offsets.items():
+            self.positions[p] = max(self.positions.get(p, 0), off)
+
+    def lag(self) -> dict[int, int]:
+        """Records between the position and the end of each partition (asked of the brokers)."""
+        out = {}
+        for p, pos in list(self.positions.items()):
+            _begin, end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+            out[p] = max(0, end - pos)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,110 @@
+"""services.common.rdkafka.PartitionReader (inference's history follower) against the real broker."""
+
+from __future__ import annotations
+
+import pytest
+from kafka import KafkaAdminClient, TopicPartition
+from kafka.admin import NewPartitions
+
+from services.common.kafka import ensure_topics, make_producer
+from services.common.rdkafka import PartitionReader
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _produce(config, topic: str, n: int, start: int = 0) -> None:
+    producer = make_producer(config)
+    futures = [producer.send(topic, key=f"k{i % 11}".encode(), value=str(i).encode()) for i in range(start, start + n)]
+    producer.flush()
+    for f in futures:
+        f.get(timeout=30)
+    producer.close()
+
+
+def _read_all(reader: PartitionReader, want: int, timeout_s: float = 60.0) -> list[int]:
+    got: list[int] = []
+
+    def more() -> bool:
+        for partition, records in reader.poll(200).items():
+            got.extend(int(r.value()) for r in records)
+            reader.advance({partition: records[-1].offset() + 1})
+        return len(got) >= want
+
+    wait_for(more, timeout_s, f"{want} records", interval_s=0)
+    return got
+
+
+def test_reads_every_record_from_the_given_offsets_and_its_lag_reaches_zero(kafka_config):
+    topic = kafka_config.topics.name("dlq")
+    ensure_topics(kafka_config, [topic])
+    _produce(kafka_config, topic, 90)
+    reader = PartitionReader(kafka_config, topic)
+    try:
+        reader.assign({0: 5})  # partition 0 from offset 5, the others from their start
+        assert reader.positions[0] == 5 and all(off == 0 for p, off in reader.positions.items() if p != 0)
+        got = _read_all(reader, 85)
+        assert len(got) == len(set(got)) == 85  # nothing twice
+        assert reader.lag() == {p: 0 for p in reader.positions}
+        _produce(kafka_config, topic, 10, start=90)
+        assert sorted(_read_all(reader, 10)) == list(range(90, 100))  # and what arrives later
+    finally:
+        reader.close()
+
+
+def test_starts_at_the_log_start_when_retention_removed_the_offset(kafka_config):
+    topic = kafka_config.topics.name("dlq")
+    ensure_topics(kafka_config, [topic])
+    _produce(kafka_config, topic, 60)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_config.bootstrap_servers)
+    reader = PartitionReader(kafka_config, topic)
+    try:
+        reader.assign()
+        ends = {p: lag for p, lag in reader.lag().items()}
+        admin.delete_records({TopicPartition(topic, p): end // 2 for p, end in ends.items()})
+        reader.assign({p: 0 for p in ends})
+        assert reader.positions == {p: end // 2 for p, end in ends.items()}
+        assert len(_read_all(reader, sum(end - end // 2 for end in ends.values()))) == sum(
+            end - end // 2 for end in ends.values())
+    finally:
+        reader.close()
+        admin.close()
+
+
+def test_seek_forward_skips_ahead_never_back(kafka_config):
+    topic = kafka_config.topics.name("dlq")
+    ensure_topics(kafka_config, [topic])
+    _produce(kafka_config, topic, 60)
+    reader = PartitionReader(kafka_config, topic)
+    try:
+        reader.assign()
+        ends = reader.lag()
+        busiest = max(ends, key=ends.get)
+        reader.seek_forward({busiest: ends[busiest] - 1, 999: 5})  # an unknown partition is ignored
+        reader.seek_forward({busiest: 0})  # behind the position: no move
+        assert reader.positions[busiest] == ends[busiest] - 1
+        got = _read_all(reader, sum(ends.values()) - (ends[busiest] - 1))
+        assert len(got) == sum(ends.values()) - (ends[busiest] - 1)
+        assert reader.lag() == {p: 0 for p in reader.positions}
+    finally:
+        reader.close()
+
+
+def test_picks_up_partitions_added_later(kafka_config):
+    topic = kafka_config.topics.name("dlq")
+    ensure_topics(kafka_config, [topic])
+    reader = PartitionReader(kafka_config, topic)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_config.bootstrap_servers)
+    try:
+        reader.assign()
+        before = set(reader.positions)
+        admin.create_partitions({topic: NewPartitions(total_count=len(before) + 2)})
+        wait_for(reader.refresh_partitions, 30, "the new partitions")
+        assert len(reader.positions) == len(before) + 2
+        _produce(kafka_config, topic, 100)
+        seen: set[int] = set()
+        wait_for(lambda: seen.update(reader.poll(200)) or len(seen) == len(before) + 2, 60,
+                 "records on every partition", interval_s=0)
+    finally:
+        reader.close()
+        admin.close()
