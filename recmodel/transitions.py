@@ -62,24 +62,51 @@ class TransitionTable:
         row[item] = row.get(item, 0.0) + count
         self._total[previous] = self._total.get(previous, 0.0) + count
         if len(row) > 2 * self.max_next:
-            kept = sorted(row.items(), key=lambda kv: -kv[1])[: self.max_next]
-            self._next[previous] = dict(kept)  # the total keeps the pruned counts: kept P stay calibrated
+            self._prune(previous)
+
+    def _prune(self, item: str) -> None:
+        """Keep the ``max_next`` most frequent successors of ``item`` (the total keeps the pruned counts, so
+        the kept probabilities stay calibrated)."""
+        self._next[item] = dict(sorted(self._next[item].items(), key=lambda kv: -kv[1])[: self.max_next])
 
     def observe_sequence(self, recent: Sequence[tuple[str, bool]] | None,
                          steps: Iterable[tuple[str, bool]]) -> list[tuple[str, bool]]:
         """Count every ``(item, counted)`` step whose flag is set, from the ``span`` items before it (``recent``,
         oldest first, for the first step) and, weighted by ``backward``, back to those of them that were
-        counted; returns the last ``span`` steps, the ``recent`` of the sequence's continuation."""
-        recent = list(recent or ())[-self.span :]
+        counted; returns the last ``span`` steps, the ``recent`` of the sequence's continuation.
+
+        The same counts as :meth:`observe` for each pair, in the same order (so the same floating-point sums);
+        inlined, since the trainer calls it for every event, up to ``2 * span`` counts each."""
+        span = self.span
+        recent = list(recent or ())[-span:]
+        weights = [self.span_decay**d for d in range(span)]
+        backward = self.backward
+        rows, totals, limit = self._next, self._total, 2 * self.max_next
         for item, counted in steps:
             if counted:
-                for d, (previous, previous_counted) in enumerate(reversed(recent)):
-                    w = self.span_decay**d
-                    self.observe(previous, item, w)
-                    if self.backward > 0 and previous_counted:
-                        self.observe(item, previous, self.backward * w)
+                for d in range(len(recent)):
+                    previous, previous_counted = recent[-1 - d]
+                    if previous == item:
+                        continue  # a repeat of the same item is not a step, either way
+                    w = weights[d]
+                    row = rows.get(previous)
+                    if row is None:
+                        row = rows[previous] = {}
+                    row[item] = row.get(item, 0.0) + w
+                    totals[previous] = totals.get(previous, 0.0) + w
+                    if len(row) > limit:
+                        self._prune(previous)
+                    if backward > 0 and previous_counted:
+                        w *= backward
+                        row = rows.get(item)
+                        if row is None:
+                            row = rows[item] = {}
+                        row[previous] = row.get(previous, 0.0) + w
+                        totals[item] = totals.get(item, 0.0) + w
+                        if len(row) > limit:
+                            self._prune(item)
             recent.append((item, bool(counted)))
-            if len(recent) > self.span:
+            if len(recent) > span:
                 del recent[0]
         return recent
 

@@ -209,3 +209,27 @@ def test_a_trainer_restored_from_a_checkpoint_before_the_span_counts_with_its_ow
     assert (table.span, table.backward, table.top) == (RECIPE["transition_span"], RECIPE["transition_backward"],
                                                        RECIPE["transition_top"])
     assert table._next == trainer.transitions._next  # the counts so far are kept
+
+
+def test_sequences_count_exactly_what_observing_each_pair_counts_pruning_included():
+    rng = np.random.default_rng(3)
+    fast = TransitionTable(max_next=3, span=4, span_decay=0.6, backward=0.4)
+    pairwise = TransitionTable(max_next=3, span=4, span_decay=0.6, backward=0.4)
+    recent_fast: dict[int, list] = {}
+    recent_pairs: dict[int, list] = {}
+    for _ in range(300):
+        user = int(rng.integers(5))
+        steps = [(f"i{rng.integers(12)}", bool(rng.random() < 0.8)) for _ in range(int(rng.integers(1, 6)))]
+        recent_fast[user] = fast.observe_sequence(recent_fast.get(user), steps)
+        recent = list(recent_pairs.get(user, []))
+        for item, counted in steps:  # the definition, one pair at a time
+            if counted:
+                for d, (previous, previous_counted) in enumerate(reversed(recent)):
+                    pairwise.observe(previous, item, 0.6**d)
+                    if previous_counted:
+                        pairwise.observe(item, previous, 0.4 * 0.6**d)
+            recent = (recent + [(item, counted)])[-4:]
+        recent_pairs[user] = recent
+    assert fast._next == pairwise._next and fast._total == pairwise._total  # equal floats, not approximately
+    assert recent_fast == recent_pairs
+    assert max(len(row) for row in fast._next.values()) <= 6  # pruned along the way
