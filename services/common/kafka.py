@@ -7,6 +7,9 @@
 - ``ensure_topics``: creates missing topics (compacted where the design says so).
 - ``consumer_lag``: per-partition lag for the lag gauges.
 - ``PartitionReader``: every partition of one topic, read from given offsets without a group.
+
+The ingester and inference's history follower, which carry every event and must pass it on within
+milliseconds, use librdkafka instead (services/common/rdkafka.py), configured from the same section.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
-"""librdkafka clients (confluent-kafka), for the ingester's consume -> produce loop.
+"""librdkafka clients (confluent-kafka): the ingester's consumer and producer, and the reader of
+inference's history follower.
 
-The other services use kafka-python (services/common/kafka.py). The ingester moves every record of the
-stream twice, and there kafka-python is the wall: on 2 cores its producer alone took two thirds of the
-ingester's time (8,200 events/s, against 23,600 with this producer; ``streamrec bench ingest``), and its
-network loop, a Python thread, held records back for 100-200 ms at a time while it waited for the
-interpreter lock. librdkafka fetches, batches, compresses and sends on its own C threads, without the lock.
+These carry every event of the stream and must pass it on within milliseconds; the other services
+use kafka-python (services/common/kafka.py). There kafka-python was the wall. On 2 cores one ingester
+process moved 8,200 events/s with it and 38,400 with librdkafka (``streamrec bench ingest --events
+400000``). Its network loop, a Python thread, also held records back 100-220 ms at a time while it
+waited for the interpreter lock (kafka-python logs these as tasks "blocking the event loop"): much
+of the history-visibility tail (p99 ~300 ms with it, 170-210 ms without). librdkafka fetches, batches
+and sends on its own C threads.
 
 Both clients are configured from the same ``kafka`` section (:class:`KafkaConfig`), with the same meaning.
 """
