@@ -199,27 +199,6 @@ def header(headers: Iterable[tuple[str, bytes]] | None, name: str) -> bytes | No
     return None
 
 
-def poll_fresh(consumer: KafkaConsumer, timeout_ms: int, max_records: int | None = None) -> dict:
-    """``consumer.poll``, and what arrived after the records it returns were fetched.
-
-    kafka-python fetches in the background, and when a poll hands out records a fetch brought meanwhile, it
-    sends the next fetch only then: what arrives while the caller works on that batch comes one batch later
-    (the trainer: a step later, 0.3-0.6 s at 1,000 events/s on 2 cores). So after handing out such records,
-    poll once more for what that fetch brings (the broker answers at once when there is any; at most
-    ``fetch_max_wait_ms``), within ``max_records``. Records a poll had to wait for are fresh already: a lone
-    record on a quiet topic is returned without a second poll.
-    """
-    fetcher = getattr(consumer, "_fetcher", None)  # kafka-python (pinned): fetched records wait here for a poll
-    buffered = bool(getattr(fetcher, "_completed_fetches", None))
-    polled = consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-    room = (max_records or consumer.config["max_poll_records"]) - sum(map(len, polled.values()))
-    if not buffered or not polled or room <= 0:
-        return polled
-    for tp, records in consumer.poll(timeout_ms=consumer.config["fetch_max_wait_ms"], max_records=room).items():
-        polled[tp] = polled.get(tp, []) + records
-    return polled
-
-
 class PartitionReader:
     """Every partition of one topic, assigned to this consumer alone and read from given offsets.
 
@@ -227,16 +206,12 @@ class PartitionReader:
     ``advance`` once the records are processed, e.g. checkpointed); ``read`` advances at once.
     An offset below the log start (retention deleted it) starts at the log start; partitions added to
     the topic later are picked up from their beginning by ``refresh_partitions``.
-
-    ``fresh``: polls with :func:`poll_fresh`, for a caller that works a while on each batch (the trainer).
     """
 
-    def __init__(self, config: KafkaConfig, topic: str, *, group_id: str | None = None, fresh: bool = False,
-                 **consumer_overrides) -> None:
+    def __init__(self, config: KafkaConfig, topic: str, *, group_id: str | None = None, **consumer_overrides) -> None:
         self.topic = topic
         self.consumer: KafkaConsumer = make_consumer(config, None, group_id, **consumer_overrides)
         self.positions: dict[int, int] = {}
-        self.fresh = fresh
 
     def assign(self, offsets: Mapping[int, int] | None = None) -> None:
         """Assign every partition; seek to ``offsets`` (partition -> next offset), the others to the log start."""
@@ -273,7 +248,7 @@ class PartitionReader:
     def poll(self, timeout_ms: int) -> dict[int, list]:
         """Records per partition, any below the position (already processed) dropped; positions unchanged."""
         out: dict[int, list] = {}
-        polled = poll_fresh(self.consumer, timeout_ms) if self.fresh else self.consumer.poll(timeout_ms=timeout_ms)
+        polled = self.consumer.poll(timeout_ms=timeout_ms)
         for tp, records in polled.items():
             expected = self.positions.get(tp.partition)
             unprocessed = [r for r in records if expected is not None and r.offset >= expected]

@@ -1,5 +1,5 @@
-"""librdkafka clients (confluent-kafka): the ingester's consumer and producer, and the reader of
-inference's history follower.
+"""librdkafka clients (confluent-kafka): the ingester's consumer and producer, and the readers of
+inference's history follower and of the trainer's events.
 
 These carry every event of the stream and must pass it on within milliseconds; the other services
 use kafka-python (services/common/kafka.py). There kafka-python was the wall. On 2 cores one ingester
@@ -127,9 +127,11 @@ def make_consumer(config: KafkaConfig, group_id: str, on_commit: Callable | None
 
 
 class PartitionReader:
-    """Every partition of one topic, assigned to this consumer alone (no group) and read from given offsets:
-    services.common.kafka.PartitionReader on librdkafka, for a reader that must see each record soon after
-    it is written (inference's history follower). Records are confluent-kafka ``Message`` objects.
+    """Every partition of one topic, assigned to this consumer alone (no group membership) and read from given
+    offsets: services.common.kafka.PartitionReader on librdkafka, for a reader that must see each record soon
+    after it is written (inference's history follower, the trainer). Records are confluent-kafka ``Message``
+    objects. librdkafka fetches ahead on its own threads, so a poll returns everything that arrived while the
+    caller worked on the last batch.
 
     ``positions`` is the next offset to process per partition; ``poll`` leaves it where it is (call
     ``advance`` once the records are processed). An offset below the log start (retention deleted it)
@@ -137,13 +139,14 @@ class PartitionReader:
     ``refresh_partitions``.
     """
 
-    def __init__(self, config: KafkaConfig, topic: str, *, max_poll_records: int = 5000,
+    def __init__(self, config: KafkaConfig, topic: str, *, group_id: str | None = None, max_poll_records: int = 5000,
                  timeout_s: float = 30.0, **overrides: Any) -> None:
         self.topic = topic
         self.max_poll_records = max_poll_records
         self.timeout_s = timeout_s
-        # librdkafka wants a group id even for a consumer that only assigns: this one never joins it or commits.
-        self.consumer = make_consumer(config, f"{config.client_id}-reader", **overrides)
+        self.group_id = group_id  # commit() stores the positions there (for lag in the usual Kafka tooling)
+        # librdkafka wants a group id even for a consumer that only assigns; without one this reader never commits.
+        self.consumer = make_consumer(config, group_id or f"{config.client_id}-reader", **overrides)
         self.positions: dict[int, int] = {}
 
     def _partitions(self) -> list[int]:
@@ -212,6 +215,16 @@ class PartitionReader:
             _begin, end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
             out[p] = max(0, end - pos)
         return out
+
+    def commit(self) -> None:
+        """Commit the positions to ``group_id``, if any (for lag in the usual Kafka tooling; never read back)."""
+        if self.group_id is None or not self.positions:
+            return
+        try:
+            self.consumer.commit(offsets=[TopicPartition(self.topic, p, off) for p, off in self.positions.items()],
+                                 asynchronous=False)
+        except KafkaException as exc:
+            logger.warning("offset commit failed (lag display only)", extra={"topic": self.topic, "error": str(exc)})
 
     def close(self) -> None:
         self.consumer.close()

@@ -256,7 +256,7 @@ class TrainerService:
 
         monitor = PrequentialEvaluator(window=cfg.eval_window, ks=cfg.eval_k, per_batch=cfg.eval_per_batch,
                                        max_history=max(50, trainer.max_len))
-        events = EventReader(self.config.kafka, self.events_topic, group_id=cfg.consumer_group, fresh=True,
+        events = EventReader(self.config.kafka, self.events_topic, group_id=cfg.consumer_group,
                              max_poll_records=cfg.poll_max_records)
         items = ItemReader(self.config.kafka, self.items_topic, max_poll_records=5000)
         self.publisher = Publisher(background=self.publish_in_background)

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from recmodel.data import Event, Item
-from services.common.kafka import PartitionReader
+from services.common import kafka, rdkafka
 from streamrec_proto.v1 import event_pb2
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class EventBatch:
     partitions: dict[int, int] = field(default_factory=dict)  # partition -> records in this batch
 
 
-class EventReader(PartitionReader):
+class EventReader(rdkafka.PartitionReader):
     """`events` from the checkpointed offsets, in micro-batches that ``advance_past`` marks as trained."""
     def next_batch(self, timeout_ms: int) -> EventBatch | None:
         """The next micro-batch, partitions interleaved by event time, each partition in offset order."""
@@ -67,16 +67,16 @@ class EventReader(PartitionReader):
         for partition, recs in polled.items():
             decoded = []
             for r in recs:
-                event = decode_event(r.value)
+                event = decode_event(r.value())
                 if event is None:
                     skipped += 1
                     logger.warning("undecodable record on events", extra={
-                        "topic": self.topic, "partition": partition, "offset": r.offset})
+                        "topic": self.topic, "partition": partition, "offset": r.offset()})
                 else:
                     decoded.append(event)
             records += len(recs)
             counts[partition] = len(recs)
-            next_offsets[partition] = recs[-1].offset + 1
+            next_offsets[partition] = recs[-1].offset() + 1
             streams.append(decoded)
         # heapq.merge keeps each partition's order (one user's events stay in order) while interleaving by time.
         events = list(heapq.merge(*streams, key=lambda e: e.timestamp_ms))
@@ -88,7 +88,7 @@ class EventReader(PartitionReader):
         self.advance(batch.next_offsets)
 
 
-class ItemReader(PartitionReader):
+class ItemReader(kafka.PartitionReader):
     """The `items` catalog, decoded as it is read."""
     def read_available(self, timeout_ms: int = 0) -> list[Item]:
         return _decode_items(recs for recs in self.read(timeout_ms).values())

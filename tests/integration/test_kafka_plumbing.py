@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -226,57 +225,3 @@ def test_partition_reader_picks_up_partitions_added_later(kafka_config):
     finally:
         reader.close()
         admin.close()
-
-
-@pytest.mark.parametrize("fresh", [True, False])
-def test_a_fresh_partition_reader_returns_what_arrived_while_its_caller_worked(kafka_config, fresh):
-    """Once a poll hands out records that a fetch brought in the background, kafka-python sends the next fetch
-    at once: that fetch brings what arrives within moments, and what arrives while the caller works on its
-    batch (the trainer: a step) comes one batch later. A ``fresh`` reader's poll returns it.
-
-    The broker holds a fetch until data arrives (fetch_max_wait_ms 10 s here), so which records a pending fetch
-    carries does not depend on timing."""
-    from services.common.kafka import PartitionReader
-
-    topic = kafka_config.topics.name("dlq")
-    ensure_topics(kafka_config, [topic])
-    producer = make_producer(kafka_config)
-    reader = PartitionReader(kafka_config, topic, fresh=fresh, fetch_max_wait_ms=10_000)
-
-    def send(value: str) -> None:
-        producer.send(topic, key=b"k", value=value.encode(), partition=0).get(timeout=30)
-
-    def fetched_in_background() -> bool:  # kafka-python (pinned) keeps a fetch's records here until a poll
-        return bool(reader.consumer._fetcher._completed_fetches)
-
-    got: list[bytes] = []
-    try:
-        reader.assign()
-        reader.assign(reader.end_offsets())  # from the end: other tests use the topic too
-        assert reader.read(200) == {}  # times out with a fetch pending at the broker
-        send("a")  # answers it
-        wait_for(fetched_in_background, 60, "the pending fetch to bring the record")
-        later = threading.Timer(0.3, send, ["b"])  # answers the fetch that handing out "a" sends
-        later.start()
-        got += [r.value for r in reader.read(30_000).get(0, [])]  # fresh: waits for "b" too
-        later.join()
-        wait_for(lambda: b"b" in got or fetched_in_background(), 60, "the pending fetch to bring the record")
-        time.sleep(0.3)  # the caller works on its batch meanwhile
-        send("c")
-        got += [r.value for r in reader.read(30_000).get(0, [])]
-        # Every record acknowledged before a read began is in it or an earlier one; without fresh, "c" comes
-        # only with the next read.
-        assert got == ([b"a", b"b", b"c"] if fresh else [b"a", b"b"])
-        if not fresh:
-            got += [r.value for r in reader.read(30_000).get(0, [])]
-            assert got == [b"a", b"b", b"c"]
-        # A record that a poll waits for is fresh: returned as it comes, not after a second fetch the broker holds.
-        later = threading.Timer(0.3, send, ["d"])
-        started = time.monotonic()
-        later.start()
-        assert [r.value for r in reader.read(30_000).get(0, [])] == [b"d"]
-        assert time.monotonic() - started < 5
-        later.join()
-    finally:
-        reader.close()
-        producer.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import NewPartitions
@@ -108,3 +111,31 @@ def test_picks_up_partitions_added_later(kafka_config):
     finally:
         reader.close()
         admin.close()
+
+
+def test_a_poll_returns_a_lone_record_at_once_and_a_burst_in_order_each_record_once(kafka_config):
+    # A lone record on a quiet topic must not wait for a batch of max_poll_records to fill (librdkafka's
+    # consume(n, timeout) alone would wait the whole timeout).
+    topic = kafka_config.topics.name("dlq")
+    ensure_topics(kafka_config, [topic])
+    reader = PartitionReader(kafka_config, topic, max_poll_records=5000, **{"fetch.wait.max.ms": 10_000})
+    producer = make_producer(kafka_config)
+    try:
+        reader.assign()
+        assert reader.poll(200) == {}
+        started = time.monotonic()
+        threading.Timer(0.3, lambda: producer.send(topic, key=b"k", value=b"0", partition=0).get(30)).start()
+        first = reader.poll(60_000)
+        assert [r.value() for r in first[0]] == [b"0"]
+        assert time.monotonic() - started < 30  # not the poll's 60 s, nor the fetch's 10 s
+        reader.advance({0: first[0][-1].offset() + 1})
+        for i in range(1, 51):
+            producer.send(topic, key=b"k", value=str(i).encode(), partition=0)
+        producer.flush()
+        got = []
+        wait_for(lambda: got.extend(r.value() for rs in reader.poll(1000).values() for r in rs) or len(got) >= 50,
+                 60, "the 50 records")
+        assert got == [str(i).encode() for i in range(1, 51)]  # in order, each once
+    finally:
+        producer.close()
+        reader.close()
