@@ -63,8 +63,8 @@ class Producer:
     """An idempotent, acks=all producer (the settings of services.common.kafka.make_producer).
 
     ``send`` queues a record and returns at once; ``flush`` waits until every queued record is
-    acknowledged or has failed for good; ``failures`` then names the records that failed since the last
-    ``take_failures`` (delivery reports come back for failures only: nothing is done per success).
+    acknowledged or has failed for good; ``take_failures`` then names the records that failed since it was
+    last called (delivery reports come back for failures only: nothing is done per success).
     """
 
     def __init__(self, config: KafkaConfig, **overrides: Any) -> None:
