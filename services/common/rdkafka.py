@@ -15,7 +15,10 @@ Both clients are configured from the same ``kafka`` section (:class:`KafkaConfig
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+import re
+import threading
+import time
+from typing import Any, Callable, TypeVar
 
 import confluent_kafka
 
@@ -26,6 +29,61 @@ logger = logging.getLogger(__name__)
 KafkaException = confluent_kafka.KafkaException
 TopicPartition = confluent_kafka.TopicPartition
 TIMESTAMP_NOT_AVAILABLE = confluent_kafka.TIMESTAMP_NOT_AVAILABLE
+
+# How long a blocking call that has no timeout of its own (a synchronous commit, a consumer's close) may take.
+# librdkafka waits for the group coordinator without a bound: once it has known one, a broker that dies
+# meanwhile holds such a call forever, and with it a service that is stopping.
+BLOCKING_CALL_S = 15.0
+
+T = TypeVar("T")
+
+
+class _Repeats(logging.Filter):
+    """Lets a librdkafka message through once a minute: while a broker is away it logs a failed connection
+    attempt every few hundred milliseconds. Messages that differ only in numbers (timings, counts) are the same."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.every_s) < self.every_s:
+                return False
+            if len(self._last) > 1000:
+                self._last.clear()
+            self._last[key] = now
+        return True
+
+
+_librdkafka_log = logging.getLogger("librdkafka")
+_librdkafka_log.addFilter(_Repeats())
+
+
+def bounded(call: Callable[[], T], what: str, timeout_s: float = BLOCKING_CALL_S) -> T:
+    """``call()`` on a helper thread, waiting at most ``timeout_s``; TimeoutError naming ``what`` after that (the
+    call is left to finish or not on its own: it runs in librdkafka, without the interpreter lock)."""
+    result: list = []
+
+    def run() -> None:
+        try:
+            result.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            result.append((False, exc))
+
+    worker = threading.Thread(target=run, name=f"kafka-{what}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not result:
+        raise TimeoutError(f"{what} took longer than {timeout_s:.0f}s (is Kafka reachable?)")
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
 
 
 def describe() -> str:
@@ -44,7 +102,7 @@ def client_options(config: KafkaConfig) -> dict[str, Any]:
         "client.id": config.client_id,
         "socket.timeout.ms": config.request_timeout_ms,
         "reconnect.backoff.max.ms": 2000,  # as for kafka-python: back at a broker within 2 s of its return
-        "logger": logging.getLogger("librdkafka"),
+        "logger": _librdkafka_log,
     }
     if config.sasl_mechanism == "OAUTHBEARER":
         raise ValueError("kafka.sasl_mechanism: OAUTHBEARER needs a token provider, which this configuration "
@@ -217,14 +275,18 @@ class PartitionReader:
         return out
 
     def commit(self) -> None:
-        """Commit the positions to ``group_id``, if any (for lag in the usual Kafka tooling; never read back)."""
+        """Send the positions to ``group_id``, if any, without waiting (for lag in the usual Kafka tooling; never
+        read back, so a commit that fails is simply superseded by the next)."""
         if self.group_id is None or not self.positions:
             return
         try:
             self.consumer.commit(offsets=[TopicPartition(self.topic, p, off) for p, off in self.positions.items()],
-                                 asynchronous=False)
+                                 asynchronous=True)
         except KafkaException as exc:
             logger.warning("offset commit failed (lag display only)", extra={"topic": self.topic, "error": str(exc)})
 
     def close(self) -> None:
-        self.consumer.close()
+        try:
+            bounded(self.consumer.close, "closing the consumer")
+        except (TimeoutError, KafkaException) as exc:
+            logger.warning("consumer not closed cleanly", extra={"topic": self.topic, "error": str(exc)})

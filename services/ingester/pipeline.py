@@ -138,7 +138,11 @@ class Ingester:
         self.ready = False
         if self.consumer is not None:
             self.commit_now()
-            self.consumer.close()
+            try:
+                rdkafka.bounded(self.consumer.close, "closing the consumer")
+            except (TimeoutError, rdkafka.KafkaException) as exc:
+                logger.warning("consumer not closed cleanly; its partitions move after the session timeout",
+                               extra={"error": str(exc)})
             self.consumer = None
         if self.producer is not None:
             self.producer.close(timeout_s=10)
@@ -245,10 +249,12 @@ class Ingester:
                 del self._acked[tp]
         if not offsets or self.consumer is None:
             return
+        consumer = self.consumer
         try:
-            answer = self.consumer.commit(offsets=_offsets(offsets), asynchronous=False)
+            answer = rdkafka.bounded(lambda: consumer.commit(offsets=_offsets(offsets), asynchronous=False),
+                                     "an offset commit")
             failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in answer or () if tp.error]
-        except rdkafka.KafkaException as exc:
+        except (TimeoutError, rdkafka.KafkaException) as exc:
             failed = [str(exc)]
         if failed:  # stopping or rebalancing: nothing better to do than say so
             logger.warning("offsets not committed; those batches will be read again", extra={"error": failed})

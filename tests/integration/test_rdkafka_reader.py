@@ -139,3 +139,28 @@ def test_a_poll_returns_a_lone_record_at_once_and_a_burst_in_order_each_record_o
     finally:
         producer.close()
         reader.close()
+
+
+def test_commit_and_close_return_when_the_broker_died_after_the_reader_knew_it(tmp_path):
+    # A synchronous commit to a coordinator that died waited forever, and a stopping trainer with it.
+    from services.common import rdkafka
+    from services.common.config import KafkaConfig, TopicsConfig
+    from services.common.localkafka import LocalKafka
+
+    broker = LocalKafka(data_dir=tmp_path / "kafka", heap="256m").start()
+    try:
+        config = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topics=TopicsConfig(prefix="dying."))
+        topic = config.topics.name("events")
+        ensure_topics(config, [topic])
+        _produce(config, topic, 30)
+        reader = PartitionReader(config, topic, group_id="dying-trainer")
+        reader.assign()
+        _read_all(reader, 30)
+        reader.commit()  # the coordinator is known from here on
+        broker.kill()
+        started = time.monotonic()
+        reader.commit()
+        reader.close()
+        assert time.monotonic() - started < rdkafka.BLOCKING_CALL_S + 10
+    finally:
+        broker.cleanup()

@@ -49,3 +49,24 @@ def test_a_record_the_brokers_never_acknowledge_is_reported_not_dropped():
     failures = producer.take_failures()
     assert len(failures) == 1 and "events" in failures[0], failures
     assert producer.take_failures() == []
+
+
+def test_a_blocking_call_is_bounded_and_its_error_or_result_comes_back():
+    import threading
+
+    never = threading.Event()
+    with pytest.raises(TimeoutError, match="a stuck commit"):
+        rdkafka.bounded(never.wait, "a stuck commit", timeout_s=0.2)
+    never.set()
+    assert rdkafka.bounded(lambda: 42, "a call") == 42
+    with pytest.raises(rdkafka.KafkaException):
+        rdkafka.bounded(lambda: (_ for _ in ()).throw(rdkafka.KafkaException("refused")), "a call")
+
+
+def test_a_broker_that_stays_away_is_logged_once_a_minute_not_at_every_attempt(caplog):
+    log = rdkafka._librdkafka_log
+    with caplog.at_level("INFO", logger="librdkafka"):
+        for ms in range(50):
+            log.error("FAIL [streamrec#consumer-1]: 127.0.0.1:9: Connect failed (after %dms in state CONNECT)", ms)
+        log.error("a different message")
+    assert [r.getMessage()[:4] for r in caplog.records] == ["FAIL", "a di"]
