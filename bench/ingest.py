@@ -152,15 +152,13 @@ def _run_rdkafka_copier(config: KafkaConfig, n: int, batch: int) -> float:
     first = None
     try:
         while done < n:
-            head = consumer.poll(0.2)
-            if head is None:
+            messages = rdkafka.poll_batch(consumer, batch, 0.2)
+            if not messages:
                 continue
             if first is None:
                 first = time.perf_counter()
             offsets = {}
-            for msg in (head, *consumer.consume(batch - 1, 0)):
-                if msg.error():
-                    raise RuntimeError(f"rdkafka copier: {msg.error()}")
+            for msg in messages:
                 producer.send(target, key=msg.key(), value=msg.value(), headers=msg.headers())
                 offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
                 done += 1

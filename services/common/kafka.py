@@ -74,7 +74,7 @@ def make_consumer(
     return consumer
 
 
-def subscribe(consumer: KafkaConsumer, topics: Iterable[str], listener=None, timeout_s: float = 60.0) -> None:
+def subscribe(consumer: KafkaConsumer, topics: Iterable[str], timeout_s: float = 60.0) -> None:
     """Subscribe, then fetch metadata until every topic has partitions, before the first poll joins the group.
 
     The group leader assigns from the metadata it holds at the join: a topic whose metadata has not
@@ -84,7 +84,7 @@ def subscribe(consumer: KafkaConsumer, topics: Iterable[str], listener=None, tim
     Asking for metadata after ``subscribe`` also refreshes the group's view of it.
     """
     topics = list(topics)
-    consumer.subscribe(topics, listener=listener)
+    consumer.subscribe(topics)
     missing = _await_partitions(consumer, topics, time.monotonic() + timeout_s)
     if missing:
         # Subscribed anyway: the client keeps asking while a topic is unknown, and joins once it appears.

@@ -166,6 +166,26 @@ class Producer:
             logger.warning("producer closed with records not acknowledged", extra={"records": left})
 
 
+def poll_batch(consumer: confluent_kafka.Consumer, max_records: int, timeout_s: float) -> list:
+    """Up to ``max_records`` messages: waits up to ``timeout_s`` for the first, then takes what has arrived with
+    it (``consume(n, timeout)`` alone waits for n messages or the whole timeout: 200 ms on every history probe
+    once). A transient error (a broker away, a topic not there yet; the client retries by itself) is logged
+    and skipped; a fatal one raises."""
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    out = []
+    for msg in (first, *(consumer.consume(max_records - 1, 0) if max_records > 1 else ())):
+        err = msg.error()
+        if err is None:
+            out.append(msg)
+        elif err.fatal():
+            raise KafkaException(err)
+        else:
+            logger.warning("consumer error", extra={"error": str(err)})
+    return out
+
+
 def make_consumer(config: KafkaConfig, group_id: str, on_commit: Callable | None = None,
                   **overrides: Any) -> confluent_kafka.Consumer:
     """A group consumer that never commits by itself (the settings of services.common.kafka.make_consumer);
@@ -245,17 +265,8 @@ class PartitionReader:
     def poll(self, timeout_ms: int) -> dict[int, list]:
         """Records per partition (waiting up to ``timeout_ms`` for the first, then taking what has arrived with
         it), any below the position (already processed) dropped; positions unchanged."""
-        first = self.consumer.poll(timeout_ms / 1000)
-        if first is None:
-            return {}
         out: dict[int, list] = {}
-        rest = self.consumer.consume(self.max_poll_records - 1, 0) if self.max_poll_records > 1 else []
-        for msg in (first, *rest):
-            if msg.error() is not None:
-                if msg.error().fatal():
-                    raise KafkaException(msg.error())
-                logger.debug("consumer error", extra={"topic": self.topic, "error": str(msg.error())})
-                continue
+        for msg in poll_batch(self.consumer, self.max_poll_records, timeout_ms / 1000):
             expected = self.positions.get(msg.partition())
             if expected is not None and msg.offset() >= expected:
                 out.setdefault(msg.partition(), []).append(msg)

@@ -153,19 +153,8 @@ class Ingester:
     def _poll(self, timeout_s: float) -> dict[tuple[str, int], list]:
         """Up to ``batch_max_records`` records, per (topic, partition) in offset order: waits up to ``timeout_s``
         for the first, then takes what has arrived with it (``consume`` alone would wait for the whole batch)."""
-        first = self.consumer.poll(timeout_s)
-        if first is None:
-            return {}
         batch: dict[tuple[str, int], list] = {}
-        more = self.consumer.consume(self.section.batch_max_records - 1, 0) if self.section.batch_max_records > 1 else []
-        for msg in (first, *more):
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise rdkafka.KafkaException(err)
-                # Transient (a broker away, a topic not there yet): the client retries by itself.
-                logger.warning("consumer error", extra={"error": str(err)})
-                continue
+        for msg in rdkafka.poll_batch(self.consumer, self.section.batch_max_records, timeout_s):
             key = (msg.topic(), msg.partition())
             records = batch.get(key)
             if records is None:
@@ -261,6 +250,7 @@ class Ingester:
             return
         if partitions is None:
             self.records_committed = self._records_acked
+            self._acked.clear()  # committed: the revoke that closing the consumer brings has nothing to send again
 
     def _produce(self, batch: dict) -> _BatchOutput:
         """Validate every record and send it on (or to the DLQ); nothing is flushed or committed here."""
