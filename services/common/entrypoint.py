@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Callable, Protocol, TypeVar
 
-from services.common.config import ServiceConfig, load_config
+from services.common.config import KafkaConfig, ServiceConfig, load_config
 from services.common.errors import ConfigError
 from services.common.logging import configure_logging
 from services.common.metrics import MetricsServer
@@ -55,8 +55,13 @@ def load_service_config(model: type[T], argv: list[str] | None, *, service: str,
     return config
 
 
-def run_service(service: Service, *, name: str) -> int:
+def run_service(service: Service, *, name: str, kafka: KafkaConfig | None = None) -> int:
     """Run ``service`` until it ends or a SIGTERM/SIGINT stops it; -> the process exit code.
+
+    With ``kafka``, the service starts once the brokers answer as its clients will connect to them
+    (:func:`services.common.rdkafka.check_access`; until then a warning a minute says why). Refused credentials or
+    certificates end the process at once with exit code 1 and one error line that says why and names the
+    settings, instead of clients that retry for ever, unready, with the cause only in their logs.
 
     The first signal calls ``stop()`` once, on a thread of its own (draining may take a while and the
     main thread is waiting); later ones are ignored. An error escaping ``start`` or ``wait`` is logged
@@ -74,6 +79,15 @@ def run_service(service: Service, *, name: str) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if kafka is not None:
+        from services.common.rdkafka import KafkaAccessError, check_access
+
+        try:
+            if not check_access(kafka, timeout_s=None, stop=stopping):
+                return 0  # stopped while waiting for the brokers
+        except KafkaAccessError as exc:
+            logger.error("%s cannot use Kafka: %s", name, exc)
+            return 1
     try:
         service.start()
         frozen = freeze_heap()  # imports and start-up state: out of the collector's full passes

@@ -143,6 +143,9 @@ def ensure_topics(config: KafkaConfig, names: Iterable[str] | None = None, timeo
             break
         except KafkaError:
             if time.monotonic() > deadline:
+                from services.common.rdkafka import check_access
+
+                check_access(config, timeout_s=5)  # KafkaAccessError saying why, where the cause is plain
                 raise
             time.sleep(0.5)
     try:

@@ -117,6 +117,75 @@ def client_options(config: KafkaConfig) -> dict[str, Any]:
     return opts
 
 
+class KafkaAccessError(RuntimeError):
+    """The brokers could not be reached, or refused this client; the message says why and names the setting to check."""
+
+
+def _explain(config: KafkaConfig, errors: list) -> str | None:
+    """What librdkafka's connection errors (``error_cb``) say went wrong, with the settings that decide it."""
+    texts = [e.str() for e in errors]
+    codes = {e.code() for e in errors}
+    where = f"Kafka at {config.bootstrap_servers}"
+    if confluent_kafka.KafkaError._AUTHENTICATION in codes:
+        text = next(e.str() for e in errors if e.code() == confluent_kafka.KafkaError._AUTHENTICATION)
+        return (f"{where} refused user {config.sasl_username!r} ({config.sasl_mechanism}): check kafka.sasl_username, "
+                f"kafka.sasl_password and kafka.sasl_mechanism [{text}]")
+    for text in texts:
+        if "certificate verify failed" in text:
+            return (f"{where}: the brokers' certificate is not signed by a CA this client trusts: check kafka.ssl_cafile "
+                    f"({config.ssl_cafile or 'unset: the system CAs'}) [{text}]")
+        if "bad certificate" in text or "certificate required" in text:
+            return (f"{where} refused this client's certificate: check kafka.ssl_certfile and kafka.ssl_keyfile "
+                    f"({config.ssl_certfile or 'unset'}) [{text}]")
+        if "SSL" in text or "ssl" in text.split(":", 1)[0]:
+            return f"{where}: TLS handshake failed: check kafka.security_protocol and kafka.ssl_cafile [{text}]"
+    for text in texts:
+        if "Connect to" in text or "resolve" in text:
+            return f"{where}: no broker answers: check kafka.bootstrap_servers [{text}]"
+    if errors:
+        return (f"{where}: the brokers closed every connection: does kafka.security_protocol "
+                f"({config.security_protocol}) match their listener? [{texts[-1]}]")
+    return None
+
+
+def check_access(config: KafkaConfig, timeout_s: float | None = 60.0, stop: threading.Event | None = None) -> bool:
+    """Connect to the brokers as every client of this process will (same address, protocol, TLS files and SASL
+    user) and ask for metadata; -> True once they answer, False if ``stop`` is set first.
+
+    Clients retry a refused login or a failed TLS handshake for ever, and say why only in their logs (kafka-python
+    then reports "Unable to bootstrap"): a service with a wrong password would sit there, not ready, without an
+    error. Here refused credentials or certificates raise KafkaAccessError at once, naming the cause and the
+    settings. Brokers that do not answer are waited for (they may be starting too): KafkaAccessError after
+    ``timeout_s``, or (None) a warning saying why once a minute, for as long as it takes."""
+    import confluent_kafka.admin
+
+    errors: list = []
+    admin = confluent_kafka.admin.AdminClient({**client_options(config), "error_cb": errors.append})
+    start = warned = time.monotonic()
+    while stop is None or not stop.is_set():
+        left = 2.0 if timeout_s is None else timeout_s - (time.monotonic() - start)
+        try:
+            admin.list_topics(timeout=max(0.1, min(2.0, left)))
+            return True
+        except KafkaException:
+            pass
+        admin.poll(0)  # serves error_cb
+        why = _explain(config, errors) or f"Kafka at {config.bootstrap_servers} gives no metadata"
+        if any(e.code() in (confluent_kafka.KafkaError._AUTHENTICATION, confluent_kafka.KafkaError._SSL)
+               or "certificate" in e.str() for e in errors):
+            raise KafkaAccessError(why)
+        now = time.monotonic()
+        if timeout_s is not None and now - start >= timeout_s:
+            raise KafkaAccessError(f"{why} (waited {timeout_s:.0f}s)")
+        if now - warned >= 60.0:
+            logger.warning("waiting for Kafka", extra={"reason": why, "waited_s": round(now - start)})
+            warned = now
+        del errors[:-20]
+        if stop is not None:
+            stop.wait(0.5)
+    return False
+
+
 class Producer:
     """An idempotent, acks=all producer (the settings of services.common.kafka.make_producer).
 

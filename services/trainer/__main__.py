@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_distributed(config)
     from services.trainer.service import TrainerService
 
-    return run_service(TrainerService.from_config(config), name="trainer")
+    return run_service(TrainerService.from_config(config), name="trainer", kafka=config.kafka)
 
 
 if __name__ == "__main__":

@@ -197,7 +197,8 @@ def _rank_main(rank: int, config_json: str, world: int) -> None:
         # Rank 0 is the trainer service as `streamrec trainer` runs it, with the data-parallel backend.
         backend = DistributedBackend(config, device)
         try:
-            code = run_service(TrainerService.from_config(config, backend=backend), name="trainer")
+            code = run_service(TrainerService.from_config(config, backend=backend), name="trainer",
+                               kafka=config.kafka)
         finally:
             backend.shutdown()
         if code:

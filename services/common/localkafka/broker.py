@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.net import free_port
@@ -25,6 +27,43 @@ LOG4J_CONFIG = _HERE / "log4j2.xml"
 
 class KafkaBrokerError(RuntimeError):
     """The local broker could not be fetched, formatted or started."""
+
+
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """Two authenticated listeners beside the broker's own PLAINTEXT one (which the controller, the readiness
+    check and fault tests keep using): ``SASL_SSL`` (the ``users`` with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512)
+    and ``SSL`` that requires a client certificate signed by ``ca_file``. The broker presents ``cert_file`` /
+    ``key_file`` (PEM; the key unencrypted) on both.
+
+    With ``authorize``, Kafka's StandardAuthorizer checks every request on those listeners against ACLs:
+    principals ``User:<name>`` (SASL) or ``User:CN=<common name>`` (certificates) get nothing that an ACL does
+    not grant; the PLAINTEXT listener's principal (``User:ANONYMOUS``) is a super user, to grant them."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    users: dict[str, str] = field(default_factory=dict)
+    authorize: bool = False
+
+
+def _inline_pem(path: Path) -> str:
+    """A PEM file as one ``.properties`` value (Kafka reads ``\\n`` there as a line break)."""
+    return Path(path).read_text().strip().replace("\n", "\\n")
+
+
+_CREDENTIAL = re.compile(r"[A-Za-z0-9_.@+-]{1,128}")
+
+
+def _check_users(users: dict[str, str]) -> None:
+    """Names and passwords go into the broker's JAAS line and the storage tool's SCRAM arguments unquoted."""
+    for name, password in users.items():
+        for what, value in (("user name", name), ("password", password)):
+            if not _CREDENTIAL.fullmatch(value):
+                raise KafkaBrokerError(f"local broker SASL {what} {name!r}: use 1-128 of A-Z a-z 0-9 _ . @ + -")
 
 
 def default_cache_dir() -> Path:
@@ -129,7 +168,10 @@ class LocalKafka(KafkaProcesses):
         quorum_voters: str | None = None,
         cluster_id: str | None = None,
         replication_factor: int = 1,
+        security: BrokerSecurity | None = None,
     ) -> None:
+        if security:
+            _check_users(security.users)
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="streamrec-kafka-"))
         self.port = port or free_port()
@@ -142,11 +184,70 @@ class LocalKafka(KafkaProcesses):
         self.quorum_voters = quorum_voters
         self.cluster_id = cluster_id
         self.replication_factor = replication_factor
+        self.security = security
+        self.sasl_ssl_port = free_port() if security else None
+        self.ssl_port = free_port() if security else None
         self.process: subprocess.Popen | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """The SASL_SSL listener (``security`` only)."""
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def ssl_bootstrap_servers(self) -> str:
+        """The SSL listener that requires a client certificate (``security`` only)."""
+        return f"127.0.0.1:{self.ssl_port}"
+
+    def _listeners(self) -> dict[str, str]:
+        listeners = {"PLAINTEXT": self.port}
+        if self.security:
+            listeners.update(SASL_SSL=self.sasl_ssl_port, SSL=self.ssl_port)
+        names = ",".join(f"{name}://127.0.0.1:{port}" for name, port in listeners.items())
+        return {
+            "listeners": f"{names},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": names,
+            "listener.security.protocol.map": ",".join(["CONTROLLER:PLAINTEXT", *(f"{n}:{n}" for n in listeners)]),
+        }
+
+    def _security_config(self) -> dict[str, str]:
+        sec = self.security
+        if sec is None:
+            return {}
+        props = {
+            # One certificate for both listeners, given inline: Kafka reads a PEM key file only when it is encrypted.
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.certificate.chain": _inline_pem(sec.cert_file),
+            "ssl.keystore.key": _inline_pem(sec.key_file),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.certificates": _inline_pem(sec.ca_file),
+            "listener.name.ssl.ssl.client.auth": "required",
+            "sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+            "listener.name.sasl_ssl.plain.sasl.jaas.config":
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                + " ".join(f'user_{name}="{pw}"' for name, pw in sec.users.items()) + ";",
+        }
+        for mech in SASL_MECHANISMS[1:]:  # SCRAM credentials are written into the metadata log at format
+            props[f"listener.name.sasl_ssl.{mech.lower()}.sasl.jaas.config"] = \
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        if sec.authorize:
+            props["authorizer.class.name"] = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+            props["super.users"] = "User:ANONYMOUS"
+        return props
+
+    def _format_args(self) -> list[str]:
+        """SCRAM credentials of ``security.users``, for the storage format (KRaft keeps them in its metadata)."""
+        if not self.security:
+            return []
+        args = []
+        for name, pw in self.security.users.items():
+            for mech in SASL_MECHANISMS[1:]:
+                args += ["--add-scram", f"{mech}=[name={name},password={pw}]"]
+        return args
 
     def _config(self) -> Path:
         logs = self.data_dir / "logs"
@@ -158,11 +259,9 @@ class LocalKafka(KafkaProcesses):
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
             **quorum,
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            **self._listeners(),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(logs),
             "num.partitions": str(self.num_partitions),
             "default.replication.factor": rf,
@@ -180,6 +279,7 @@ class LocalKafka(KafkaProcesses):
             "log.segment.bytes": str(64 * 1024 * 1024),
             "num.network.threads": "2",
             "num.io.threads": "2",
+            **self._security_config(),
         }
         if self.quorum_voters:
             # In a cluster, notice a dead node within seconds (not the default 9 s) so leadership moves on.
@@ -187,6 +287,8 @@ class LocalKafka(KafkaProcesses):
             props["broker.session.timeout.ms"] = "6000"
         path = self.data_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        if self.security:
+            os.chmod(path, 0o600)  # the broker's private key and the users' passwords
         return path
 
     def _java(self, libs: Path, main: str, *args: str) -> list[str]:
@@ -220,7 +322,7 @@ class LocalKafka(KafkaProcesses):
             fmt = subprocess.run(
                 self._java(libs, "kafka.tools.StorageTool", "format", *quorum,
                            "--cluster-id", self.cluster_id or str(uuid.uuid4().hex[:22]),
-                           "--config", str(config), "--ignore-formatted"),
+                           "--config", str(config), "--ignore-formatted", *self._format_args()),
                 capture_output=True, text=True,
             )
             if fmt.returncode != 0:

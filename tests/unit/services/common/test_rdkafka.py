@@ -70,3 +70,19 @@ def test_a_broker_that_stays_away_is_logged_once_a_minute_not_at_every_attempt(c
             log.error("FAIL [streamrec#consumer-1]: 127.0.0.1:9: Connect failed (after %dms in state CONNECT)", ms)
         log.error("a different message")
     assert [r.getMessage()[:4] for r in caplog.records] == ["FAIL", "a di"]
+
+
+def test_brokers_that_do_not_answer_are_waited_for_until_the_timeout_or_a_stop():
+    import threading
+    import time
+
+    from services.common.net import free_port
+
+    config = KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(rdkafka.KafkaAccessError, match="no broker answers: check kafka.bootstrap_servers"):
+        rdkafka.check_access(config, timeout_s=3)
+    stop = threading.Event()
+    threading.Timer(3, stop.set).start()
+    start = time.monotonic()
+    assert rdkafka.check_access(config, timeout_s=None, stop=stop) is False
+    assert 2.5 < time.monotonic() - start < 60, "waited until the stop, then returned"
