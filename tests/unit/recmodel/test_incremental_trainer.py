@@ -133,6 +133,24 @@ def test_a_checkpoint_of_the_earlier_format_restores_and_resumes_bit_exactly(tmp
     assert resumed.transitions.state_dict() == straight.transitions.state_dict()
 
 
+def test_a_checkpoint_saved_before_adam_was_fused_resumes_fused(tmp_path, small_stream):
+    from recmodel.checkpoint import read_checkpoint, write_checkpoint
+
+    events = list(small_stream.events())[:1500]
+    first = make_trainer()
+    first.upsert_items(small_stream.items())
+    first.train_events(events[:700])
+    state, extra = read_checkpoint(first.save_checkpoint(tmp_path / "ckpt.pt"))
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = None  # as torch.optim.Adam(...) without fused=True saved it
+    resumed, _ = IncrementalTrainer.load_checkpoint(write_checkpoint(tmp_path / "old.pt", state, extra), device="cpu")
+    assert all(group["fused"] for group in resumed.optimizer.param_groups)
+    first.train_events(events[700:])
+    resumed.train_events(events[700:])
+    a, b = _params(first), _params(resumed)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_a_state_dict_is_a_snapshot_that_later_training_does_not_change(tmp_path, small_stream):
     from recmodel.checkpoint import write_checkpoint
 
