@@ -233,3 +233,15 @@ def test_sequences_count_exactly_what_observing_each_pair_counts_pruning_include
     assert fast._next == pairwise._next and fast._total == pairwise._total  # equal floats, not approximately
     assert recent_fast == recent_pairs
     assert max(len(row) for row in fast._next.values()) <= 6  # pruned along the way
+
+
+def test_pruning_keeps_the_most_frequent_successors_and_the_first_seen_among_equals():
+    table = TransitionTable(max_next=2)
+    for item, count in (("a", 1.0), ("b", 3.0), ("c", 1.0), ("d", 3.0), ("e", 2.0)):
+        table.observe("x", item, count)  # the fifth successor exceeds 2 * max_next: pruned
+    assert list(table._next["x"].items()) == [("b", 3.0), ("d", 3.0)]
+    assert table._total["x"] == 10.0  # the total keeps the pruned counts
+    table = TransitionTable(max_next=2)
+    for item in "pqrst":
+        table.observe("x", item, 1.0)
+    assert list(table._next["x"]) == ["p", "q"]
