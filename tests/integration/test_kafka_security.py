@@ -30,7 +30,7 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-PASSWORDS = {"ingester": "ingester-" + uuid.uuid4().hex, "intruder": "intruder-" + uuid.uuid4().hex}
+PASSWORDS = {name: f"{name}-{uuid.uuid4().hex}" for name in ("ingester", "intruder", "least")}
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,51 @@ def test_the_ingester_validates_a_stream_over_sasl_ssl_and_a_certificate_reader_
     finally:
         reader.close()
     assert sorted(event_pb2.Event.FromString(m.value()).event_id for m in seen) == sorted(f"e{i}" for i in range(20))
+
+
+def _grant(broker, principal: str, topics: dict[str, tuple], groups: tuple = ()) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        admin.create_acls([ACL(principal, "*", op, ACLPermissionType.ALLOW,
+                               ResourcePattern(ResourceType.TOPIC, topic, ACLResourcePatternType.LITERAL))
+                           for topic, ops in topics.items() for op in ops]
+                          + [ACL(principal, "*", ACLOperation.READ, ACLPermissionType.ALLOW,
+                                 ResourcePattern(ResourceType.GROUP, group, ACLResourcePatternType.LITERAL))
+                             for group in groups])
+    finally:
+        admin.close()
+
+
+def test_least_privilege_the_ingester_needs_no_more_than_the_acls_the_readme_lists(secure_broker):
+    """README's table for topics an operator created: read events.raw and items.raw in its group, write events,
+    items and dlq, read events (the duplicate window). Nothing on the cluster, no create, no other group."""
+    config = _sasl(secure_broker, user="least", topics=TopicsConfig(prefix=f"lp{uuid.uuid4().hex[:6]}.", create=False))
+    name = config.topics.name
+    ensure_topics(config.model_copy(update={"bootstrap_servers": secure_broker.bootstrap_servers,
+                                            "security_protocol": "PLAINTEXT", "sasl_mechanism": None}),
+                  [name(t) for t in ("events_raw", "items_raw", "events", "items", "dlq")])
+    group = config.topics.prefix + "ingester"
+    _grant(secure_broker, "User:least", {name("events_raw"): (ACLOperation.READ,), name("items_raw"): (ACLOperation.READ,),
+                                         name("events"): (ACLOperation.READ, ACLOperation.WRITE),
+                                         name("items"): (ACLOperation.WRITE,), name("dlq"): (ACLOperation.WRITE,)},
+           groups=(group,))
+    running = RunningIngester(config, group_id=group).start()
+    try:
+        now = int(time.time() * 1000)
+        plain = config.model_copy(update={"bootstrap_servers": secure_broker.bootstrap_servers,
+                                          "security_protocol": "PLAINTEXT", "sasl_mechanism": None})
+        with EventPublisher(plain) as pub:  # an app's rights are not what this test is about
+            for i in range(10):
+                pub.publish_event({"event_id": f"e{i}", "user_id": "u", "item_id": f"i{i}", "type": "click",
+                                   "timestamp_ms": now + i})
+            pub.publish_event({"event_id": "e0", "user_id": "u", "item_id": "i0", "type": "click", "timestamp_ms": now})
+            pub.publish_event({"event_id": "bad", "user_id": "", "item_id": "i0", "type": "click", "timestamp_ms": now})
+        running.wait_committed(12, timeout_s=120)
+    finally:
+        running.stop()
+    assert running.metric("streamrec_ingester_records_out_total", {"topic": name("events")}) == 10
+    assert running.metric("streamrec_ingester_records_out_total", {"topic": name("dlq")}) == 1
+    assert running.metric("streamrec_ingester_dedup_hits_total") == 1
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
