@@ -121,31 +121,31 @@ class KafkaAccessError(RuntimeError):
     """The brokers could not be reached, or refused this client; the message says why and names the setting to check."""
 
 
-def _explain(config: KafkaConfig, errors: list) -> str | None:
-    """What librdkafka's connection errors (``error_cb``) say went wrong, with the settings that decide it."""
-    texts = [e.str() for e in errors]
-    codes = {e.code() for e in errors}
+def _diagnose(config: KafkaConfig, errors: list) -> tuple[str | None, bool]:
+    """What librdkafka's connection errors (``error_cb``) say went wrong, naming the settings that decide it, and
+    whether the brokers refused this client (credentials, certificates: retrying will not help)."""
     where = f"Kafka at {config.bootstrap_servers}"
-    if confluent_kafka.KafkaError._AUTHENTICATION in codes:
-        text = next(e.str() for e in errors if e.code() == confluent_kafka.KafkaError._AUTHENTICATION)
-        return (f"{where} refused user {config.sasl_username!r} ({config.sasl_mechanism}): check kafka.sasl_username, "
-                f"kafka.sasl_password and kafka.sasl_mechanism [{text}]")
-    for text in texts:
+    for e in errors:
+        if e.code() == confluent_kafka.KafkaError._AUTHENTICATION:
+            return (f"{where} refused user {config.sasl_username!r} ({config.sasl_mechanism}): check "
+                    f"kafka.sasl_username, kafka.sasl_password and kafka.sasl_mechanism [{e.str()}]"), True
+    for e in errors:
+        text = e.str()
         if "certificate verify failed" in text:
-            return (f"{where}: the brokers' certificate is not signed by a CA this client trusts: check kafka.ssl_cafile "
-                    f"({config.ssl_cafile or 'unset: the system CAs'}) [{text}]")
+            return (f"{where}: the brokers' certificate is not signed by a CA this client trusts: check "
+                    f"kafka.ssl_cafile ({config.ssl_cafile or 'unset: the system CAs'}) [{text}]"), True
         if "bad certificate" in text or "certificate required" in text:
             return (f"{where} refused this client's certificate: check kafka.ssl_certfile and kafka.ssl_keyfile "
-                    f"({config.ssl_certfile or 'unset'}) [{text}]")
-        if "SSL" in text or "ssl" in text.split(":", 1)[0]:
-            return f"{where}: TLS handshake failed: check kafka.security_protocol and kafka.ssl_cafile [{text}]"
-    for text in texts:
-        if "Connect to" in text or "resolve" in text:
-            return f"{where}: no broker answers: check kafka.bootstrap_servers [{text}]"
+                    f"({config.ssl_certfile or 'unset'}) [{text}]"), True
+        if e.code() == confluent_kafka.KafkaError._SSL:
+            return f"{where}: TLS handshake failed: check kafka.security_protocol and kafka.ssl_cafile [{text}]", True
+    for e in errors:
+        if "Connect to" in e.str() or "resolve" in e.str():
+            return f"{where}: no broker answers: check kafka.bootstrap_servers [{e.str()}]", False
     if errors:
         return (f"{where}: the brokers closed every connection: does kafka.security_protocol "
-                f"({config.security_protocol}) match their listener? [{texts[-1]}]")
-    return None
+                f"({config.security_protocol}) match their listener? [{errors[-1].str()}]"), False
+    return None, False
 
 
 def check_access(config: KafkaConfig, timeout_s: float | None = 60.0, stop: threading.Event | None = None) -> bool:
@@ -170,9 +170,9 @@ def check_access(config: KafkaConfig, timeout_s: float | None = 60.0, stop: thre
         except KafkaException:
             pass
         admin.poll(0)  # serves error_cb
-        why = _explain(config, errors) or f"Kafka at {config.bootstrap_servers} gives no metadata"
-        if any(e.code() in (confluent_kafka.KafkaError._AUTHENTICATION, confluent_kafka.KafkaError._SSL)
-               or "certificate" in e.str() for e in errors):
+        why, refused = _diagnose(config, errors)
+        why = why or f"Kafka at {config.bootstrap_servers} gives no metadata"
+        if refused:
             raise KafkaAccessError(why)
         now = time.monotonic()
         if timeout_s is not None and now - start >= timeout_s:
@@ -273,6 +273,16 @@ def make_consumer(config: KafkaConfig, group_id: str, on_commit: Callable | None
     return confluent_kafka.Consumer(opts)
 
 
+def close_consumer(consumer: confluent_kafka.Consumer) -> None:
+    """Close ``consumer``, waiting at most BLOCKING_CALL_S (it leaves its group, if any: a dead coordinator would
+    hold the call for ever); a close that fails or times out is logged, and its partitions move to the rest of
+    the group after the session timeout."""
+    try:
+        bounded(consumer.close, "closing the consumer")
+    except (TimeoutError, KafkaException) as exc:
+        logger.warning("consumer not closed cleanly", extra={"error": str(exc)})
+
+
 class PartitionReader:
     """Every partition of one topic, assigned to this consumer alone (no group membership) and read from given
     offsets: services.common.kafka.PartitionReader on librdkafka, for a reader that must see each record soon
@@ -366,7 +376,4 @@ class PartitionReader:
             logger.warning("offset commit failed (lag display only)", extra={"topic": self.topic, "error": str(exc)})
 
     def close(self) -> None:
-        try:
-            bounded(self.consumer.close, "closing the consumer")
-        except (TimeoutError, KafkaException) as exc:
-            logger.warning("consumer not closed cleanly", extra={"topic": self.topic, "error": str(exc)})
+        close_consumer(self.consumer)

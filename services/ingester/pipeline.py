@@ -138,11 +138,7 @@ class Ingester:
         self.ready = False
         if self.consumer is not None:
             self.commit_now()
-            try:
-                rdkafka.bounded(self.consumer.close, "closing the consumer")
-            except (TimeoutError, rdkafka.KafkaException) as exc:
-                logger.warning("consumer not closed cleanly; its partitions move after the session timeout",
-                               extra={"error": str(exc)})
+            rdkafka.close_consumer(self.consumer)
             self.consumer = None
         if self.producer is not None:
             self.producer.close(timeout_s=10)
