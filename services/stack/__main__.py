@@ -28,7 +28,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--exit-after", type=float, default=None, help="stop by itself after this many seconds")
     p.add_argument("--kafka-port", type=int, default=9092)
     p.add_argument("--plaintext", action="store_true",
-                   help="run gRPC without TLS or authorization (by default the stack makes its own CA and certificates)")
+                   help="run gRPC and Kafka without TLS or authorization (by default the stack makes its own CA and "
+                        "certificates, and each service may use only its own Kafka topics)")
     return p.parse_args(argv)
 
 
@@ -47,7 +48,9 @@ def _banner(stack: LocalStack, prometheus: bool, user: str) -> str:
     lines = [
         "",
         "streamrec is up",
-        f"  kafka       {stack.kafka.bootstrap_servers}",
+        *([f"  kafka       {stack.kafka.ssl_bootstrap_servers} (mutual TLS, ACLs per service)"
+           f"   admin {stack.kafka.bootstrap_servers} (PLAINTEXT, loopback)"] if stack.kafka_secured
+          else [f"  kafka       {stack.kafka.bootstrap_servers}"]),
         f"  registry    grpc {s['registry'].grpc_target}   metrics {s['registry'].metrics_url}",
         f"  inference   grpc {s['inference'].grpc_target}   metrics {s['inference'].metrics_url}",
         f"  ingester    metrics {s['ingester'].metrics_url}",
@@ -57,8 +60,8 @@ def _banner(stack: LocalStack, prometheus: bool, user: str) -> str:
         lines.append(f"  prometheus  http://127.0.0.1:{stack.options.ports.prometheus}")
     lines += [
         f"  logs        {stack.work_dir / 'logs'}",
-        (f"  credentials {stack.tls_dir}  (a local CA; mutual TLS on every gRPC call)" if not stack.options.plaintext
-         else "  credentials none: gRPC runs in PLAINTEXT, unauthenticated (--plaintext)"),
+        (f"  credentials {stack.tls_dir}  (a local CA; mutual TLS on every gRPC call and Kafka connection)"
+         if not stack.options.plaintext else "  credentials none: gRPC and Kafka run in PLAINTEXT, unauthenticated (--plaintext)"),
         "",
         "Next, in another terminal:",
         f"  streamrec recommend {user:<13} # a user's recommendations once a model is served",
@@ -110,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         if first is None:
             raise ValueError("the dataset has no events")
         events = itertools.chain([first], events)
-        publisher = DemoPublisher(stack.kafka_config, items, events, rate=args.rate, limit=args.events).start()
+        # The demo stream publishes as an app would: with the `app` certificate, allowed to write the raw topics.
+        publisher = DemoPublisher(stack.kafka_config_for("app"), items, events, rate=args.rate,
+                                  limit=args.events).start()
         # The first user in the stream has a history by the time a model is served.
         print(_banner(stack, args.with_prometheus, first.user_id), flush=True)
         started = time.monotonic()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from services.common.tls import LocalCA
 
-# Services, plus the operator (streamrec models) and an app (streamrec recommend).
-IDENTITIES = ("registry", "inference", "trainer", "ingester", "operator", "app")
+# Services, plus the operator (streamrec models), an app (streamrec recommend, the demo stream's publisher) and
+# the Kafka broker (its TLS listener).
+IDENTITIES = ("registry", "inference", "trainer", "ingester", "operator", "app", "kafka")
 
 
 def ensure_credentials(directory: str | Path, identities=IDENTITIES) -> LocalCA:

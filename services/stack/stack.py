@@ -16,7 +16,8 @@ import yaml
 
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.kafka import ensure_topics
-from services.common.localkafka import LocalKafka, LocalKafkaCluster
+from services.common.kafka_acls import grant
+from services.common.localkafka import BrokerSecurity, LocalKafka, LocalKafkaCluster
 from services.common.process import available_cpus, die_with_parent
 from services.common.tls import TlsConfig
 from services.stack.credentials import ensure_credentials
@@ -66,7 +67,9 @@ class StackOptions:
     # More than one serves Recommend from a live replica while another restarts; replica i listens on
     # the inference ports + 100 * (i - 1).
     inference_replicas: int = 1
-    # Off only when asked for: every gRPC call in the stack then goes in plaintext, unauthenticated.
+    # Off only when asked for: every gRPC call in the stack then goes in plaintext, unauthenticated, and the
+    # services use Kafka's PLAINTEXT listener. Otherwise each service reaches Kafka over mutual TLS with its own
+    # certificate and may do only what its ACLs (services/common/kafka_acls.py) allow.
     plaintext: bool = False
     # Kafka nodes on loopback: 1 is the single broker; 3 is a cluster with replication factor 3 and
     # min.insync.replicas 2 (broker-failure tests). The first listens on ports.kafka.
@@ -84,9 +87,15 @@ class LocalStack:
                                            log_dir=self.work_dir / "logs", ports=[ports.kafka])
             self.replication_factor = self.kafka.replication_factor
         else:
+            # Its own certificate comes from the stack's CA; the services' certificates name them to its ACLs.
+            security = None if options.plaintext else BrokerSecurity(
+                ca_file=self.tls_dir / "ca.crt", cert_file=self.tls_dir / "kafka.crt", key_file=self.tls_dir / "kafka.key",
+                authorize=True)
             self.kafka = LocalKafka(data_dir=self.work_dir / "kafka", port=ports.kafka, heap="512m",
-                                    log_file=self.work_dir / "logs" / "kafka.log")
+                                    log_file=self.work_dir / "logs" / "kafka.log", security=security)
             self.replication_factor = 1
+        # The administrator's connection (PLAINTEXT on loopback, a super user): creates the topics and grants the
+        # ACLs; the tests and benchmarks read and write through it too.
         self.kafka_config = KafkaConfig(
             bootstrap_servers=self.kafka.bootstrap_servers,
             topics=TopicsConfig(prefix=options.topic_prefix, partitions=options.partitions,
@@ -123,6 +132,32 @@ class LocalStack:
         return TlsConfig(ca_file=str(self.tls_dir / "ca.crt"), cert_file=str(self.tls_dir / f"{identity}.crt"),
                          key_file=str(self.tls_dir / f"{identity}.key"))
 
+    @property
+    def kafka_secured(self) -> bool:
+        """Whether the services reach Kafka over mutual TLS with ACLs (a single broker, not --plaintext)."""
+        return getattr(self.kafka, "security", None) is not None
+
+    def kafka_config_for(self, identity: str) -> KafkaConfig:
+        """How ``identity`` (a service, or ``app`` for a publisher) reaches Kafka in this stack: over mutual TLS
+        with its certificate when the brokers check ACLs, else as the administrator does."""
+        if not self.kafka_secured:
+            return self.kafka_config
+        ca, cert, key = (str(self.tls_dir / f) for f in ("ca.crt", f"{identity}.crt", f"{identity}.key"))
+        return self.kafka_config.model_copy(update={
+            "bootstrap_servers": self.kafka.ssl_bootstrap_servers, "security_protocol": "SSL",
+            "ssl_cafile": ca, "ssl_certfile": cert, "ssl_keyfile": key,
+            # The stack creates every topic before the services start; they have no right to create any.
+            "topics": self.kafka_config.topics.model_copy(update={"create": False})})
+
+    def _grant_kafka_acls(self) -> None:
+        """Each identity's rights (services/common/kafka_acls.py), its principal the certificate's subject."""
+        from services.ingester.config import IngesterSection
+        from services.trainer.config import TrainerSection
+
+        groups = {"ingester": (IngesterSection().group_id,), "trainer": (TrainerSection().consumer_group,)}
+        for identity in ("ingester", "trainer", "inference", "registry", "app"):
+            grant(self.kafka_config, f"User:CN={identity}", identity, self.kafka_config.topics, groups.get(identity, ()))
+
     def _config_for(self, name: str) -> dict:
         opts, ports = self.options, self.options.ports
         data = self.work_dir / "data" / name
@@ -132,6 +167,11 @@ class LocalStack:
             "topics": {"prefix": opts.topic_prefix, "partitions": opts.partitions,
                        "replication_factor": self.replication_factor},
         }
+        if self.kafka_secured:
+            secure = self.kafka_config_for(name)
+            kafka.update(bootstrap_servers=secure.bootstrap_servers, security_protocol="SSL", ssl_cafile=secure.ssl_cafile,
+                         ssl_certfile=secure.ssl_certfile, ssl_keyfile=secure.ssl_keyfile)
+            kafka["topics"]["create"] = False
         config: dict = {
             "logging": {"level": "INFO", "format": "text"},
             "metrics": {"host": "127.0.0.1", "port": getattr(ports, f"{name}_metrics")},
@@ -184,6 +224,8 @@ class LocalStack:
             ensure_credentials(self.tls_dir)
         self.kafka.start()
         ensure_topics(self.kafka_config)
+        if self.kafka_secured:
+            self._grant_kafka_acls()
         try:
             for svc in self.services.values():
                 svc.start()

@@ -22,7 +22,10 @@ import pytest
 from kafka import TopicPartition
 
 from recmodel.data import Item, SyntheticStream
-from services.common.kafka import make_consumer
+from kafka.errors import TopicAuthorizationFailedError
+
+from services.common.kafka import make_consumer, make_producer
+from services.common.rdkafka import KafkaAccessError, KafkaException, PartitionReader, check_access
 from services.common.registry_client import RegistryClient
 from services.stack.demo import DemoPublisher
 from services.stack.stack import LocalStack, StackOptions, StackPorts
@@ -48,7 +51,8 @@ def stack(tmp_path_factory, world):
                            model_dim=32, max_len=20, inference_replicas=2, fresh=True)
     with LocalStack(options) as st:
         st.start_prometheus()
-        publisher = DemoPublisher(st.kafka_config, world.items(), world.events(), rate=3000).start()
+        # As an app publishes: with its certificate, allowed to write the raw topics only.
+        publisher = DemoPublisher(st.kafka_config_for("app"), world.items(), world.events(), rate=3000).start()
         assert publisher.done.wait(120), "demo stream published"
         assert publisher.error is None
         st.published = publisher.events_published
@@ -94,6 +98,24 @@ def recommender(stack):
     channel = stack.inference_channel()
     yield recommender_pb2_grpc.RecommenderStub(channel)
     channel.close()
+
+
+def test_each_certificate_may_use_only_its_own_kafka_topics(stack):
+    """An app's certificate may publish raw records, not write `events` (past the ingester's validation) nor read
+    it; a client with no certificate is refused; the services run with exactly their rights (the fixture)."""
+    assert stack.kafka_secured
+    app = stack.kafka_config_for("app")
+    producer = make_producer(app, enable_idempotence=False, retries=0)
+    try:
+        producer.send(app.topics.name("events_raw"), b"{}").get(timeout=60)  # the ingester sends it to the DLQ
+        with pytest.raises(TopicAuthorizationFailedError):
+            producer.send(app.topics.name("events"), b"forged").get(timeout=60)
+    finally:
+        producer.close()
+    with pytest.raises(KafkaException, match="TOPIC_AUTHORIZATION_FAILED"):
+        PartitionReader(app, app.topics.name("events"), timeout_s=60).assign()
+    with pytest.raises(KafkaAccessError, match="refused this client's certificate.*kafka.ssl_certfile"):
+        check_access(app.model_copy(update={"ssl_certfile": None, "ssl_keyfile": None}), timeout_s=60)
 
 
 def _served_version(stub) -> int:
