@@ -109,6 +109,54 @@ app.kubernetes.io/part-of: streamrec
 {{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}true{{ end }}
 {{- end }}
 
+{{/*
+Kafka rights per principal (README "Kafka ACLs"; services/common/kafka_acls.py holds the same table): topic key ->
+operations. "publisher" is for apps and `streamrec publish`.
+*/}}
+{{- define "streamrec.kafka.rights" -}}
+{{- dict
+  "ingester" (dict "events_raw" (list "Read") "items_raw" (list "Read") "events" (list "Read" "Write") "items" (list "Write") "dlq" (list "Write"))
+  "trainer" (dict "events" (list "Read") "items" (list "Read"))
+  "inference" (dict "events" (list "Read") "model_versions" (list "Read"))
+  "registry" (dict "model_versions" (list "Write"))
+  "publisher" (dict "events_raw" (list "Write") "items_raw" (list "Write"))
+  | toJson }}
+{{- end }}
+
+{{/* The KafkaUser of a principal (.root, .component) when kafka.strimzi.users is on. */}}
+{{- define "streamrec.kafka.userName" -}}
+{{- include "streamrec.componentName" . }}
+{{- end }}
+
+{{/*
+How a component authenticates to Kafka (.root, .component): {username, passwordSecret: {name, key},
+clientSecret: {name, certKey, keyKey}}. With kafka.strimzi.users each has its own KafkaUser and the Secret the
+User Operator writes for it; else every component shares kafka.sasl and kafka.tls.clientSecret.
+*/}}
+{{- define "streamrec.kafka.credentials" -}}
+{{- $k := .root.Values.kafka }}
+{{- if $k.strimzi.users }}
+{{- $user := include "streamrec.kafka.userName" . }}
+{{- if eq $k.securityProtocol "SSL" }}
+{{- dict "clientSecret" (dict "name" $user "certKey" "user.crt" "keyKey" "user.key") | toJson }}
+{{- else }}
+{{- dict "username" $user "passwordSecret" (dict "name" $user "key" "password") | toJson }}
+{{- end }}
+{{- else }}
+{{- $out := dict }}
+{{- if $k.sasl.mechanism }}
+{{- $_ := set $out "username" $k.sasl.username }}
+{{- if $k.sasl.passwordSecret.name }}
+{{- $_ := set $out "passwordSecret" $k.sasl.passwordSecret }}
+{{- end }}
+{{- end }}
+{{- if $k.tls.clientSecret.name }}
+{{- $_ := set $out "clientSecret" $k.tls.clientSecret }}
+{{- end }}
+{{- $out | toJson }}
+{{- end }}
+{{- end }}
+
 {{/* Components that speak gRPC and so hold a certificate of their own. */}}
 {{- define "streamrec.grpcTls.components" -}}
 {{- list "registry" "inference" "trainer" | toJson }}
@@ -186,17 +234,18 @@ component's own section, defaults first, the user's `config.settings` on top.
 {{- $v := index $root.Values .component }}
 {{- $k := $root.Values.kafka }}
 {{- $kafka := dict "bootstrap_servers" $k.bootstrapServers "security_protocol" $k.securityProtocol "client_id" (include "streamrec.componentName" .) }}
+{{- $cred := include "streamrec.kafka.credentials" . | fromJson }}
 {{- if $k.sasl.mechanism }}
 {{- $_ := set $kafka "sasl_mechanism" $k.sasl.mechanism }}
-{{- $_ := set $kafka "sasl_username" $k.sasl.username }}
+{{- $_ := set $kafka "sasl_username" $cred.username }}
 {{- end }}
 {{- if include "streamrec.kafka.tls" $root }}
 {{- if $k.tls.caSecret.name }}
 {{- $_ := set $kafka "ssl_cafile" (printf "/etc/streamrec/kafka-tls/ca/%s" $k.tls.caSecret.key) }}
 {{- end }}
-{{- if $k.tls.clientSecret.name }}
-{{- $_ := set $kafka "ssl_certfile" (printf "/etc/streamrec/kafka-tls/client/%s" $k.tls.clientSecret.certKey) }}
-{{- $_ := set $kafka "ssl_keyfile" (printf "/etc/streamrec/kafka-tls/client/%s" $k.tls.clientSecret.keyKey) }}
+{{- with $cred.clientSecret }}
+{{- $_ := set $kafka "ssl_certfile" (printf "/etc/streamrec/kafka-tls/client/%s" .certKey) }}
+{{- $_ := set $kafka "ssl_keyfile" (printf "/etc/streamrec/kafka-tls/client/%s" .keyKey) }}
 {{- end }}
 {{- end }}
 {{- $topics := dict "prefix" $k.topics.prefix "partitions" (int $k.topics.partitions) "replication_factor" (int $k.topics.replicationFactor) "create" (eq (include "streamrec.kafka.createTopics" $root) "true") }}
@@ -233,23 +282,24 @@ component's own section, defaults first, the user's `config.settings` on top.
   value: /tmp
 - name: XDG_CACHE_HOME
   value: /tmp/.cache
-{{- if and $root.Values.kafka.sasl.mechanism $root.Values.kafka.sasl.passwordSecret.name }}
+{{- $cred := include "streamrec.kafka.credentials" . | fromJson }}
+{{- if and $root.Values.kafka.sasl.mechanism $cred.passwordSecret }}
 - name: STREAMREC_KAFKA_SASL_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ $root.Values.kafka.sasl.passwordSecret.name }}
-      key: {{ $root.Values.kafka.sasl.passwordSecret.key }}
+      name: {{ $cred.passwordSecret.name }}
+      key: {{ $cred.passwordSecret.key }}
 {{- end }}
 {{- end }}
 
 {{- define "streamrec.kafka.volumeMounts" -}}
-{{- if include "streamrec.kafka.tls" . }}
-{{- if .Values.kafka.tls.caSecret.name }}
+{{- if include "streamrec.kafka.tls" .root }}
+{{- if .root.Values.kafka.tls.caSecret.name }}
 - name: kafka-ca
   mountPath: /etc/streamrec/kafka-tls/ca
   readOnly: true
 {{- end }}
-{{- if .Values.kafka.tls.clientSecret.name }}
+{{- if (include "streamrec.kafka.credentials" . | fromJson).clientSecret }}
 - name: kafka-client-tls
   mountPath: /etc/streamrec/kafka-tls/client
   readOnly: true
@@ -258,22 +308,23 @@ component's own section, defaults first, the user's `config.settings` on top.
 {{- end }}
 
 {{- define "streamrec.kafka.volumes" -}}
-{{- if include "streamrec.kafka.tls" . }}
-{{- if .Values.kafka.tls.caSecret.name }}
+{{- $k := .root.Values.kafka }}
+{{- if include "streamrec.kafka.tls" .root }}
+{{- if $k.tls.caSecret.name }}
 - name: kafka-ca
   secret:
-    secretName: {{ .Values.kafka.tls.caSecret.name }}
+    secretName: {{ $k.tls.caSecret.name }}
     items:
-      - {key: {{ .Values.kafka.tls.caSecret.key | quote }}, path: {{ .Values.kafka.tls.caSecret.key | quote }}}
+      - {key: {{ $k.tls.caSecret.key | quote }}, path: {{ $k.tls.caSecret.key | quote }}}
 {{- end }}
-{{- if .Values.kafka.tls.clientSecret.name }}
+{{- with (include "streamrec.kafka.credentials" . | fromJson).clientSecret }}
 - name: kafka-client-tls
   secret:
-    secretName: {{ .Values.kafka.tls.clientSecret.name }}
+    secretName: {{ .name }}
     defaultMode: 0400
     items:
-      - {key: {{ .Values.kafka.tls.clientSecret.certKey | quote }}, path: {{ .Values.kafka.tls.clientSecret.certKey | quote }}}
-      - {key: {{ .Values.kafka.tls.clientSecret.keyKey | quote }}, path: {{ .Values.kafka.tls.clientSecret.keyKey | quote }}}
+      - {key: {{ .certKey | quote }}, path: {{ .certKey | quote }}}
+      - {key: {{ .keyKey | quote }}, path: {{ .keyKey | quote }}}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -399,7 +450,7 @@ spec:
           readOnly: true
         - name: tmp
           mountPath: /tmp
-        {{- with include "streamrec.kafka.volumeMounts" $root | trim }}
+        {{- with include "streamrec.kafka.volumeMounts" . | trim }}
         {{- . | nindent 8 }}
         {{- end }}
         {{- with include "streamrec.grpcTls.volumeMounts" . | trim }}
@@ -418,7 +469,7 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 1Gi
-    {{- with include "streamrec.kafka.volumes" $root | trim }}
+    {{- with include "streamrec.kafka.volumes" . | trim }}
     {{- . | nindent 4 }}
     {{- end }}
     {{- with include "streamrec.grpcTls.volumes" . | trim }}

@@ -3,7 +3,7 @@
 ServiceMonitor and PrometheusRule come from the prometheus-operator module, Certificate from the
 cert-manager module, both fetched through the Go module proxy (``go mod download``, cached in the
 module cache). Strimzi publishes no Go module, and its Maven artifacts carry no CRD files, so
-KafkaTopic gets a stand-in definition that accepts any spec: the object is admitted and stored,
+KafkaTopic and KafkaUser get stand-in definitions that accept any spec: the object is admitted and stored,
 but its schema is not checked here (the chart tests check its shape).
 """
 
@@ -27,21 +27,26 @@ OFFICIAL = {
     "Certificate": (CERT_MANAGER, "deploy/crds/cert-manager.io_certificates.yaml"),
 }
 
-KAFKA_TOPIC_STAND_IN = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "kafkatopics.kafka.strimzi.io"},
-    "spec": {
-        "group": "kafka.strimzi.io",
-        "names": {"kind": "KafkaTopic", "listKind": "KafkaTopicList", "plural": "kafkatopics",
-                  "singular": "kafkatopic", "shortNames": ["kt"]},
-        "scope": "Namespaced",
-        "versions": [{
-            "name": name, "served": True, "storage": name == "v1beta2",
-            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-        } for name in ("v1", "v1beta2")],
-    },
-}
+def _strimzi_stand_in(kind: str, short: str) -> dict:
+    plural = kind.lower() + "s"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.kafka.strimzi.io"},
+        "spec": {
+            "group": "kafka.strimzi.io",
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
+                      "shortNames": [short]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": name, "served": True, "storage": name == "v1beta2",
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            } for name in ("v1", "v1beta2")],
+        },
+    }
+
+
+STRIMZI_STAND_INS = [_strimzi_stand_in("KafkaTopic", "kt"), _strimzi_stand_in("KafkaUser", "ku")]
 
 
 def _module_dir(module: str, version: str, workdir: Path) -> Path:
@@ -57,4 +62,4 @@ def crd_documents(workdir: Path) -> list[dict]:
     for (module, version), path in OFFICIAL.values():
         text = (_module_dir(module, version, workdir) / path).read_text()
         docs += [d for d in yaml.safe_load_all(text) if d]
-    return [*docs, KAFKA_TOPIC_STAND_IN]
+    return [*docs, *STRIMZI_STAND_INS]

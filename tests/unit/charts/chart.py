@@ -49,6 +49,9 @@ VALUE_SETS: dict[str, dict] = {
         },
     },
     "strimzi-topics": {"kafka": {"strimzi": {"enabled": True, "clusterName": "prod"}}},
+    # Strimzi's cluster CA Secret is <cluster>-cluster-ca-cert; each component is a KafkaUser of its own.
+    "strimzi-users": {"kafka": {"securityProtocol": "SSL", "tls": {"caSecret": {"name": "prod-cluster-ca-cert"}},
+                                "strimzi": {"enabled": True, "clusterName": "prod", "users": True}}},
     "monitoring": {
         "monitoring": {"serviceMonitors": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
                        "prometheusRules": {"enabled": True}},

@@ -38,6 +38,7 @@ CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("kafka.strimzi.io/v1beta2", "KafkaTopic"),
+    ("kafka.strimzi.io/v1beta2", "KafkaUser"),
 }
 # Volume types the restricted Pod Security Standard allows.
 RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
@@ -394,6 +395,75 @@ def test_strimzi_topics():
     for component in COMPONENTS:
         assert config_yaml(docs, component)["kafka"]["topics"]["create"] is False
     assert not find(render(), "KafkaTopic")
+
+
+def _user_rights(user: dict) -> tuple[dict[str, set[str]], set[str]]:
+    topics: dict[str, set[str]] = {}
+    groups = set()
+    for acl in user["spec"]["authorization"]["acls"]:
+        res = acl["resource"]
+        assert res["patternType"] == "literal", acl
+        if res["type"] == "topic":
+            topics.setdefault(res["name"], set()).update(op.upper() for op in acl["operations"])
+        else:
+            assert res["type"] == "group" and acl["operations"] == ["Read"], acl
+            groups.add(res["name"])
+    return topics, groups
+
+
+def test_strimzi_users_give_each_component_exactly_the_rights_of_the_acl_table():
+    from services.common.config import TopicsConfig
+    from services.common.kafka_acls import TOPIC_RIGHTS
+
+    docs = render(VALUE_SETS["strimzi-users"])
+    users = {u["metadata"]["name"]: u for u in find(docs, "KafkaUser")}
+    full = f"{RELEASE}-streamrec"
+    assert set(users) == {f"{full}-{p}" for p in (*COMPONENTS, "publisher")}
+    topics = TopicsConfig()
+    for principal, rights in TOPIC_RIGHTS.items():
+        user = users[f"{full}-{'publisher' if principal == 'app' else principal}"]
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "prod"
+        assert user["spec"]["authentication"] == {"type": "tls"}
+        granted, groups = _user_rights(user)
+        assert granted == {topics.name(key): set(ops) for key, ops in rights.items()}, principal
+        if principal in COMPONENTS:
+            config = config_yaml(docs, principal)
+            assert groups == ({config["ingester"]["group_id"]} if principal == "ingester" else
+                              {config["trainer"]["consumer_group"]} if principal == "trainer" else set())
+    # Each component connects with the certificate the User Operator writes into its KafkaUser's Secret.
+    for component in COMPONENTS:
+        wl = workload(docs, component)
+        kafka = config_yaml(docs, component)["kafka"]
+        mounts = {m["name"]: m["mountPath"] for m in container(wl)["volumeMounts"]}
+        volumes = {v["name"]: v for v in wl["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["kafka-client-tls"]["secret"]["secretName"] == f"{full}-{component}"
+        assert kafka["ssl_certfile"] == mounts["kafka-client-tls"] + "/user.crt"
+        assert kafka["ssl_keyfile"] == mounts["kafka-client-tls"] + "/user.key"
+        assert kafka["topics"]["create"] is False
+    assert not find(render(), "KafkaUser")
+
+
+def test_strimzi_scram_users_log_in_as_themselves_with_the_operators_password_secret():
+    docs = render({"kafka": {"securityProtocol": "SASL_SSL", "sasl": {"mechanism": "SCRAM-SHA-512"},
+                             "strimzi": {"enabled": True, "users": True}}})
+    for user in find(docs, "KafkaUser"):
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
+    for component in COMPONENTS:
+        name = f"{RELEASE}-streamrec-{component}"
+        assert config_yaml(docs, component)["kafka"]["sasl_username"] == name
+        env = env_map(container(workload(docs, component)))
+        assert env["STREAMREC_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": name, "key": "password"}
+
+
+@pytest.mark.parametrize("kafka, error", [
+    ({"securityProtocol": "SSL", "strimzi": {"users": True}}, "needs kafka.strimzi.enabled"),
+    ({"securityProtocol": "PLAINTEXT", "strimzi": {"enabled": True, "users": True}}, "securityProtocol SSL"),
+    ({"securityProtocol": "SASL_SSL", "sasl": {"mechanism": "PLAIN"}, "strimzi": {"enabled": True, "users": True}},
+     "SCRAM-SHA-512"),
+])
+def test_strimzi_users_refuse_settings_they_cannot_honour(kafka, error):
+    with pytest.raises(Exception, match=error):
+        render({"kafka": kafka})
 
 
 def test_monitoring_objects_are_behind_flags():
