@@ -2,12 +2,15 @@
 
 One table, read by the local stack (which runs its brokers with ACLs and grants exactly these) and
 described in README.md ("Kafka ACLs"). Topic keys are :class:`~services.common.config.TopicsConfig` field
-names; a service that reads with a consumer group also needs Read on that group.
+names; the rights on each service's consumer group are in GROUP_RIGHTS.
 """
 
 from __future__ import annotations
 
 from services.common.config import KafkaConfig, TopicsConfig
+from services.common.rdkafka import reader_group
+
+__all__ = ["GROUP_RIGHTS", "TOPIC_RIGHTS", "grant", "reader_group"]
 
 # principal -> topic key -> operations. "app" stands for whatever publishes interactions and catalog
 # records (an application, `streamrec publish`, the stack's demo stream).
@@ -20,10 +23,17 @@ TOPIC_RIGHTS: dict[str, dict[str, tuple[str, ...]]] = {
     "app": {"events_raw": ("WRITE",), "items_raw": ("WRITE",)},
 }
 
+# principal -> the operation it needs on its consumer group (the group's name comes from its configuration:
+# ingester.group_id, trainer.consumer_group, and for inference ``reader_group(kafka.client_id)``). Inference
+# commits nothing, but librdkafka gives every consumer a group and looks up its coordinator: without Describe
+# the brokers answer GROUP_AUTHORIZATION_FAILED, which inference logs as a consumer error.
+GROUP_RIGHTS: dict[str, str] = {"ingester": "READ", "trainer": "READ", "inference": "DESCRIBE"}
 
-def grant(admin: KafkaConfig, principal: str, service: str, topics: TopicsConfig, groups: tuple[str, ...] = ()) -> int:
-    """Allow ``principal`` (e.g. ``User:CN=trainer``) what ``service`` needs on ``topics``, and Read on the
-    consumer ``groups``, through an ``admin`` connection with the right to alter ACLs; -> ACLs created."""
+
+
+def grant(admin: KafkaConfig, principal: str, service: str, topics: TopicsConfig, group: str | None = None) -> int:
+    """Allow ``principal`` (e.g. ``User:CN=trainer``) what ``service`` needs on ``topics`` and on its consumer
+    ``group``, through an ``admin`` connection with the right to alter ACLs; -> ACLs created."""
     from kafka import KafkaAdminClient
     from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourcePattern, ResourceType
 
@@ -32,8 +42,11 @@ def grant(admin: KafkaConfig, principal: str, service: str, topics: TopicsConfig
     acls = [ACL(principal, "*", getattr(ACLOperation, op), ACLPermissionType.ALLOW,
                 ResourcePattern(ResourceType.TOPIC, topics.name(key), ACLResourcePatternType.LITERAL))
             for key, ops in TOPIC_RIGHTS[service].items() for op in ops]
-    acls += [ACL(principal, "*", ACLOperation.READ, ACLPermissionType.ALLOW,
-                 ResourcePattern(ResourceType.GROUP, group, ACLResourcePatternType.LITERAL)) for group in groups]
+    if (group is None) != (service not in GROUP_RIGHTS):
+        raise ValueError(f"kafka ACLs: {service} {'needs' if group is None else 'uses'} no consumer group")
+    if group is not None:
+        acls.append(ACL(principal, "*", getattr(ACLOperation, GROUP_RIGHTS[service]), ACLPermissionType.ALLOW,
+                        ResourcePattern(ResourceType.GROUP, group, ACLResourcePatternType.LITERAL)))
     client = KafkaAdminClient(**admin.client_options())
     try:
         result = client.create_acls(acls)

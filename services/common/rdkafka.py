@@ -117,6 +117,12 @@ def client_options(config: KafkaConfig) -> dict[str, Any]:
     return opts
 
 
+def reader_group(client_id: str) -> str:
+    """The group of a :class:`PartitionReader` without one of its own: librdkafka needs a group for every consumer,
+    and looks up its coordinator (Describe on the group) although such a reader commits nothing."""
+    return f"{client_id}-reader"
+
+
 class KafkaAccessError(RuntimeError):
     """The brokers could not be reached, or refused this client; the message says why and names the setting to check."""
 
@@ -303,7 +309,7 @@ class PartitionReader:
         self.timeout_s = timeout_s
         self.group_id = group_id  # commit() stores the positions there (for lag in the usual Kafka tooling)
         # librdkafka wants a group id even for a consumer that only assigns; without one this reader never commits.
-        self.consumer = make_consumer(config, group_id or f"{config.client_id}-reader", **overrides)
+        self.consumer = make_consumer(config, group_id or reader_group(config.client_id), **overrides)
         self.positions: dict[int, int] = {}
 
     def _partitions(self) -> list[int]:

@@ -16,7 +16,7 @@ import yaml
 
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.kafka import ensure_topics
-from services.common.kafka_acls import grant
+from services.common.kafka_acls import grant, reader_group
 from services.common.localkafka import BrokerSecurity, LocalKafka, LocalKafkaCluster
 from services.common.process import available_cpus, die_with_parent
 from services.common.tls import TlsConfig
@@ -154,9 +154,10 @@ class LocalStack:
         from services.ingester.config import IngesterSection
         from services.trainer.config import TrainerSection
 
-        groups = {"ingester": (IngesterSection().group_id,), "trainer": (TrainerSection().consumer_group,)}
+        groups = {"ingester": IngesterSection().group_id, "trainer": TrainerSection().consumer_group,
+                  "inference": reader_group(self._config_for("inference")["kafka"]["client_id"])}
         for identity in ("ingester", "trainer", "inference", "registry", "app"):
-            grant(self.kafka_config, f"User:CN={identity}", identity, self.kafka_config.topics, groups.get(identity, ()))
+            grant(self.kafka_config, f"User:CN={identity}", identity, self.kafka_config.topics, groups.get(identity))
 
     def _config_for(self, name: str) -> dict:
         opts, ports = self.options, self.options.ports

@@ -102,8 +102,12 @@ def recommender(stack):
 
 def test_each_certificate_may_use_only_its_own_kafka_topics(stack):
     """An app's certificate may publish raw records, not write `events` (past the ingester's validation) nor read
-    it; a client with no certificate is refused; the services run with exactly their rights (the fixture)."""
+    it; a client with no certificate is refused; the services run with exactly their rights (the fixture), and
+    none of them was refused anything."""
     assert stack.kafka_secured
+    for name, service in stack.services.items():
+        refused = [line for line in service.log_path.read_text().splitlines() if "AUTHORIZATION_FAILED" in line.upper()]
+        assert not refused, f"{name}: {refused[:3]}"
     app = stack.kafka_config_for("app")
     producer = make_producer(app, enable_idempotence=False, retries=0)
     try:

@@ -397,23 +397,23 @@ def test_strimzi_topics():
     assert not find(render(), "KafkaTopic")
 
 
-def _user_rights(user: dict) -> tuple[dict[str, set[str]], set[str]]:
+def _user_rights(user: dict) -> tuple[dict[str, set[str]], dict[str, str]]:
     topics: dict[str, set[str]] = {}
-    groups = set()
+    groups = {}
     for acl in user["spec"]["authorization"]["acls"]:
         res = acl["resource"]
         assert res["patternType"] == "literal", acl
         if res["type"] == "topic":
             topics.setdefault(res["name"], set()).update(op.upper() for op in acl["operations"])
         else:
-            assert res["type"] == "group" and acl["operations"] == ["Read"], acl
-            groups.add(res["name"])
+            assert res["type"] == "group" and len(acl["operations"]) == 1, acl
+            groups[res["name"]] = acl["operations"][0].upper()
     return topics, groups
 
 
 def test_strimzi_users_give_each_component_exactly_the_rights_of_the_acl_table():
     from services.common.config import TopicsConfig
-    from services.common.kafka_acls import TOPIC_RIGHTS
+    from services.common.kafka_acls import GROUP_RIGHTS, TOPIC_RIGHTS, reader_group
 
     docs = render(VALUE_SETS["strimzi-users"])
     users = {u["metadata"]["name"]: u for u in find(docs, "KafkaUser")}
@@ -428,8 +428,12 @@ def test_strimzi_users_give_each_component_exactly_the_rights_of_the_acl_table()
         assert granted == {topics.name(key): set(ops) for key, ops in rights.items()}, principal
         if principal in COMPONENTS:
             config = config_yaml(docs, principal)
-            assert groups == ({config["ingester"]["group_id"]} if principal == "ingester" else
-                              {config["trainer"]["consumer_group"]} if principal == "trainer" else set())
+            group = {"ingester": config.get("ingester", {}).get("group_id"),
+                     "trainer": config.get("trainer", {}).get("consumer_group"),
+                     "inference": reader_group(config["kafka"]["client_id"])}.get(principal)
+            assert groups == ({group: GROUP_RIGHTS[principal]} if group else {}), principal
+        else:
+            assert groups == {}
     # Each component connects with the certificate the User Operator writes into its KafkaUser's Secret.
     for component in COMPONENTS:
         wl = workload(docs, component)
