@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export-interval", type=float, default=20.0)
     p.add_argument("--text-encoder", default="hashing", choices=["hashing", "minilm"])
     p.add_argument("--work-dir", type=Path, default=None)
+    p.add_argument("--plaintext", action="store_true",
+                   help="run the stack without TLS, authentication or ACLs (gRPC and Kafka), to see what they cost")
     args = p.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if not rates or min(rates) <= 0 or args.step_s <= 0:
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="streamrec-bench-pipeline-"))
     stack = LocalStack(StackOptions(work_dir=work, ports=StackPorts.free(), export_interval_s=args.export_interval,
-                                    text_encoder=args.text_encoder, fresh=True))
+                                    text_encoder=args.text_encoder, fresh=True, plaintext=args.plaintext))
     items = SyntheticStream(seed=5).items()
     steps: list[dict] = []
     wall = time.monotonic()
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "step_s": args.step_s,
         "max_lag_s": args.max_lag_s,
         "text_encoder": args.text_encoder,
+        "kafka": "PLAINTEXT" if not stack.kafka_secured else "mutual TLS, ACLs",
         "seconds": round(time.monotonic() - wall, 1),
     }))
     return 0
