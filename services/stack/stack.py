@@ -82,15 +82,15 @@ class LocalStack:
         self.work_dir = options.work_dir.resolve()
         self.tls_dir = self.work_dir / "tls"
         ports = options.ports
+        # The brokers' certificate comes from the stack's CA; the services' certificates name them to its ACLs.
+        security = None if options.plaintext else BrokerSecurity(
+            ca_file=self.tls_dir / "ca.crt", cert_file=self.tls_dir / "kafka.crt", key_file=self.tls_dir / "kafka.key",
+            authorize=True)
         if options.kafka_brokers > 1:
             self.kafka = LocalKafkaCluster(options.kafka_brokers, data_dir=self.work_dir / "kafka", heap="384m",
-                                           log_dir=self.work_dir / "logs", ports=[ports.kafka])
+                                           log_dir=self.work_dir / "logs", ports=[ports.kafka], security=security)
             self.replication_factor = self.kafka.replication_factor
         else:
-            # Its own certificate comes from the stack's CA; the services' certificates name them to its ACLs.
-            security = None if options.plaintext else BrokerSecurity(
-                ca_file=self.tls_dir / "ca.crt", cert_file=self.tls_dir / "kafka.crt", key_file=self.tls_dir / "kafka.key",
-                authorize=True)
             self.kafka = LocalKafka(data_dir=self.work_dir / "kafka", port=ports.kafka, heap="512m",
                                     log_file=self.work_dir / "logs" / "kafka.log", security=security)
             self.replication_factor = 1
@@ -134,8 +134,8 @@ class LocalStack:
 
     @property
     def kafka_secured(self) -> bool:
-        """Whether the services reach Kafka over mutual TLS with ACLs (a single broker, not --plaintext)."""
-        return getattr(self.kafka, "security", None) is not None
+        """Whether the services reach Kafka over mutual TLS with ACLs (not --plaintext)."""
+        return self.kafka.security is not None
 
     def kafka_config_for(self, identity: str) -> KafkaConfig:
         """How ``identity`` (a service, or ``app`` for a publisher) reaches Kafka in this stack: over mutual TLS

@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from services.common.localkafka.broker import KafkaBrokerError, KafkaProcesses, LocalKafka
+from services.common.localkafka.broker import BrokerSecurity, KafkaBrokerError, KafkaProcesses, LocalKafka
 from services.common.net import free_port
 
 class LocalKafkaCluster(KafkaProcesses):
@@ -16,17 +16,19 @@ class LocalKafkaCluster(KafkaProcesses):
 
     Replication factor ``size`` (at most 3) and ``min.insync.replicas`` one less, so a topic stays
     writable with acks=all while one node is down. ``kill(node_id)`` / ``start_node(node_id)`` bounce
-    one node on its data; ``leaders(topic)`` says which node leads each partition.
+    one node on its data; ``leaders(topic)`` says which node leads each partition. With ``security`` every node
+    also has the authenticated listeners of :class:`BrokerSecurity` (the same certificate and users on each).
     """
 
     def __init__(self, size: int = 3, data_dir: Path | str | None = None, heap: str = "384m",
                  cache_dir: Path | None = None, num_partitions: int = 3, log_dir: Path | str | None = None,
-                 ports: list[int] | None = None) -> None:
+                 ports: list[int] | None = None, security: BrokerSecurity | None = None) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="streamrec-kafka-"))
         self.replication_factor = min(size, 3)
+        self.security = security
         ports = list(ports or []) + [free_port() for _ in range(size - len(ports or []))]
         controller_ports = [free_port() for _ in range(size)]
         voters = ",".join(f"{i + 1}@127.0.0.1:{controller_ports[i]}" for i in range(size))
@@ -36,13 +38,23 @@ class LocalKafkaCluster(KafkaProcesses):
             i + 1: LocalKafka(data_dir=self.data_dir / f"node{i + 1}", port=ports[i], controller_port=controller_ports[i],
                               heap=heap, cache_dir=cache_dir, num_partitions=num_partitions,
                               log_file=log_dir / f"kafka-{i + 1}.log", node_id=i + 1, quorum_voters=voters,
-                              cluster_id=cluster_id, replication_factor=self.replication_factor)
+                              cluster_id=cluster_id, replication_factor=self.replication_factor, security=security)
             for i in range(size)
         }
 
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(node.bootstrap_servers for node in self.nodes.values())
+
+    @property
+    def ssl_bootstrap_servers(self) -> str:
+        """Every node's listener that requires a client certificate (``security`` only)."""
+        return ",".join(node.ssl_bootstrap_servers for node in self.nodes.values())
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """Every node's SASL_SSL listener (``security`` only)."""
+        return ",".join(node.sasl_ssl_bootstrap_servers for node in self.nodes.values())
 
     def start(self, timeout: float = 120.0) -> "LocalKafkaCluster":
         # All at once: the controllers need a majority of the quorum before any node is ready.

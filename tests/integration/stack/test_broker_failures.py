@@ -47,7 +47,7 @@ class AckedPublisher:
 
     def __init__(self, stack: LocalStack, events, rate: float) -> None:
         self.topic = stack.kafka_config.topics.name("events_raw")
-        self.producer = make_producer(stack.kafka_config)
+        self.producer = make_producer(stack.kafka_config_for("app"))  # as an app: mutual TLS, its ACLs
         self.events = events
         self.rate = rate
         self.sent = 0
@@ -198,6 +198,7 @@ def _services_never_restarted(stack: LocalStack) -> None:
 def test_broker_cluster_bounced_three_times_under_load_loses_and_duplicates_nothing(tmp_path):
     world = SyntheticStream(seed=11, n_users=80, n_items=200, n_categories=6, n_events=1500)
     with LocalStack(_options(tmp_path, brokers=3)) as stack:
+        assert stack.kafka_secured, "the services reach every node over mutual TLS, with their ACLs"
         _start_with_a_served_model(stack, world)
         events_topic = stack.kafka_config.topics.name("events")
         before = len(_read_all(stack, "events"))
