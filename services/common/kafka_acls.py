@@ -42,8 +42,10 @@ def grant(admin: KafkaConfig, principal: str, service: str, topics: TopicsConfig
     acls = [ACL(principal, "*", getattr(ACLOperation, op), ACLPermissionType.ALLOW,
                 ResourcePattern(ResourceType.TOPIC, topics.name(key), ACLResourcePatternType.LITERAL))
             for key, ops in TOPIC_RIGHTS[service].items() for op in ops]
-    if (group is None) != (service not in GROUP_RIGHTS):
-        raise ValueError(f"kafka ACLs: {service} {'needs' if group is None else 'uses'} no consumer group")
+    if group is None and service in GROUP_RIGHTS:
+        raise ValueError(f"kafka ACLs: {service} needs its consumer group ({GROUP_RIGHTS[service]} on it)")
+    if group is not None and service not in GROUP_RIGHTS:
+        raise ValueError(f"kafka ACLs: {service} uses no consumer group")
     if group is not None:
         acls.append(ACL(principal, "*", getattr(ACLOperation, GROUP_RIGHTS[service]), ACLPermissionType.ALLOW,
                         ResourcePattern(ResourceType.GROUP, group, ACLResourcePatternType.LITERAL)))
