@@ -26,7 +26,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--with-prometheus", action="store_true", help="also run a local Prometheus scraping every service")
     p.add_argument("--export-interval", type=float, default=20.0, help="seconds between model versions")
     p.add_argument("--exit-after", type=float, default=None, help="stop by itself after this many seconds")
-    p.add_argument("--kafka-port", type=int, default=9092)
+    p.add_argument("--kafka-port", type=int, default=9092, help="the broker's PLAINTEXT listener (the administrator's)")
+    p.add_argument("--kafka-tls-port", type=int, default=9093, help="the broker's mutual-TLS listener (the services')")
     p.add_argument("--plaintext", action="store_true",
                    help="run gRPC and Kafka without TLS or authorization (by default the stack makes its own CA and "
                         "certificates, and each service may use only its own Kafka topics)")
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     configure_logging("WARNING")
     options = StackOptions(work_dir=args.work_dir, fresh=args.fresh, export_interval_s=args.export_interval,
-                           ports=StackPorts(kafka=args.kafka_port), plaintext=args.plaintext)
+                           ports=StackPorts(kafka=args.kafka_port, kafka_tls=args.kafka_tls_port), plaintext=args.plaintext)
     stack = LocalStack(options)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

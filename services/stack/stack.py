@@ -31,6 +31,7 @@ START_ORDER = ("registry", "ingester", "trainer", "inference")
 @dataclass(frozen=True)
 class StackPorts:
     kafka: int = 9092
+    kafka_tls: int = 9093  # the brokers' mutual-TLS listener (the first node's, with several)
     registry_grpc: int = 50051
     inference_grpc: int = 50052
     registry_metrics: int = 9101
@@ -88,11 +89,13 @@ class LocalStack:
             authorize=True)
         if options.kafka_brokers > 1:
             self.kafka = LocalKafkaCluster(options.kafka_brokers, data_dir=self.work_dir / "kafka", heap="384m",
-                                           log_dir=self.work_dir / "logs", ports=[ports.kafka], security=security)
+                                           log_dir=self.work_dir / "logs", ports=[ports.kafka], security=security,
+                                           ssl_ports=[ports.kafka_tls])
             self.replication_factor = self.kafka.replication_factor
         else:
             self.kafka = LocalKafka(data_dir=self.work_dir / "kafka", port=ports.kafka, heap="512m",
-                                    log_file=self.work_dir / "logs" / "kafka.log", security=security)
+                                    log_file=self.work_dir / "logs" / "kafka.log", security=security,
+                                    ssl_port=ports.kafka_tls)
             self.replication_factor = 1
         # The administrator's connection (PLAINTEXT on loopback, a super user): creates the topics and grants the
         # ACLs; the tests and benchmarks read and write through it too.

@@ -169,6 +169,7 @@ class LocalKafka(KafkaProcesses):
         cluster_id: str | None = None,
         replication_factor: int = 1,
         security: BrokerSecurity | None = None,
+        ssl_port: int | None = None,
     ) -> None:
         if security:
             _check_users(security.users)
@@ -186,7 +187,7 @@ class LocalKafka(KafkaProcesses):
         self.replication_factor = replication_factor
         self.security = security
         self.sasl_ssl_port = free_port() if security else None
-        self.ssl_port = free_port() if security else None
+        self.ssl_port = (ssl_port or free_port()) if security else None  # the mutual-TLS listener
         self.process: subprocess.Popen | None = None
 
     @property

@@ -22,7 +22,8 @@ class LocalKafkaCluster(KafkaProcesses):
 
     def __init__(self, size: int = 3, data_dir: Path | str | None = None, heap: str = "384m",
                  cache_dir: Path | None = None, num_partitions: int = 3, log_dir: Path | str | None = None,
-                 ports: list[int] | None = None, security: BrokerSecurity | None = None) -> None:
+                 ports: list[int] | None = None, security: BrokerSecurity | None = None,
+                 ssl_ports: list[int] | None = None) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self._own_dir = data_dir is None
@@ -31,6 +32,7 @@ class LocalKafkaCluster(KafkaProcesses):
         self.security = security
         ports = list(ports or []) + [free_port() for _ in range(size - len(ports or []))]
         controller_ports = [free_port() for _ in range(size)]
+        ssl_ports = list(ssl_ports or []) + [free_port() for _ in range(size - len(ssl_ports or []))]
         voters = ",".join(f"{i + 1}@127.0.0.1:{controller_ports[i]}" for i in range(size))
         cluster_id = uuid.uuid4().hex[:22]
         log_dir = Path(log_dir) if log_dir else self.data_dir
@@ -38,7 +40,8 @@ class LocalKafkaCluster(KafkaProcesses):
             i + 1: LocalKafka(data_dir=self.data_dir / f"node{i + 1}", port=ports[i], controller_port=controller_ports[i],
                               heap=heap, cache_dir=cache_dir, num_partitions=num_partitions,
                               log_file=log_dir / f"kafka-{i + 1}.log", node_id=i + 1, quorum_voters=voters,
-                              cluster_id=cluster_id, replication_factor=self.replication_factor, security=security)
+                              cluster_id=cluster_id, replication_factor=self.replication_factor, security=security,
+                              ssl_port=ssl_ports[i])
             for i in range(size)
         }
 

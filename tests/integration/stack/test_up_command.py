@@ -53,9 +53,10 @@ def _processes_using(path: str) -> list[str]:
 
 def test_up_prints_where_things_listen_serves_a_model_and_stops_cleanly_on_ctrl_c(tmp_path):
     work = tmp_path / "stack"
+    tls_port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--work-dir", str(work), "--fresh", "--rate", "300",
-         "--export-interval", "8", "--kafka-port", str(free_port())],
+         "--export-interval", "8", "--kafka-port", str(free_port()), "--kafka-tls-port", str(tls_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, preexec_fn=_ctrl_c_as_in_a_terminal)
     lines: list[str] = []
     try:
@@ -63,6 +64,7 @@ def test_up_prints_where_things_listen_serves_a_model_and_stops_cleanly_on_ctrl_
         _read_until(proc, "Ctrl-C stops everything", lines, 10)
         banner = "".join(lines)
         for expected in ("registry    grpc 127.0.0.1:50051", "inference   grpc 127.0.0.1:50052",
+                         f"kafka       127.0.0.1:{tls_port} (mutual TLS, ACLs per service)",
                          "http://127.0.0.1:9103/metrics", "streamrec recommend ", "streamrec models list"):
             assert expected in banner
         # The user the banner suggests trying.
@@ -142,7 +144,7 @@ def test_a_killed_up_takes_every_process_it_started_with_it(tmp_path):
     work = tmp_path / "stack"
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--work-dir", str(work), "--fresh",
-         "--kafka-port", str(free_port())],
+         "--kafka-port", str(free_port()), "--kafka-tls-port", str(free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     try:
         _read_until(proc, "streamrec is up", [], 240)
