@@ -47,7 +47,7 @@ class AckedPublisher:
 
     def __init__(self, stack: LocalStack, events, rate: float) -> None:
         self.topic = stack.kafka_config.topics.name("events_raw")
-        self.producer = make_producer(stack.kafka_config_for("app"))  # as an app: mutual TLS, its ACLs
+        self.producer = make_producer(stack.kafka_config)
         self.events = events
         self.rate = rate
         self.sent = 0
