@@ -30,7 +30,6 @@ TOPIC_RIGHTS: dict[str, dict[str, tuple[str, ...]]] = {
 GROUP_RIGHTS: dict[str, str] = {"ingester": "READ", "trainer": "READ", "inference": "DESCRIBE"}
 
 
-
 def grant(admin: KafkaConfig, principal: str, service: str, topics: TopicsConfig, group: str | None = None) -> int:
     """Allow ``principal`` (e.g. ``User:CN=trainer``) what ``service`` needs on ``topics`` and on its consumer
     ``group``, through an ``admin`` connection with the right to alter ACLs; -> ACLs created."""
@@ -39,13 +38,13 @@ def grant(admin: KafkaConfig, principal: str, service: str, topics: TopicsConfig
 
     if service not in TOPIC_RIGHTS:
         raise ValueError(f"kafka ACLs: unknown service {service!r} (one of {', '.join(TOPIC_RIGHTS)})")
-    acls = [ACL(principal, "*", getattr(ACLOperation, op), ACLPermissionType.ALLOW,
-                ResourcePattern(ResourceType.TOPIC, topics.name(key), ACLResourcePatternType.LITERAL))
-            for key, ops in TOPIC_RIGHTS[service].items() for op in ops]
     if group is None and service in GROUP_RIGHTS:
         raise ValueError(f"kafka ACLs: {service} needs its consumer group ({GROUP_RIGHTS[service]} on it)")
     if group is not None and service not in GROUP_RIGHTS:
         raise ValueError(f"kafka ACLs: {service} uses no consumer group")
+    acls = [ACL(principal, "*", getattr(ACLOperation, op), ACLPermissionType.ALLOW,
+                ResourcePattern(ResourceType.TOPIC, topics.name(key), ACLResourcePatternType.LITERAL))
+            for key, ops in TOPIC_RIGHTS[service].items() for op in ops]
     if group is not None:
         acls.append(ACL(principal, "*", getattr(ACLOperation, GROUP_RIGHTS[service]), ACLPermissionType.ALLOW,
                         ResourcePattern(ResourceType.GROUP, group, ACLResourcePatternType.LITERAL)))

@@ -26,6 +26,12 @@ from services.stack.processes import ServiceProcess
 logger = logging.getLogger(__name__)
 
 START_ORDER = ("registry", "ingester", "trainer", "inference")
+# What a service's kafka section takes from kafka_config_for (its listener and certificate).
+_KAFKA_TLS_KEYS = ("bootstrap_servers", "security_protocol", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+
+
+def _client_id(service: str) -> str:
+    return f"streamrec-{service}"
 
 
 @dataclass(frozen=True)
@@ -145,10 +151,10 @@ class LocalStack:
         with its certificate when the brokers check ACLs, else as the administrator does."""
         if not self.kafka_secured:
             return self.kafka_config
-        ca, cert, key = (str(self.tls_dir / f) for f in ("ca.crt", f"{identity}.crt", f"{identity}.key"))
+        tls = self.tls_for(identity)
         return self.kafka_config.model_copy(update={
             "bootstrap_servers": self.kafka.ssl_bootstrap_servers, "security_protocol": "SSL",
-            "ssl_cafile": ca, "ssl_certfile": cert, "ssl_keyfile": key,
+            "ssl_cafile": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
             # The stack creates every topic before the services start; they have no right to create any.
             "topics": self.kafka_config.topics.model_copy(update={"create": False})})
 
@@ -158,7 +164,7 @@ class LocalStack:
         from services.trainer.config import TrainerSection
 
         groups = {"ingester": IngesterSection().group_id, "trainer": TrainerSection().consumer_group,
-                  "inference": reader_group(self._config_for("inference")["kafka"]["client_id"])}
+                  "inference": reader_group(_client_id("inference"))}
         for identity in ("ingester", "trainer", "inference", "registry", "app"):
             grant(self.kafka_config, f"User:CN={identity}", identity, self.kafka_config.topics, groups.get(identity))
 
@@ -167,14 +173,12 @@ class LocalStack:
         data = self.work_dir / "data" / name
         kafka = {
             "bootstrap_servers": self.kafka.bootstrap_servers,
-            "client_id": f"streamrec-{name}",
+            "client_id": _client_id(name),
             "topics": {"prefix": opts.topic_prefix, "partitions": opts.partitions,
                        "replication_factor": self.replication_factor},
         }
         if self.kafka_secured:
-            secure = self.kafka_config_for(name)
-            kafka.update(bootstrap_servers=secure.bootstrap_servers, security_protocol="SSL", ssl_cafile=secure.ssl_cafile,
-                         ssl_certfile=secure.ssl_certfile, ssl_keyfile=secure.ssl_keyfile)
+            kafka.update(self.kafka_config_for(name).model_dump(include=set(_KAFKA_TLS_KEYS)))
             kafka["topics"]["create"] = False
         config: dict = {
             "logging": {"level": "INFO", "format": "text"},

@@ -17,7 +17,8 @@ class LocalKafkaCluster(KafkaProcesses):
     Replication factor ``size`` (at most 3) and ``min.insync.replicas`` one less, so a topic stays
     writable with acks=all while one node is down. ``kill(node_id)`` / ``start_node(node_id)`` bounce
     one node on its data; ``leaders(topic)`` says which node leads each partition. With ``security`` every node
-    also has the authenticated listeners of :class:`BrokerSecurity` (the same certificate and users on each).
+    also has the authenticated listeners of :class:`BrokerSecurity` (the same certificate and users on each);
+    the services use the mutual-TLS ones (``ssl_bootstrap_servers``).
     """
 
     def __init__(self, size: int = 3, data_dir: Path | str | None = None, heap: str = "384m",
@@ -53,11 +54,6 @@ class LocalKafkaCluster(KafkaProcesses):
     def ssl_bootstrap_servers(self) -> str:
         """Every node's listener that requires a client certificate (``security`` only)."""
         return ",".join(node.ssl_bootstrap_servers for node in self.nodes.values())
-
-    @property
-    def sasl_ssl_bootstrap_servers(self) -> str:
-        """Every node's SASL_SSL listener (``security`` only)."""
-        return ",".join(node.sasl_ssl_bootstrap_servers for node in self.nodes.values())
 
     def start(self, timeout: float = 120.0) -> "LocalKafkaCluster":
         # All at once: the controllers need a majority of the quorum before any node is ready.

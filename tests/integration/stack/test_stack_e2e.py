@@ -20,10 +20,9 @@ from collections import Counter
 import grpc
 import pytest
 from kafka import TopicPartition
-
-from recmodel.data import Item, SyntheticStream
 from kafka.errors import TopicAuthorizationFailedError
 
+from recmodel.data import Item, SyntheticStream
 from services.common.kafka import make_consumer, make_producer
 from services.common.rdkafka import KafkaAccessError, KafkaException, PartitionReader, check_access
 from services.common.registry_client import RegistryClient
