@@ -37,12 +37,25 @@ class PrequentialEvaluator:
     excluded from the ranking (the encoder reads at most ``max_len`` of them). ``where``: only events it
     accepts are predicted (all events still extend the histories); ``candidates``: rank among these items
     only (default: every item the model knows); ``seconds`` is the time spent ranking.
+
+    ``time_share``: ranking takes at most this share of the wall time between calls (None: no bound). The
+    evaluator earns ``time_share`` of each interval as credit, spends it on ranking, and predicts in a batch
+    only as many events as its credit pays for at the measured cost per prediction: the cost of a
+    prediction grows with the catalog while the rate of batches grows with the stream, and a monitor must
+    not take the time the thread it watches needs to keep up. A batch it cannot pay for still extends
+    the histories.
     """
+
+    #: credit kept at most, in seconds of ranking (a long idle spell does not buy a long burst later)
+    MAX_CREDIT_S = 0.5
 
     def __init__(self, *, ks: Sequence[int] = (10,), window: int | None = 2000, per_batch: int | None = 256,
                  max_users: int | None = 200_000, max_history: int = 50, exclude_seen: bool = True,
                  event_weights: dict[str, float] | None = None,
-                 where: Callable[[Event], bool] | None = None, candidates: Collection[str] | None = None) -> None:
+                 where: Callable[[Event], bool] | None = None, candidates: Collection[str] | None = None,
+                 time_share: float | None = None) -> None:
+        if time_share is not None and not 0.0 < time_share <= 1.0:
+            raise ValueError("time_share must be in (0, 1]")
         self.ks = tuple(ks)
         self.where = where
         self.candidates = None if candidates is None else frozenset(candidates)
@@ -55,28 +68,56 @@ class PrequentialEvaluator:
         self.exclude_seen = exclude_seen
         self.event_weights = event_weights
         self._hist: OrderedDict[str, list[HistoryEntry]] = OrderedDict()
+        self.time_share = time_share
+        self._credit = 0.0
+        self._last_call: float | None = None
+        self._cost: float | None = None  # seconds per prediction, smoothed
+
+    def _affordable(self, wanted: int | None) -> int | None:
+        """How many predictions this batch may make under ``time_share`` (None: no bound); earns the credit."""
+        if self.time_share is None:
+            return wanted
+        now = time.perf_counter()
+        if self._last_call is not None:
+            self._credit = min(self.MAX_CREDIT_S, self._credit + self.time_share * (now - self._last_call))
+        self._last_call = now
+        if self._cost is None:
+            return wanted  # the first batch measures the cost
+        affordable = int(max(self._credit, 0.0) / self._cost)
+        return affordable if wanted is None else min(wanted, affordable)
+
+    def _spent(self, seconds: float, predictions: int) -> None:
+        if self.time_share is None or predictions <= 0:
+            return
+        self._credit -= seconds
+        cost = seconds / predictions
+        self._cost = cost if self._cost is None else 0.8 * self._cost + 0.2 * cost
 
     def observe_and_test(self, model, events: Sequence[Event], per_batch: int | None = None) -> None:
         """Rank the batch's positive events with ``model`` as it is *before* training on them; ``per_batch``
         (at least 1) overrides the evaluator's own for this batch."""
+        limit = self._affordable(per_batch or self.per_batch)
         queries = self._observe(events, self.event_weights or getattr(model, "event_weights", None)
-                                or DEFAULT_EVENT_WEIGHTS, per_batch or self.per_batch)
+                                or DEFAULT_EVENT_WEIGHTS, limit)
         if queries:
             start = time.perf_counter()
             self._rank(model, queries)
-            self.seconds += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.seconds += seconds
+            self._spent(seconds, len(queries))
 
     def _observe(self, events: Sequence[Event], weights: dict[str, float],
                  per_batch: int | None) -> list[tuple[list, int, str]]:
         queries = []
         stride = max(1, len(events) // per_batch) if per_batch else 1
+        enabled = self.enabled and per_batch != 0
         for n, e in enumerate(events):
             hist = self._hist.get(e.user_id)
             if hist is None:
                 hist = self._hist[e.user_id] = []
             else:
                 self._hist.move_to_end(e.user_id)
-            if (self.enabled and n % stride == 0 and weights.get(e.type, 0.0) > 0 and hist
+            if (enabled and n % stride == 0 and weights.get(e.type, 0.0) > 0 and hist
                     and (self.where is None or self.where(e))):
                 queries.append((list(hist), e.timestamp_ms, e.item_id))
             hist.append((e.item_id, e.type, int(e.timestamp_ms)))

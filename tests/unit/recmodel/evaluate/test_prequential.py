@@ -85,3 +85,58 @@ def test_a_batch_can_ask_for_fewer_predictions_spread_over_it():
     assert sampled.metrics()["prequential_predictions"] == 4 and ranked == [8, 16, 24, 32]
     # Histories still take every event: u1's history holds all ten of its events.
     assert len(sampled._hist["u1"]) == 10
+
+
+class _Clock:
+    """Stands in for the evaluator's ``time`` module: seconds pass only when the test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_time_share_bounds_the_ranking_time_and_histories_still_take_every_event(monkeypatch):
+    from recmodel.evaluate import prequential
+    from recmodel.evaluate.prequential import PrequentialEvaluator
+
+    clock = _Clock()
+    monkeypatch.setattr(prequential, "time", clock)
+    model = CountingModel()
+    score = model.score
+
+    def slow_score(histories, now_ms, item_ids):  # 2 ms of ranking per prediction
+        clock.now += 0.002 * len(histories)
+        return score(histories, now_ms, item_ids)
+
+    model.score = slow_score
+    bounded = PrequentialEvaluator(ks=(1,), window=None, per_batch=200, time_share=0.05)
+    unbounded = PrequentialEvaluator(ks=(1,), window=None, per_batch=200)
+    batches = [[ev(b * 200 + n, f"u{n % 50}", "abcd"[n % 4], b * 200 + n) for n in range(200)] for b in range(50)]
+    per_batch = []
+    for batch in batches:
+        before = len(bounded.ranks)
+        bounded.observe_and_test(model, batch)
+        per_batch.append(len(bounded.ranks) - before)
+        clock.now += 1.0  # training the batch
+    first = 0.002 * 150  # the first batch measures the cost: its 150 predictable events (users seen before)
+    assert per_batch[0] == 150
+    # Ranking took 5 % of the time (the first batch's cost is paid back from later credit), ...
+    assert abs(bounded.seconds - 0.05 * clock.now) <= first + 0.01, (bounded.seconds, clock.now)
+    # ... spread evenly over the batches once the first is paid for: 1 s of training (and 5 % more of ranking)
+    # buys 26 predictions.
+    assert all(25 <= n <= 27 for n in per_batch[10:]), str(per_batch)
+    for batch in batches:
+        unbounded.observe_and_test(model, batch)
+    assert unbounded.metrics()["prequential_predictions"] == 150 + 49 * 200
+    # Every event still extends the histories: u7's holds its last 50 events (max_history).
+    assert [h[0] for h in bounded._hist["u7"]] == [h[0] for h in unbounded._hist["u7"]]
+
+
+def test_time_share_must_be_a_share():
+    from recmodel.evaluate.prequential import PrequentialEvaluator
+
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="time_share"):
+            PrequentialEvaluator(time_share=bad)
