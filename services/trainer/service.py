@@ -255,7 +255,8 @@ class TrainerService:
         self._warn_if_behind_registry(position)
 
         monitor = PrequentialEvaluator(window=cfg.eval_window, ks=cfg.eval_k, per_batch=cfg.eval_per_batch,
-                                       max_history=max(50, trainer.max_len))
+                                       max_history=max(50, trainer.max_len),
+                                       time_share=None if cfg.eval_time_share >= 1 else cfg.eval_time_share)
         events = EventReader(self.config.kafka, self.events_topic, group_id=cfg.consumer_group,
                              max_poll_records=cfg.poll_max_records)
         items = ItemReader(self.config.kafka, self.items_topic, max_poll_records=5000)

@@ -87,7 +87,11 @@ def test_config_defaults_and_leader_timing_rules():
     assert load_config(TrainerConfig, environ={"STREAMREC_TRAINER_PUBLISH_MODE": "background"}).trainer.publish_mode == "background"
     with pytest.raises(ConfigError, match="publish_mode"):
         load_config(TrainerConfig, environ={"STREAMREC_TRAINER_PUBLISH_MODE": "sometimes"})
-    assert cfg.trainer.catch_up_publish_share == 0.25
+    assert cfg.trainer.catch_up_publish_share == 0.1
+    assert cfg.trainer.eval_time_share == 0.05
+    for bad in ("0", "1.5", "-0.1", "some"):
+        with pytest.raises(ConfigError, match="eval_time_share"):
+            load_config(TrainerConfig, environ={"STREAMREC_TRAINER_EVAL_TIME_SHARE": bad})
     for bad in ("0", "1.5", "-0.1", "most"):
         with pytest.raises(ConfigError, match="catch_up_publish_share"):
             load_config(TrainerConfig, environ={"STREAMREC_TRAINER_CATCH_UP_PUBLISH_SHARE": bad})
