@@ -249,14 +249,19 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
         """Whether the model may learn to predict this interaction (positive and not held out)."""
         return self.is_positive(entry[1]) and not is_holdout(user_id, entry[0], self.holdout_fraction)
 
-    def _count_transitions(self, user_id: str, old: Sequence[HistoryEntry], new: Sequence[HistoryEntry]) -> None:
+    def _count_transitions(self, users: Sequence[tuple[str, Sequence[HistoryEntry], Sequence[HistoryEntry]]]) -> None:
+        """Count the new steps of each ``(user, history before, new entries)`` in the transition table, in one batch."""
         # The table continues each user's sequence from its last `span` steps: kept from the user's previous
         # batch rather than hashed again for the holdout; rebuilt from the history after a restore.
-        recent = self._recent_steps.get(user_id)
-        if recent is None:
-            recent = [(e[0], self.is_target(user_id, e)) for e in old[-self.transitions.span:]]
-        self._recent_steps[user_id] = self.transitions.observe_sequence(
-            recent, ((e[0], self.is_target(user_id, e)) for e in new))
+        span = self.transitions.span
+        sequences = []
+        for user_id, old, new in users:
+            recent = self._recent_steps.get(user_id)
+            if recent is None:
+                recent = [(e[0], self.is_target(user_id, e)) for e in old[-span:]]
+            sequences.append((recent, [(e[0], self.is_target(user_id, e)) for e in new]))
+        for (user_id, _, _), recent in zip(users, self.transitions.observe_sequences(sequences)):
+            self._recent_steps[user_id] = recent
 
     # ------------------------------------------------------------------ batches
     def _tokens(self, entries: Sequence[HistoryEntry], user_id: str = "", targets: bool = True) -> list[Token]:
@@ -413,11 +418,9 @@ class IncrementalTrainer(TrainerScoring, TrainerCheckpoint):
                 self.vocab.touch(e.item_id, e.timestamp_ms)
             self.clock_ms = max(self.clock_ms, e.timestamp_ms)
             new_by_user.setdefault(e.user_id, []).append((e.item_id, e.type, int(e.timestamp_ms)))
-        out = []
-        for user, new in new_by_user.items():
-            old = self._histories.get(user, [])
-            self._count_transitions(user, old, new)
-            out.append((user, old, new))
+        out = [(user, self._histories.get(user, []), new) for user, new in new_by_user.items()]
+        self._count_transitions(out)
+        for user, old, new in out:
             self._histories[user] = (old + new)[-max(self.max_len, self.replay_history) :]
             self._replay[user] = None
             self._replay.move_to_end(user)

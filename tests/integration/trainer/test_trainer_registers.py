@@ -110,7 +110,7 @@ def _transition_totals(trainer, events) -> dict[str, float]:
                                                                                             e.timestamp_ms))))
     for steps in by_user.values():
         table.observe_sequence(None, steps)
-    return table._total
+    return table.totals()
 
 
 def _untrained_prequential(config, stream, events) -> dict:
@@ -213,7 +213,7 @@ def test_a_trainer_far_behind_trains_larger_micro_batches_until_it_has_caught_up
         assert backlog_steps < len(events) / batch_size / 2, backlog_steps
         assert metrics.users_shed._value.get() == trainer.users_shed == 0
         assert sum(len(h) for h in trainer._histories.values()) == len(events)  # every event is in a history
-        assert trainer.transitions._total == pytest.approx(_transition_totals(trainer, events))
+        assert trainer.transitions.totals() == pytest.approx(_transition_totals(trainer, events))
         wait_for(lambda: metrics.catching_up._value.get() == 0, 60, "the trainer to see that it caught up")
         assert metrics.catch_up_users._value.get() == 0
 

@@ -81,7 +81,7 @@ def test_streaming_counts_equal_offline_counts_and_held_out_steps_are_not_counte
     streaming.train_events(events)
     offline.fit_offline(events, epochs=0)
     assert streaming.transitions.state_dict() == offline.transitions.state_dict()
-    counted = sum(streaming.transitions._total.values())
+    counted = sum(streaming.transitions.totals().values())
     held = sum(is_holdout(e.user_id, e.item_id, 0.3) for e in events if not e.event_id.endswith("-0"))
     assert held > 0 and counted == 40 * 5 - held
 
@@ -121,10 +121,10 @@ def test_span_counts_each_target_from_the_items_before_it_and_backward_to_the_co
     recent = table.observe_sequence(None, [("a", True), ("b", True)])
     recent = table.observe_sequence(recent, [("x", False), ("c", True)])  # x: context, held out as a target
     assert recent == [("x", False), ("c", True)]
-    assert table._next["a"] == pytest.approx({"b": 1.0})          # c is three steps after a: outside the span
-    assert table._next["b"] == pytest.approx({"a": 0.5, "c": 0.5})  # back to a; on to c across x
-    assert table._next["x"] == pytest.approx({"c": 1.0})
-    assert table._next["c"] == pytest.approx({"b": 0.25})         # nothing back to the held-out x
+    assert table.successors("a") == pytest.approx({"b": 1.0})          # c is three steps after a: outside the span
+    assert table.successors("b") == pytest.approx({"a": 0.5, "c": 0.5})  # back to a; on to c across x
+    assert table.successors("x") == pytest.approx({"c": 1.0})
+    assert table.successors("c") == pytest.approx({"b": 0.25})         # nothing back to the held-out x
     assert "x" not in table.bonus(["c", "b", "a"])                 # a held-out item is never suggested
     # The bonus reads the normalised rows: b's row sums to 1.
     assert table.bonus(["b"]) == pytest.approx({"a": 0.5, "c": 0.5})
@@ -145,7 +145,7 @@ def test_span_counting_is_the_same_in_one_pass_or_in_pieces_and_survives_a_check
     old = {k: v for k, v in whole.state_dict().items() if k not in ("span", "span_decay", "backward", "top")}
     assert TransitionTable.from_state_dict(old).span == 1  # a checkpoint from before the span
     taken = TransitionTable.from_state_dict(old, span=5, backward=0.5, top=20)
-    assert (taken.span, taken.backward, taken.top) == (5, 0.5, 20) and taken._next == whole._next
+    assert (taken.span, taken.backward, taken.top) == (5, 0.5, 20) and taken.rows() == whole.rows()
     assert TransitionTable.from_state_dict(whole.state_dict(), span=9).span == 4  # a state's own settings win
 
 
@@ -208,7 +208,7 @@ def test_a_trainer_restored_from_a_checkpoint_before_the_span_counts_with_its_ow
     table = restored.transitions
     assert (table.span, table.backward, table.top) == (RECIPE["transition_span"], RECIPE["transition_backward"],
                                                        RECIPE["transition_top"])
-    assert table._next == trainer.transitions._next  # the counts so far are kept
+    assert table.rows() == trainer.transitions.rows()  # the counts so far are kept
 
 
 def test_sequences_count_exactly_what_observing_each_pair_counts_pruning_included():
@@ -230,18 +230,124 @@ def test_sequences_count_exactly_what_observing_each_pair_counts_pruning_include
                         pairwise.observe(item, previous, 0.4 * 0.6**d)
             recent = (recent + [(item, counted)])[-4:]
         recent_pairs[user] = recent
-    assert fast._next == pairwise._next and fast._total == pairwise._total  # equal floats, not approximately
+    assert fast.rows() == pairwise.rows() and fast.totals() == pairwise.totals()  # equal floats, not approximately
     assert recent_fast == recent_pairs
-    assert max(len(row) for row in fast._next.values()) <= 6  # pruned along the way
+    assert max(len(row) for row in fast.rows().values()) <= 6  # pruned along the way
 
 
 def test_pruning_keeps_the_most_frequent_successors_and_the_first_seen_among_equals():
     table = TransitionTable(max_next=2)
     for item, count in (("a", 1.0), ("b", 3.0), ("c", 1.0), ("d", 3.0), ("e", 2.0)):
         table.observe("x", item, count)  # the fifth successor exceeds 2 * max_next: pruned
-    assert list(table._next["x"].items()) == [("b", 3.0), ("d", 3.0)]
-    assert table._total["x"] == 10.0  # the total keeps the pruned counts
+    assert list(table.successors("x").items()) == [("b", 3.0), ("d", 3.0)]
+    assert table.totals()["x"] == 10.0  # the total keeps the pruned counts
     table = TransitionTable(max_next=2)
     for item in "pqrst":
         table.observe("x", item, 1.0)
-    assert list(table._next["x"]) == ["p", "q"]
+    assert list(table.successors("x")) == ["p", "q"]
+
+
+class _DictTable:
+    """The definition, one pair at a time in plain dicts: what the table's batched arrays must equal exactly."""
+
+    def __init__(self, max_next, span, span_decay, backward):
+        self.max_next, self.span, self.span_decay, self.backward = max_next, span, span_decay, backward
+        self.next: dict[str, dict[str, float]] = {}
+        self.total: dict[str, float] = {}
+
+    def add(self, previous, item, w):
+        row = self.next.setdefault(previous, {})
+        row[item] = row.get(item, 0.0) + w
+        self.total[previous] = self.total.get(previous, 0.0) + w
+        if len(row) > 2 * self.max_next:
+            self.next[previous] = dict(sorted(row.items(), key=lambda kv: kv[1], reverse=True)[: self.max_next])
+
+    def observe_sequence(self, recent, steps):
+        recent = list(recent or ())[-self.span :]
+        for item, counted in steps:
+            if counted:
+                for d, (previous, previous_counted) in enumerate(reversed(recent)):
+                    if previous != item:
+                        self.add(previous, item, self.span_decay**d)
+                        if previous_counted:
+                            self.add(item, previous, self.span_decay**d * self.backward)
+            recent = (recent + [(item, counted)])[-self.span :]
+        return recent
+
+    def forget(self, item):
+        self.next.pop(item, None)
+        self.total.pop(item, None)
+
+
+def test_batches_of_sequences_count_exactly_the_definition_with_pruning_forgetting_and_compaction():
+    rng = np.random.default_rng(7)
+    table = TransitionTable(max_next=3, span=4, span_decay=0.6, backward=0.4, window=3, decay=0.5)
+    table._compact_at = 64  # renumber early and often
+    definition = _DictTable(3, 4, 0.6, 0.4)
+    recent_t: dict[int, list] = {}
+    recent_d: dict[int, list] = {}
+    for batch in range(120):
+        items = 10 + batch  # new items keep arriving; old ones are forgotten
+        users = rng.choice(20, size=int(rng.integers(1, 12)), replace=False)
+        sequences = {int(u): [(f"i{rng.integers(batch, items + 10)}", bool(rng.random() < 0.8))
+                              for _ in range(int(rng.integers(1, 6)))] for u in users}
+        outs = table.observe_sequences([(recent_t.get(u), steps) for u, steps in sequences.items()])
+        for u, out in zip(sequences, outs):
+            recent_t[u] = out
+            recent_d[u] = definition.observe_sequence(recent_d.get(u), sequences[u])
+        if batch % 5 == 4:
+            gone = f"i{batch - 4}"
+            table.forget(gone)
+            definition.forget(gone)
+        assert recent_t == recent_d
+    rows = table.rows()
+    assert {k: list(v.items()) for k, v in rows.items()} == {k: list(v.items()) for k, v in definition.next.items()}
+    assert table.totals() == definition.total  # equal floats, not approximately
+    assert len(table._ids) < 130 + 10  # ids of forgotten items nothing refers to were dropped
+    for history in (["i118", "i119"], ["i121", "i125", "i119", "i120"], ["i3"]):
+        expected: dict[str, float] = {}
+        for d, item in enumerate(reversed(history[-3:])):
+            for nxt, count in definition.next.get(item, {}).items():
+                expected[nxt] = expected.get(nxt, 0.0) + 0.5**d / definition.total[item] * count
+        assert table.bonus(history) == expected
+    ids = sorted(definition.next) + ["unknown"]
+    csr = table.to_csr(ids)
+    for n, iid in enumerate(ids):
+        got = dict(zip(csr["indices"][csr["indptr"][n] : csr["indptr"][n + 1]].tolist(),
+                       csr["probs"][csr["indptr"][n] : csr["indptr"][n + 1]].tolist()))
+        want = {ids.index(j): np.float32(c / definition.total[iid]) for j, c in definition.next.get(iid, {}).items()
+                if j in ids}
+        assert got == pytest.approx(want)
+    # A copy and a restored state count on exactly as the table does.
+    copied, restored = table.copy(), TransitionTable.from_state_dict(table.state_dict())
+    for other in (copied, restored):
+        other.observe_sequences([(recent_t[0], [("i200", True), ("i118", True)])])
+    table.observe_sequences([(recent_t[0], [("i200", True), ("i118", True)])])
+    assert copied.rows() == table.rows() == restored.rows() and copied.totals() == table.totals() == restored.totals()
+
+
+def test_the_pair_index_finds_what_was_added_and_not_what_was_removed():
+    from recmodel.transitions import _PairIndex
+
+    rng = np.random.default_rng(2)
+    index, mirror = _PairIndex(), {}
+    for _ in range(60):
+        rows, cols = rng.integers(0, 50, 400), rng.integers(0, 2**31 - 1, 400)
+        keys = np.unique(_PairIndex.key(rows, cols))
+        keys = keys[[int(k) not in mirror for k in keys]]
+        slots = rng.integers(0, 100, len(keys)).astype(np.int32)
+        index.add(keys, slots)
+        mirror.update(zip(keys.tolist(), slots.tolist()))
+        present = np.array(list(mirror), dtype=np.int64)
+        gone = rng.choice(present, size=len(present) // 3, replace=False)
+        index.remove(gone)
+        for k in gone.tolist():
+            del mirror[k]
+        present = np.array(list(mirror), dtype=np.int64)
+        moved = present[: len(present) // 2]
+        index.set(moved, np.full(len(moved), 7, dtype=np.int32))
+        mirror.update(dict.fromkeys(moved.tolist(), 7))
+        probe = np.concatenate([present, gone, _PairIndex.key(rng.integers(50, 60, 50), rng.integers(0, 9, 50))])
+        expected = [mirror.get(k, -1) for k in probe.tolist()]
+        assert index.lookup(probe).tolist() == expected
+    assert index.live == len(mirror) and len(index.keys) <= 8 * 4 * len(mirror)  # rebuilt, not grown for ever
