@@ -83,14 +83,16 @@ class _PairIndex:
         todo = np.arange(len(keys))
         mask = len(self.keys) - 1
         while len(todo):
-            free = self.keys[at[todo]] < 0
-            reused = self.keys[at[todo]] == self.GONE
+            seen = self.keys[at[todo]]
+            free = seen < 0
             claim = todo[free]
-            _, first = np.unique(at[claim], return_index=True)  # one key per free place and round
-            won = claim[first]
-            self.used += int(np.count_nonzero(~reused[free][first]))
-            self.keys[at[won]] = keys[won]
+            places = at[claim]
+            # Keys claiming the same free place: one of them writes last and keeps it; the others probe on.
+            self.keys[places] = keys[claim]
+            kept = self.keys[places] == keys[claim]
+            won = claim[kept]
             self.slots[at[won]] = slots[won]
+            self.used += int(np.count_nonzero(seen[free][kept] == self.EMPTY))  # a removed entry's place counts already
             left = np.ones(len(keys), dtype=bool)
             left[won] = False
             todo = todo[left[todo]]
@@ -252,10 +254,10 @@ class TransitionTable:
             steps_all.extend(sequence)
             out.append(sequence[-span:])
         if steps_all:
-            get = self._index.get
-            rows = [get(item) for item, _ in steps_all]
+            names, counted = zip(*steps_all)
+            rows = list(map(self._index.get, names))
             if None in rows:
-                rows = [self._intern(item) if row is None else row for row, (item, _) in zip(rows, steps_all)]
+                rows = [self._intern(item) if row is None else row for row, item in zip(rows, names)]
             self._reserve()
             recents = np.array(n_recent, dtype=np.int64)
             lengths = recents + np.array(n_steps, dtype=np.int64)
@@ -263,8 +265,7 @@ class TransitionTable:
             starts = np.repeat(first, lengths)
             news = np.ones(len(steps_all), dtype=bool)  # False for the recent steps each sequence continues from
             news[np.repeat(first, recents) + _offsets(recents)] = False
-            self._count_steps(np.array(rows, dtype=np.int64), np.array([c for _, c in steps_all], dtype=bool),
-                              news, starts)
+            self._count_steps(np.array(rows, dtype=np.int64), np.array(counted, dtype=bool), news, starts)
         if len(self._ids) > self._compact_at:
             self._compact()
         return out
@@ -314,15 +315,16 @@ class TransitionTable:
         later = np.zeros(len(rows), dtype=bool)
         crossed = np.zeros(0, dtype=np.int64)
         if len(missing):
-            uniq, first = np.unique(keys[missing], return_index=True)
-            order = np.argsort(first, kind="stable")  # new successors in the order first counted
-            at = missing[first[order]]  # the pair that first counts each
-            new_rows, new_cols = rows[at], cols[at]
-            by_row = np.argsort(new_rows, kind="stable")
-            grouped = new_rows[by_row]
+            uniq, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
+            # The keys sort by row: within each, number the new successors in the order first counted.
+            uniq_rows = uniq >> 32
+            by_row = np.lexsort((first, uniq_rows))
+            grouped = uniq_rows[by_row]
             runs = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
-            rank = np.empty(len(at), dtype=np.int64)
-            rank[by_row] = np.arange(len(at)) - np.repeat(runs, np.diff(np.r_[runs, len(at)]))
+            rank = np.empty(len(uniq), dtype=np.int64)
+            rank[by_row] = np.arange(len(uniq)) - np.repeat(runs, np.diff(np.r_[runs, len(uniq)]))
+            at = missing[first]  # the pair that first counts each
+            new_rows, new_cols = rows[at], cols[at]
             slots = self._len[new_rows] + rank
             # The new successor that takes its row past 2 * max_next: the row is pruned right after its pair,
             # and the row's later pairs wait for the next round.
@@ -336,10 +338,8 @@ class TransitionTable:
             self._cols[new_rows[placed], slots[placed]] = new_cols[placed]
             self._counts[new_rows[placed], slots[placed]] = 0.0
             np.add.at(self._len, new_rows[placed], 1)
-            self._pairs.add(keys[at[placed]], slots[placed])
-            slot_of = np.empty(len(uniq), dtype=np.int64)
-            slot_of[order] = slots
-            pos[missing] = slot_of[np.searchsorted(uniq, keys[missing])]
+            self._pairs.add(uniq[placed], slots[placed])
+            pos[missing] = slots[inverse.reshape(-1)]
         now = ~later
         np.add.at(self._counts, (rows[now], pos[now]), weights[now])
         if len(crossed):
