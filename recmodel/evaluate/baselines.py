@@ -43,10 +43,28 @@ class TransitionBaseline:
                                      span_decay=span_decay, backward=backward)
 
     def fit(self, events: Sequence[Event]) -> "TransitionBaseline":
+        # Consecutive events of a user form one sequence, and sequences go to the table in batches with each
+        # user at most once: the same pairs in the same order as one event at a time, in few calls.
         recent: dict[str, list[tuple[str, bool]]] = {}
+        batch: list[tuple[str, list[tuple[str, bool]]]] = []
+        users: set[str] = set()
+
+        def count() -> None:
+            for (user, _), tail in zip(batch, self.table.observe_sequences([(recent.get(u), s) for u, s in batch])):
+                recent[user] = tail
+            batch.clear()
+            users.clear()
+
         for e in events:
-            positive = self.event_weights.get(e.type, 0.0) > 0
-            recent[e.user_id] = self.table.observe_sequence(recent.get(e.user_id), [(e.item_id, positive)])
+            step = (e.item_id, self.event_weights.get(e.type, 0.0) > 0)
+            if batch and batch[-1][0] == e.user_id:
+                batch[-1][1].append(step)
+                continue
+            if e.user_id in users:
+                count()
+            batch.append((e.user_id, [step]))
+            users.add(e.user_id)
+        count()
         return self
 
     def score(self, histories, now_ms, item_ids: Sequence[str]) -> np.ndarray:
