@@ -14,11 +14,13 @@ Both clients are configured from the same ``kafka`` section (:class:`KafkaConfig
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import logging
 import re
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import confluent_kafka
 
@@ -26,6 +28,7 @@ from services.common.config import KafkaConfig
 
 logger = logging.getLogger(__name__)
 
+KafkaError = confluent_kafka.KafkaError
 KafkaException = confluent_kafka.KafkaException
 TopicPartition = confluent_kafka.TopicPartition
 TIMESTAMP_NOT_AVAILABLE = confluent_kafka.TIMESTAMP_NOT_AVAILABLE
@@ -192,53 +195,167 @@ def check_access(config: KafkaConfig, timeout_s: float | None = 60.0, stop: thre
     return False
 
 
+# confluent-kafka's own settings (Python callables), spelled with underscores; every other name is librdkafka's.
+_PYTHON_SETTINGS = frozenset({"on_delivery", "on_commit", "error_cb", "throttle_cb", "stats_cb", "oauth_cb", "logger"})
+
+
+def librdkafka_settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` under librdkafka's names: ``linger.ms`` as it is, and kafka-python's spelling of the same
+    setting (``linger_ms``, ``batch_size``, ``enable_idempotence``) with its underscores read as dots."""
+    return {name if "." in name or name in _PYTHON_SETTINGS else name.replace("_", "."): value
+            for name, value in options.items()}
+
+
+class Delivery(concurrent.futures.Future):
+    """The broker's answer for one record sent by a :class:`Producer` made with ``futures=True``: ``result()``
+    is the delivered ``confluent_kafka.Message`` (``topic()``, ``partition()``, ``offset()``); a record that
+    failed for good raises KafkaException, whose ``args[0]`` is librdkafka's KafkaError (``code()``).
+    It cannot be cancelled: the record is the producer's once sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_running_or_notify_cancel()
+
+    def get(self, timeout: float | None = None) -> Any:
+        """``result(timeout)``, under the name kafka-python's send futures use."""
+        return self.result(timeout)
+
+
 class Producer:
     """An idempotent, acks=all producer (the settings of services.common.kafka.make_producer).
 
     ``send`` queues a record and returns at once; ``flush`` waits until every queued record is
-    acknowledged or has failed for good; ``take_failures`` then names the records that failed since it was
-    last called (delivery reports come back for failures only: nothing is done per success).
+    acknowledged or has failed for good; ``take_failures`` names the records that failed since it was last
+    called. By default delivery reports come back for failures only (nothing is done per success: the ingester
+    sends tens of thousands of records a second), served by ``flush`` or ``poll``.
+
+    With ``futures=True`` every ``send`` returns a :class:`Delivery` instead, and a thread of the producer
+    serves the delivery reports, so each Delivery resolves as soon as the broker answers (callbacks added with
+    ``add_done_callback`` run on that thread) whether or not the caller ever flushes; ``close`` stops it.
+
+    ``overrides`` are librdkafka settings, by their names or kafka-python's (see :func:`librdkafka_settings`);
+    one librdkafka does not know raises ValueError naming it.
     """
 
-    def __init__(self, config: KafkaConfig, **overrides: Any) -> None:
+    def __init__(self, config: KafkaConfig, *, futures: bool = False, **overrides: Any) -> None:
         self._failures: list[str] = []
+        self._pending: set[Delivery] | None = set() if futures else None
+        self._lock = threading.Lock()
+        settings = librdkafka_settings(overrides)
         opts = {
             **client_options(config),
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 5,
             "batch.size": 256 * 1024,
-            "delivery.report.only.error": True,
+            "delivery.report.only.error": not futures,
             "on_delivery": self._delivered,
-            **overrides,
+            **settings,
         }
-        self._producer = confluent_kafka.Producer(opts)
+        try:
+            self._producer = confluent_kafka.Producer(opts)
+        except KafkaException as exc:
+            named = _named_setting(exc, overrides, settings)
+            if named is None:
+                raise
+            raise ValueError(named) from None
+        self._closed = threading.Event()
+        self._reports: threading.Thread | None = None
+        if futures:
+            self._reports = threading.Thread(target=self._serve_reports, name="kafka-delivery-reports", daemon=True)
+            self._reports.start()
 
     def _delivered(self, err, msg) -> None:
         if err is not None:
             self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err}")
 
-    def send(self, topic: str, key: bytes | None = None, value: bytes | None = None, headers=None) -> None:
+    def _settle(self, delivery: Delivery, err, msg, topic: str | None = None) -> None:
+        with self._lock:
+            self._pending.discard(delivery)
+            if err is not None:  # counted before the Delivery settles: whoever waited for it finds it here
+                self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err}" if msg is not None
+                                      else f"{topic}: {err}")
+        if err is None:
+            delivery.set_result(msg)
+        else:
+            delivery.set_exception(KafkaException(err))
+
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self._producer.poll(0.1)  # waits in librdkafka, without the interpreter lock
+            except Exception:  # noqa: BLE001 - a callback's error must not stop the reports of the others
+                logger.exception("delivery report callback failed")
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes | None = None, headers=None) -> Delivery | None:
+        """Queue one record; -> its Delivery with ``futures=True`` (a record librdkafka refuses at once, such as one
+        over ``message.max.bytes``, comes back as a failed Delivery), else None."""
+        delivery = None
+        extra = {}
+        if self._pending is not None:
+            delivery = Delivery()
+            with self._lock:
+                self._pending.add(delivery)
+            extra["on_delivery"] = functools.partial(self._settle, delivery)
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers)
-                return
+                self._producer.produce(topic, value=value, key=key, headers=headers, **extra)
+                return delivery
             except BufferError:
                 # The local queue is full (the brokers are slow or away): serve delivery reports and wait.
                 self._producer.poll(0.1)
+            except KafkaException as exc:
+                if delivery is None:
+                    raise
+                self._settle(delivery, exc.args[0], None, topic)
+                return delivery
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Serve the delivery reports that have arrived (waiting up to ``timeout_s`` for one)."""
+        self._producer.poll(timeout_s)
 
     def flush(self, timeout_s: float | None = None) -> int:
         """Wait for every queued record (at most ``timeout_s``); -> records still not acknowledged."""
-        return self._producer.flush(-1 if timeout_s is None else timeout_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        left = self._producer.flush(-1 if timeout_s is None else timeout_s)
+        if self._pending is None:
+            return left
+        # librdkafka counts a report as served once it is off its queue: the thread serving it may not have
+        # settled its Delivery yet.
+        with self._lock:
+            pending = list(self._pending)
+        _done, unsettled = concurrent.futures.wait(
+            pending, None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return len(unsettled)
 
     def take_failures(self) -> list[str]:
-        failures, self._failures = self._failures, []
+        with self._lock:
+            failures, self._failures = self._failures, []
         return failures
 
-    def close(self, timeout_s: float = 10.0) -> None:
+    def close(self, timeout_s: float | None = 10.0) -> None:
+        """Flush (at most ``timeout_s``; None: until done) and stop. With ``futures=True`` the records still not
+        acknowledged then fail (KafkaException ``_PURGE_QUEUE`` or ``_PURGE_INFLIGHT``): nothing would answer for
+        them after this."""
         left = self.flush(timeout_s)
         if left:
             logger.warning("producer closed with records not acknowledged", extra={"records": left})
+        if self._reports is not None:
+            if left:
+                self._producer.purge()
+                self.flush(2.0)  # serves the purged records' reports
+            self._closed.set()
+            self._reports.join()
+
+
+def _named_setting(exc: KafkaException, overrides: Mapping[str, Any], settings: Mapping[str, Any]) -> str | None:
+    """The message for a producer librdkafka would not make because of one of ``overrides``, naming it as the
+    caller spelled it; None when the error names none of them."""
+    text = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+    for given, name in zip(overrides, settings):
+        if f'"{name}"' in text:
+            return f"producer option {given!r} (librdkafka {name!r}): {text}"
+    return None
 
 
 def poll_batch(consumer: confluent_kafka.Consumer, max_records: int, timeout_s: float) -> list:

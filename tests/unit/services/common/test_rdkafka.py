@@ -51,6 +51,35 @@ def test_a_record_the_brokers_never_acknowledge_is_reported_not_dropped():
     assert producer.take_failures() == []
 
 
+def test_with_futures_each_record_settles_by_itself_and_a_failure_names_its_error():
+    # Nothing listens on this port: the record times out in the client, and nobody calls flush or poll.
+    producer = rdkafka.Producer(KafkaConfig(bootstrap_servers="127.0.0.1:9"), futures=True, message_timeout_ms=500)
+    delivery = producer.send("events", key=b"u1", value=b"x")
+    assert not delivery.cancel(), "a record handed to the producer cannot be called back"
+    with pytest.raises(rdkafka.KafkaException) as refused:
+        delivery.get(timeout=30)
+    assert refused.value.args[0].code() == rdkafka.KafkaError._MSG_TIMED_OUT
+    failures = producer.take_failures()
+    assert len(failures) == 1 and failures[0].startswith("events[") and "timed out" in failures[0], failures
+    producer.close(timeout_s=5)
+
+
+def test_closing_a_producer_with_futures_fails_what_is_still_unanswered():
+    producer = rdkafka.Producer(KafkaConfig(bootstrap_servers="127.0.0.1:9"), futures=True)
+    deliveries = [producer.send("events", value=b"x") for _ in range(3)]
+    producer.close(timeout_s=0.5)
+    codes = {d.exception(timeout=0).args[0].code() for d in deliveries}
+    assert codes <= {rdkafka.KafkaError._PURGE_QUEUE, rdkafka.KafkaError._PURGE_INFLIGHT}, codes
+    assert len(producer.take_failures()) == 3
+
+
+def test_producer_settings_by_librdkafka_or_kafka_python_names_and_an_unknown_one_named():
+    assert rdkafka.librdkafka_settings({"linger_ms": 2, "batch.size": 10, "error_cb": print}) == {
+        "linger.ms": 2, "batch.size": 10, "error_cb": print}
+    with pytest.raises(ValueError, match="producer option 'max_block_ms'"):
+        rdkafka.Producer(KafkaConfig(bootstrap_servers="127.0.0.1:9"), max_block_ms=1000)
+
+
 def test_a_blocking_call_is_bounded_and_its_error_or_result_comes_back():
     import threading
 
