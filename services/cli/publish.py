@@ -8,8 +8,14 @@ and from Python, without any other tool::
 
     from services.cli.publish import EventPublisher
     with EventPublisher("127.0.0.1:9092") as pub:
-        pub.publish_event({"event_id": "e1", "user_id": "u1", "item_id": "i9", "type": "click",
-                           "timestamp_ms": 1700000000000})
+        sent = pub.publish_event({"event_id": "e1", "user_id": "u1", "item_id": "i9", "type": "click",
+                                  "timestamp_ms": 1700000000000})
+        sent.result(timeout=10)  # optional: wait until Kafka has it (close() waits for every record)
+
+Records go out through librdkafka (services/common/rdkafka.py), acks=all and idempotent; each publish
+returns a ``concurrent.futures.Future`` that resolves once Kafka acknowledged the record (``.get(timeout)``
+works too). Producer settings are librdkafka's (``EventPublisher(kafka, **{"linger.ms": 20})``) or the
+same names with underscores (``linger_ms=20``); a name librdkafka does not know raises ValueError naming it.
 
 Events are keyed by user_id (a user's events stay in order, and a re-sent duplicate lands in the
 same partition as its original) and items by item_id. Dicts go as JSON, protobuf messages as
@@ -32,7 +38,8 @@ from pydantic import ConfigDict
 
 from services.common.config import KafkaConfig, ServiceConfig, load_config
 from services.common.errors import ConfigError
-from services.common.kafka import CONTENT_TYPE_HEADER, JSON, PROTOBUF, ensure_topics, make_producer
+from services.common.kafka import CONTENT_TYPE_HEADER, JSON, PROTOBUF, ensure_topics
+from services.common.rdkafka import Delivery, Producer
 
 JSON_HEADERS = [(CONTENT_TYPE_HEADER, JSON.encode())]
 PROTOBUF_HEADERS = [(CONTENT_TYPE_HEADER, PROTOBUF.encode())]
@@ -47,7 +54,12 @@ def _as_dict(obj: Any) -> dict:
 
 
 class EventPublisher:
-    """Publishes events to ``events.raw`` and items to ``items.raw`` (acks=all, idempotent)."""
+    """Publishes events to ``events.raw`` and items to ``items.raw`` (acks=all, idempotent).
+
+    ``kafka``: a KafkaConfig, or just the bootstrap servers. ``producer_options``: librdkafka settings (see the
+    module docstring). Each publish returns a :class:`~services.common.rdkafka.Delivery`, resolved on the
+    producer's own thread when Kafka answers; ``flush`` waits for every record, ``close`` too.
+    """
 
     def __init__(self, kafka: KafkaConfig | str | None = None, *, create_topics: bool = True, **producer_options) -> None:
         if kafka is None or isinstance(kafka, str):
@@ -57,10 +69,10 @@ class EventPublisher:
         self.items_topic = kafka.topics.name("items_raw")
         if create_topics and kafka.topics.create:
             ensure_topics(kafka, [self.events_topic, self.items_topic])
-        self.producer = make_producer(kafka, **producer_options)
+        self.producer = Producer(kafka, futures=True, **producer_options)
         self.sent = 0
 
-    def _send(self, topic: str, key_field: str, record: Any):
+    def _send(self, topic: str, key_field: str, record: Any) -> Delivery:
         if hasattr(record, "SerializeToString"):
             key = getattr(record, key_field, "")
             value, headers = record.SerializeToString(), PROTOBUF_HEADERS
@@ -77,20 +89,26 @@ class EventPublisher:
         self.sent += 1
         return self.producer.send(topic, key=key_bytes, value=value, headers=headers)
 
-    def publish_event(self, event: Any):
-        """Send one event (dict, recmodel Event or streamrec.v1.Event); returns the send future."""
+    def publish_event(self, event: Any) -> Delivery:
+        """Send one event (dict, recmodel Event or streamrec.v1.Event); -> its Delivery (a Future)."""
         return self._send(self.events_topic, "user_id", event)
 
-    def publish_item(self, item: Any):
-        """Send one item upsert (dict, recmodel Item or streamrec.v1.Item); returns the send future."""
+    def publish_item(self, item: Any) -> Delivery:
+        """Send one item upsert (dict, recmodel Item or streamrec.v1.Item); -> its Delivery (a Future)."""
         return self._send(self.items_topic, "item_id", item)
 
-    def flush(self, timeout: float | None = None) -> None:
-        self.producer.flush(timeout)
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until Kafka acknowledged every record sent (at most ``timeout``); -> records still unanswered."""
+        return self.producer.flush(timeout)
 
-    def close(self) -> None:
-        self.producer.flush()
-        self.producer.close()
+    def take_failures(self) -> list[str]:
+        """The records that failed for good since the last call, one line each (topic[partition]: error)."""
+        return self.producer.take_failures()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (without a bound by default), then stop the producer: records still unanswered after ``timeout``
+        fail."""
+        self.producer.close(timeout)
 
     def __enter__(self) -> "EventPublisher":
         return self
@@ -189,23 +207,25 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with EventPublisher(config.kafka) as publisher:
         publish = publisher.publish_event if args.kind == "events" else publisher.publish_item
-        futures = []
         for lineno, doc, error in read_records(stream, fmt):
             if doc is None:
                 bad += 1
                 print(f"{args.file}:{lineno}: skipped: {error}", file=sys.stderr)
                 continue
-            futures.append(publish(doc))
+            publish(doc)
             if args.rate > 0:
                 delay = started + publisher.sent / args.rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)  # pacing to the requested rate, not waiting for an event
         publisher.flush()
-        failed = sum(1 for f in futures if f.failed())
+        failures = publisher.take_failures()
+        failed = len(failures)
+        if failed:
+            print(f"streamrec publish: {failed} records not delivered, the first: {failures[0]}", file=sys.stderr)
         topic = publisher.events_topic if args.kind == "events" else publisher.items_topic
     if stream is not sys.stdin:
         stream.close()
-    print(json.dumps({"topic": topic, "published": len(futures) - failed, "failed": failed, "skipped": bad,
+    print(json.dumps({"topic": topic, "published": publisher.sent - failed, "failed": failed, "skipped": bad,
                       "seconds": round(time.monotonic() - started, 3)}))
     return 0 if not (bad or failed) else 1
 
