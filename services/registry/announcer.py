@@ -3,7 +3,8 @@
 Rows are read in id order, sent one batch at a time (key = model name), and each is deleted once
 the broker acknowledged it. While Kafka is unreachable the thread keeps retrying, so a change is
 durable at once and announced when Kafka returns. A crash between the ack and the delete re-sends
-some rows: consumers ignore events whose ``sequence`` they have seen.
+some rows: consumers ignore events whose ``sequence`` they have seen. The producer is librdkafka's
+(services/common/rdkafka.py), acks=all and idempotent, with a Delivery per record.
 
 A record that can never be sent (larger than ``max_bytes``, or refused by Kafka as too large) is
 parked: moved to ``parked_announcements`` in one transaction, counted in
@@ -21,7 +22,8 @@ import time
 from sqlalchemy import delete, func, insert, select
 
 from services.common.config import KafkaConfig
-from services.common.kafka import CONTENT_TYPE_HEADER, PROTOBUF, ensure_topics, make_producer
+from services.common.kafka import CONTENT_TYPE_HEADER, PROTOBUF, ensure_topics
+from services.common.rdkafka import Delivery, KafkaError, KafkaException, Producer
 from services.registry.database import Database, outbox, parked_announcements
 from services.registry.metrics import RegistryMetrics
 from streamrec_proto.v1 import registry_pb2
@@ -41,9 +43,9 @@ class OutboxAnnouncer:
         self.batch, self.max_bytes = batch, max_bytes  # rows per send; the largest announcement Kafka is sent
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._producer = None
-        # (row id, model name, record bytes, send future) of the batch the producer is delivering.
-        self._inflight: list[tuple[int, str, bytes, object]] | None = None
+        self._producer: Producer | None = None
+        # (row id, model name, record bytes, its Delivery) of the batch the producer is delivering.
+        self._inflight: list[tuple[int, str, bytes, Delivery]] | None = None
         self._solo_until: int | None = None  # send rows up to this id one at a time
         self._topic_ready = False
         self._thread = threading.Thread(target=self._run, name="outbox-announcer", daemon=True)
@@ -134,16 +136,19 @@ class OutboxAnnouncer:
     def _settle_inflight(self) -> int:
         """Wait for the batch in flight; delete what was acknowledged, park what can never be sent; -> rows done."""
         parked = 0
-        self._producer.flush(timeout=self.timeout_s)  # raises KafkaTimeoutError while Kafka is away
+        unanswered = self._producer.flush(self.timeout_s)
+        if unanswered:  # Kafka is away: the batch stays in flight, the producer keeps retrying it
+            raise TimeoutError(f"{unanswered} announcements not acknowledged within {self.timeout_s:.0f}s")
         acked, refused, failure = [], [], None
         inflight, self._inflight = self._inflight, None
-        for row_id, model_name, value, future in inflight:
-            if future.succeeded():
+        for row_id, model_name, value, delivery in inflight:
+            error = delivery.exception(timeout=0)
+            if error is None:
                 acked.append(row_id)
-            elif _never_sendable(future.exception):
-                refused.append((row_id, model_name, value, future.exception))
+            elif _never_sendable(error):
+                refused.append((row_id, model_name, value, error))
             else:
-                failure = failure or future.exception or RuntimeError("record neither delivered nor failed")
+                failure = failure or error
         if refused:
             self._close_producer()  # the producer aborted everything in flight: start a fresh one
             if len(inflight) == 1:
@@ -189,13 +194,13 @@ class OutboxAnnouncer:
 
     def _ensure_producer(self):
         if self._producer is None:
-            # kafka-python's clients block for up to 30 s bootstrapping an absent cluster; a plain
-            # connect first keeps retries (and shutdown) snappy while Kafka is away.
+            # ensure_topics' kafka-python admin client blocks for up to 30 s bootstrapping an absent cluster;
+            # a plain connect first keeps retries (and shutdown) snappy while Kafka is away.
             self._check_reachable()
             if not self._topic_ready and self.kafka.topics.create:
                 ensure_topics(self.kafka, [self.topic], timeout_s=self.timeout_s)
             self._topic_ready = True
-            self._producer = make_producer(self.kafka, max_block_ms=int(self.timeout_s * 1000), linger_ms=0)
+            self._producer = Producer(self.kafka, futures=True, **{"linger.ms": 0})
         return self._producer
 
     def _check_reachable(self) -> None:
@@ -213,7 +218,7 @@ class OutboxAnnouncer:
         producer, self._producer = self._producer, None
         if producer is not None:
             try:
-                producer.close(timeout=0)
+                producer.close(timeout_s=0)
             except Exception:  # noqa: BLE001 - closing a broken producer may fail; it is discarded anyway
                 pass
 
@@ -239,8 +244,12 @@ class OutboxAnnouncer:
         return False
 
 
-def _never_sendable(exc: BaseException | None) -> bool:
-    """Kafka refused the record itself (too large, malformed): sending it again cannot succeed."""
-    from kafka.errors import InvalidRecordError, MessageSizeTooLargeError
+# Kafka refused the record itself: too large (for the topic's max.message.bytes, or for the client's
+# message.max.bytes before it was sent), or refused by the broker's record validation.
+_NEVER_SENDABLE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD})
 
-    return isinstance(exc, (MessageSizeTooLargeError, InvalidRecordError))
+
+def _never_sendable(exc: BaseException | None) -> bool:
+    """Kafka refused the record itself: sending it again cannot succeed."""
+    return (isinstance(exc, KafkaException) and bool(exc.args) and isinstance(exc.args[0], KafkaError)
+            and exc.args[0].code() in _NEVER_SENDABLE)
