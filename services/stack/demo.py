@@ -2,7 +2,8 @@
 
 Timestamps are moved to "now" as records are published, so the ingester's freshness bounds accept
 them and the freshness gauges mean something. An item is published just before the first event
-that may refer to it, as a catalog would be updated before the item is shown.
+that may refer to it, as a catalog would be updated before the item is shown. Records go out through
+librdkafka (services/common/rdkafka.py), acks=all and idempotent.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Iterable, Iterator
 from recmodel.data import Event, Item
 
 from services.common.config import KafkaConfig
-from services.common.kafka import CONTENT_TYPE_HEADER, JSON, make_producer
+from services.common.kafka import CONTENT_TYPE_HEADER, JSON
+from services.common.rdkafka import Producer
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def item_record(item: Item) -> bytes:
 
 def publish_items(kafka: KafkaConfig, items: Iterable[Item]) -> int:
     """Publish catalog entries to ``items.raw`` and wait until the broker has them all; -> how many."""
-    producer = make_producer(kafka)
+    producer = Producer(kafka)
     n = 0
     try:
         for item in items:
@@ -47,9 +49,16 @@ def publish_items(kafka: KafkaConfig, items: Iterable[Item]) -> int:
                           headers=_JSON_HEADERS)
             n += 1
         producer.flush()
+        _raise_failures(producer, "catalog records")
     finally:
         producer.close()
     return n
+
+
+def _raise_failures(producer: Producer, what: str) -> None:
+    failures = producer.take_failures()
+    if failures:
+        raise RuntimeError(f"{len(failures)} {what} not delivered, the first: {failures[0]}")
 
 
 class DemoPublisher:
@@ -84,7 +93,7 @@ class DemoPublisher:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        producer = make_producer(self._kafka)
+        producer = Producer(self._kafka)
         events_topic = self._kafka.topics.name("events_raw")
         items_topic = self._kafka.topics.name("items_raw")
         start = time.monotonic()
@@ -100,11 +109,16 @@ class DemoPublisher:
                 producer.send(events_topic, key=event.user_id.encode(), value=event_record(event, now_ms),
                               headers=_JSON_HEADERS)
                 self.events_published += 1
+                producer.poll()  # delivery reports: only failures come back
+                failures = producer.take_failures()
+                if failures:
+                    logger.warning("demo records not delivered", extra={"records": len(failures), "error": failures[0]})
                 # Pace to the target rate without drifting: sleep until this event's slot.
                 lag = self.events_published / self._rate - (time.monotonic() - start)
                 if lag > 0:
                     self._stop.wait(lag)
             producer.flush()
+            _raise_failures(producer, "demo records")
         except BaseException as exc:  # noqa: BLE001 - reported by the stack's progress line
             self.error = exc
             logger.exception("demo publisher failed")
