@@ -1,6 +1,7 @@
 """Kafka plumbing over kafka-python.
 
-- ``make_producer``: acks=all, idempotent, ordered per partition.
+- ``make_producer``: acks=all, idempotent, ordered per partition. No service uses it: every producer in
+  services/ is librdkafka's (services/common/rdkafka.py ``Producer``); it stays for benchmarks and tests.
 - ``make_consumer``: manual commits; ``commit_processed`` commits exactly the offsets processed
   (next offset to read), so offsets move only after the output they produced is acknowledged.
 - ``subscribe``: joins the group only once the consumer's metadata has every topic's partitions.
@@ -8,8 +9,9 @@
 - ``consumer_lag``: per-partition lag for the lag gauges.
 - ``PartitionReader``: every partition of one topic, read from given offsets without a group.
 
-The ingester and inference's history follower, which carry every event and must pass it on within
-milliseconds, use librdkafka instead (services/common/rdkafka.py), configured from the same section.
+Every producer of the services, and the consumers that carry every event and must pass it on within
+milliseconds (the ingester's, inference's history follower, the trainer's reader), use librdkafka instead
+(services/common/rdkafka.py), configured from the same section.
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
-"""librdkafka clients (confluent-kafka): the ingester's consumer and producer, and the readers of
+"""librdkafka clients (confluent-kafka): every producer of the services (the ingester's, the registry's
+announcements, ``EventPublisher`` and the local stack's demo stream), the ingester's consumer, and the readers of
 inference's history follower and of the trainer's events.
 
-These carry every event of the stream and must pass it on within milliseconds; the other services
-use kafka-python (services/common/kafka.py). There kafka-python was the wall. On 2 cores one ingester
-process moved 8,200 events/s with it and 38,400 with librdkafka (``streamrec bench ingest --events
-400000``). Its network loop, a Python thread, also held records back 100-220 ms at a time while it
-waited for the interpreter lock (kafka-python logs these as tasks "blocking the event loop"): much
-of the history-visibility tail (p99 ~300 ms with it, 170-210 ms without). librdkafka fetches, batches
-and sends on its own C threads.
+The ingester and the readers carry every event of the stream and must pass it on within milliseconds. There
+kafka-python was the wall. On 2 cores one ingester process moved 8,200 events/s with it and 38,400 with
+librdkafka (``streamrec bench ingest --events 400000``). Its network loop, a Python thread, also held records
+back 100-220 ms at a time while it waited for the interpreter lock (kafka-python logs these as tasks "blocking
+the event loop"): much of the history-visibility tail (p99 ~300 ms with it, 170-210 ms without). librdkafka
+fetches, batches and sends on its own C threads. Its producer also asks for a partition's new leader as soon as
+the old one refuses a batch; kafka-python's, over mutual TLS on a loaded machine while leaders were bounced, went
+on sending a batch to a partition's former leader (NotLeaderForPartition, over a thousand retries) until the
+batch expired.
 
 Both clients are configured from the same ``kafka`` section (:class:`KafkaConfig`), with the same meaning.
 """

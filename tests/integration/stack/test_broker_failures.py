@@ -21,7 +21,8 @@ import grpc
 import pytest
 
 from recmodel.data import Event, SyntheticStream
-from services.common.kafka import CONTENT_TYPE_HEADER, JSON, make_producer
+from services.common.kafka import CONTENT_TYPE_HEADER, JSON
+from services.common.rdkafka import Delivery, Producer
 from services.common.registry_client import RegistryClient
 from services.stack.demo import DemoPublisher, event_record
 from services.stack.stack import LocalStack, StackOptions, StackPorts
@@ -43,11 +44,12 @@ def _options(tmp_path, brokers: int) -> StackOptions:
 
 
 class AckedPublisher:
-    """Publishes events to `events.raw` at ``rate`` per second and remembers which ones Kafka acknowledged."""
+    """Publishes events to `events.raw` at ``rate`` per second, as an app does (mutual TLS with the `app`
+    certificate, its ACLs, when the stack is secured), and remembers which ones Kafka acknowledged."""
 
     def __init__(self, stack: LocalStack, events, rate: float) -> None:
         self.topic = stack.kafka_config.topics.name("events_raw")
-        self.producer = make_producer(stack.kafka_config)
+        self.producer = Producer(stack.kafka_config_for("app"), futures=True)
         self.events = events
         self.rate = rate
         self.sent = 0
@@ -67,25 +69,26 @@ class AckedPublisher:
             if self._stop.is_set():
                 break
             value = event_record(event, int(time.time() * 1000))
-            future = self.producer.send(self.topic, key=event.user_id.encode(), value=value,
-                                        headers=[(CONTENT_TYPE_HEADER, JSON.encode())])
-            future.add_callback(lambda _meta, eid=event.event_id: self._ack(eid))
-            future.add_errback(lambda exc, eid=event.event_id: self.failed.append(f"{eid}: {exc!r}"))
+            delivery = self.producer.send(self.topic, key=event.user_id.encode(), value=value,
+                                          headers=[(CONTENT_TYPE_HEADER, JSON.encode())])
+            delivery.add_done_callback(lambda d, eid=event.event_id: self._answered(eid, d))
             self.sent += 1
             ahead = self.sent / self.rate - (time.monotonic() - start)
             if ahead > 0:
                 self._stop.wait(ahead)
 
-    def _ack(self, event_id: str) -> None:
+    def _answered(self, event_id: str, delivery: Delivery) -> None:
         with self._lock:
-            self.acked.add(event_id)
+            if delivery.exception() is None:
+                self.acked.add(event_id)
+            else:
+                self.failed.append(f"{event_id}: {delivery.exception()!r}")
 
     def stop(self) -> None:
         """Stop publishing and wait until every record sent is acknowledged or failed."""
         self._stop.set()
         self._thread.join(30)
-        self.producer.flush(timeout=180)
-        self.producer.close(timeout=10)
+        self.producer.close(timeout_s=180)
 
 
 class RecommendCaller:
