@@ -78,7 +78,7 @@ def _mtls(broker, identity: str | None = "ingester", **over) -> KafkaConfig:
 
 
 def test_the_ingester_validates_a_stream_over_sasl_ssl_and_a_certificate_reader_sees_it(secure_broker):
-    """kafka-python (topics, the publisher, the dedup window) and librdkafka (the ingester's consumer and
+    """kafka-python (topics, the dedup window) and librdkafka (the publisher, the ingester's consumer and
     producer) over SCRAM-SHA-512 and PLAIN; librdkafka again over mutual TLS to read the result."""
     config = _sasl(secure_broker)
     running = RunningIngester(config).start()
