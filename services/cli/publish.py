@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ from pydantic import ConfigDict
 
 from services.common.config import KafkaConfig, ServiceConfig, load_config
 from services.common.errors import ConfigError
+from services.common.tls import DEFAULT_LOCAL_DIR, TLS_DIR_ENV, cli_tls
+from services.stack.stack import StackPorts
 from services.common.kafka import CONTENT_TYPE_HEADER, JSON, PROTOBUF, ensure_topics
 from services.common.rdkafka import Delivery, Producer
 
@@ -180,18 +183,48 @@ class _PublishConfig(ServiceConfig):
     kafka: KafkaConfig = KafkaConfig()
 
 
+def _kafka_config(args, environ=None) -> KafkaConfig:
+    """Where and as whom to publish. A config file's kafka section, or ``STREAMREC_KAFKA_*`` settings that name
+    the security protocol, are used as they are. Otherwise the local stack: its mutual-TLS listener with
+    ``--identity``'s certificate (the stack created the topics; an app may not), or with ``--plaintext`` its
+    administrator's listener. ``--bootstrap-servers`` (or ``STREAMREC_KAFKA_BOOTSTRAP_SERVERS``) moves either."""
+    environ = os.environ if environ is None else environ
+    overrides = {"kafka": {"bootstrap_servers": args.bootstrap_servers}} if args.bootstrap_servers else None
+    kafka = load_config(_PublishConfig, args.config, environ=environ, overrides=overrides).kafka
+    if args.config or "STREAMREC_KAFKA_SECURITY_PROTOCOL" in environ:
+        return kafka
+    placed = bool(args.bootstrap_servers) or "STREAMREC_KAFKA_BOOTSTRAP_SERVERS" in environ
+    if args.plaintext:
+        return kafka if placed else kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{StackPorts.kafka}"})
+    args.server_name = ""
+    tls = cli_tls(args, environ)
+    return kafka.model_copy(update={
+        "bootstrap_servers": kafka.bootstrap_servers if placed else f"127.0.0.1:{StackPorts.kafka_tls}",
+        "security_protocol": "SSL", "ssl_cafile": tls.ca_file, "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file, "topics": kafka.topics.model_copy(update={"create": False})})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamrec publish", description="Publish events or items from a JSONL/CSV file or stdin.")
     parser.add_argument("file", nargs="?", default="-", help="JSONL or CSV file; '-' (default) reads stdin")
     parser.add_argument("--kind", choices=("events", "items"), default="events")
     parser.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto", help="auto: by file extension, else JSONL")
-    parser.add_argument("--config", help="a streamrec YAML config; only its kafka: section is used")
-    parser.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers")
+    parser.add_argument("--config", help="a streamrec YAML config; only its kafka: section is used (its address, "
+                                          "security and credentials; the TLS options below then do not apply)")
+    parser.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers (default: the local stack's "
+                                                    f"mutual-TLS listener, 127.0.0.1:{StackPorts.kafka_tls})")
+    parser.add_argument("--tls-dir", default=None,
+                        help=f"without --config: directory with ca.crt and <identity>.crt/.key (env {TLS_DIR_ENV}; "
+                             f"default {DEFAULT_LOCAL_DIR}, where `streamrec up` puts them)")
+    parser.add_argument("--identity", default="app", help="whose certificate to publish with (default app: allowed to "
+                                                          "write the raw topics only)")
+    parser.add_argument("--plaintext", action="store_true",
+                        help=f"without --config: the local stack's administrator listener (127.0.0.1:{StackPorts.kafka}, "
+                             "no TLS, no ACLs) instead")
     parser.add_argument("--rate", type=float, default=0.0, help="records per second (0: as fast as possible)")
     args = parser.parse_args(argv)
     try:
-        overrides = {"kafka": {"bootstrap_servers": args.bootstrap_servers}} if args.bootstrap_servers else None
-        config = load_config(_PublishConfig, args.config, overrides=overrides)
+        kafka = _kafka_config(args)
     except ConfigError as exc:
         print(exc.message, file=sys.stderr)
         return 2
@@ -205,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bad = 0
     started = time.monotonic()
-    with EventPublisher(config.kafka) as publisher:
+    with EventPublisher(kafka) as publisher:
         publish = publisher.publish_event if args.kind == "events" else publisher.publish_item
         for lineno, doc, error in read_records(stream, fmt):
             if doc is None:

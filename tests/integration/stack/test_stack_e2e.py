@@ -121,6 +121,30 @@ def test_each_certificate_may_use_only_its_own_kafka_topics(stack):
         check_access(app.model_copy(update={"ssl_certfile": None, "ssl_keyfile": None}), timeout_s=60)
 
 
+def test_streamrec_publish_writes_as_the_app_over_mutual_tls_and_another_certificate_is_refused(stack, tmp_path,
+                                                                                                   capsys):
+    from services.cli import publish
+
+    run = uuid.uuid4().hex[:8]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps({"event_id": f"{run}-{n}", "user_id": f"{run}-u", "item_id": "i1",
+                                        "type": "click", "timestamp_ms": 1_700_000_000_000 + n}) + "\n"
+                            for n in range(3)))
+    tls_dir = str(stack.tls_dir)
+    address = stack.kafka.ssl_bootstrap_servers
+    assert publish.main([str(path), "--tls-dir", tls_dir, "--bootstrap-servers", address]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["published"] == 3
+    raw = stack.kafka_config.topics.name("events_raw")
+    assert wait_for(lambda: sum(run in (r.value or b"").decode() for r in read_topic(stack.kafka_config, raw)) == 3,
+                    60, "the three events in events.raw")
+    # Inference's certificate is valid, but inference may not write events.raw: every record fails, said so.
+    assert publish.main([str(path), "--tls-dir", tls_dir, "--bootstrap-servers", address,
+                         "--identity", "inference"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["failed"] == 3
+    assert "AUTHORIZATION" in err.upper(), err
+
+
 def _served_version(stub) -> int:
     return stub.Recommend(recommender_pb2.RecommendRequest(user_id="nobody", k=1), timeout=5).model_version
 

@@ -36,7 +36,7 @@ def _read(kafka_config, key: str) -> list:
 
 
 def _argv(kafka_config, *rest) -> list[str]:
-    return ["--bootstrap-servers", kafka_config.bootstrap_servers, *rest]
+    return ["--plaintext", "--bootstrap-servers", kafka_config.bootstrap_servers, *rest]
 
 
 @pytest.mark.integration
@@ -68,3 +68,39 @@ def test_event_publisher_sends_dicts_as_json_and_messages_as_protobuf(kafka_conf
     assert dict(records[b"u1"].headers)["content-type"] == b"application/json"
     assert dict(records[b"u2"].headers)["content-type"] == b"application/x-protobuf"
     assert event_pb2.Event.FromString(records[b"u2"].value).event_id == "e2"
+
+
+def _args(*argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    for name in ("--config", "--bootstrap-servers", "--tls-dir"):
+        parser.add_argument(name)
+    parser.add_argument("--identity", default="app")
+    parser.add_argument("--plaintext", action="store_true")
+    return parser.parse_args(list(argv))
+
+
+def test_by_default_it_publishes_as_the_app_over_the_local_stacks_mutual_tls(tmp_path):
+    from services.common.errors import ConfigError
+    from services.stack.credentials import ensure_credentials
+
+    ensure_credentials(tmp_path, identities=("app",))
+    kafka = publish._kafka_config(_args("--tls-dir", str(tmp_path)), environ={})
+    assert (kafka.bootstrap_servers, kafka.security_protocol) == ("127.0.0.1:9093", "SSL")
+    assert (kafka.ssl_cafile, kafka.ssl_certfile, kafka.ssl_keyfile) == tuple(
+        str(tmp_path / name) for name in ("ca.crt", "app.crt", "app.key"))
+    assert not kafka.topics.create  # an app may not create topics; the stack made them
+    moved = publish._kafka_config(_args("--tls-dir", str(tmp_path), "--bootstrap-servers", "h:19093"), environ={})
+    assert (moved.bootstrap_servers, moved.security_protocol) == ("h:19093", "SSL")
+    # Only when asked for: the administrator's listener, no TLS.
+    admin = publish._kafka_config(_args("--plaintext"), environ={})
+    assert (admin.bootstrap_servers, admin.security_protocol) == ("127.0.0.1:9092", "PLAINTEXT")
+    # Settings that name the protocol are the user's own: used as they are.
+    own = publish._kafka_config(_args(), environ={"STREAMREC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                                                  "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": "kafka:9094"})
+    assert (own.bootstrap_servers, own.security_protocol) == ("kafka:9094", "SASL_SSL")
+    # No certificate: a clear error, not a silent fall back to the unauthenticated listener.
+    with pytest.raises(ConfigError, match="no credentials for 'inference'.*--tls-dir"):
+        publish._kafka_config(_args("--tls-dir", str(tmp_path), "--identity", "inference"), environ={})
+    assert publish.main(["--tls-dir", str(tmp_path / "nowhere"), "-"]) == 2
