@@ -108,7 +108,7 @@ class TrainerCheckpoint:
         # Serialized straight from the trainer's own containers: JSON takes tuples as lists, and no copy
         # of the histories is made (that made the collector walk every live object).
         plain = _json_tensor({"item_meta": self._item_meta, "histories": self._histories, "replay": list(self._replay),
-                              "transitions": self.transitions.state_dict(copy=False), "vocab_ids": vocab.pop("ids")})
+                              "transitions": self.transitions.state_dict(), "vocab_ids": vocab.pop("ids")})
         return {
             "hyperparameters": self.hyperparameters(),
             "device": str(self.device),

@@ -474,9 +474,8 @@ class TransitionTable:
         table._compact_at = self._compact_at
         return table
 
-    def state_dict(self, copy: bool = True) -> dict:
-        """The table's settings and counts (plain dicts, built afresh: ``copy`` is kept for callers)."""
-        del copy
+    def state_dict(self) -> dict:
+        """The table's settings and counts, as plain dicts built afresh."""
         return {"max_next": self.max_next, "window": self.window, "decay": self.decay, "span": self.span,
                 "span_decay": self.span_decay, "backward": self.backward, "top": self.top,
                 "next": self.rows(), "total": self.totals()}

@@ -39,10 +39,10 @@ from pydantic import ConfigDict
 
 from services.common.config import KafkaConfig, ServiceConfig, load_config
 from services.common.errors import ConfigError
-from services.common.tls import DEFAULT_LOCAL_DIR, TLS_DIR_ENV, cli_tls
-from services.stack.stack import StackPorts
 from services.common.kafka import CONTENT_TYPE_HEADER, JSON, PROTOBUF, ensure_topics
 from services.common.rdkafka import Delivery, Producer
+from services.common.tls import DEFAULT_LOCAL_DIR, TLS_DIR_ENV, cli_tls
+from services.stack.stack import StackPorts
 
 JSON_HEADERS = [(CONTENT_TYPE_HEADER, JSON.encode())]
 PROTOBUF_HEADERS = [(CONTENT_TYPE_HEADER, PROTOBUF.encode())]
@@ -196,7 +196,6 @@ def _kafka_config(args, environ=None) -> KafkaConfig:
     placed = bool(args.bootstrap_servers) or "STREAMREC_KAFKA_BOOTSTRAP_SERVERS" in environ
     if args.plaintext:
         return kafka if placed else kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{StackPorts.kafka}"})
-    args.server_name = ""
     tls = cli_tls(args, environ)
     return kafka.model_copy(update={
         "bootstrap_servers": kafka.bootstrap_servers if placed else f"127.0.0.1:{StackPorts.kafka_tls}",

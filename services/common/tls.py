@@ -336,4 +336,5 @@ def cli_tls(args, environ: Mapping[str, str] | None = None) -> TlsConfig:
     if found is None:
         raise ConfigError(f"no credentials for {args.identity!r} in {directory} (want ca.crt, {args.identity}.crt, "
                           f"{args.identity}.key): run this where `streamrec up` runs, or pass --tls-dir")
-    return found.model_copy(update={"server_name": args.server_name}) if args.server_name else found
+    server_name = getattr(args, "server_name", "")  # only the commands that call a gRPC server have it
+    return found.model_copy(update={"server_name": server_name}) if server_name else found
