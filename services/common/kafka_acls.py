@@ -7,6 +7,8 @@ names; the rights on each service's consumer group are in GROUP_RIGHTS.
 
 from __future__ import annotations
 
+import time
+
 from services.common.config import KafkaConfig, TopicsConfig
 from services.common.rdkafka import reader_group
 
@@ -30,11 +32,21 @@ TOPIC_RIGHTS: dict[str, dict[str, tuple[str, ...]]] = {
 GROUP_RIGHTS: dict[str, str] = {"ingester": "READ", "trainer": "READ", "inference": "DESCRIBE"}
 
 
-def grant(admin: KafkaConfig, principal: str, service: str, topics: TopicsConfig, group: str | None = None) -> int:
+# How long grant() waits for the brokers to apply the ACLs it created.
+APPLIED_WAIT_S = 60.0
+
+
+def grant(admin: KafkaConfig, principal: str, service: str, topics: TopicsConfig, group: str | None = None,
+          wait_s: float = APPLIED_WAIT_S) -> int:
     """Allow ``principal`` (e.g. ``User:CN=trainer``) what ``service`` needs on ``topics`` and on its consumer
-    ``group``, through an ``admin`` connection with the right to alter ACLs; -> ACLs created."""
+    ``group``, through an ``admin`` connection with the right to alter ACLs; -> ACLs created.
+
+    Returns once the brokers answer with every one of them (up to ``wait_s``; TimeoutError after that). The
+    controller accepts ACLs before the brokers' authorizers have them: a service started at once could
+    otherwise be refused, and an idempotent producer refused its producer id stays failed for good."""
     from kafka import KafkaAdminClient
-    from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourcePattern, ResourceType
+    from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType,
+                             ResourcePattern, ResourcePatternFilter, ResourceType)
 
     if service not in TOPIC_RIGHTS:
         raise ValueError(f"kafka ACLs: unknown service {service!r} (one of {', '.join(TOPIC_RIGHTS)})")
@@ -51,9 +63,28 @@ def grant(admin: KafkaConfig, principal: str, service: str, topics: TopicsConfig
     client = KafkaAdminClient(**admin.client_options())
     try:
         result = client.create_acls(acls)
+        failed = result.get("failed") or []
+        if failed:
+            raise RuntimeError(
+                f"kafka ACLs for {principal}: the brokers refused {len(failed)} of {len(acls)}: {failed[0]}")
+        wanted = {_key(acl) for acl in acls}
+        every = ACLFilter(principal, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                          ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY))
+        deadline = time.monotonic() + wait_s
+        while True:
+            found, _error = client.describe_acls(every)
+            missing = wanted - {_key(acl) for acl in found or ()}
+            if not missing:
+                return len(acls)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"kafka ACLs for {principal}: {len(missing)} of {len(acls)} created but not in "
+                                   f"force on the brokers after {wait_s:.0f} s")
+            time.sleep(0.1)
     finally:
         client.close()
-    failed = result.get("failed") or []
-    if failed:
-        raise RuntimeError(f"kafka ACLs for {principal}: the brokers refused {len(failed)} of {len(acls)}: {failed[0]}")
-    return len(acls)
+
+
+def _key(acl) -> tuple:
+    pattern = acl.resource_pattern
+    return (acl.principal, acl.host, int(acl.operation), int(acl.permission_type), int(pattern.resource_type),
+            pattern.resource_name, int(pattern.pattern_type))

@@ -32,6 +32,8 @@ from services.common.config import KafkaConfig
 logger = logging.getLogger(__name__)
 
 KafkaError = confluent_kafka.KafkaError
+# How librdkafka reports the records a fatal error failed.
+_FATAL_PURGES = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._FATAL})
 KafkaException = confluent_kafka.KafkaException
 TopicPartition = confluent_kafka.TopicPartition
 TIMESTAMP_NOT_AVAILABLE = confluent_kafka.TIMESTAMP_NOT_AVAILABLE
@@ -241,7 +243,8 @@ class Producer:
     """
 
     def __init__(self, config: KafkaConfig, *, futures: bool = False, **overrides: Any) -> None:
-        self._failures: list[str] = []
+        self._failures: list[tuple[str, KafkaError]] = []  # (topic[partition], why)
+        self._fatal: KafkaError | None = None
         self._pending: set[Delivery] | None = set() if futures else None
         self._lock = threading.Lock()
         settings = librdkafka_settings(overrides)
@@ -263,21 +266,76 @@ class Producer:
                 raise
             raise ValueError(named) from None
         self._closed = threading.Event()
+        self._closing = False  # close() purges what is left: those reports are not a fatal error's
         self._reports: threading.Thread | None = None
         if futures:
             self._reports = threading.Thread(target=self._serve_reports, name="kafka-delivery-reports", daemon=True)
             self._reports.start()
 
+    @property
+    def fatal(self) -> KafkaError | None:
+        """librdkafka's fatal error, once it had one (the producer then delivers nothing more)."""
+        return self._fatal
+
+    def _error(self, err: KafkaError) -> None:
+        if self._fatal is None:
+            self._fatal = err
+            logger.error("producer failed for good; it delivers nothing more", extra={"error": err.str()})
+        if self._pending is not None:
+            with self._lock:
+                pending = list(self._pending)
+            for delivery in pending:  # librdkafka fails every queued record with it
+                self._settle(delivery, err, None, "(failed)")
+
+    def _serve(self, call: Callable[[float], int], timeout_s: float) -> int:
+        """``call(timeout_s)`` (the client's poll or flush), taking in a fatal error: confluent-kafka raises it from
+        the call that meets it (a SystemError when a delivery callback ran on the way), and librdkafka fails
+        every queued record with it; their reports come with the next call."""
+        try:
+            return call(timeout_s)
+        except (KafkaException, SystemError) as exc:
+            # A SystemError without a cause: the callback that took the fatal error in cleared it.
+            err = _fatal_error(exc) or (self._fatal if isinstance(exc, SystemError) else None)
+            if err is None:
+                raise
+            self._error(err)
+            return len(self._producer)
+
+    def _reason(self, err: KafkaError) -> KafkaError:
+        if self._fatal is not None and err.code() in _FATAL_PURGES:
+            return self._fatal
+        return err
+
+    def _clear_pending_error(self) -> None:
+        """Called first in every delivery callback. When confluent-kafka meets a fatal error it raises it from the
+        poll or flush that serves it, yet goes on serving delivery reports with that error still pending: the
+        first call into C inside a callback would fail with SystemError (inside ``with lock`` before the lock is
+        released). This takes the pending error in instead."""
+        try:
+            len(())
+        except SystemError as exc:
+            err = _fatal_error(exc)
+            if err is not None:
+                self._error(err)
+
     def _delivered(self, err, msg) -> None:
+        self._clear_pending_error()
         if err is not None:
-            self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+            self._failures.append((f"{msg.topic()}[{msg.partition()}]", err))
 
     def _settle(self, delivery: Delivery, err, msg, topic: str | None = None) -> None:
+        self._clear_pending_error()
+        if err is not None:
+            err = self._reason(err)
+            if err.code() in _FATAL_PURGES and not self._closing:
+                # Failed by a fatal error that another thread is taking in: settled by _error with its reason.
+                return
         with self._lock:
+            if delivery not in self._pending:  # settled already (a record failed for good, then reported)
+                return
             self._pending.discard(delivery)
             if err is not None:  # counted before the Delivery settles: whoever waited for it finds it here
-                self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err}" if msg is not None
-                                      else f"{topic}: {err}")
+                self._failures.append((f"{msg.topic()}[{msg.partition()}]" if msg is not None else str(topic), err))
         if err is None:
             delivery.set_result(msg)
         else:
@@ -286,7 +344,7 @@ class Producer:
     def _serve_reports(self) -> None:
         while not self._closed.is_set():
             try:
-                self._producer.poll(0.1)  # waits in librdkafka, without the interpreter lock
+                self._serve(self._producer.poll, 0.1)  # waits in librdkafka, without the interpreter lock
             except Exception:  # noqa: BLE001 - a callback's error must not stop the reports of the others
                 logger.exception("delivery report callback failed")
 
@@ -306,7 +364,7 @@ class Producer:
                 return delivery
             except BufferError:
                 # The local queue is full (the brokers are slow or away): serve delivery reports and wait.
-                self._producer.poll(0.1)
+                self._serve(self._producer.poll, 0.1)
             except KafkaException as exc:
                 if delivery is None:
                     raise
@@ -315,12 +373,14 @@ class Producer:
 
     def poll(self, timeout_s: float = 0.0) -> None:
         """Serve the delivery reports that have arrived (waiting up to ``timeout_s`` for one)."""
-        self._producer.poll(timeout_s)
+        self._serve(self._producer.poll, timeout_s)
 
     def flush(self, timeout_s: float | None = None) -> int:
         """Wait for every queued record (at most ``timeout_s``); -> records still not acknowledged."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        left = self._producer.flush(-1 if timeout_s is None else timeout_s)
+        left = self._serve(self._producer.flush, -1 if timeout_s is None else timeout_s)
+        if self._fatal is not None and left:  # the reports of the records it failed
+            left = self._serve(self._producer.flush, 5.0 if deadline is None else max(0.0, deadline - time.monotonic()))
         if self._pending is None:
             return left
         # librdkafka counts a report as served once it is off its queue: the thread serving it may not have
@@ -332,23 +392,43 @@ class Producer:
         return len(unsettled)
 
     def take_failures(self) -> list[str]:
+        """The records that failed since the last call; once the producer has failed for good, never empty (it
+        names the fatal error), since a record whose report was lost to it is not delivered either."""
         with self._lock:
             failures, self._failures = self._failures, []
-        return failures
+        if self._fatal is not None and not failures:
+            return [f"producer failed for good: {self._fatal}"]
+        return [f"{where}: {self._reason(err)}" for where, err in failures]  # the fatal error may have come after
 
     def close(self, timeout_s: float | None = 10.0) -> None:
         """Flush (at most ``timeout_s``; None: until done) and stop. With ``futures=True`` the records still not
         acknowledged then fail (KafkaException ``_PURGE_QUEUE`` or ``_PURGE_INFLIGHT``): nothing would answer for
-        them after this."""
+        them after this. A producer failed for good (a fatal error, such as its producer id refused) closes the
+        same way; its records fail with that error."""
         left = self.flush(timeout_s)
-        if left:
+        if left and self._fatal is None:
             logger.warning("producer closed with records not acknowledged", extra={"records": left})
-        if self._reports is not None:
-            if left:
-                self._producer.purge()
-                self.flush(2.0)  # serves the purged records' reports
-            self._closed.set()
-            self._reports.join()
+        if self._reports is None:
+            return
+        if left or self._fatal is not None:
+            self._closing = True
+            self._producer.purge()
+            self.flush(2.0)  # serves the purged records' reports
+        self._closed.set()
+        self._reports.join()
+        with self._lock:
+            unsettled = list(self._pending)
+        for delivery in unsettled:  # reports nothing serves now
+            self._settle(delivery, self._fatal or KafkaError(KafkaError._PURGE_QUEUE), None, "(closed)")
+
+
+def _fatal_error(exc: BaseException) -> KafkaError | None:
+    """librdkafka's fatal error in ``exc`` or what caused it; None when it holds none."""
+    while exc is not None:
+        if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].fatal():
+            return exc.args[0]
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _named_setting(exc: KafkaException, overrides: Mapping[str, Any], settings: Mapping[str, Any]) -> str | None:

@@ -318,6 +318,26 @@ def test_a_user_without_rights_cannot_create_or_read_topics(secure_broker):
         PartitionReader(_sasl(secure_broker, user="intruder"), "sec.shared", timeout_s=30).assign()
 
 
+@pytest.mark.parametrize("futures", [False, True], ids=["reports", "futures"])
+def test_a_producer_refused_its_producer_id_fails_its_records_with_the_reason_and_closes(secure_broker, futures):
+    """A principal that may read a topic but write nowhere is refused an idempotent producer id, librdkafka's fatal
+    error (it is what a service meets when its Write ACLs are missing). Every record fails naming that refusal, the
+    producer keeps saying so, and close() (which a service runs on its way out) returns instead of raising."""
+    config = _least_privilege(secure_broker, "trainer", "trainer", f"trainer-{uuid.uuid4().hex[:6]}")
+    producer = rdkafka.Producer(config, futures=futures)
+    deliveries = [producer.send(config.topics.name("events"), value=b"x") for _ in range(3)]
+    assert producer.flush(120) == 0
+    failures = producer.take_failures()
+    assert failures and all("CLUSTER_AUTHORIZATION_FAILED" in f for f in failures), failures
+    assert producer.fatal is not None
+    assert "CLUSTER_AUTHORIZATION_FAILED" in producer.take_failures()[0], "a failed producer never reports success"
+    producer.close(timeout_s=10)
+    if futures:
+        for delivery in deliveries:
+            with pytest.raises(rdkafka.KafkaException, match="CLUSTER_AUTHORIZATION_FAILED"):
+                delivery.result(0)
+
+
 def test_a_service_with_a_wrong_password_exits_with_one_line_that_says_why(secure_broker, tmp_path):
     """The ingester process as ``streamrec ingester`` runs it, not a client retrying for ever."""
     config = _sasl(secure_broker, sasl_password="not-the-password")
