@@ -256,7 +256,7 @@ def test_least_privilege_inference_needs_no_more_than_the_acls_the_readme_lists(
 
     def recommend(user: str = "newcomer"):
         try:
-            return stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=5), timeout=10)
+            return stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=5), timeout=30)
         except grpc.RpcError:
             return None  # no model yet
 

@@ -41,7 +41,7 @@ def test_a_forged_record_is_ignored_and_later_real_promotions_still_apply(artifa
     metrics = f"http://127.0.0.1:{server.metrics_server.port}/metrics"
 
     def mismatches() -> float:
-        for line in urllib.request.urlopen(metrics, timeout=5).read().decode().splitlines():
+        for line in urllib.request.urlopen(metrics, timeout=30).read().decode().splitlines():
             if line.startswith("streamrec_inference_announcement_mismatches_total "):
                 return float(line.split()[1])
         return 0.0

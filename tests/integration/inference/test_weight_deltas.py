@@ -61,7 +61,7 @@ def _ship(client, version: int, payload: bytes, offset: int = 2400) -> int:
 def _recommend(server, user: str):
     with open_channel(server.target, tls_for("app")) as channel:
         return recommender_pb2_grpc.RecommenderStub(channel).Recommend(
-            recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=10)
+            recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=30)
 
 
 def _serving_base(make_inference, registry_client, rounds):
@@ -173,5 +173,5 @@ def test_a_delta_whose_encoder_fails_at_warm_up_is_refused_and_the_server_stays_
     wait_for(lambda: _recommend(server, user).model_delta == good, 60, "the next delta to be served")
     assert server.metrics.delta_failures._value.get() == 1
     with open_channel(server.target, tls_for("app")) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=30).status
     assert status == health_pb2.HealthCheckResponse.SERVING

@@ -37,7 +37,7 @@ def _answer(target: str, user: str) -> int | None:
     with open_channel(target, tls_for("app"), options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         try:
             reply = recommender_pb2_grpc.RecommenderStub(channel).Recommend(
-                recommender_pb2.RecommendRequest(user_id=user, k=5), timeout=10)
+                recommender_pb2.RecommendRequest(user_id=user, k=5), timeout=30)
         except grpc.RpcError:
             return None
     return reply.model_version

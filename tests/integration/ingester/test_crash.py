@@ -45,7 +45,7 @@ def _spawn(config_path: Path, log_path: Path) -> subprocess.Popen:
 
 def _http(port: int, path: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as resp:
             return resp.status, resp.read().decode()
     except OSError as exc:
         return getattr(exc, "code", 0) or 0, ""

@@ -66,7 +66,7 @@ def test_an_announcement_kafka_refuses_is_parked_and_later_ones_still_go_out(reg
         assert "Kafka refused it" in parked[0].reason and parked[0].size_bytes > 2500
         assert client.get_alias(MODEL, "canary").version == 2  # the change itself stands
 
-    body = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_server.port}/metrics", timeout=5).read().decode()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_server.port}/metrics", timeout=30).read().decode()
     assert "streamrec_registry_outbox_parked_records 1.0" in body
     assert "streamrec_registry_outbox_backlog_records 0.0" in body
     assert models_cli.main(["list", "--registry", service.target, "--tls-dir", str(local_ca().directory)]) == 0

@@ -76,7 +76,7 @@ def test_register_promote_rollback_each_announced(registry_factory, kafka_config
         assert [v.version for v in client.list_versions(MODEL)] == [1, 2]
 
     assert service.announcer.wait_idle(10)
-    body = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_server.port}/metrics", timeout=5).read().decode()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_server.port}/metrics", timeout=30).read().decode()
     assert f'streamrec_registry_versions_registered_total{{model="{MODEL}"}} 2.0' in body
     assert f'streamrec_registry_gate_rejections_total{{model="{MODEL}"}} 1.0' in body
     assert 'streamrec_registry_promotions_total{alias="production",model="recommender"} 3.0' in body
@@ -176,11 +176,11 @@ def test_restart_loses_nothing_and_an_interrupted_upload_leaves_no_version(regis
             model_name=MODEL, artifact_sha256=sha, artifact_size_bytes=len(data), trainer_id="t"))
         yield registry_pb2.RegisterVersionRequest(chunk=data[: len(data) // 2])
         sent_half.set()
-        release.wait(10)
+        release.wait(60)
 
     with open_channel(first.target, tls_for("trainer")) as channel:
         call = registry_pb2_grpc.ModelRegistryStub(channel).RegisterVersion.future(requests(), timeout=30)
-        assert sent_half.wait(10)
+        assert sent_half.wait(60)
         staging = Path(first.config.registry.artifact_root) / ".staging"
         _wait(lambda: any(staging.iterdir()), "the upload to reach the server")
         call.cancel()
@@ -196,7 +196,7 @@ def test_restart_loses_nothing_and_an_interrupted_upload_leaves_no_version(regis
         assert client.register(MODEL, d, trainer_id="t").version == 3  # no number was used by the abandoned one
 
 
-def _wait(cond, what: str, timeout_s: float = 10.0) -> None:
+def _wait(cond, what: str, timeout_s: float = 60.0) -> None:
     import time
 
     deadline = time.monotonic() + timeout_s

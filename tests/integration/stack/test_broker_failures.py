@@ -112,7 +112,7 @@ class RecommendCaller:
         while not self._stop.is_set():
             try:
                 self.stub.Recommend(recommender_pb2.RecommendRequest(user_id=self.users[n % len(self.users)], k=5),
-                                    timeout=5)
+                                    timeout=30)
                 self.answered += 1
             except grpc.RpcError as exc:
                 self.failures.append(f"{exc.code().name}: {exc.details()} at {time.strftime('%H:%M:%S')}")
@@ -121,7 +121,7 @@ class RecommendCaller:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        self._thread.join(40)  # a call in flight has 30 s
         self.channel.close()
 
 

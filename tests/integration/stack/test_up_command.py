@@ -99,9 +99,9 @@ import grpc
 from streamrec_proto.v1 import registry_pb2 as pb, registry_pb2_grpc as rpc
 stub = rpc.ModelRegistryStub(grpc.insecure_channel("127.0.0.1:50051"))
 calls = {
-    "SetAlias": lambda: stub.SetAlias(pb.SetAliasRequest(model_name="recommender", alias="production", version=1), timeout=10),
-    "Rollback": lambda: stub.Rollback(pb.RollbackRequest(model_name="recommender"), timeout=10),
-    "DownloadArtifact": lambda: list(stub.DownloadArtifact(pb.DownloadArtifactRequest(model_name="recommender", version=1), timeout=10)),
+    "SetAlias": lambda: stub.SetAlias(pb.SetAliasRequest(model_name="recommender", alias="production", version=1), timeout=30),
+    "Rollback": lambda: stub.Rollback(pb.RollbackRequest(model_name="recommender"), timeout=30),
+    "DownloadArtifact": lambda: list(stub.DownloadArtifact(pb.DownloadArtifactRequest(model_name="recommender", version=1), timeout=30)),
 }
 for name, call in calls.items():
     try:

@@ -106,7 +106,7 @@ def scrape_or_none(port: int) -> str | None:
 
 
 def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
         return resp.read().decode()
 
 

@@ -228,7 +228,7 @@ def test_a_batcher_worker_that_dies_is_restarted_and_serves_the_next_requests(pl
         # The request in the batch that killed the worker is not answered (it times out) ...
         with pytest.raises(FutureTimeout):
             batcher.encode(plane.repository.get(), plane.histories.get("d1"), 2, timeout_s=0.5)
-        wait_for(lambda: restarts, 10, "the worker restart")
+        wait_for(lambda: restarts, 60, "the worker restart")
         assert restarts == [("encoder-batcher", "injected failure")]
         # ... the ones after it are, by the restarted worker.
         assert len(plane.recommend(RecommendQuery("d1", k=5)).items) == 5
