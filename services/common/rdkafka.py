@@ -23,6 +23,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from typing import Any, Callable, Mapping, TypeVar
 
 import confluent_kafka
@@ -32,6 +33,8 @@ from services.common.config import KafkaConfig
 logger = logging.getLogger(__name__)
 
 KafkaError = confluent_kafka.KafkaError
+# The reason given to a fatal error that came without one (its FATAL log line, read later, replaces it).
+_UNREAD_FATAL = "librdkafka failed for good; its FATAL log line says why"
 # How librdkafka reports the records a fatal error failed.
 _FATAL_PURGES = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._FATAL})
 KafkaException = confluent_kafka.KafkaException
@@ -256,6 +259,7 @@ class Producer:
             "batch.size": 256 * 1024,
             "delivery.report.only.error": not futures,
             "on_delivery": self._delivered,
+            "logger": _ProducerLog(self),
             **settings,
         }
         try:
@@ -278,8 +282,11 @@ class Producer:
         return self._fatal
 
     def _error(self, err: KafkaError) -> None:
-        if self._fatal is None:
-            self._fatal = err
+        first = self._fatal is None
+        if first or self._fatal.str() == _UNREAD_FATAL or (
+                self._fatal.code() == KafkaError._FATAL and err.code() != KafkaError._FATAL):
+            self._fatal = err  # the error itself rather than what its log line said, and either rather than nothing
+        if first:
             logger.error("producer failed for good; it delivers nothing more", extra={"error": err.str()})
         if self._pending is not None:
             with self._lock:
@@ -294,8 +301,11 @@ class Producer:
         try:
             return call(timeout_s)
         except (KafkaException, SystemError) as exc:
-            # A SystemError without a cause: the callback that took the fatal error in cleared it.
-            err = _fatal_error(exc) or (self._fatal if isinstance(exc, SystemError) else None)
+            err = _fatal_error(exc)
+            if err is None and isinstance(exc, SystemError):
+                # No cause: a callback took the fatal error in (or, outside ours, lost it). A SystemError comes
+                # out of these calls only that way.
+                err = self._fatal or KafkaError(KafkaError._FATAL, _UNREAD_FATAL, fatal=True)
             if err is None:
                 raise
             self._error(err)
@@ -420,6 +430,24 @@ class Producer:
             unsettled = list(self._pending)
         for delivery in unsettled:  # reports nothing serves now
             self._settle(delivery, self._fatal or KafkaError(KafkaError._PURGE_QUEUE), None, "(closed)")
+
+
+class _ProducerLog:
+    """A producer's librdkafka log lines, passed on to the ``librdkafka`` logger. librdkafka says a fatal error in a
+    FATAL line too, and the line may be served before the error (or while confluent-kafka holds the error pending):
+    the producer takes both in from here."""
+
+    def __init__(self, producer: "Producer") -> None:
+        self._producer = weakref.ref(producer)  # the client holds this object: no cycle through it
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        producer = self._producer()
+        if producer is not None:
+            producer._clear_pending_error()
+            if len(args) == 3 and args[0] == "FATAL" and producer._fatal is None:
+                text = str(args[2])
+                producer._error(KafkaError(KafkaError._FATAL, text[text.find("Fatal error"):] or text, fatal=True))
+        _librdkafka_log.log(level, fmt, *args)
 
 
 def _fatal_error(exc: BaseException) -> KafkaError | None:

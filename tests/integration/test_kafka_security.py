@@ -326,15 +326,16 @@ def test_a_producer_refused_its_producer_id_fails_its_records_with_the_reason_an
     config = _least_privilege(secure_broker, "trainer", "trainer", f"trainer-{uuid.uuid4().hex[:6]}")
     producer = rdkafka.Producer(config, futures=futures)
     deliveries = [producer.send(config.topics.name("events"), value=b"x") for _ in range(3)]
+    refused = re.compile(r"cluster.?authori[sz]ation.?failed", re.IGNORECASE)  # the code, or its log line's words
     assert producer.flush(120) == 0
     failures = producer.take_failures()
-    assert failures and all("CLUSTER_AUTHORIZATION_FAILED" in f for f in failures), failures
+    assert failures and all(refused.search(f) for f in failures), failures
     assert producer.fatal is not None
-    assert "CLUSTER_AUTHORIZATION_FAILED" in producer.take_failures()[0], "a failed producer never reports success"
+    assert refused.search(producer.take_failures()[0]), "a failed producer never reports success"
     producer.close(timeout_s=10)
     if futures:
         for delivery in deliveries:
-            with pytest.raises(rdkafka.KafkaException, match="CLUSTER_AUTHORIZATION_FAILED"):
+            with pytest.raises(rdkafka.KafkaException, match=refused):
                 delivery.result(0)
 
 
