@@ -499,6 +499,10 @@ def make_consumer(config: KafkaConfig, group_id: str, on_commit: Callable | None
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 100,
+        # librdkafka stops fetching a partition while more than queued.min.messages (100k) wait in its queue, and
+        # looks again only after this long (1 s by default): a reader faster than one fetch an hour's worth of
+        # backlog (the duplicate window's rebuild, a catch-up) otherwise idles most of each second.
+        "fetch.queue.backoff.ms": 10,
         "session.timeout.ms": 10000,
         "heartbeat.interval.ms": 3000,
         **({"on_commit": on_commit} if on_commit else {}),
