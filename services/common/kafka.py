@@ -7,18 +7,16 @@
 - ``subscribe``: joins the group only once the consumer's metadata has every topic's partitions.
 - ``ensure_topics``: creates missing topics (compacted where the design says so).
 - ``consumer_lag``: per-partition lag for the lag gauges.
-- ``PartitionReader``: every partition of one topic, read from given offsets without a group.
 
-Every producer of the services, and the consumers that carry every event and must pass it on within
-milliseconds (the ingester's, inference's history follower, the trainer's reader), use librdkafka instead
-(services/common/rdkafka.py), configured from the same section.
+Every producer and consumer of the services uses librdkafka instead (services/common/rdkafka.py), configured
+from the same section; kafka-python remains for administration (topics, ACLs) and tests.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -202,120 +200,3 @@ def header(headers: Iterable[tuple[str, bytes]] | None, name: str) -> bytes | No
         if key.lower() == name:
             return value
     return None
-
-
-class PartitionReader:
-    """Every partition of one topic, assigned to this consumer alone and read from given offsets.
-
-    ``positions`` is the next offset to process per partition. ``poll`` leaves it where it is (call
-    ``advance`` once the records are processed, e.g. checkpointed); ``read`` advances at once.
-    An offset below the log start (retention deleted it) starts at the log start; partitions added to
-    the topic later are picked up from their beginning by ``refresh_partitions``.
-    """
-
-    def __init__(self, config: KafkaConfig, topic: str, *, group_id: str | None = None, **consumer_overrides) -> None:
-        self.topic = topic
-        self.consumer: KafkaConsumer = make_consumer(config, None, group_id, **consumer_overrides)
-        self.positions: dict[int, int] = {}
-
-    def assign(self, offsets: Mapping[int, int] | None = None) -> None:
-        """Assign every partition; seek to ``offsets`` (partition -> next offset), the others to the log start."""
-        offsets = offsets or {}
-        parts = partitions_for(self.consumer, self.topic)
-        self.consumer.assign(parts)
-        begins = self.consumer.beginning_offsets(parts)
-        start = {}
-        for tp in parts:
-            want = offsets.get(tp.partition)
-            if want is not None and want < begins[tp]:
-                logger.warning("offset no longer in the log; reading from the log start", extra={
-                    "topic": self.topic, "partition": tp.partition, "offset": want, "log_start": begins[tp]})
-            start[tp.partition] = begins[tp] if want is None else max(want, begins[tp])
-            self.consumer.seek(tp, start[tp.partition])
-        self.positions.update(start)  # in place: other threads may hold the dict
-        logger.info("partitions assigned", extra={"topic": self.topic, "offsets": start})
-
-    def refresh_partitions(self) -> bool:
-        """Pick up partitions added to the topic since ``assign`` (read from their beginning); -> any added."""
-        parts = self.consumer.partitions_for_topic(self.topic) or set()
-        if not set(parts) - set(self.positions):
-            return False
-        self.assign(dict(self.positions))
-        return True
-
-    def seek_forward(self, offsets: Mapping[int, int]) -> None:
-        """Move the partitions where ``offsets`` are ahead of the position there."""
-        for p, off in offsets.items():
-            if p in self.positions and off > self.positions[p]:
-                self.consumer.seek(TopicPartition(self.topic, p), off)
-                self.positions[p] = off
-
-    def poll(self, timeout_ms: int) -> dict[int, list]:
-        """Records per partition, any below the position (already processed) dropped; positions unchanged."""
-        out: dict[int, list] = {}
-        polled = self.consumer.poll(timeout_ms=timeout_ms)
-        for tp, records in polled.items():
-            expected = self.positions.get(tp.partition)
-            unprocessed = [r for r in records if expected is not None and r.offset >= expected]
-            if unprocessed:
-                out[tp.partition] = unprocessed
-        return out
-
-    def advance(self, next_offsets: Mapping[int, int]) -> None:
-        """Mark records as processed: ``next_offsets`` is the offset after the last one, per partition."""
-        for p, off in next_offsets.items():
-            self.positions[p] = max(self.positions.get(p, 0), off)
-
-    def read(self, timeout_ms: int) -> dict[int, list]:
-        """``poll``, with the positions moved past the records returned."""
-        polled = self.poll(timeout_ms)
-        self.advance({p: records[-1].offset + 1 for p, records in polled.items()})
-        return polled
-
-    def behind(self, ends: Mapping[int, int]) -> list[int]:
-        """Partitions whose position has not reached ``ends``."""
-        return [p for p, end in ends.items() if self.positions.get(p, 0) < end]
-
-    def read_to(self, ends: Mapping[int, int], timeout_s: float) -> Iterator[list]:
-        """Records, a partition's batch at a time, until every position reaches ``ends`` or ``timeout_s`` passes.
-
-        After a timeout ``behind(ends)`` names the partitions left short.
-        """
-        deadline = time.monotonic() + timeout_s
-        try:
-            while self._pause_reached(ends) and time.monotonic() < deadline:
-                yield from self.read(timeout_ms=100).values()
-                # Compaction and transaction markers can leave the last record short of the end offset.
-                for p in self.behind(ends):
-                    try:
-                        self.advance({p: min(ends[p], self.consumer.position(TopicPartition(self.topic, p)))})
-                    except KafkaError:
-                        continue
-        finally:
-            self.consumer.resume(*self.consumer.paused())
-
-    def _pause_reached(self, ends: Mapping[int, int]) -> list[int]:
-        behind = self.behind(ends)
-        done = [TopicPartition(self.topic, p) for p in self.positions if p not in behind]
-        if done:
-            self.consumer.pause(*done)
-        return behind
-
-    def end_offsets(self) -> dict[int, int]:
-        parts = [TopicPartition(self.topic, p) for p in self.positions]
-        return {tp.partition: off for tp, off in self.consumer.end_offsets(parts).items()}
-
-    def lag(self) -> dict[int, int]:
-        return {p: max(0, end - self.positions.get(p, 0)) for p, end in self.end_offsets().items()}
-
-    def commit(self) -> None:
-        """Commit the positions to the group, if any (for lag in the usual Kafka tooling; never read back)."""
-        if self.consumer.config.get("group_id") is None:
-            return
-        try:
-            commit_processed(self.consumer, {TopicPartition(self.topic, p): o for p, o in self.positions.items()})
-        except KafkaError as exc:
-            logger.warning("offset commit failed (lag display only)", extra={"topic": self.topic, "error": str(exc)})
-
-    def close(self) -> None:
-        self.consumer.close(autocommit=False)

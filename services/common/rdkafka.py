@@ -24,7 +24,7 @@ import re
 import threading
 import time
 import weakref
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import confluent_kafka
 
@@ -33,6 +33,9 @@ from services.common.config import KafkaConfig
 logger = logging.getLogger(__name__)
 
 KafkaError = confluent_kafka.KafkaError
+# Partition errors while a topic is being created or its leader moves (librdkafka does not flag them all retriable).
+_LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                            KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})
 # The reason given to a fatal error that came without one (its FATAL log line, read later, replaces it).
 _UNREAD_FATAL = "librdkafka failed for good; its FATAL log line says why"
 # How librdkafka reports the records a fatal error failed.
@@ -500,8 +503,8 @@ def make_consumer(config: KafkaConfig, group_id: str, on_commit: Callable | None
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 100,
         # librdkafka stops fetching a partition while more than queued.min.messages (100k) wait in its queue, and
-        # looks again only after this long (1 s by default): a reader faster than one fetch an hour's worth of
-        # backlog (the duplicate window's rebuild, a catch-up) otherwise idles most of each second.
+        # looks again only after this long (1 s by default): a reader that drains its queue faster than that (the
+        # duplicate window's rebuild, any catch-up on a backlog) otherwise idles for most of each second.
         "fetch.queue.backoff.ms": 10,
         "session.timeout.ms": 10000,
         "heartbeat.interval.ms": 3000,
@@ -523,10 +526,9 @@ def close_consumer(consumer: confluent_kafka.Consumer) -> None:
 
 class PartitionReader:
     """Every partition of one topic, assigned to this consumer alone (no group membership) and read from given
-    offsets: services.common.kafka.PartitionReader on librdkafka, for a reader that must see each record soon
-    after it is written (inference's history follower, the trainer). Records are confluent-kafka ``Message``
-    objects. librdkafka fetches ahead on its own threads, so a poll returns everything that arrived while the
-    caller worked on the last batch.
+    offsets: inference's history follower and model-versions watcher, the trainer's events and items, the
+    ingester's duplicate window. Records are confluent-kafka ``Message`` objects. librdkafka fetches ahead on its
+    own threads, so a poll returns everything that arrived while the caller worked on the last batch.
 
     ``positions`` is the next offset to process per partition; ``poll`` leaves it where it is (call
     ``advance`` once the records are processed). An offset below the log start (retention deleted it)
@@ -551,12 +553,27 @@ class PartitionReader:
                                  + (f": {meta.error}" if meta is not None and meta.error else ""))
         return sorted(meta.partitions)
 
+    def _watermarks(self, partition: int) -> tuple[int, int]:
+        """(log start, end) of one partition, asked of its leader; errors the brokers mend by themselves (a topic
+        just created, a leader moving) are retried for up to ``timeout_s``."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition),
+                                                           timeout=max(1.0, deadline - time.monotonic()))
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is None or not (err.retriable() or err.code() in _LEADER_MOVING) \
+                        or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+
     def assign(self, offsets: dict[int, int] | None = None) -> None:
         """Assign every partition; start at ``offsets`` (partition -> next offset), the others at the log start."""
         offsets = offsets or {}
         start = {}
         for p in self._partitions():
-            begin, _end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+            begin, _end = self._watermarks(p)
             want = offsets.get(p)
             if want is not None and want < begin:
                 logger.warning("offset no longer in the log; reading from the log start", extra={
@@ -576,7 +593,15 @@ class PartitionReader:
     def seek_forward(self, offsets: dict[int, int]) -> None:
         """Move the partitions where ``offsets`` are ahead of the position there."""
         ahead = {p: off for p, off in offsets.items() if p in self.positions and off > self.positions[p]}
-        if ahead:
+        if not ahead:
+            return
+        try:
+            # A seek keeps the assignment (assigning again stalled the next fetch by up to a second). Records
+            # fetched from before the new offset may still come out of the queue: poll drops them by position.
+            for p, off in ahead.items():
+                self.consumer.seek(TopicPartition(self.topic, p, off))
+                self.positions[p] = off
+        except KafkaException:  # a partition librdkafka is not fetching yet: assign again instead
             self.assign({**self.positions, **ahead})
 
     def poll(self, timeout_ms: int) -> dict[int, list]:
@@ -594,11 +619,40 @@ class PartitionReader:
         for p, off in next_offsets.items():
             self.positions[p] = max(self.positions.get(p, 0), off)
 
+    def read(self, timeout_ms: int) -> dict[int, list]:
+        """``poll``, with the positions moved past the records returned."""
+        polled = self.poll(timeout_ms)
+        self.advance({p: records[-1].offset() + 1 for p, records in polled.items()})
+        return polled
+
+    def end_offsets(self) -> dict[int, int]:
+        """The end (the offset the next record will take) of each assigned partition, asked of the brokers."""
+        return {p: self._watermarks(p)[1] for p in list(self.positions)}
+
+    def behind(self, ends: Mapping[int, int]) -> list[int]:
+        """Partitions whose position has not reached ``ends``."""
+        return [p for p, end in ends.items() if self.positions.get(p, 0) < end]
+
+    def read_to(self, ends: Mapping[int, int], timeout_s: float) -> Iterator[list]:
+        """Records, a partition's batch at a time, until every position reaches ``ends`` or ``timeout_s`` passes
+        (records past ``ends`` that came in the same fetch come too). After a timeout ``behind(ends)`` names the
+        partitions left short."""
+        deadline = time.monotonic() + timeout_s
+        while self.behind(ends) and time.monotonic() < deadline:
+            yield from self.read(timeout_ms=100).values()
+            # A transaction marker can leave the last record short of the end offset: the consumer's position
+            # (past what it skipped) says where reading stands.
+            behind = self.behind(ends)
+            if behind:
+                for tp in self.consumer.position([TopicPartition(self.topic, p) for p in behind]):
+                    if tp.offset >= 0:
+                        self.advance({tp.partition: min(ends[tp.partition], tp.offset)})
+
     def lag(self) -> dict[int, int]:
         """Records between the position and the end of each partition (asked of the brokers)."""
         out = {}
         for p, pos in list(self.positions.items()):
-            _begin, end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+            _begin, end = self._watermarks(p)
             out[p] = max(0, end - pos)
         return out
 

@@ -15,10 +15,8 @@ import threading
 import time
 from typing import Callable
 
-from kafka.errors import KafkaError
-
 from services.common.config import KafkaConfig
-from services.common.kafka import PartitionReader
+from services.common.rdkafka import KafkaException, PartitionReader
 from services.common.supervision import SupervisedThread
 from services.inference.loader import ModelLoader
 from services.inference.served_model import ServedModel
@@ -96,10 +94,10 @@ class ModelVersionWatcher:
         while not self._stop.is_set():
             reader = None
             try:
-                reader = PartitionReader(self.kafka, self.topic, fetch_max_wait_ms=100)
+                reader = PartitionReader(self.kafka, self.topic, max_poll_records=500)
                 reader.assign()
                 return reader
-            except KafkaError as exc:
+            except KafkaException as exc:
                 logger.warning("model-versions consumer cannot start; retrying", extra={"error": str(exc)})
                 if reader is not None:
                     reader.close()
@@ -107,15 +105,16 @@ class ModelVersionWatcher:
         return None
 
     def _take(self, rec, registry_pb2) -> None:
-        if rec.key is not None and rec.key.decode("utf-8", "replace") != self.model_name:
+        key, value = rec.key(), rec.value()
+        if key is not None and key.decode("utf-8", "replace") != self.model_name:
             return
-        if rec.value is None:
+        if value is None:
             return  # tombstone
         event = registry_pb2.ModelVersionEvent()
         try:
-            event.ParseFromString(rec.value)
+            event.ParseFromString(value)
         except Exception:  # noqa: BLE001
-            logger.warning("skipping unparsable model-versions record", extra={"offset": rec.offset})
+            logger.warning("skipping unparsable model-versions record", extra={"offset": rec.offset()})
             return
         if event.model_name != self.model_name:
             return

@@ -23,7 +23,7 @@ import time
 from collections import deque
 
 from services.common.config import KafkaConfig
-from services.common.kafka import PartitionReader
+from services.common.rdkafka import PartitionReader
 from streamrec_proto.v1 import event_pb2
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,9 @@ class DedupWindow:
 class EventsTailReader:
     """Feeds the ids on the `events` topic into a DedupWindow, resuming where it last stopped."""
 
-    def __init__(self, config: KafkaConfig, window: DedupWindow) -> None:
+    def __init__(self, config: KafkaConfig, window: DedupWindow, group_id: str) -> None:
         self.config = config
+        self.group_id = group_id  # the ingester's own (librdkafka wants one; it commits nothing there)
         self.window = window
         self.topic = config.topics.name("events")
         self._positions: dict[int, int] = {}  # partition -> next offset to read
@@ -70,7 +71,8 @@ class EventsTailReader:
         if self.window.capacity <= 0:
             return 0
         started = time.monotonic()
-        reader = PartitionReader(self.config, self.topic, max_poll_records=5000, fetch_max_wait_ms=50)
+        reader = PartitionReader(self.config, self.topic, group_id=self.group_id, max_poll_records=5000,
+                                 **{"fetch.wait.max.ms": 50})
         read = 0
         try:
             reader.assign(self._positions)
@@ -81,7 +83,7 @@ class EventsTailReader:
                 read += len(records)
                 for rec in records:
                     try:
-                        self.window.add(event_pb2.Event.FromString(rec.value).event_id)
+                        self.window.add(event_pb2.Event.FromString(rec.value()).event_id)
                     except Exception:  # noqa: BLE001 - a foreign record on `events` must not stop us
                         continue
             self._positions = dict(reader.positions)

@@ -99,7 +99,7 @@ class Ingester:
             ensure_topics(kafka, [self.events_raw, self.items_raw, self.events_topic, self.items_topic, self.dlq_topic])
         self.producer = rdkafka.Producer(kafka)
         if self.section.rebuild_dedup_window and self.section.dedup_window > 0:
-            self.tail_reader = EventsTailReader(kafka, self.window)
+            self.tail_reader = EventsTailReader(kafka, self.window, self.section.group_id)
             self.tail_reader.catch_up()
             self.metrics.dedup_window_ids.set(len(self.window))
         overrides = {"group.instance.id": self.section.group_instance_id} if self.section.group_instance_id else {}

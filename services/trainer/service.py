@@ -259,7 +259,7 @@ class TrainerService:
                                        time_share=None if cfg.eval_time_share >= 1 else cfg.eval_time_share)
         events = EventReader(self.config.kafka, self.events_topic, group_id=cfg.consumer_group,
                              max_poll_records=cfg.poll_max_records)
-        items = ItemReader(self.config.kafka, self.items_topic, max_poll_records=5000)
+        items = ItemReader(self.config.kafka, self.items_topic, group_id=cfg.consumer_group, max_poll_records=5000)
         self.publisher = Publisher(background=self.publish_in_background)
         self.deltas = self._delta_shipper(cfg.delta_interval_s)
         try:

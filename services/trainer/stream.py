@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from recmodel.data import Event, Item
-from services.common import kafka, rdkafka
+from services.common import rdkafka
 from streamrec_proto.v1 import event_pb2
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class EventReader(rdkafka.PartitionReader):
         self.advance(batch.next_offsets)
 
 
-class ItemReader(kafka.PartitionReader):
+class ItemReader(rdkafka.PartitionReader):
     """The `items` catalog, decoded as it is read."""
     def read_available(self, timeout_ms: int = 0) -> list[Item]:
         return _decode_items(recs for recs in self.read(timeout_ms).values())
@@ -99,4 +99,4 @@ class ItemReader(kafka.PartitionReader):
 
 
 def _decode_items(batches) -> list[Item]:
-    return [item for records in batches for r in records if (item := decode_item(r.value)) is not None]
+    return [item for records in batches for r in records if (item := decode_item(r.value())) is not None]
