@@ -286,16 +286,15 @@ class Producer:
 
     def _error(self, err: KafkaError) -> None:
         first = self._fatal is None
-        if first or self._fatal.str() == _UNREAD_FATAL or (
-                self._fatal.code() == KafkaError._FATAL and err.code() != KafkaError._FATAL):
-            self._fatal = err  # the error itself rather than what its log line said, and either rather than nothing
+        if first or _says_more(err, self._fatal):
+            self._fatal = err
         if first:
             logger.error("producer failed for good; it delivers nothing more", extra={"error": err.str()})
         if self._pending is not None:
             with self._lock:
                 pending = list(self._pending)
             for delivery in pending:  # librdkafka fails every queued record with it
-                self._settle(delivery, err, None, "(failed)")
+                self._settle(delivery, self._fatal, None, "(failed)")
 
     def _serve(self, call: Callable[[float], int], timeout_s: float) -> int:
         """``call(timeout_s)`` (the client's poll or flush), taking in a fatal error: confluent-kafka raises it from
@@ -453,6 +452,13 @@ class _ProducerLog:
         _librdkafka_log.log(level, fmt, *args)
 
 
+def _says_more(err: KafkaError, than: KafkaError) -> bool:
+    """The error itself says more than its FATAL log line (code _FATAL), and either more than none."""
+    def rank(e: KafkaError) -> int:
+        return 0 if e.str() == _UNREAD_FATAL else 1 if e.code() == KafkaError._FATAL else 2
+    return rank(err) > rank(than)
+
+
 def _fatal_error(exc: BaseException) -> KafkaError | None:
     """librdkafka's fatal error in ``exc`` or what caused it; None when it holds none."""
     while exc is not None:
@@ -563,8 +569,8 @@ class PartitionReader:
                                                            timeout=max(1.0, deadline - time.monotonic()))
             except KafkaException as exc:
                 err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                if err is None or not (err.retriable() or err.code() in _LEADER_MOVING) \
-                        or time.monotonic() >= deadline:
+                settling = err is not None and (err.retriable() or err.code() in _LEADER_MOVING)
+                if not settling or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.1)
 
@@ -639,10 +645,11 @@ class PartitionReader:
         partitions left short."""
         deadline = time.monotonic() + timeout_s
         while self.behind(ends) and time.monotonic() < deadline:
-            yield from self.read(timeout_ms=100).values()
-            # A transaction marker can leave the last record short of the end offset: the consumer's position
-            # (past what it skipped) says where reading stands.
-            behind = self.behind(ends)
+            polled = self.read(timeout_ms=100)
+            yield from polled.values()
+            # A transaction marker can leave the last record short of the end offset: once nothing more comes,
+            # the consumer's position (past what it skipped) says where reading stands.
+            behind = [] if polled else self.behind(ends)
             if behind:
                 for tp in self.consumer.position([TopicPartition(self.topic, p) for p in behind]):
                     if tp.offset >= 0:
