@@ -48,6 +48,8 @@ def _config(kafka_config, registry, tmp_path, export_interval_s: float = 2, hold
         "metrics": {"enabled": False},
         "trainer": {"registry_target": registry.target, "checkpoint_dir": str(tmp_path / "ckpt"), "device": "cpu",
                     "export_interval_s": export_interval_s, "checkpoint_interval_s": 1, "poll_max_records": 500,
+                    # The drift test compares running hit rates: every batch scored, not a loaded machine's budget.
+                    "eval_time_share": 1.0,
                     "model": {**small_model(), "holdout_fraction": holdout_fraction}, "gate": gate},
     })
 
