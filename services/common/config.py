@@ -108,11 +108,20 @@ class GrpcConfig(Section):
     shutdown_grace_s: float = Field(10.0, ge=0)
 
 
+class LifecycleConfig(Section):
+    # Seconds a service gets to stop after SIGTERM. Past it the process logs what each thread was still
+    # doing and exits with code 1: a stop that waits on an unreachable Kafka ends all the same, also
+    # where nothing will send SIGKILL (a stack killed without cleaning up). The chart sets it just under
+    # the pod's terminationGracePeriodSeconds.
+    stop_timeout_s: float = Field(30.0, gt=0)
+
+
 class ServiceConfig(BaseModel):
     """Root of a service's config; subclasses add their own sections."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     logging: LoggingConfig = LoggingConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
 
 
 T = TypeVar("T", bound=ServiceConfig)

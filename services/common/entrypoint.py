@@ -2,7 +2,8 @@
 
 ``load_service_config``: parse ``--config``, load and validate, set up logging. ``run_service``: start
 a ``<Name>Service`` (``start/stop/wait/ready``), freeze the heap it started with (``freeze_heap``), stop
-it on the first SIGTERM/SIGINT, wait until it has ended and turn the outcome into the exit code. ``ServiceThread`` runs a service's blocking loop
+it on the first SIGTERM/SIGINT, wait until it has ended (at most ``lifecycle.stop_timeout_s``) and turn the outcome
+into the exit code. ``ServiceThread`` runs a service's blocking loop
 beside the main thread (which has to stay free for the signals) and hands its error to ``wait``.
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
+import traceback
 from typing import Callable, Protocol, TypeVar
 
 from services.common.config import KafkaConfig, ServiceConfig, load_config
@@ -55,7 +58,7 @@ def load_service_config(model: type[T], argv: list[str] | None, *, service: str,
     return config
 
 
-def run_service(service: Service, *, name: str, kafka: KafkaConfig | None = None) -> int:
+def run_service(service: Service, *, name: str, kafka: KafkaConfig | None = None, stop_timeout_s: float = 30.0) -> int:
     """Run ``service`` until it ends or a SIGTERM/SIGINT stops it; -> the process exit code.
 
     With ``kafka``, the service starts once the brokers answer as its clients will connect to them
@@ -64,11 +67,14 @@ def run_service(service: Service, *, name: str, kafka: KafkaConfig | None = None
     settings, instead of clients that retry for ever, unready, with the cause only in their logs.
 
     The first signal calls ``stop()`` once, on a thread of its own (draining may take a while and the
-    main thread is waiting); later ones are ignored. An error escaping ``start`` or ``wait`` is logged
-    with its stack and gives exit code 1, after the service was asked to stop. ``name`` is for the log
+    main thread is waiting); later ones are ignored. A service that has not ended ``stop_timeout_s`` after
+    the signal (the service's ``lifecycle.stop_timeout_s``) is not waited for any longer: the process logs
+    each thread's stack and exits at once with code 1 (:func:`_exit_unless_stopped`). An error escaping
+    ``start`` or ``wait`` is logged with its stack and gives exit code 1, after the service was asked to stop. ``name`` is for the log
     lines (the logging set up by ``load_service_config`` already tags every line with the service).
     """
     stopping = threading.Event()
+    ended = threading.Event()
 
     def on_signal(signum, _frame) -> None:
         if stopping.is_set():
@@ -76,9 +82,18 @@ def run_service(service: Service, *, name: str, kafka: KafkaConfig | None = None
         stopping.set()
         logger.info("shutting down", extra={"signal": signal.Signals(signum).name})
         threading.Thread(target=service.stop, name="shutdown", daemon=True).start()
+        threading.Thread(target=_exit_unless_stopped, args=(ended, stop_timeout_s, name), name="stop-deadline",
+                         daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    try:
+        return _run(service, name, kafka, stopping)
+    finally:
+        ended.set()
+
+
+def _run(service: Service, name: str, kafka: KafkaConfig | None, stopping: threading.Event) -> int:
     if kafka is not None:
         from services.common.rdkafka import KafkaAccessError, check_access
 
@@ -102,6 +117,19 @@ def run_service(service: Service, *, name: str, kafka: KafkaConfig | None = None
         return 1
     logger.info("%s stopped", name)
     return int(code or 0)
+
+
+def _exit_unless_stopped(ended: threading.Event, timeout_s: float, name: str) -> None:
+    """End the process (code 1) unless ``ended`` is set within ``timeout_s``; first log where every thread is."""
+    if ended.wait(timeout_s):
+        return
+    frames = sys._current_frames()
+    stacks = [f"thread {t.name}:\n" + "".join(traceback.format_stack(frames[t.ident]))
+              for t in threading.enumerate() if t.ident in frames and t is not threading.current_thread()]
+    logger.error("%s did not stop within %.0fs of the signal (lifecycle.stop_timeout_s); exiting without waiting "
+                 "further. Where each thread was:\n%s", name, timeout_s, "\n".join(stacks))
+    logging.shutdown()
+    os._exit(1)
 
 
 class ServiceThread:

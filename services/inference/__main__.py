@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     from services.inference.workers import InferenceWorkers
 
     service = InferenceService(config) if config.worker_processes() == 1 else InferenceWorkers(config)
-    return run_service(service, name="inference", kafka=config.kafka)
+    return run_service(service, name="inference", kafka=config.kafka,
+                       stop_timeout_s=config.lifecycle.stop_timeout_s)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ def _worker(config_json: str, index: int) -> None:
     name = f"inference-{index}"
     configure_logging(config.logging.level, config.logging.format, service=name)
     metrics_port = config.metrics.port + index if config.metrics.port else 0
-    sys.exit(run_service(InferenceService(config, reuse_port=True, metrics_port=metrics_port), name=name))
+    sys.exit(run_service(InferenceService(config, reuse_port=True, metrics_port=metrics_port), name=name,
+                         stop_timeout_s=config.lifecycle.stop_timeout_s))
 
 
 class InferenceWorkers:

@@ -12,7 +12,8 @@ def main(argv: list[str] | None = None) -> int:
     config = load_service_config(IngesterConfig, argv, service="ingester", description=__doc__)
     from services.ingester.service import IngesterService
 
-    return run_service(IngesterService(config), name="ingester", kafka=config.kafka)
+    return run_service(IngesterService(config), name="ingester", kafka=config.kafka,
+                       stop_timeout_s=config.lifecycle.stop_timeout_s)
 
 
 if __name__ == "__main__":

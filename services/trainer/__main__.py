@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_distributed(config)
     from services.trainer.service import TrainerService
 
-    return run_service(TrainerService.from_config(config), name="trainer", kafka=config.kafka)
+    return run_service(TrainerService.from_config(config), name="trainer", kafka=config.kafka,
+                       stop_timeout_s=config.lifecycle.stop_timeout_s)
 
 
 if __name__ == "__main__":

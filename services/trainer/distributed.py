@@ -198,7 +198,7 @@ def _rank_main(rank: int, config_json: str, world: int) -> None:
         backend = DistributedBackend(config, device)
         try:
             code = run_service(TrainerService.from_config(config, backend=backend), name="trainer",
-                               kafka=config.kafka)
+                               kafka=config.kafka, stop_timeout_s=config.lifecycle.stop_timeout_s)
         finally:
             backend.shutdown()
         if code:

@@ -254,6 +254,8 @@ component's own section, defaults first, the user's `config.settings` on top.
 {{- end }}
 {{- $_ := set $kafka "topics" $topics }}
 {{- $cfg := dict "kafka" $kafka "logging" (dict "level" $v.config.logLevel "format" "json") "metrics" (dict "enabled" true "host" "0.0.0.0" "port" (int $v.metrics.port)) }}
+{{- /* The service's own stop deadline, just under the kubelet's: its log says where it was stuck before SIGKILL. */}}
+{{- $_ := set $cfg "lifecycle" (dict "stop_timeout_s" (max 1 (sub (int $v.terminationGracePeriodSeconds) 2))) }}
 {{- if hasKey $v.service "grpcPort" }}
 {{- $_ := set $cfg "grpc" (dict "host" "0.0.0.0" "port" (int $v.service.grpcPort) "shutdown_grace_s" (max 1 (sub (int $v.terminationGracePeriodSeconds) 5))) }}
 {{- end }}

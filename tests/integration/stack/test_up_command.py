@@ -152,4 +152,8 @@ def test_a_killed_up_takes_every_process_it_started_with_it(tmp_path):
     finally:
         proc.kill()  # no chance to clean up: the children must notice on their own
         proc.wait()
-    wait_for(lambda: not _processes_using(str(work)), 60, "the services and Kafka to exit")
+    # Each service stops within its lifecycle.stop_timeout_s (30 s) even with Kafka gone at the same moment.
+    try:
+        wait_for(lambda: not _processes_using(str(work)), 120, "the services and Kafka to exit", interval_s=0.5)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; still running: {_processes_using(str(work))}") from None

@@ -279,6 +279,9 @@ def test_configmap_is_a_valid_service_config(values, component, tmp_path):
     assert config.kafka.bootstrap_servers == (values.get("kafka", {}).get("bootstrapServers") or "kafka-kafka-bootstrap:9092")
     if hasattr(config, "grpc"):
         assert config.grpc.host == "0.0.0.0"
+    # The service gives up stopping (and logs where it was stuck) before the kubelet's SIGKILL.
+    grace = workload(docs, component)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert 0 < config.lifecycle.stop_timeout_s < grace
     # Every path the service writes to is a mounted volume (the root filesystem is read-only).
     mounts = [m["mountPath"] for m in container(workload(docs, component)).get("volumeMounts", [])]
     section = getattr(config, component)

@@ -119,3 +119,58 @@ def test_what_a_service_built_while_starting_is_out_of_the_collectors_full_passe
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     assert service.walked == 0
+
+
+_STUCK_SERVICE = """
+import os, signal, sys, threading
+from services.common.entrypoint import run_service
+
+class Stuck:
+    def start(self):
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    def stop(self):
+        threading.Event().wait()  # e.g. a final commit to a Kafka that is gone
+    def wait(self):
+        threading.Event().wait()
+    def ready(self):
+        return True
+
+sys.exit(run_service(Stuck(), name="stuck", stop_timeout_s=float(sys.argv[1])))
+"""
+
+
+def test_a_service_that_cannot_stop_exits_with_code_1_after_its_stop_timeout_saying_where_it_was():
+    import time
+
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _STUCK_SERVICE, "2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert time.monotonic() - started >= 2.0, "it was given its stop timeout"
+    assert "stuck did not stop within 2s of the signal (lifecycle.stop_timeout_s)" in proc.stderr
+    assert "thread shutdown:" in proc.stderr and "in stop" in proc.stderr, "the stuck thread's stack is logged"
+
+
+def test_a_service_that_stops_in_time_is_not_cut_short():
+    service = """
+import os, signal, sys, threading, time
+from services.common.entrypoint import run_service
+
+class Slow:
+    def __init__(self):
+        self.done = threading.Event()
+    def start(self):
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    def stop(self):
+        time.sleep(1.0)  # a drain that takes a while, within the deadline
+        self.done.set()
+    def wait(self):
+        self.done.wait()
+        return 0
+    def ready(self):
+        return True
+
+sys.exit(run_service(Slow(), name="slow", stop_timeout_s=60))
+"""
+    proc = subprocess.run([sys.executable, "-c", service], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "did not stop" not in proc.stderr
