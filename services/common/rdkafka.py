@@ -33,9 +33,13 @@ from services.common.config import KafkaConfig
 logger = logging.getLogger(__name__)
 
 KafkaError = confluent_kafka.KafkaError
-# Partition errors while a topic is being created or its leader moves (librdkafka does not flag them all retriable).
-_LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                            KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})
+# Errors the brokers mend by themselves (librdkafka does not flag them all retriable): a topic being created (a node
+# whose metadata is behind does not know it yet), a leader moving, a node going away or coming back.
+_SETTLING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                       KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
+                       KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+# How long ``PartitionReader.lag`` may take: it is for display and pacing, asked again soon.
+LAG_TIMEOUT_S = 5.0
 # The reason given to a fatal error that came without one (its FATAL log line, read later, replaces it).
 _UNREAD_FATAL = "librdkafka failed for good; its FATAL log line says why"
 # How librdkafka reports the records a fatal error failed.
@@ -552,27 +556,40 @@ class PartitionReader:
         self.consumer = make_consumer(config, group_id or reader_group(config.client_id), **overrides)
         self.positions: dict[int, int] = {}
 
-    def _partitions(self) -> list[int]:
-        meta = self.consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise KafkaException(f"topic {self.topic} has no partitions (does it exist?)"
-                                 + (f": {meta.error}" if meta is not None and meta.error else ""))
-        return sorted(meta.partitions)
-
-    def _watermarks(self, partition: int) -> tuple[int, int]:
-        """(log start, end) of one partition, asked of its leader; errors the brokers mend by themselves (a topic
-        just created, a leader moving) are retried for up to ``timeout_s``."""
-        deadline = time.monotonic() + self.timeout_s
+    def _settled(self, call: Callable[[float], T], deadline: float) -> T:
+        """``call(timeout)``, again while it fails with an error the brokers mend by themselves (``_SETTLING``), until
+        ``deadline`` (a ``time.monotonic()`` value); the last error is raised."""
         while True:
             try:
-                return self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition),
-                                                           timeout=max(1.0, deadline - time.monotonic()))
+                return call(max(1.0, deadline - time.monotonic()))
             except KafkaException as exc:
                 err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                settling = err is not None and (err.retriable() or err.code() in _LEADER_MOVING)
+                settling = err is not None and (err.retriable() or err.code() in _SETTLING)
                 if not settling or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.1)
+
+    def _partitions(self) -> list[int]:
+        """The topic's partitions, asked of the brokers (for up to ``timeout_s`` while they settle)."""
+        def ask(timeout: float) -> list[int]:
+            meta = self.consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+            if meta is not None and meta.error is not None:
+                raise KafkaException(meta.error)
+            if meta is None or not meta.partitions:
+                raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {self.topic} has no partitions"))
+            return sorted(meta.partitions)
+
+        try:
+            return self._settled(ask, time.monotonic() + self.timeout_s)
+        except KafkaException as exc:
+            raise KafkaException(f"topic {self.topic} has no partitions (does it exist?): {exc.args[0]}") from exc
+
+    def _watermarks(self, partition: int, deadline: float | None = None) -> tuple[int, int]:
+        """(log start, end) of one partition, asked of its leader; retried while the brokers settle, until
+        ``deadline`` (default: ``timeout_s`` from now)."""
+        tp = TopicPartition(self.topic, partition)
+        return self._settled(lambda timeout: self.consumer.get_watermark_offsets(tp, timeout=timeout),
+                             time.monotonic() + self.timeout_s if deadline is None else deadline)
 
     def assign(self, offsets: dict[int, int] | None = None) -> None:
         """Assign every partition; start at ``offsets`` (partition -> next offset), the others at the log start."""
@@ -590,10 +607,17 @@ class PartitionReader:
         logger.info("partitions assigned", extra={"topic": self.topic, "offsets": start})
 
     def refresh_partitions(self) -> bool:
-        """Pick up partitions added to the topic since ``assign`` (read from their beginning); -> any added."""
-        if not set(self._partitions()) - set(self.positions):
+        """Pick up partitions added to the topic since ``assign`` (read from their beginning); -> any added. Brokers
+        that do not answer (for ``timeout_s``) are logged and leave the assignment as it is: the next call looks
+        again, and reading goes on meanwhile."""
+        try:
+            if not set(self._partitions()) - set(self.positions):
+                return False
+            self.assign(dict(self.positions))
+        except KafkaException as exc:
+            logger.warning("could not look for new partitions; looking again later",
+                           extra={"topic": self.topic, "error": str(exc)})
             return False
-        self.assign(dict(self.positions))
         return True
 
     def seek_forward(self, offsets: dict[int, int]) -> None:
@@ -656,10 +680,12 @@ class PartitionReader:
                         self.advance({tp.partition: min(ends[tp.partition], tp.offset)})
 
     def lag(self) -> dict[int, int]:
-        """Records between the position and the end of each partition (asked of the brokers)."""
+        """Records between the position and the end of each partition (asked of the brokers, for at most
+        ``LAG_TIMEOUT_S``; KafkaException after that)."""
+        deadline = time.monotonic() + LAG_TIMEOUT_S  # a broker away holds the caller's loop no longer than this
         out = {}
         for p, pos in list(self.positions.items()):
-            _begin, end = self._watermarks(p)
+            _begin, end = self._watermarks(p, deadline)
             out[p] = max(0, end - pos)
         return out
 

@@ -166,3 +166,35 @@ def test_commit_and_close_return_when_the_broker_died_after_the_reader_knew_it(t
         assert time.monotonic() - started < rdkafka.BLOCKING_CALL_S + 10
     finally:
         broker.cleanup()
+
+
+def test_a_reader_whose_broker_went_away_keeps_its_place_and_reads_on_once_it_is_back(tmp_path, caplog):
+    # Looking for new partitions while the broker is away used to raise, and ended the trainer's training loop.
+    import logging
+
+    from services.common import rdkafka
+    from services.common.config import KafkaConfig, TopicsConfig
+    from services.common.localkafka import LocalKafka
+
+    broker = LocalKafka(data_dir=tmp_path / "kafka", heap="256m").start()
+    try:
+        config = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topics=TopicsConfig(prefix="away."))
+        topic = config.topics.name("events")
+        ensure_topics(config, [topic])
+        _produce(config, topic, 30)
+        reader = PartitionReader(config, topic, timeout_s=3)
+        reader.assign()
+        assert sorted(_read_all(reader, 30)) == list(range(30))
+        broker.kill()
+        with caplog.at_level(logging.WARNING, logger="services.common.rdkafka"):
+            assert reader.refresh_partitions() is False
+        assert "could not look for new partitions" in caplog.text
+        with pytest.raises(rdkafka.KafkaException):
+            reader.lag()  # the caller is told, and asks again later
+        broker.start()
+        _produce(config, topic, 10, start=30)
+        assert sorted(_read_all(reader, 10, timeout_s=120)) == list(range(30, 40)), "on from where it was, nothing twice"
+        assert reader.refresh_partitions() is False and reader.lag() == {p: 0 for p in reader.positions}
+        reader.close()
+    finally:
+        broker.cleanup()

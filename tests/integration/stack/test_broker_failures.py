@@ -164,8 +164,12 @@ def _check_no_loss_no_duplicates_trained_once_announced_in_order(stack: LocalSta
     assert not duplicates, f"{len(duplicates)} events on `events` more than once: {duplicates[:5]}"
     # Trainer: trained exactly the records on `events`, none twice, none skipped.
     on_events = sum(ids.values())
-    trained = wait_for(lambda: (lambda n: n if n >= on_events else None)(_trained(stack)), 300,
-                       "the trainer to train every event", interval_s=2.0)
+    try:
+        trained = wait_for(lambda: (lambda n: n if n >= on_events else None)(_trained(stack)), 300,
+                           "the trainer to train every event", interval_s=2.0)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {_trained(stack):.0f} of {on_events}; the trainer's log ends with\n"
+                             f"{stack.services['trainer'].tail_log(60)}") from None
     assert trained == on_events
     # Registry: every change announced on `model-versions`, in the order it was made. The trainer may still
     # register versions (its idle replay goes on after the stream), so the registry is compared with its
