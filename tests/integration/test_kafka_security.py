@@ -332,7 +332,7 @@ def test_a_producer_refused_its_producer_id_fails_its_records_with_the_reason_an
     assert failures and all(refused.search(f) for f in failures), failures
     assert producer.fatal is not None
     assert refused.search(producer.take_failures()[0]), "a failed producer never reports success"
-    producer.close(timeout_s=10)
+    producer.close(timeout_s=30)
     if futures:
         for delivery in deliveries:
             with pytest.raises(rdkafka.KafkaException, match=refused):

@@ -82,4 +82,4 @@ def test_two_processes_share_the_port_serve_the_model_and_stop_on_sigterm(tmp_pa
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            proc.wait(60)

@@ -103,7 +103,7 @@ def test_sigkill_mid_stream_loses_nothing_and_the_replay_is_not_double_counted(k
             assert proc.poll() is None, log_path.read_text()[-3000:]
             kills_mid_stream += not done.is_set()
             proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
+            proc.wait(60)
         assert kills_mid_stream >= 2, "the kills happened while the stream was still flowing"
 
         proc = _spawn(config_path, log_path)
@@ -128,7 +128,7 @@ def test_sigkill_mid_stream_loses_nothing_and_the_replay_is_not_double_counted(k
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
-            proc.wait(10)
+            proc.wait(60)
         watcher.close()
 
     ids = Counter(event_pb2.Event.FromString(r.value).event_id for r in read_topic(kafka_config, events_topic))

@@ -68,7 +68,7 @@ class Replica:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(10)
+                self.proc.wait(60)
 
 
 def _lease(coordination, namespace: str):

@@ -105,7 +105,7 @@ class TopicReader:
         self.consumer.seek_to_beginning()
         self.events = []
 
-    def wait_for(self, predicate, timeout_s: float = 30.0):
+    def wait_for(self, predicate, timeout_s: float = 60.0):
         from streamrec_proto.v1 import registry_pb2
 
         deadline = time.monotonic() + timeout_s

@@ -75,7 +75,7 @@ def test_register_promote_rollback_each_announced(registry_factory, kafka_config
         assert {(o.partition, o.offset) for o in shown.training_offsets} == {(0, 11), (1, 21)}
         assert [v.version for v in client.list_versions(MODEL)] == [1, 2]
 
-    assert service.announcer.wait_idle(10)
+    assert service.announcer.wait_idle(60)
     body = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_server.port}/metrics", timeout=30).read().decode()
     assert f'streamrec_registry_versions_registered_total{{model="{MODEL}"}} 2.0' in body
     assert f'streamrec_registry_gate_rejections_total{{model="{MODEL}"}} 1.0' in body

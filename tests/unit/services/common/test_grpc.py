@@ -45,17 +45,17 @@ def test_errors_map_to_status_with_message_and_internal_hides_details(server):
     with open_channel(f"127.0.0.1:{server.port}", tls_for("app")) as ch:
         stub = recommender_pb2_grpc.RecommenderStub(ch)
         with pytest.raises(grpc.RpcError) as err:
-            stub.Recommend(recommender_pb2.RecommendRequest(user_id="u", k=0), timeout=5)
+            stub.Recommend(recommender_pb2.RecommendRequest(user_id="u", k=0), timeout=30)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "k must be between" in err.value.details()
         with pytest.raises(grpc.RpcError) as err:
-            stub.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id="x", k=3), timeout=5)
+            stub.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id="x", k=3), timeout=30)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.RpcError) as err:
-            stub.Recommend(recommender_pb2.RecommendRequest(user_id="crash", k=3), timeout=5)
+            stub.Recommend(recommender_pb2.RecommendRequest(user_id="crash", k=3), timeout=30)
         assert err.value.code() == grpc.StatusCode.INTERNAL
         assert "secret" not in err.value.details()
-        assert stub.Recommend(recommender_pb2.RecommendRequest(user_id="u", k=3), timeout=5).model_version == 1
+        assert stub.Recommend(recommender_pb2.RecommendRequest(user_id="u", k=3), timeout=30).model_version == 1
     assert ("Recommend", "INVALID_ARGUMENT") in server.calls
     assert ("Recommend", "INTERNAL") in server.calls
     assert ("Recommend", "OK") in server.calls
@@ -65,10 +65,10 @@ def test_health_follows_readiness_and_shutdown(server):
     target = f"127.0.0.1:{server.port}"
     with open_channel(target, tls_for("app")) as ch:
         health = health_pb2_grpc.HealthStub(ch)
-        check = lambda: health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5).status  # noqa: E731
+        check = lambda: health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=30).status  # noqa: E731
         assert check() == health_pb2.HealthCheckResponse.NOT_SERVING
         server.set_serving(True)
-        wait_for_serving(target, SERVICE, timeout_s=5, tls=tls_for("app"))
+        wait_for_serving(target, SERVICE, timeout_s=60, tls=tls_for("app"))
         assert check() == health_pb2.HealthCheckResponse.SERVING
         server.set_serving(False)
         assert check() == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -61,7 +61,7 @@ def test_with_futures_each_record_settles_by_itself_and_a_failure_names_its_erro
     assert refused.value.args[0].code() == rdkafka.KafkaError._MSG_TIMED_OUT
     failures = producer.take_failures()
     assert len(failures) == 1 and failures[0].startswith("events[") and "timed out" in failures[0], failures
-    producer.close(timeout_s=5)
+    producer.close(timeout_s=30)
 
 
 def test_closing_a_producer_with_futures_fails_what_is_still_unanswered():

@@ -51,7 +51,7 @@ def mtls_server():
 def ping(target: str, tls: TlsConfig | None = None, channel=None) -> grpc.StatusCode:
     ch = channel or open_channel(target, tls)
     try:
-        recommender_pb2_grpc.RecommenderStub(ch).Ping(recommender_pb2.PingRequest(), timeout=10)
+        recommender_pb2_grpc.RecommenderStub(ch).Ping(recommender_pb2.PingRequest(), timeout=30)
         return grpc.StatusCode.OK
     except grpc.RpcError as exc:
         return exc.code()
@@ -132,7 +132,7 @@ def test_an_8_mib_recommend_request_is_refused_fast_and_the_server_keeps_serving
             assert err.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT)
             assert time.monotonic() - started < 10
             for _ in range(3):
-                assert stub.Recommend(recommender_pb2.RecommendRequest(user_id="u", k=10), timeout=10).model_version == 1
+                assert stub.Recommend(recommender_pb2.RecommendRequest(user_id="u", k=10), timeout=30).model_version == 1
     finally:
         server.stop(0)
 
@@ -154,7 +154,7 @@ def test_calls_beyond_the_concurrency_bound_get_resource_exhausted_at_once():
             assert time.monotonic() - started < 10
             server.servicer.release.set()
             assert all(f.result(30).model_version == 1 for f in busy)
-            assert stub.Recommend(recommender_pb2.RecommendRequest(user_id="u", k=1), timeout=10).model_version == 1
+            assert stub.Recommend(recommender_pb2.RecommendRequest(user_id="u", k=1), timeout=30).model_version == 1
     finally:
         server.servicer.release.set()
         server.stop(0)

@@ -79,10 +79,10 @@ def test_plaintext_set_alias_rollback_and_download_are_refused(registry):
     with open_channel(registry.target, tls_for("operator", plaintext=True)) as channel:
         stub = registry_pb2_grpc.ModelRegistryStub(channel)
         for call in (lambda: stub.SetAlias(registry_pb2.SetAliasRequest(model_name=MODEL, alias="production",
-                                                                       version=2), timeout=10),
-                     lambda: stub.Rollback(registry_pb2.RollbackRequest(model_name=MODEL), timeout=10),
+                                                                       version=2), timeout=30),
+                     lambda: stub.Rollback(registry_pb2.RollbackRequest(model_name=MODEL), timeout=30),
                      lambda: list(stub.DownloadArtifact(registry_pb2.DownloadArtifactRequest(
-                         model_name=MODEL, version=1), timeout=10))):
+                         model_name=MODEL, version=1), timeout=30))):
             assert code_of(call) == grpc.StatusCode.UNAVAILABLE
     with client(registry, "operator") as operator:
         assert operator.get_alias(MODEL, "production").version == 1  # nothing moved

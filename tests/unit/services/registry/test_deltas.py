@@ -174,13 +174,13 @@ BAD_REQUESTS = [
 def test_hostile_register_delta_gets_a_clear_status_and_blocks_nothing(registry, client, fields, code, message):
     with open_channel(registry.target, tls_for("trainer")) as channel:
         stub = registry_pb2_grpc.ModelRegistryStub(channel)
-        got_code, details = refusal(lambda: stub.RegisterDelta(raw_request(**fields), timeout=10))
+        got_code, details = refusal(lambda: stub.RegisterDelta(raw_request(**fields), timeout=30))
         assert got_code.name == code and message in details
         assert client.get_delta(MODEL, 1).sequence == 0
         assert registry.collector.get_sample_value("streamrec_registry_delta_failures_total",
                                                    {"reason": code.lower()}) == 1
         # A refusal takes no sequence number, and the next good delta goes through.
-        assert stub.RegisterDelta(raw_request(), timeout=10).sequence == 1
+        assert stub.RegisterDelta(raw_request(), timeout=30).sequence == 1
 
 
 def test_a_delta_of_an_archived_version_is_refused(registry, client):
@@ -202,7 +202,7 @@ def test_hostile_get_delta_is_invalid_argument(registry, fields, message):
         stub = registry_pb2_grpc.ModelRegistryStub(channel)
         request = registry_pb2.GetDeltaRequest(**{"model_name": MODEL, "base_version": 1, **fields})
         for call in (stub.GetDelta, stub.DownloadDelta):
-            code, details = refusal(lambda: call(request, timeout=10))
+            code, details = refusal(lambda: call(request, timeout=30))
             assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(message)
 
 
