@@ -50,6 +50,9 @@ class OutboxAnnouncer:
         self._topic_ready = False
         self._thread = threading.Thread(target=self._run, name="outbox-announcer", daemon=True)
         self.published = 0
+        if metrics is not None:  # counted when scraped: a drain is visible the moment it is committed
+            metrics.outbox_backlog.set_function(lambda: self._count(outbox))
+            metrics.outbox_parked.set_function(lambda: self._count(parked_announcements))
 
     def start(self) -> "OutboxAnnouncer":
         self._thread.start()
@@ -68,6 +71,14 @@ class OutboxAnnouncer:
     def backlog(self) -> int:
         with self.db.read() as conn:
             return conn.execute(select(func.count()).select_from(outbox)).scalar_one()
+
+    def _count(self, table) -> float:
+        """Rows in ``table`` for a gauge; NaN while the database does not answer (a scrape never fails on it)."""
+        try:
+            with self.db.read() as conn:
+                return float(conn.execute(select(func.count()).select_from(table)).scalar_one())
+        except Exception:  # noqa: BLE001 - the database may be away; the gauge says "unknown"
+            return float("nan")
 
     def _run(self) -> None:
         failing = False
@@ -89,8 +100,6 @@ class OutboxAnnouncer:
                 if self._inflight is None:  # nothing the producer is still retrying: start afresh
                     self._close_producer()
                 self._stop.wait(self.retry_s)
-            finally:
-                self._update_backlog()
 
     def publish_pending(self) -> int:
         """Send one batch of pending rows and delete each once acknowledged; returns how many left the outbox.
@@ -163,7 +172,6 @@ class OutboxAnnouncer:
                 conn.execute(delete(outbox).where(outbox.c.id.in_(acked)))
             self.published += len(acked)
             logger.debug("announced", extra={"topic": self.topic, "count": len(acked), "last_sequence": acked[-1]})
-        self._update_backlog()
         if failure is not None:
             raise failure
         return len(acked) + parked
@@ -221,17 +229,6 @@ class OutboxAnnouncer:
                 producer.close(timeout_s=0)
             except Exception:  # noqa: BLE001 - closing a broken producer may fail; it is discarded anyway
                 pass
-
-    def _update_backlog(self) -> None:
-        if self.metrics is None:
-            return
-        try:
-            self.metrics.outbox_backlog.set(self.backlog())
-            with self.db.read() as conn:
-                self.metrics.outbox_parked.set(
-                    conn.execute(select(func.count()).select_from(parked_announcements)).scalar_one())
-        except Exception:  # noqa: BLE001
-            pass
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
         """Block until the outbox is empty (tests and graceful shutdown)."""
