@@ -94,8 +94,16 @@ class ItemReader(rdkafka.PartitionReader):
         return _decode_items(recs for recs in self.read(timeout_ms).values())
 
     def read_to_end(self, timeout_s: float) -> list[Item]:
-        """Everything up to the current end of the topic (bounded by ``timeout_s``)."""
-        return _decode_items(self.read_to(self.end_offsets(), timeout_s))
+        """Everything up to the current end of the topic (bounded by ``timeout_s``). While the brokers cannot say
+        where the end is (a node away for longer than the reader's ``timeout_s``), what has already arrived: the
+        catalog is caught up on the next call, and training goes on meanwhile."""
+        try:
+            ends = self.end_offsets()
+        except rdkafka.KafkaException as exc:
+            logger.warning("cannot find the end of the catalog; training on with what has arrived",
+                           extra={"topic": self.topic, "error": str(exc)})
+            return self.read_available(0)
+        return _decode_items(self.read_to(ends, timeout_s))
 
 
 def _decode_items(batches) -> list[Item]:

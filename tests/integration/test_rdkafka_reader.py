@@ -175,6 +175,7 @@ def test_a_reader_whose_broker_went_away_keeps_its_place_and_reads_on_once_it_is
     from services.common import rdkafka
     from services.common.config import KafkaConfig, TopicsConfig
     from services.common.localkafka import LocalKafka
+    from services.trainer.stream import ItemReader
 
     broker = LocalKafka(data_dir=tmp_path / "kafka", heap="256m").start()
     try:
@@ -185,10 +186,15 @@ def test_a_reader_whose_broker_went_away_keeps_its_place_and_reads_on_once_it_is
         reader = PartitionReader(config, topic, timeout_s=3)
         reader.assign()
         assert sorted(_read_all(reader, 30)) == list(range(30))
+        catalog = ItemReader(config, topic, timeout_s=3)  # the trainer's reader of `items`
+        catalog.assign()
         broker.kill()
-        with caplog.at_level(logging.WARNING, logger="services.common.rdkafka"):
+        with caplog.at_level(logging.WARNING):
             assert reader.refresh_partitions() is False
+            assert catalog.read_to_end(timeout_s=5) == []  # an event on an unknown item: training goes on
         assert "could not look for new partitions" in caplog.text
+        assert "cannot find the end of the catalog" in caplog.text
+        catalog.close()
         with pytest.raises(rdkafka.KafkaException):
             reader.lag()  # the caller is told, and asks again later
         broker.start()
