@@ -2,9 +2,9 @@
 
 ``load_service_config``: parse ``--config``, load and validate, set up logging. ``run_service``: start
 a ``<Name>Service`` (``start/stop/wait/ready``), freeze the heap it started with (``freeze_heap``), stop
-it on the first SIGTERM/SIGINT, wait until it has ended (at most ``lifecycle.stop_timeout_s``) and turn the outcome
-into the exit code. ``ServiceThread`` runs a service's blocking loop
-beside the main thread (which has to stay free for the signals) and hands its error to ``wait``.
+it on the first SIGTERM/SIGINT, wait until it has ended (at most ``lifecycle.stop_timeout_s``) and turn the
+outcome into the exit code. ``ServiceThread`` runs a service's blocking loop beside the main thread (which has
+to stay free for the signals) and hands its error to ``wait``.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ def run_service(service: Service, *, name: str, kafka: KafkaConfig | None = None
     main thread is waiting); later ones are ignored. A service that has not ended ``stop_timeout_s`` after
     the signal (the service's ``lifecycle.stop_timeout_s``) is not waited for any longer: the process logs
     each thread's stack and exits at once with code 1 (:func:`_exit_unless_stopped`). An error escaping
-    ``start`` or ``wait`` is logged with its stack and gives exit code 1, after the service was asked to stop. ``name`` is for the log
-    lines (the logging set up by ``load_service_config`` already tags every line with the service).
+    ``start`` or ``wait`` is logged with its stack and gives exit code 1, after the service was asked to
+    stop. ``name`` is for the log lines (the logging set up by ``load_service_config`` already tags every
+    line with the service).
     """
     stopping = threading.Event()
     ended = threading.Event()
