@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -143,18 +144,28 @@ def test_a_poll_returns_a_lone_record_at_once_and_a_burst_in_order_each_record_o
         reader.close()
 
 
-def test_commit_and_close_return_when_the_broker_died_after_the_reader_knew_it(tmp_path):
-    # A synchronous commit to a coordinator that died waited forever, and a stopping trainer with it.
-    from services.common import rdkafka
+@contextlib.contextmanager
+def _own_broker(tmp_path):
+    """A broker of the test's own (it is killed), with 30 records on its `events`; -> (broker, config, topic)."""
     from services.common.config import KafkaConfig, TopicsConfig
     from services.common.localkafka import LocalKafka
 
     broker = LocalKafka(data_dir=tmp_path / "kafka", heap="256m").start()
     try:
-        config = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topics=TopicsConfig(prefix="dying."))
+        config = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topics=TopicsConfig(prefix="own."))
         topic = config.topics.name("events")
         ensure_topics(config, [topic])
         _produce(config, topic, 30)
+        yield broker, config, topic
+    finally:
+        broker.cleanup()
+
+
+def test_commit_and_close_return_when_the_broker_died_after_the_reader_knew_it(tmp_path):
+    # A synchronous commit to a coordinator that died waited forever, and a stopping trainer with it.
+    from services.common import rdkafka
+
+    with _own_broker(tmp_path) as (broker, config, topic):
         reader = PartitionReader(config, topic, group_id="dying-trainer")
         reader.assign()
         _read_all(reader, 30)
@@ -164,8 +175,6 @@ def test_commit_and_close_return_when_the_broker_died_after_the_reader_knew_it(t
         reader.commit()
         reader.close()
         assert time.monotonic() - started < rdkafka.BLOCKING_CALL_S + 10
-    finally:
-        broker.cleanup()
 
 
 def test_a_reader_whose_broker_went_away_keeps_its_place_and_reads_on_once_it_is_back(tmp_path, caplog):
@@ -173,16 +182,9 @@ def test_a_reader_whose_broker_went_away_keeps_its_place_and_reads_on_once_it_is
     import logging
 
     from services.common import rdkafka
-    from services.common.config import KafkaConfig, TopicsConfig
-    from services.common.localkafka import LocalKafka
     from services.trainer.stream import ItemReader
 
-    broker = LocalKafka(data_dir=tmp_path / "kafka", heap="256m").start()
-    try:
-        config = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topics=TopicsConfig(prefix="away."))
-        topic = config.topics.name("events")
-        ensure_topics(config, [topic])
-        _produce(config, topic, 30)
+    with _own_broker(tmp_path) as (broker, config, topic):
         reader = PartitionReader(config, topic, timeout_s=3)
         reader.assign()
         assert sorted(_read_all(reader, 30)) == list(range(30))
@@ -202,5 +204,3 @@ def test_a_reader_whose_broker_went_away_keeps_its_place_and_reads_on_once_it_is
         assert sorted(_read_all(reader, 10, timeout_s=120)) == list(range(30, 40)), "on from where it was, nothing twice"
         assert reader.refresh_partitions() is False and reader.lag() == {p: 0 for p in reader.positions}
         reader.close()
-    finally:
-        broker.cleanup()
