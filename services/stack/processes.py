@@ -106,7 +106,9 @@ class ServiceProcess:
         except OSError:
             return ""
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 45.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout_s``: longer than a service's own ``lifecycle.stop_timeout_s``
+        (30 s), so one that cannot stop logs where it was stuck before it is killed."""
         proc = self.process
         if proc is None or proc.poll() is not None:
             return
