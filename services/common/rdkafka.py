@@ -655,9 +655,11 @@ class PartitionReader:
         self.advance({p: records[-1].offset() + 1 for p, records in polled.items()})
         return polled
 
-    def end_offsets(self) -> dict[int, int]:
-        """The end (the offset the next record will take) of each assigned partition, asked of the brokers."""
-        return {p: self._watermarks(p)[1] for p in list(self.positions)}
+    def end_offsets(self, timeout_s: float | None = None) -> dict[int, int]:
+        """The end (the offset the next record will take) of each assigned partition, asked of the brokers for at
+        most ``timeout_s`` in all (default: the reader's ``timeout_s``); KafkaException after that."""
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        return {p: self._watermarks(p, deadline)[1] for p in list(self.positions)}
 
     def behind(self, ends: Mapping[int, int]) -> list[int]:
         """Partitions whose position has not reached ``ends``."""

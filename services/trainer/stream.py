@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
 from dataclasses import dataclass, field
 
 from recmodel.data import Event, Item
@@ -94,16 +95,17 @@ class ItemReader(rdkafka.PartitionReader):
         return _decode_items(recs for recs in self.read(timeout_ms).values())
 
     def read_to_end(self, timeout_s: float) -> list[Item]:
-        """Everything up to the current end of the topic (bounded by ``timeout_s``). While the brokers cannot say
-        where the end is (a node away for longer than the reader's ``timeout_s``), what has already arrived: the
-        catalog is caught up on the next call, and training goes on meanwhile."""
+        """Everything up to the current end of the topic (bounded by ``timeout_s`` in all). While the brokers cannot
+        say where the end is within that time (a node away), what has already arrived: the catalog is caught up on
+        the next call, and training (and a stop) goes on meanwhile."""
+        deadline = time.monotonic() + timeout_s
         try:
-            ends = self.end_offsets()
+            ends = self.end_offsets(timeout_s)
         except rdkafka.KafkaException as exc:
             logger.warning("cannot find the end of the catalog; training on with what has arrived",
                            extra={"topic": self.topic, "error": str(exc)})
             return self.read_available(0)
-        return _decode_items(self.read_to(ends, timeout_s))
+        return _decode_items(self.read_to(ends, max(0.0, deadline - time.monotonic())))
 
 
 def _decode_items(batches) -> list[Item]:
