@@ -6,7 +6,6 @@
   (next offset to read), so offsets move only after the output they produced is acknowledged.
 - ``subscribe``: joins the group only once the consumer's metadata has every topic's partitions.
 - ``ensure_topics``: creates missing topics (compacted where the design says so).
-- ``consumer_lag``: per-partition lag for the lag gauges.
 
 Every producer and consumer of the services uses librdkafka instead (services/common/rdkafka.py), configured
 from the same section; kafka-python remains for administration (topics, ACLs) and tests.
@@ -177,22 +176,6 @@ def partitions_for(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0)
     if not _await_partitions(consumer, [topic], time.monotonic() + timeout_s):
         return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
     raise KafkaError(f"topic {topic} has no partitions (does it exist?)")
-
-
-def consumer_lag(consumer: KafkaConsumer, partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
-    """Records between the consumer's position and the end of each assigned partition."""
-    parts = list(partitions if partitions is not None else consumer.assignment())
-    if not parts:
-        return {}
-    ends = consumer.end_offsets(parts)
-    lag = {}
-    for tp in parts:
-        try:
-            pos = consumer.position(tp)
-        except KafkaError:
-            continue
-        lag[tp] = max(0, ends.get(tp, pos) - pos)
-    return lag
 
 
 def header(headers: Iterable[tuple[str, bytes]] | None, name: str) -> bytes | None:

@@ -684,12 +684,8 @@ class PartitionReader:
     def lag(self) -> dict[int, int]:
         """Records between the position and the end of each partition (asked of the brokers, for at most
         ``LAG_TIMEOUT_S``; KafkaException after that)."""
-        deadline = time.monotonic() + LAG_TIMEOUT_S  # a broker away holds the caller's loop no longer than this
-        out = {}
-        for p, pos in list(self.positions.items()):
-            _begin, end = self._watermarks(p, deadline)
-            out[p] = max(0, end - pos)
-        return out
+        ends = self.end_offsets(LAG_TIMEOUT_S)  # a broker away holds the caller's loop no longer than this
+        return {p: max(0, end - self.positions.get(p, 0)) for p, end in ends.items()}
 
     def commit(self) -> None:
         """Send the positions to ``group_id``, if any, without waiting (for lag in the usual Kafka tooling; never

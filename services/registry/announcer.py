@@ -69,14 +69,16 @@ class OutboxAnnouncer:
         self._close_producer()
 
     def backlog(self) -> int:
+        return self._rows(outbox)
+
+    def _rows(self, table) -> int:
         with self.db.read() as conn:
-            return conn.execute(select(func.count()).select_from(outbox)).scalar_one()
+            return conn.execute(select(func.count()).select_from(table)).scalar_one()
 
     def _count(self, table) -> float:
         """Rows in ``table`` for a gauge; NaN while the database does not answer (a scrape never fails on it)."""
         try:
-            with self.db.read() as conn:
-                return float(conn.execute(select(func.count()).select_from(table)).scalar_one())
+            return float(self._rows(table))
         except Exception:  # noqa: BLE001 - the database may be away; the gauge says "unknown"
             return float("nan")
 

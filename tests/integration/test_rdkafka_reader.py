@@ -51,6 +51,7 @@ def test_reads_every_record_from_the_given_offsets_and_its_lag_reaches_zero(kafk
         assert len(got) == len(set(got)) == 85  # nothing twice
         assert reader.lag() == {p: 0 for p in reader.positions}
         _produce(kafka_config, topic, 10, start=90)
+        assert sum(reader.lag().values()) == 10  # acknowledged, not yet read
         assert sorted(_read_all(reader, 10)) == list(range(90, 100))  # and what arrives later
     finally:
         reader.close()
